@@ -1,0 +1,124 @@
+// NMS CPU kernels. Boxes are sorted by descending score (stable, so ties keep the lower index first, as in
+// torchvision), converted to structure-of-arrays and suppressed greedily, keeping the surviving boxes packed so
+// that every IoU test is against a box that is still alive.
+//
+// batched_nms groups the sorted boxes by category (a stable sort keeps score order inside each group) and runs the
+// greedy pass per group in parallel; the kept positions are then read back in global score order. Cost is the sum
+// of per-category squares instead of N^2, with no coordinate-offset trick (exact for any coordinate range).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "../nms_common.h"
+
+namespace opmask_fast {
+namespace {
+
+// Greedy NMS over the sorted boxes [begin, end) of x1/y1/x2/y2/area (clobbered); sets keep[i] = 1 for survivors.
+// The still-alive boxes are kept packed at the front: each kept box tests only boxes nobody has suppressed yet,
+// and the survivors are compacted in the same branch-free pass.
+template <typename acc_t>
+void greedy(acc_t* x1, acc_t* y1, acc_t* x2, acc_t* y2, acc_t* area, int64_t* pos, int64_t begin, int64_t end,
+            double threshold, uint8_t* keep) {
+  x1 += begin, y1 += begin, x2 += begin, y2 += begin, area += begin, pos += begin;
+  int64_t alive = end - begin;
+  while (alive > 0) {
+    keep[pos[0]] = 1;
+    const acc_t ix1 = x1[0], iy1 = y1[0], ix2 = x2[0], iy2 = y2[0], ia = area[0];
+    int64_t next = 0;
+    for (int64_t j = 1; j < alive; ++j) {
+      const bool gone = iou_above<acc_t, double>(ix1, iy1, ix2, iy2, ia, x1[j], y1[j], x2[j], y2[j], area[j], threshold);
+      x1[next] = x1[j];
+      y1[next] = y1[j];
+      x2[next] = x2[j];
+      y2[next] = y2[j];
+      area[next] = area[j];
+      pos[next] = pos[j];
+      next += !gone;
+    }
+    alive = next;
+  }
+}
+
+void check_inputs(const at::Tensor& boxes, const at::Tensor& scores) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "opmask_fast::nms: boxes must be a Tensor[N, 4]");
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "opmask_fast::nms: scores must be a Tensor[N]");
+  TORCH_CHECK(boxes.is_floating_point() && scores.is_floating_point(),
+              "opmask_fast::nms: boxes and scores must be floating point");
+}
+
+at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double threshold) {
+  check_inputs(boxes, scores);
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  // IoU in float32 for half/bfloat16 (their areas overflow or round badly), in the input type otherwise.
+  const auto acc_type = at::toOpMathType(boxes.scalar_type());
+  const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).t().contiguous();  // (4, N)
+  std::vector<int64_t> pos(n);
+  std::iota(pos.begin(), pos.end(), 0);
+  std::vector<int64_t> group_begin = {0, n};
+  if (idxs != nullptr) {
+    const at::Tensor cls = idxs->index_select(0, order).to(at::kLong).contiguous();
+    const int64_t* c = cls.const_data_ptr<int64_t>();
+    std::stable_sort(pos.begin(), pos.end(), [c](int64_t a, int64_t b) { return c[a] < c[b]; });
+    group_begin = {0};
+    for (int64_t i = 1; i < n; ++i)
+      if (c[pos[i]] != c[pos[i - 1]]) group_begin.push_back(i);
+    group_begin.push_back(n);
+  }
+  std::vector<uint8_t> keep_sorted(n, 0);
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "nms_cpu", [&] {
+    // Gather each group's boxes contiguously (positions `pos`) so its greedy pass streams memory.
+    std::vector<scalar_t> soa(5 * n);
+    scalar_t *x1 = soa.data(), *y1 = x1 + n, *x2 = y1 + n, *y2 = x2 + n, *area = y2 + n;
+    const scalar_t* s = sorted.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t p = pos[i];
+      x1[i] = s[p];
+      y1[i] = s[n + p];
+      x2[i] = s[2 * n + p];
+      y2[i] = s[3 * n + p];
+      area[i] = (x2[i] - x1[i]) * (y2[i] - y1[i]);
+    }
+    // pos[i] = sorted index of the i-th box in category order; the greedy pass marks keep_sorted by it.
+    std::vector<int64_t> packed(pos);
+    const int64_t groups = static_cast<int64_t>(group_begin.size()) - 1;
+    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g)
+        greedy(x1, y1, x2, y2, area, packed.data(), group_begin[g], group_begin[g + 1], threshold, keep_sorted.data());
+    });
+  });
+  std::vector<int64_t> kept;
+  for (int64_t i = 0; i < n; ++i)
+    if (keep_sorted[i]) kept.push_back(i);
+  at::Tensor kept_t = at::from_blob(kept.data(), {static_cast<int64_t>(kept.size())}, at::kLong).clone();
+  return order.index_select(0, kept_t.to(order.device()));
+}
+
+at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  return nms_impl(boxes.contiguous(), scores.contiguous(), nullptr, iou_threshold);
+}
+
+at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                           double iou_threshold) {
+  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "opmask_fast::batched_nms: idxs must be a Tensor[N]");
+  TORCH_CHECK(!idxs.is_floating_point(), "opmask_fast::batched_nms: idxs must be an integer tensor");
+  const at::Tensor cls = idxs.contiguous();
+  return nms_impl(boxes.contiguous(), scores.contiguous(), &cls, iou_threshold);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(opmask_fast, CPU, m) {
+  m.impl("nms", &nms_cpu);
+  m.impl("batched_nms", &batched_nms_cpu);
+}
+
+}  // namespace opmask_fast

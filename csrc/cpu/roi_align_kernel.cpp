@@ -1,0 +1,262 @@
+// RoIAlign CPU kernels: multi-threaded with at::parallel_for and deterministic.
+//
+// Each RoI's bilinear taps (pixel offset within a channel plane, weight already divided by the bin's sample count)
+// are built once and reused for every channel. Forward parallelises over RoIs (each writes its own output rows).
+// Backward first builds the taps of a group of RoIs, then parallelises over channels: a thread owns whole channel
+// planes of grad_input and visits the RoIs in order, so the sums never race and never depend on thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../roi_align_common.h"
+
+namespace opmask_fast {
+namespace {
+
+// Taps of one RoI: bin b owns entries [bin_begin[b], bin_begin[b + 1]) of offset/weight.
+template <typename acc_t>
+struct RoiTaps {
+  std::vector<AxisTap<acc_t>> ytaps, xtaps;
+  std::vector<int64_t> bin_begin;
+  std::vector<int32_t> offset;  // y * W + x within one channel plane (H * W < 2^31 is checked)
+  std::vector<acc_t> weight;
+};
+
+// Samples of a bin narrower than a pixel share pixels: summing their weights per pixel once per RoI saves a load
+// and a multiply-add per channel for every duplicate. Small bins only (the quadratic scan stays cheap).
+template <typename acc_t>
+void merge_duplicates(RoiTaps<acc_t>& t, int64_t begin) {
+  const int64_t end = static_cast<int64_t>(t.offset.size());
+  if (end - begin > 64) return;
+  int64_t out = begin;
+  for (int64_t i = begin; i < end; ++i) {
+    int64_t j = begin;
+    while (j < out && t.offset[j] != t.offset[i]) ++j;
+    if (j < out) {
+      t.weight[j] += t.weight[i];
+    } else {
+      t.offset[out] = t.offset[i];
+      t.weight[out] = t.weight[i];
+      ++out;
+    }
+  }
+  t.offset.resize(out);
+  t.weight.resize(out);
+}
+
+// Fills taps for one RoI; zero-weight taps (samples outside the map, exact pixel hits) are dropped and taps on
+// the same pixel merged.
+template <typename acc_t>
+void build_taps(const RoiGeometry<acc_t>& g, int64_t ph, int64_t pw, int64_t height, int64_t width,
+                RoiTaps<acc_t>& t) {
+  const int64_t gh = g.grid_h, gw = g.grid_w;
+  t.ytaps.resize(ph * gh);
+  t.xtaps.resize(pw * gw);
+  for (int64_t p = 0; p < ph; ++p)
+    for (int64_t i = 0; i < gh; ++i) t.ytaps[p * gh + i] = axis_tap(g.start_h, g.bin_h, p, i, gh, height);
+  for (int64_t q = 0; q < pw; ++q)
+    for (int64_t i = 0; i < gw; ++i) t.xtaps[q * gw + i] = axis_tap(g.start_w, g.bin_w, q, i, gw, width);
+  t.bin_begin.resize(ph * pw + 1);
+  t.offset.clear();
+  t.weight.clear();
+  auto push = [&](int64_t y, int64_t x, acc_t w) {
+    if (w != 0) {
+      t.offset.push_back(static_cast<int32_t>(y * width + x));
+      t.weight.push_back(w);
+    }
+  };
+  for (int64_t p = 0; p < ph; ++p) {
+    for (int64_t q = 0; q < pw; ++q) {
+      t.bin_begin[p * pw + q] = static_cast<int64_t>(t.offset.size());
+      for (int64_t iy = 0; iy < gh; ++iy) {
+        const AxisTap<acc_t>& ty = t.ytaps[p * gh + iy];
+        if (ty.w_lo == 0 && ty.w_hi == 0) continue;
+        for (int64_t ix = 0; ix < gw; ++ix) {
+          const AxisTap<acc_t>& tx = t.xtaps[q * gw + ix];
+          push(ty.lo, tx.lo, ty.w_lo * tx.w_lo * g.inv_count);
+          push(ty.lo, tx.hi, ty.w_lo * tx.w_hi * g.inv_count);
+          push(ty.hi, tx.lo, ty.w_hi * tx.w_lo * g.inv_count);
+          push(ty.hi, tx.hi, ty.w_hi * tx.w_hi * g.inv_count);
+        }
+      }
+      merge_duplicates(t, t.bin_begin[p * pw + q]);
+    }
+  }
+  t.bin_begin[ph * pw] = static_cast<int64_t>(t.offset.size());
+}
+
+// Channels handled together: each tap's offset and weight are loaded once and applied to this many planes, and
+// the independent accumulators keep the FPU busy while the scattered loads are in flight.
+constexpr int64_t kChannelBlock = 8;
+
+// Output bins of channels [c0, c0 + count) of one RoI. BLOCK > 1 processes exactly BLOCK channels per step with
+// the accumulators in registers; BLOCK == 1 handles a remainder of any size.
+template <typename scalar_t, typename acc_t, int64_t BLOCK>
+inline void pool_channels(const RoiTaps<acc_t>& t, const scalar_t* planes, scalar_t* dst, const scalar_t* map,
+                          int64_t c0, int64_t count, int64_t plane, int64_t nbins) {
+  const int32_t* off = t.offset.data();
+  const acc_t* wt = t.weight.data();
+  for (int64_t cs = c0; cs < c0 + count; cs += BLOCK) {
+    const scalar_t* src = planes + cs * plane;
+    for (int64_t b = 0; b < nbins; ++b) {
+      acc_t acc[BLOCK] = {};
+      for (int64_t i = t.bin_begin[b]; i < t.bin_begin[b + 1]; ++i) {
+        const acc_t wi = wt[i];
+        const scalar_t* p = src + off[i];
+        for (int64_t j = 0; j < BLOCK; ++j) acc[j] += wi * static_cast<acc_t>(p[j * plane]);
+      }
+      const acc_t add = map ? static_cast<acc_t>(map[b]) : acc_t(0);
+      for (int64_t j = 0; j < BLOCK; ++j) dst[(cs + j) * nbins + b] = static_cast<scalar_t>(acc[j] + add);
+    }
+  }
+}
+
+// Gradient of channels [c0, c0 + count) for one RoI: scatter grad_out through the same taps.
+template <typename scalar_t, typename acc_t, int64_t BLOCK>
+inline void scatter_channels(const RoiTaps<acc_t>& t, const scalar_t* grad, acc_t* planes, int64_t c0,
+                             int64_t count, int64_t plane, int64_t nbins) {
+  const int32_t* off = t.offset.data();
+  const acc_t* wt = t.weight.data();
+  for (int64_t cs = c0; cs < c0 + count; cs += BLOCK) {
+    acc_t* dst = planes + cs * plane;
+    for (int64_t b = 0; b < nbins; ++b) {
+      acc_t gv[BLOCK];
+      for (int64_t j = 0; j < BLOCK; ++j) gv[j] = static_cast<acc_t>(grad[(cs + j) * nbins + b]);
+      for (int64_t i = t.bin_begin[b]; i < t.bin_begin[b + 1]; ++i) {
+        const acc_t wi = wt[i];
+        acc_t* p = dst + off[i];
+        for (int64_t j = 0; j < BLOCK; ++j) p[j * plane] += wi * gv[j];
+      }
+    }
+  }
+}
+
+void check_common(const at::Tensor& rois, const at::Tensor& input, int64_t ph, int64_t pw) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "opmask_fast::roi_align: rois must be a Tensor[K, 5]");
+  TORCH_CHECK(ph > 0 && pw > 0, "opmask_fast::roi_align: output size must be positive");
+  const auto want = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(rois.scalar_type() == want, "opmask_fast::roi_align: rois must be ", want, " for ",
+              input.scalar_type(), " input, got ", rois.scalar_type());
+}
+
+at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,
+                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
+                                 const std::optional<at::Tensor>& roi_map_) {
+  TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
+  check_common(rois_, input_, ph, pw);
+  TORCH_CHECK(input_.size(2) * input_.size(3) < (int64_t(1) << 31), "opmask_fast::roi_align: H * W must be < 2^31");
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  at::Tensor roi_map;
+  if (roi_map_.has_value()) {
+    TORCH_CHECK(roi_map_->dim() == 3 && roi_map_->size(0) == k && roi_map_->size(1) == ph && roi_map_->size(2) == pw,
+                "opmask_fast::roi_align: roi_map must be a Tensor[K, Ho, Wo]");
+    roi_map = roi_map_->to(input.scalar_type()).contiguous();
+  }
+  at::Tensor out = at::zeros({k, c, ph, pw}, input.options());
+  if (k == 0 || c == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* in = input.const_data_ptr<scalar_t>();
+    const acc_t* roi = rois.const_data_ptr<acc_t>();
+    const scalar_t* map = roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    const int64_t nbins = ph * pw;
+    at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
+      RoiTaps<acc_t> taps;
+      for (int64_t r = begin; r < end; ++r) {
+        const auto g = roi_geometry<acc_t>(roi + 5 * r, n, static_cast<acc_t>(spatial_scale), ph, pw,
+                                           sampling_ratio, aligned);
+        TORCH_CHECK(g.batch >= 0, "opmask_fast::roi_align: RoI ", r, " has batch index ", roi[5 * r],
+                    " outside [0, ", n, ")");
+        build_taps(g, ph, pw, h, w, taps);
+        const scalar_t* planes = in + g.batch * c * h * w;
+        scalar_t* dst = o + r * c * nbins;
+        const scalar_t* map_r = map ? map + r * nbins : nullptr;
+        int64_t ch = 0;
+        for (; ch + kChannelBlock <= c; ch += kChannelBlock)
+          pool_channels<scalar_t, acc_t, kChannelBlock>(taps, planes, dst, map_r, ch, kChannelBlock, h * w, nbins);
+        if (ch < c) pool_channels<scalar_t, acc_t, 1>(taps, planes, dst, map_r, ch, c - ch, h * w, nbins);
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
+                                  int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
+                                  int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_common(rois_, grad_, ph, pw);
+  const int64_t k = rois_.size(0);
+  TORCH_CHECK(grad_.dim() == 4 && grad_.size(0) == k && grad_.size(1) == channels && grad_.size(2) == ph &&
+                  grad_.size(3) == pw,
+              "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
+  TORCH_CHECK(height * width < (int64_t(1) << 31), "opmask_fast::roi_align_backward: H * W must be < 2^31");
+  const at::Tensor grad = grad_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const auto acc_type = at::toOpMathType(grad.scalar_type());
+  // Half/bfloat16 gradients are summed in float32 and rounded once at the end.
+  at::Tensor grad_in = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  if (k == 0 || channels == 0) return grad_in.to(grad.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* go = grad.const_data_ptr<scalar_t>();
+    const acc_t* roi = rois.const_data_ptr<acc_t>();
+    acc_t* gi = grad_in.mutable_data_ptr<acc_t>();
+    const int64_t nbins = ph * pw;
+    // Taps of a group of RoIs are kept in memory while all channels consume them; the budget bounds that memory.
+    constexpr int64_t kTapBudget = int64_t(1) << 21;
+    std::vector<RoiGeometry<acc_t>> geo(k);
+    for (int64_t r = 0; r < k; ++r) {
+      geo[r] = roi_geometry<acc_t>(roi + 5 * r, batch_size, static_cast<acc_t>(spatial_scale), ph, pw,
+                                   sampling_ratio, aligned);
+      TORCH_CHECK(geo[r].batch >= 0, "opmask_fast::roi_align_backward: RoI ", r, " has batch index ",
+                  roi[5 * r], " outside [0, ", batch_size, ")");
+    }
+    std::vector<RoiTaps<acc_t>> taps;
+    for (int64_t r0 = 0; r0 < k;) {
+      int64_t r1 = r0, total = 0;
+      while (r1 < k && (r1 == r0 || total < kTapBudget)) {
+        total += nbins * geo[r1].grid_h * geo[r1].grid_w * 4;
+        ++r1;
+      }
+      taps.resize(r1 - r0);
+      at::parallel_for(r0, r1, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) build_taps(geo[r], ph, pw, height, width, taps[r - r0]);
+      });
+      // Threads own blocks of whole channels, so no two threads ever add into the same grad_input element.
+      const int64_t blocks = (channels + kChannelBlock - 1) / kChannelBlock;
+      at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t blk = begin; blk < end; ++blk) {
+          const int64_t c0 = blk * kChannelBlock, count = std::min(kChannelBlock, channels - c0);
+          for (int64_t r = r0; r < r1; ++r) {
+            acc_t* planes = gi + geo[r].batch * channels * height * width;
+            const scalar_t* src = go + r * channels * nbins;
+            if (count == kChannelBlock)
+              scatter_channels<scalar_t, acc_t, kChannelBlock>(taps[r - r0], src, planes, c0, count,
+                                                               height * width, nbins);
+            else
+              scatter_channels<scalar_t, acc_t, 1>(taps[r - r0], src, planes, c0, count, height * width, nbins);
+          }
+        }
+      });
+      r0 = r1;
+    }
+  });
+  return grad_in.scalar_type() == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(opmask_fast, CPU, m) {
+  m.impl("roi_align", &roi_align_forward_cpu);
+  m.impl("roi_align_backward", &roi_align_backward_cpu);
+}
+
+}  // namespace opmask_fast

@@ -1,0 +1,137 @@
+// NMS CUDA kernels: the classic 64-box bitmask, with the keep list resolved on the device.
+//
+// Boxes are sorted by descending score. nms_mask_kernel sets bit j of mask[i][j / 64] when box j (later in the
+// order) overlaps box i above the threshold - and, for batched_nms, has the same category, so categories never
+// interact and no coordinate-offset trick is needed. nms_gather_kernel then walks the boxes in order in a single
+// block, OR-ing the rows of kept boxes into a shared "removed" bitmap; only the boolean keep flags leave the kernel
+// (the N x N/64 mask is never copied to the host). One host sync remains: the number of kept boxes.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../nms_common.h"
+
+namespace opmask_fast {
+namespace {
+
+constexpr int kBoxesPerWord = 64;
+// The gather kernel keeps one bit per box in shared memory.
+constexpr int64_t kMaxSharedBytes = 48 * 1024;
+
+template <typename acc_t>
+__global__ void nms_mask_kernel(int64_t n, float threshold, const acc_t* __restrict__ boxes,
+                                const int64_t* __restrict__ cls, unsigned long long* __restrict__ mask,
+                                int64_t col_blocks) {
+  const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
+  if (row_block > col_block) return;  // only later boxes can be suppressed: the lower triangle is never read
+  const int64_t row_size = min(n - row_block * kBoxesPerWord, int64_t(kBoxesPerWord));
+  const int64_t col_size = min(n - col_block * kBoxesPerWord, int64_t(kBoxesPerWord));
+  __shared__ acc_t col_boxes[kBoxesPerWord * 5];
+  __shared__ int64_t col_cls[kBoxesPerWord];
+  if (threadIdx.x < col_size) {
+    const acc_t* b = boxes + (col_block * kBoxesPerWord + threadIdx.x) * 4;
+    acc_t* s = col_boxes + threadIdx.x * 5;
+    s[0] = b[0];
+    s[1] = b[1];
+    s[2] = b[2];
+    s[3] = b[3];
+    s[4] = (b[2] - b[0]) * (b[3] - b[1]);
+    col_cls[threadIdx.x] = cls != nullptr ? cls[col_block * kBoxesPerWord + threadIdx.x] : 0;
+  }
+  __syncthreads();
+  if (threadIdx.x >= row_size) return;
+  const int64_t cur = row_block * kBoxesPerWord + threadIdx.x;
+  const acc_t* a = boxes + cur * 4;
+  const acc_t area = (a[2] - a[0]) * (a[3] - a[1]);
+  const int64_t cur_cls = cls != nullptr ? cls[cur] : 0;
+  unsigned long long bits = 0;
+  for (int64_t i = row_block == col_block ? threadIdx.x + 1 : 0; i < col_size; ++i) {
+    const acc_t* b = col_boxes + i * 5;
+    if (col_cls[i] == cur_cls && iou_above<acc_t, float>(a[0], a[1], a[2], a[3], area, b[0], b[1], b[2], b[3], b[4],
+                                                         threshold))
+      bits |= 1ULL << i;
+  }
+  mask[cur * col_blocks + col_block] = bits;
+}
+
+__global__ void nms_gather_kernel(int64_t n, int64_t col_blocks, const unsigned long long* __restrict__ mask,
+                                  bool* __restrict__ keep) {
+  extern __shared__ unsigned long long removed[];
+  for (int64_t i = threadIdx.x; i < col_blocks; i += blockDim.x) removed[i] = 0;
+  __syncthreads();
+  for (int64_t block = 0; block < col_blocks; ++block) {
+    unsigned long long removed_here = removed[block];
+    __syncthreads();
+    for (int bit = 0; bit < kBoxesPerWord; ++bit) {
+      const int64_t i = block * kBoxesPerWord + bit;
+      if (i >= n) break;
+      if (removed_here & (1ULL << bit)) continue;
+      if (threadIdx.x == 0) keep[i] = true;
+      const unsigned long long* row = mask + i * col_blocks;
+      for (int64_t j = block + threadIdx.x; j < col_blocks; j += blockDim.x) removed[j] |= row[j];
+      __syncthreads();
+      removed_here = removed[block];  // box i may have suppressed later boxes of this very word
+    }
+  }
+}
+
+at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double threshold) {
+  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "opmask_fast::nms: boxes must be a Tensor[N, 4]");
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "opmask_fast::nms: scores must be a Tensor[N]");
+  TORCH_CHECK(scores.device() == boxes.device(), "opmask_fast::nms: boxes and scores must be on the same device");
+  const c10::cuda::CUDAGuard guard(boxes.device());
+  const int64_t n = boxes.size(0);
+  if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  const int64_t col_blocks = (n + kBoxesPerWord - 1) / kBoxesPerWord;
+  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes, "opmask_fast::nms: at most ", kMaxSharedBytes * 8,
+              " boxes per call on CUDA, got ", n);
+  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const auto acc_type = at::toOpMathType(boxes.scalar_type());
+  const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).contiguous();
+  at::Tensor cls;
+  if (idxs != nullptr) {
+    TORCH_CHECK(idxs->device() == boxes.device(), "opmask_fast::batched_nms: idxs must be on the boxes' device");
+    cls = idxs->index_select(0, order).to(at::kLong).contiguous();
+  }
+  at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
+  at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "nms_cuda", [&] {
+    nms_mask_kernel<scalar_t><<<grid, kBoxesPerWord, 0, stream>>>(
+        n, static_cast<float>(threshold), sorted.const_data_ptr<scalar_t>(),
+        cls.defined() ? cls.const_data_ptr<int64_t>() : nullptr,
+        reinterpret_cast<unsigned long long*>(mask.mutable_data_ptr<int64_t>()), col_blocks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  int threads = static_cast<int>(col_blocks < 1024 ? col_blocks : 1024);
+  threads = ((threads + 31) / 32) * 32;
+  nms_gather_kernel<<<1, threads, col_blocks * sizeof(unsigned long long), stream>>>(
+      n, col_blocks, reinterpret_cast<const unsigned long long*>(mask.const_data_ptr<int64_t>()),
+      keep.mutable_data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return order.masked_select(keep);
+}
+
+at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  return nms_cuda_impl(boxes, scores, nullptr, iou_threshold);
+}
+
+at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
+                            double iou_threshold) {
+  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "opmask_fast::batched_nms: idxs must be a Tensor[N]");
+  TORCH_CHECK(!idxs.is_floating_point(), "opmask_fast::batched_nms: idxs must be an integer tensor");
+  return nms_cuda_impl(boxes, scores, &idxs, iou_threshold);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(opmask_fast, CUDA, m) {
+  m.impl("nms", &nms_cuda);
+  m.impl("batched_nms", &batched_nms_cuda);
+}
+
+}  // namespace opmask_fast

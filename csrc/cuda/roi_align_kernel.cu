@@ -1,0 +1,202 @@
+// RoIAlign CUDA kernels (float32, float64, float16, bfloat16; accumulation in float32 for the half types).
+//
+// One block per (RoI, group of channels). The block first computes the RoI's axis taps (roi_align_common.h) into
+// shared memory - ph * grid_h rows and pw * grid_w columns - and every thread then reuses them for its
+// (channel, bin) outputs, instead of recomputing the sample positions and weights for each channel. Consecutive
+// threads take consecutive bins of one channel, so their loads hit neighbouring pixels and their stores are
+// contiguous. Backward scatters with atomics into a float32 (float64) buffer: run to run it may differ in the
+// last bits; the CPU kernel is the deterministic one.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/Atomic.cuh>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../roi_align_common.h"
+
+namespace opmask_fast {
+namespace {
+
+constexpr int kThreads = 256;
+// Axis taps cached per block (per axis). A RoI needing more (a huge adaptive grid) recomputes them per sample.
+constexpr int kMaxAxisTaps = 512;
+// Target number of (channel, bin) outputs per block.
+constexpr int64_t kOutputsPerBlock = 1024;
+
+template <typename acc_t>
+__device__ inline void load_axis_taps(const RoiGeometry<acc_t>& g, int64_t ph, int64_t pw, int64_t h, int64_t w,
+                                      AxisTap<acc_t>* ytaps, AxisTap<acc_t>* xtaps) {
+  for (int64_t i = threadIdx.x; i < ph * g.grid_h; i += blockDim.x)
+    ytaps[i] = axis_tap(g.start_h, g.bin_h, i / g.grid_h, i % g.grid_h, g.grid_h, h);
+  for (int64_t i = threadIdx.x; i < pw * g.grid_w; i += blockDim.x)
+    xtaps[i] = axis_tap(g.start_w, g.bin_w, i / g.grid_w, i % g.grid_w, g.grid_w, w);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois,
+                                         const scalar_t* __restrict__ roi_map, scalar_t* __restrict__ out,
+                                         int64_t n, int64_t c, int64_t h, int64_t w, int64_t ph, int64_t pw,
+                                         acc_t spatial_scale, int64_t sampling_ratio, bool aligned,
+                                         int64_t channels_per_block) {
+  __shared__ AxisTap<acc_t> ytaps[kMaxAxisTaps];
+  __shared__ AxisTap<acc_t> xtaps[kMaxAxisTaps];
+  const int64_t r = blockIdx.x;
+  const int64_t c0 = blockIdx.y * channels_per_block;
+  const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
+  const bool cached = ph * g.grid_h <= kMaxAxisTaps && pw * g.grid_w <= kMaxAxisTaps;
+  if (cached) load_axis_taps(g, ph, pw, h, w, ytaps, xtaps);
+  __syncthreads();
+  const int64_t nbins = ph * pw;
+  const int64_t c1 = c0 + channels_per_block < c ? c0 + channels_per_block : c;
+  for (int64_t e = threadIdx.x; e < (c1 - c0) * nbins; e += blockDim.x) {
+    const int64_t ch = c0 + e / nbins, bin = e % nbins, p = bin / pw, q = bin % pw;
+    acc_t sum = 0;
+    if (g.batch >= 0) {  // an invalid batch index (refused in Python) reads nothing
+      const scalar_t* plane = input + (g.batch * c + ch) * h * w;
+      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+        const AxisTap<acc_t> ty =
+            cached ? ytaps[p * g.grid_h + iy] : axis_tap(g.start_h, g.bin_h, p, iy, g.grid_h, h);
+        if (ty.w_lo == 0 && ty.w_hi == 0) continue;
+        const scalar_t* row_lo = plane + ty.lo * w;
+        const scalar_t* row_hi = plane + ty.hi * w;
+        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+          const AxisTap<acc_t> tx =
+              cached ? xtaps[q * g.grid_w + ix] : axis_tap(g.start_w, g.bin_w, q, ix, g.grid_w, w);
+          if (tx.w_lo == 0 && tx.w_hi == 0) continue;
+          sum += ty.w_lo * (tx.w_lo * static_cast<acc_t>(row_lo[tx.lo]) + tx.w_hi * static_cast<acc_t>(row_lo[tx.hi])) +
+                 ty.w_hi * (tx.w_lo * static_cast<acc_t>(row_hi[tx.lo]) + tx.w_hi * static_cast<acc_t>(row_hi[tx.hi]));
+        }
+      }
+    }
+    sum *= g.inv_count;
+    if (roi_map != nullptr) sum += static_cast<acc_t>(roi_map[r * nbins + bin]);
+    out[(r * c + ch) * nbins + bin] = static_cast<scalar_t>(sum);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __restrict__ rois,
+                                          acc_t* __restrict__ grad_input, int64_t n, int64_t c, int64_t h,
+                                          int64_t w, int64_t ph, int64_t pw, acc_t spatial_scale,
+                                          int64_t sampling_ratio, bool aligned, int64_t channels_per_block) {
+  __shared__ AxisTap<acc_t> ytaps[kMaxAxisTaps];
+  __shared__ AxisTap<acc_t> xtaps[kMaxAxisTaps];
+  const int64_t r = blockIdx.x;
+  const int64_t c0 = blockIdx.y * channels_per_block;
+  const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
+  if (g.batch < 0) return;  // uniform across the block, so no thread is left waiting at the barrier
+  const bool cached = ph * g.grid_h <= kMaxAxisTaps && pw * g.grid_w <= kMaxAxisTaps;
+  if (cached) load_axis_taps(g, ph, pw, h, w, ytaps, xtaps);
+  __syncthreads();
+  const int64_t nbins = ph * pw;
+  const int64_t c1 = c0 + channels_per_block < c ? c0 + channels_per_block : c;
+  for (int64_t e = threadIdx.x; e < (c1 - c0) * nbins; e += blockDim.x) {
+    const int64_t ch = c0 + e / nbins, bin = e % nbins, p = bin / pw, q = bin % pw;
+    const acc_t gv = static_cast<acc_t>(grad[(r * c + ch) * nbins + bin]) * g.inv_count;
+    if (gv == 0) continue;
+    acc_t* plane = grad_input + (g.batch * c + ch) * h * w;
+    for (int64_t iy = 0; iy < g.grid_h; ++iy) {
+      const AxisTap<acc_t> ty = cached ? ytaps[p * g.grid_h + iy] : axis_tap(g.start_h, g.bin_h, p, iy, g.grid_h, h);
+      if (ty.w_lo == 0 && ty.w_hi == 0) continue;
+      for (int64_t ix = 0; ix < g.grid_w; ++ix) {
+        const AxisTap<acc_t> tx =
+            cached ? xtaps[q * g.grid_w + ix] : axis_tap(g.start_w, g.bin_w, q, ix, g.grid_w, w);
+        if (tx.w_lo == 0 && tx.w_hi == 0) continue;
+        gpuAtomicAdd(plane + ty.lo * w + tx.lo, gv * ty.w_lo * tx.w_lo);
+        gpuAtomicAdd(plane + ty.lo * w + tx.hi, gv * ty.w_lo * tx.w_hi);
+        gpuAtomicAdd(plane + ty.hi * w + tx.lo, gv * ty.w_hi * tx.w_lo);
+        gpuAtomicAdd(plane + ty.hi * w + tx.hi, gv * ty.w_hi * tx.w_hi);
+      }
+    }
+  }
+}
+
+void check_rois(const at::Tensor& rois, const at::Tensor& ref, int64_t ph, int64_t pw) {
+  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "opmask_fast::roi_align: rois must be a Tensor[K, 5]");
+  TORCH_CHECK(ph > 0 && pw > 0, "opmask_fast::roi_align: output size must be positive");
+  TORCH_CHECK(rois.device() == ref.device(), "opmask_fast::roi_align: rois and input must be on the same device");
+  const auto want = ref.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  TORCH_CHECK(rois.scalar_type() == want, "opmask_fast::roi_align: rois must be ", want, " for ",
+              ref.scalar_type(), " input, got ", rois.scalar_type());
+}
+
+dim3 grid_for(int64_t k, int64_t c, int64_t nbins, int64_t* channels_per_block) {
+  int64_t cpb = (kOutputsPerBlock + nbins - 1) / nbins;
+  cpb = cpb < c ? cpb : c;
+  const int64_t groups = (c + cpb - 1) / cpb;
+  TORCH_CHECK(groups <= 65535 && k < (int64_t(1) << 31), "opmask_fast::roi_align: too many RoIs or channels");
+  *channels_per_block = cpb;
+  return dim3(static_cast<unsigned>(k), static_cast<unsigned>(groups));
+}
+
+at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,
+                                  int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
+                                  const std::optional<at::Tensor>& roi_map_) {
+  TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
+  check_rois(rois_, input_, ph, pw);
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  at::Tensor roi_map;
+  if (roi_map_.has_value()) {
+    TORCH_CHECK(roi_map_->dim() == 3 && roi_map_->size(0) == k && roi_map_->size(1) == ph && roi_map_->size(2) == pw,
+                "opmask_fast::roi_align: roi_map must be a Tensor[K, Ho, Wo]");
+    TORCH_CHECK(roi_map_->device() == input.device(), "opmask_fast::roi_align: roi_map must be on the input's device");
+    roi_map = roi_map_->to(input.scalar_type()).contiguous();
+  }
+  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
+  if (out.numel() == 0) return out;
+  int64_t cpb = 0;
+  const dim3 grid = grid_for(k, c, ph * pw, &cpb);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_align_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        input.const_data_ptr<scalar_t>(), rois.const_data_ptr<acc_t>(),
+        roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), n, c, h,
+        w, ph, pw, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, cpb);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
+                                   int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
+                                   int64_t width, int64_t sampling_ratio, bool aligned) {
+  check_rois(rois_, grad_, ph, pw);
+  const int64_t k = rois_.size(0);
+  TORCH_CHECK(grad_.dim() == 4 && grad_.size(0) == k && grad_.size(1) == channels && grad_.size(2) == ph &&
+                  grad_.size(3) == pw,
+              "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
+  const c10::cuda::CUDAGuard guard(grad_.device());
+  const at::Tensor grad = grad_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const auto acc_type = at::toOpMathType(grad.scalar_type());
+  at::Tensor grad_in = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
+  if (grad.numel() > 0 && grad_in.numel() > 0) {
+    int64_t cpb = 0;
+    const dim3 grid = grid_for(k, channels, ph * pw, &cpb);
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      roi_align_backward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), rois.const_data_ptr<acc_t>(), grad_in.mutable_data_ptr<acc_t>(),
+          batch_size, channels, height, width, ph, pw, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned,
+          cpb);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return grad_in.scalar_type() == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(opmask_fast, CUDA, m) {
+  m.impl("roi_align", &roi_align_forward_cuda);
+  m.impl("roi_align_backward", &roi_align_backward_cuda);
+}
+
+}  // namespace opmask_fast

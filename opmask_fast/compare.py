@@ -1,0 +1,173 @@
+"""The main job: OPMask against its Mask R-CNN baseline on the embedded synthetic dataset, side by side.
+
+``python -m opmask_fast.compare`` generates the dataset (once), trains each variant with the same data, schedule and
+seed as separate processes (two at a time, one thread each, on a 2-core CPU), evaluates them and prints one table:
+weak- and strong-class mask AP, ambiguous vs other mask AP, prior AP, oracle-box mask IoU and seconds per image.
+``--seeds 0,1,2`` repeats every variant per seed and reports mean +- standard deviation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from .data import SyntheticSpec, ensure_synthetic
+from .engine.evaluation import write_metrics
+
+# name -> (label, extra arguments of opmask_fast.train)
+VARIANTS = {
+    "baseline": ("Mask R-CNN baseline", ["--no-prior"]),
+    "opmask": ("OPMask (paper recipe)", ["--prior-scale", "none"]),
+    "opmask_gain": ("OPMask + learnable gain", ["--prior-scale", "learnable"]),
+}
+
+ROWS = [
+    ("mask AP weak", "mask_AP_weak"),
+    ("mask AP strong", "mask_AP_strong"),
+    ("mask AP50 weak", "mask_AP50_weak"),
+    ("box AP weak", "box_AP_weak"),
+    ("mask AP ambiguous", "mask_AP_ambiguous"),
+    ("mask AP non-ambiguous", "mask_AP_unambiguous"),
+    ("prior AP weak", "prior_AP_weak"),
+    ("prior AP strong", "prior_AP_strong"),
+    ("oracle mIoU weak", "oracle_mIoU_weak"),
+    ("oracle mIoU strong", "oracle_mIoU_strong"),
+    ("s/img (inference)", "seconds_per_image"),
+    ("train minutes", "train_minutes"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m opmask_fast.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default="baseline,opmask,opmask_gain",
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0", help="training seeds, comma separated (e.g. 0,1,2)")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--output-dir", default=os.path.join("outputs", "compare"))
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
+    p.add_argument("train_args", nargs=argparse.REMAINDER,
+                   help="after --: extra arguments for every opmask_fast.train run (e.g. -- --iters 600)")
+    return p
+
+
+def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
+    extra = [a for a in args.train_args if a != "--"]
+    cmd = [sys.executable, "-m", "opmask_fast.train", "--quiet", "--seed", str(seed), "--data-seed", str(args.data_seed),
+           "--num-threads", str(args.threads), "--output-dir", out, *VARIANTS[variant][1], *extra]
+    if args.cache_dir:
+        cmd += ["--cache-dir", args.cache_dir]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    os.makedirs(out, exist_ok=True)
+    log = open(os.path.join(out, "log.txt"), "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_all(args) -> dict[str, list[dict]]:
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    # Seed-major order: with two jobs the first seed of every variant finishes first.
+    queue = [(v, s) for s in seeds for v in variants]
+    running: dict[tuple, tuple] = {}
+    failed = []
+    start = time.time()
+    while queue or running:
+        while queue and len(running) < max(args.jobs, 1):
+            v, s = queue.pop(0)
+            out = os.path.join(args.output_dir, f"{v}_s{s}")
+            if args.reuse and os.path.isfile(os.path.join(out, "metrics.json")):
+                continue
+            running[(v, s)] = (_launch(v, s, args, out), time.time(), out)
+            print(f"[{time.time() - start:5.0f} s] started {v} seed {s}", flush=True)
+        time.sleep(1.0)
+        for key, (proc, t0, out) in list(running.items()):
+            if proc.poll() is not None:
+                del running[key]
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {out}/log.txt)"
+                if proc.returncode != 0:
+                    failed.append(key)
+                print(f"[{time.time() - start:5.0f} s] {key[0]} seed {key[1]} {status} in {time.time() - t0:.0f} s",
+                      flush=True)
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for v in variants:
+        for s in seeds:
+            path = os.path.join(args.output_dir, f"{v}_s{s}", "metrics.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    m = json.load(f)
+                m["seed"] = s
+                m["train_minutes"] = (m.get("train_seconds") or math.nan) / 60
+                results[v].append(m)
+    if failed:
+        print(f"failed runs: {failed}", file=sys.stderr)
+    return results
+
+
+def _stats(values: list) -> tuple[float, float]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+
+
+def format_comparison(results: dict[str, list[dict]]) -> str:
+    """A Markdown table: one column per variant, mean (+- std over seeds when there are several) per metric."""
+    names = [v for v in results if results[v]]
+    head = "| metric | " + " | ".join(VARIANTS.get(v, (v,))[0] for v in names) + " |"
+    lines = [head, "|---" * (len(names) + 1) + "|"]
+    for label, key in ROWS:
+        cells = []
+        for v in names:
+            mean, std = _stats([m.get(key) for m in results[v]])
+            digits = 3 if key == "seconds_per_image" else 1
+            cell = "-" if math.isnan(mean) else f"{mean:.{digits}f}"
+            if not math.isnan(std):
+                cell += f" ± {std:.{digits}f}"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = {v: [m["seed"] for m in results[v]] for v in names}
+    lines.append("")
+    lines.append("seeds: " + "; ".join(f"{v} {s}" for v, s in seeds.items()) +
+                 (" (mean ± sample std over seeds)" if any(len(s) > 1 for s in seeds.values()) else ""))
+    if "baseline" in names:
+        base = _stats([m.get("mask_AP_weak") for m in results["baseline"]])[0]
+        for v in names:
+            if v != "baseline":
+                gain = _stats([m.get("mask_AP_weak") for m in results[v]])[0] - base
+                lines.append(f"weak mask AP vs baseline: {VARIANTS.get(v, (v,))[0]} {gain:+.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    start = time.time()
+    paths = ensure_synthetic(SyntheticSpec(seed=args.data_seed), args.cache_dir)
+    print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
+    results = run_all(args)
+    table = format_comparison(results)
+    wall = time.time() - start
+    print()
+    print(table)
+    print(f"\nwall time {wall / 60:.1f} min; runs in {args.output_dir}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "compare.md"), "w") as f:
+        f.write(table + f"\n\nwall time {wall / 60:.1f} min\n")
+    write_metrics({"wall_seconds": wall, "runs": {v: rs for v, rs in results.items()}},
+                  os.path.join(args.output_dir, "compare.json"))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Model configuration: plain dataclasses with one line of reason per field, and named presets.
+
+Every default follows detectron2's Mask R-CNN R50-FPN recipe and OPMask's official code (see the "Model" section of the
+README). A preset is a function returning a fresh `ModelConfig`; `get_preset(name)` looks one up by name and `build_model(cfg)`
+turns a config into a model. Nothing here imports torch at module level, so configs are cheap to create and pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Union
+
+# Pixel statistics of the two weight formats the backbone loader accepts.
+MSRA_BGR_MEAN = (103.530, 116.280, 123.675)  # detectron2 / MSRA caffe weights: BGR, std 1
+MSRA_BGR_STD = (1.0, 1.0, 1.0)
+IMAGENET_RGB_MEAN = (123.675, 116.280, 103.530)  # torchvision weights: RGB, ImageNet std
+IMAGENET_RGB_STD = (58.395, 57.120, 57.375)
+
+PriorScale = Union[str, float]  # "none" | "learnable" | a fixed float gain
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # ResNet depth: 18/34 use basic blocks, 50/101 bottlenecks
+    norm: str = "FrozenBN"  # FrozenBN fine-tunes pretrained weights at small batches; BN/SyncBN/GN train from scratch
+    freeze_at: int = 2  # 0 trains everything, 1 freezes the stem, 2 the stem + res2 (detectron2), up to 5
+    stride_in_1x1: bool = True  # MSRA/detectron2 weights put the stride in the 1x1 conv, torchvision's in the 3x3
+    fpn_channels: int = 256  # width of P2-P6 and of every RoI feature
+    weights: str | None = None  # local file with ImageNet weights (torchvision .pth or detectron2 .pkl); never downloaded
+
+
+@dataclass
+class RPNConfig:
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # one size per level P2..P6
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # height / width of the anchors at every location
+    iou_thresholds: tuple[float, float] = (0.3, 0.7)  # below: background, between: ignored, above: foreground
+    batch_size_per_image: int = 256  # anchors sampled per image for the RPN losses
+    positive_fraction: float = 0.5  # at most half of them foreground
+    pre_nms_topk_train: int = 2000  # proposals kept per level before NMS (training)
+    pre_nms_topk_test: int = 1000  # ... at inference
+    post_nms_topk_train: int = 1000  # proposals kept per image after NMS (training)
+    post_nms_topk_test: int = 1000  # ... at inference
+    nms_thresh: float = 0.7  # per-level NMS IoU threshold
+    min_box_size: float = 0.0  # proposals with a side <= this are dropped (0: only empty boxes)
+    smooth_l1_beta: float = 0.0  # 0 gives the L1 box loss detectron2 uses
+
+
+@dataclass
+class RoIHeadsConfig:
+    batch_size_per_image: int = 512  # RoIs sampled per image for the box losses
+    positive_fraction: float = 0.25  # at most a quarter of them foreground
+    iou_threshold: float = 0.5  # proposal-GT IoU that makes a RoI foreground
+    proposal_append_gt: bool = True  # GT boxes join the proposals so every GT has a perfect RoI
+    box_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)  # (wx, wy, ww, wh) of the box coder
+    box_pooler_resolution: int = 7  # RoIAlign output of the box head; also the prior's resolution
+    mask_pooler_resolution: int = 14  # RoIAlign output of the mask head
+    pooler_sampling_ratio: int = 0  # 0: adaptive ceil(roi_size / output_size) samples per bin
+    box_head_conv_dims: tuple[int, ...] = (512, 1024, 1024, 1024)  # OPMask's 4-conv box head; the CAM needs a conv map
+    box_head_norm: str = "BN"  # norm after each box-head conv ("BN", "SyncBN", "GN", "FrozenBN" or "" for none)
+    mask_head_conv_dim: int = 256  # channels of the class-agnostic mask head
+    mask_head_num_convs: int = 7  # seven 3x3 convs give a receptive field spanning the whole 14x14 RoI
+    mask_head_norm: str = "BN"  # BatchNorm in the mask head, as in OPMask and its baseline
+    mask_head_on_supervised_only: bool = False  # True runs the mask head only on RoIs with masks (faster, BN stats differ)
+    smooth_l1_beta: float = 0.0  # 0 gives the L1 box loss detectron2 uses
+    score_thresh: float = 0.05  # detections below this score are dropped at inference
+    nms_thresh: float = 0.5  # per-class NMS IoU threshold at inference
+    detections_per_image: int = 100  # top-k detections kept per image
+    mask_threshold: float = 0.5  # probability at which pasted masks become foreground
+
+
+@dataclass
+class InputConfig:
+    # Read by the data pipeline: the preset keeps image scale next to the anchors that must fit it.
+    min_size_train: tuple[int, ...] = (640, 672, 704, 736, 768, 800)  # short side drawn per training image
+    min_size_test: int = 800  # short side at inference
+    max_size: int = 1333  # cap on the long side
+    random_flip: bool = True  # horizontal flip at training time
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 80  # K foreground classes; the classifier has K + 1 outputs, background last
+    use_prior: bool = True  # False is the Mask R-CNN baseline: same code path without the prior added
+    prior_scale: PriorScale = "none"  # "none": the paper's recipe (added as is), "learnable": a gain, or a fixed float
+    prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
+    prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
+    pixel_mean: tuple[float, float, float] = MSRA_BGR_MEAN  # subtracted from the image (in input_format order)
+    pixel_std: tuple[float, float, float] = MSRA_BGR_STD  # divides the image after the mean
+    input_format: str = "BGR"  # channel order the backbone weights expect; images arrive RGB
+    size_divisibility: int = 32  # batch padding so every FPN level halves exactly
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    rpn: RPNConfig = field(default_factory=RPNConfig)
+    roi_heads: RoIHeadsConfig = field(default_factory=RoIHeadsConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+    def validate(self) -> "ModelConfig":
+        """Raise ValueError on an inconsistent config; returns self so presets can chain it."""
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.backbone.depth not in (18, 34, 50, 101):
+            raise ValueError(f"backbone.depth must be 18, 34, 50 or 101, got {self.backbone.depth}")
+        if not 0 <= self.backbone.freeze_at <= 5:
+            raise ValueError(f"backbone.freeze_at must be in 0..5, got {self.backbone.freeze_at}")
+        if isinstance(self.prior_scale, str) and self.prior_scale not in ("none", "learnable"):
+            raise ValueError(f"prior_scale must be 'none', 'learnable' or a float, got {self.prior_scale!r}")
+        if self.prior_impl not in ("roi_align", "object_prior_add"):
+            raise ValueError(f"prior_impl must be 'roi_align' or 'object_prior_add', got {self.prior_impl!r}")
+        if self.input_format not in ("RGB", "BGR"):
+            raise ValueError(f"input_format must be 'RGB' or 'BGR', got {self.input_format!r}")
+        if len(self.rpn.anchor_sizes) != 5:
+            raise ValueError(f"rpn.anchor_sizes needs one size per level P2..P6 (5), got {self.rpn.anchor_sizes}")
+        if len(self.roi_heads.box_head_conv_dims) < 1:
+            raise ValueError("roi_heads.box_head_conv_dims needs at least one conv: the prior is a CAM of a conv map")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of `to_dict` (lists from JSON/YAML become tuples again)."""
+        d = copy.deepcopy(d)
+        subs = {"backbone": BackboneConfig, "rpn": RPNConfig, "roi_heads": RoIHeadsConfig, "input": InputConfig}
+        kwargs = {}
+        for k, v in d.items():
+            if k in subs:
+                v = subs[k](**{kk: tuple(vv) if isinstance(vv, list) else vv for kk, vv in v.items()})
+            elif isinstance(v, list):
+                v = tuple(v)
+            kwargs[k] = v
+        return cls(**kwargs).validate()
+
+
+# ------------------------------------------------------------------------------------------------------------- presets
+def _coco(depth: int, use_prior: bool) -> ModelConfig:
+    # ImageNet weights from MSRA/detectron2 (R-50.pkl / R-101.pkl): BGR, std 1, stride in the 1x1 conv.
+    return ModelConfig(num_classes=80, use_prior=use_prior, backbone=BackboneConfig(depth=depth)).validate()
+
+
+def opmask_r50_coco() -> ModelConfig:
+    return _coco(50, True)
+
+
+def baseline_r50_coco() -> ModelConfig:
+    return _coco(50, False)
+
+
+def opmask_r101_coco() -> ModelConfig:
+    return _coco(101, True)
+
+
+def baseline_r101_coco() -> ModelConfig:
+    return _coco(101, False)
+
+
+def _tiny(use_prior: bool) -> ModelConfig:
+    # ResNet-18 FPN trained from scratch on the synthetic shapes (128-256 px images, 6 classes) on a CPU: trainable
+    # BatchNorm, nothing frozen, narrow heads, anchors one octave smaller, fewer proposals and RoIs.
+    return ModelConfig(
+        num_classes=6,
+        use_prior=use_prior,
+        pixel_mean=IMAGENET_RGB_MEAN,
+        pixel_std=IMAGENET_RGB_STD,
+        input_format="RGB",
+        backbone=BackboneConfig(depth=18, norm="BN", freeze_at=0, stride_in_1x1=False, fpn_channels=64),
+        rpn=RPNConfig(
+            anchor_sizes=(16, 32, 64, 128, 256),
+            pre_nms_topk_train=1000,
+            pre_nms_topk_test=500,
+            post_nms_topk_train=500,
+            post_nms_topk_test=300,
+        ),
+        roi_heads=RoIHeadsConfig(
+            batch_size_per_image=64,
+            box_head_conv_dims=(64, 64, 128, 128),
+            mask_head_conv_dim=32,
+        ),
+        input=InputConfig(min_size_train=(128,), min_size_test=128, max_size=256),
+    ).validate()
+
+
+def opmask_r18_tiny() -> ModelConfig:
+    return _tiny(True)
+
+
+def baseline_r18_tiny() -> ModelConfig:
+    return _tiny(False)
+
+
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
+    "opmask_r50_coco": opmask_r50_coco,
+    "baseline_r50_coco": baseline_r50_coco,
+    "opmask_r101_coco": opmask_r101_coco,
+    "baseline_r101_coco": baseline_r101_coco,
+    "opmask_r18_tiny": opmask_r18_tiny,
+    "baseline_r18_tiny": baseline_r18_tiny,
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh `ModelConfig` for a preset name (see `PRESETS`)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+def with_torchvision_weights(cfg: ModelConfig, path: str) -> ModelConfig:
+    """Copy of `cfg` set up for a torchvision ResNet state dict: RGB ImageNet statistics, stride in the 3x3 conv."""
+    cfg = copy.deepcopy(cfg)
+    cfg.backbone.weights = path
+    cfg.backbone.stride_in_1x1 = False
+    cfg.pixel_mean, cfg.pixel_std, cfg.input_format = IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, "RGB"
+    return cfg.validate()
+
+
+def build_model(cfg: ModelConfig):
+    """Build an `OPMaskModel` (or its baseline when `cfg.use_prior` is False); loads `cfg.backbone.weights` if set."""
+    from opmask_fast.modeling import build_model as _build
+
+    return _build(cfg)

@@ -1,0 +1,85 @@
+"""Mask-supervision splits: which categories carry mask supervision ("strong") and which only boxes ("weak").
+
+A split is resolved against the categories of a dataset and returns the set of strong COCO category ids; every other
+category of the dataset is weak. Weak-class masks are never decoded (see ``CocoInstances``), so a dataset whose weak
+classes have boxes only is fine.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterable, Sequence
+
+# The 20 PASCAL VOC classes as COCO category ids (person, bicycle, car, motorcycle, airplane, bus, train, boat, bird, cat,
+# dog, horse, sheep, cow, bottle, chair, couch, potted plant, dining table, tv).
+VOC_CATEGORY_IDS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72)
+
+NAMED_SPLITS = ("voc", "nonvoc", "all", "voc40", "none")
+
+
+def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], *, seed: int = 0) -> set[int]:
+    """Returns the strong (mask-supervised) category ids of ``split``.
+
+    Args:
+        split: one of ``voc`` (the 20 VOC classes), ``nonvoc`` (all others), ``all``, ``none``, ``voc40`` (VOC plus 20
+            non-VOC classes drawn with ``seed``), or a list of category names or ids; a string with commas is split
+            into such a list (``"circle,triangle"`` or ``"1,5,9"``).
+        categories: the dataset's COCO ``categories`` entries (dicts with ``id`` and ``name``).
+        seed: seed of the draw of the 20 extra classes of ``voc40``.
+
+    Raises:
+        ValueError: an unknown split name, category name or id (the message lists the known ones), or a named VOC split
+            on a dataset that has none of the VOC ids.
+    """
+    ids = [int(c["id"]) for c in categories]
+    if isinstance(split, str):
+        name = split.strip().lower()
+        if name in NAMED_SPLITS:
+            return _named(name, ids, seed)
+        parts = [p.strip() for p in split.split(",") if p.strip()]
+    else:
+        parts = list(split)
+    if not parts:
+        raise ValueError(f"empty split {split!r}; use one of {NAMED_SPLITS} or a list of category names or ids")
+    return _from_list(parts, categories)
+
+
+def _named(name: str, ids: list[int], seed: int) -> set[int]:
+    if name == "all":
+        return set(ids)
+    if name == "none":
+        return set()
+    voc = [i for i in ids if i in VOC_CATEGORY_IDS]
+    if not voc:
+        raise ValueError(
+            f"split {name!r} needs COCO category ids (VOC ids {VOC_CATEGORY_IDS}); this dataset has ids {sorted(ids)}: "
+            "give the strong categories as a list of names or ids instead"
+        )
+    if name == "voc":
+        return set(voc)
+    nonvoc = sorted(i for i in ids if i not in VOC_CATEGORY_IDS)
+    if name == "nonvoc":
+        return set(nonvoc)
+    # voc40: a seeded draw keeps the split reproducible and independent of the process' global RNG.
+    extra = random.Random(seed).sample(nonvoc, min(20, len(nonvoc)))
+    return set(voc) | set(extra)
+
+
+def _from_list(parts: Iterable[str | int], categories: Sequence[dict]) -> set[int]:
+    by_name = {str(c["name"]).lower(): int(c["id"]) for c in categories}
+    known_ids = set(by_name.values())
+    strong: set[int] = set()
+    unknown: list[str] = []
+    for p in parts:
+        key = str(p).strip()
+        if key.lower() in by_name:
+            strong.add(by_name[key.lower()])
+        elif key.lstrip("-").isdigit() and int(key) in known_ids:
+            strong.add(int(key))
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(
+            f"unknown categories in split: {unknown}; known names: {sorted(by_name)} (or their ids {sorted(known_ids)})"
+        )
+    return strong

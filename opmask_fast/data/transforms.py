@@ -1,0 +1,83 @@
+"""Resize (short side / max side) and horizontal flip of an image with its instance targets."""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
+    """The (height, width) after scaling the short side to ``short_side`` while keeping the long side <= ``max_side``.
+
+    Same rule as detectron2's ResizeShortestEdge, so boxes and masks scale by ``new / old`` per axis.
+    """
+    scale = short_side / min(height, width)
+    if max(height, width) * scale > max_side:
+        scale = max_side / max(height, width)
+    return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize(image: Tensor, target: dict | None, size: tuple[int, int]) -> tuple[Tensor, dict | None]:
+    """Resizes ``image: Tensor[3, H, W]`` (float 0..255) to ``size`` and scales ``target`` with it.
+
+    Boxes scale per axis; masks ``Tensor[N, H, W]`` uint8 use nearest-neighbour so they stay binary.
+    """
+    h, w = image.shape[-2:]
+    nh, nw = size
+    if (nh, nw) == (h, w):
+        return image, target
+    image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+    if target is None:
+        return image, None
+    target = dict(target)
+    scale = torch.tensor([nw / w, nh / h, nw / w, nh / h], dtype=torch.float32)
+    target["boxes"] = target["boxes"] * scale
+    masks = target.get("masks")
+    if masks is not None and masks.numel() > 0:
+        target["masks"] = F.interpolate(masks[None].float(), size=(nh, nw), mode="nearest")[0].to(torch.uint8)
+    elif masks is not None:
+        target["masks"] = masks.new_zeros((masks.shape[0], nh, nw))
+    return image, target
+
+
+def hflip(image: Tensor, target: dict | None) -> tuple[Tensor, dict | None]:
+    """Mirrors ``image: Tensor[3, H, W]`` and its boxes (xyxy) and masks left-right."""
+    w = image.shape[-1]
+    image = image.flip(-1)
+    if target is None:
+        return image, None
+    target = dict(target)
+    boxes = target["boxes"].clone()
+    boxes[:, 0], boxes[:, 2] = w - target["boxes"][:, 2], w - target["boxes"][:, 0]
+    target["boxes"] = boxes
+    if target.get("masks") is not None:
+        target["masks"] = target["masks"].flip(-1)
+    return image, target
+
+
+class ResizeFlip:
+    """The standard detection augmentation: a short side drawn from ``short_sides``, capped by ``max_side``, and a
+    horizontal flip with probability ``flip_prob``.
+
+    Randomness comes from the ``rng`` passed per call so that a resumed run draws exactly the same augmentations.
+    """
+
+    def __init__(self, *, short_sides: Sequence[int], max_side: int, flip_prob: float = 0.0) -> None:
+        if not short_sides or min(short_sides) <= 0 or max_side <= 0:
+            raise ValueError(f"short_sides {short_sides} and max_side {max_side} must be positive")
+        self.short_sides = tuple(int(s) for s in short_sides)
+        self.max_side = int(max_side)
+        self.flip_prob = float(flip_prob)
+
+    def __call__(self, image: Tensor, target: dict | None, rng: random.Random | None = None):
+        rng = rng or random.Random(0)
+        short = self.short_sides[0] if len(self.short_sides) == 1 else rng.choice(self.short_sides)
+        size = resized_shape(image.shape[-2], image.shape[-1], short, self.max_side)
+        image, target = resize(image, target, size)
+        if self.flip_prob > 0 and rng.random() < self.flip_prob:
+            image, target = hflip(image, target)
+        return image, target

@@ -1,0 +1,62 @@
+"""Progress display (losses, LR, speed, ETA) and the metrics JSONL log."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+
+def format_seconds(s: float) -> str:
+    if not math.isfinite(s):
+        return "?"
+    s = int(s)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class Progress:
+    """One status line per update: ``[it/total] loss ... lr ... s/it ETA``.
+
+    On a terminal the line redraws in place; otherwise (logs, CI) each update is its own line.
+    """
+
+    def __init__(self, *, total: int, start: int = 0, stream=None, enabled: bool = True) -> None:
+        self.total, self.start, self.enabled = total, start, enabled
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.t0 = time.perf_counter()
+
+    def seconds_per_iter(self, iteration: int) -> float:
+        done = iteration - self.start
+        return (time.perf_counter() - self.t0) / done if done > 0 else math.nan
+
+    def update(self, iteration: int, losses: dict[str, float], lr: float) -> None:
+        if not self.enabled:
+            return
+        spi = self.seconds_per_iter(iteration)
+        total_loss = sum(losses.values())
+        parts = " ".join(f"{k.removeprefix('loss_')} {v:.3f}" for k, v in losses.items())
+        width = 20
+        filled = int(width * iteration / max(self.total, 1))
+        bar = "#" * filled + "." * (width - filled)
+        line = (f"[{bar}] {iteration}/{self.total} loss {total_loss:.3f} ({parts}) lr {lr:.2e} "
+                f"{spi:.2f} s/it ETA {format_seconds(spi * (self.total - iteration))}")
+        if self.tty:
+            self.stream.write("\r" + line + ("\n" if iteration >= self.total else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``path`` (a resumed run continues the same file)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")

@@ -1,0 +1,136 @@
+"""The training loop: SGD with warm-up and steps, gradient clipping, AMP on CUDA, DDP, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import torch
+from torch import nn
+
+from ..data.loader import train_loader
+from .checkpoint import get_rng_state, load_checkpoint, save_atomic, set_rng_state
+from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier
+from .progress import MetricsLog, Progress
+from .solver import TrainConfig, build_optimizer, build_scheduler
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pth"
+
+
+def _to_device(images: list, targets: list, device: torch.device) -> tuple[list, list]:
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def train(
+    model: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    *,
+    output_dir: str,
+    dist_info: DistInfo = DistInfo(),
+    resume: bool = False,
+    meta: dict | None = None,
+    show_progress: bool = True,
+) -> nn.Module:
+    """Trains ``model`` on ``dataset`` for ``cfg.max_iter`` iterations and returns the (unwrapped) model.
+
+    Args:
+        model: returns a dict of scalar losses from ``model(images, targets)`` in training mode.
+        dataset: yields ``(image, target)`` and accepts ``(index, seed)`` keys (see ``CocoInstances``).
+        output_dir: receives ``checkpoint.pth`` (latest, written atomically every ``cfg.checkpoint_period`` and at the
+            end) and ``metrics.jsonl``; only rank 0 writes.
+        resume: continue from ``output_dir/checkpoint.pth`` when it exists: weights, optimizer, LR schedule, iteration
+            and RNG state, with the data stream positioned where it stopped.
+        meta: stored in each checkpoint (model config, categories, split) so evaluation can rebuild the model.
+
+    Raises:
+        FloatingPointError: a loss became NaN or infinite; names the iteration, the last good checkpoint stays in place.
+    """
+    cfg.validate()
+    device, rank, world = dist_info.device, dist_info.rank, dist_info.world_size
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    model.to(device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    ckpt_path = os.path.join(output_dir, CHECKPOINT_NAME)
+    start_iter = 0
+    if resume and os.path.isfile(ckpt_path):
+        state = load_checkpoint(ckpt_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_iter = int(state["iteration"])
+        rng = state.get("rng") or []
+        if len(rng) == world:
+            set_rng_state(rng[rank])
+        if dist_info.is_main:
+            logger.info("resumed from %s at iteration %d", ckpt_path, start_iter)
+    elif resume and dist_info.is_main:
+        logger.info("no checkpoint in %s: starting from scratch", output_dir)
+
+    net = model
+    if world > 1:
+        # Some heads may not produce a gradient every iteration (e.g. a batch without strong instances).
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    use_amp = cfg.amp and device.type == "cuda"
+    batches = train_loader(dataset, batch_size=cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world,
+                           start_iter=start_iter, num_workers=cfg.num_workers)
+    progress = Progress(total=cfg.max_iter, start=start_iter, enabled=show_progress and dist_info.is_main)
+    log = MetricsLog(os.path.join(output_dir, "metrics.jsonl")) if dist_info.is_main else None
+    net.train()
+    window: dict[str, list[float]] = {}
+    for iteration in range(start_iter, cfg.max_iter):
+        images, targets = _to_device(*next(batches), device)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+            loss_dict = net(images, targets)
+        losses = torch.stack([v.float() for v in loss_dict.values()])
+        # Every process must agree to stop, or the others would hang in the next all-reduce.
+        finite = all_reduce_mean(torch.isfinite(losses).all().float().reshape(1).to(device))
+        if finite.item() < 1.0:
+            bad = {k: float(v) for k, v in loss_dict.items() if not math.isfinite(float(v))}
+            where = ckpt_path if os.path.isfile(ckpt_path) else "none written yet"
+            raise FloatingPointError(
+                f"non-finite loss at iteration {iteration + 1} ({bad or 'on another process'}); training stopped, "
+                f"last good checkpoint: {where}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        if cfg.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(model.parameters(), cfg.clip_value)
+        optimizer.step()
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        done = iteration + 1
+
+        reduced = all_reduce_mean(losses.detach()).tolist()
+        for k, v in zip(loss_dict.keys(), reduced):
+            window.setdefault(k, []).append(v)
+        if done % cfg.log_period == 0 or done == cfg.max_iter:
+            means = {k: sum(v) / len(v) for k, v in window.items()}
+            window = {}
+            progress.update(done, means, lr)
+            if log is not None:
+                log.write({"iteration": done, "lr": lr, "loss": sum(means.values()), **means,
+                           "seconds_per_iter": progress.seconds_per_iter(done), "time": time.time()})
+        if done % cfg.checkpoint_period == 0 or done == cfg.max_iter:
+            save_checkpoint(model, optimizer, scheduler, done, ckpt_path, dist_info=dist_info, meta=meta)
+    return model
+
+
+def save_checkpoint(model, optimizer, scheduler, iteration: int, path: str, *, dist_info: DistInfo,
+                    meta: dict | None = None) -> None:
+    """Gathers every process' RNG state and lets rank 0 write the checkpoint atomically."""
+    rng = all_gather_objects(get_rng_state())
+    if dist_info.is_main:
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "iteration": iteration, "rng": rng, "meta": meta or {}}, path)
+    barrier()

@@ -1,0 +1,3 @@
+from .opmask import OPMaskModel
+
+__all__ = ["OPMaskModel"]

@@ -1,0 +1,61 @@
+"""OPMask's box head: 4 x (3x3 conv, norm, ReLU) on the 7x7 RoI features, global average pooling, then a (K+1)-way
+classifier (background last) and class-specific box regression. The last conv map is what the object prior is a CAM of."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..layers import conv_norm_relu
+
+
+class BoxHead(nn.Module):
+    """Args:
+        in_channels: FPN width.
+        conv_dims: output channels of each conv (OPMask: 512, 1024, 1024, 1024).
+        norm: norm after each conv.
+        num_classes: K foreground classes.
+
+    forward: `Tensor[R, in_channels, 7, 7]` -> (box features `Tensor[R, C, 7, 7]`, class logits `Tensor[R, K + 1]`,
+    box deltas `Tensor[R, 4K]`).
+    """
+
+    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], norm: str, num_classes: int):
+        super().__init__()
+        dims = (in_channels, *conv_dims)
+        self.convs = nn.Sequential(*[conv_norm_relu(a, b, norm=norm) for a, b in zip(dims[:-1], dims[1:])])
+        self.cls_score = nn.Linear(dims[-1], num_classes + 1)
+        self.bbox_pred = nn.Linear(dims[-1], 4 * num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        feats = self.convs(x)
+        pooled = feats.mean(dim=(2, 3))
+        return feats, self.cls_score(pooled), self.bbox_pred(pooled)
+
+
+def box_losses(logits: Tensor, deltas: Tensor, gt_classes: Tensor, gt_deltas: Tensor, *,
+               smooth_l1_beta: float) -> dict[str, Tensor]:
+    """detectron2's FastRCNNOutputLayers losses.
+
+    Args:
+        logits: `Tensor[R, K + 1]`; deltas: `Tensor[R, 4K]`.
+        gt_classes: `Tensor[R]` int64 in 0..K (K = background).
+        gt_deltas: `Tensor[R, 4]` regression targets (rows of background RoIs are ignored).
+    Returns:
+        loss_cls (mean cross-entropy), loss_box_reg (L1 over foreground RoIs of their GT class, divided by R).
+    """
+    num_classes = logits.shape[1] - 1
+    loss_cls = F.cross_entropy(logits.float(), gt_classes, reduction="mean")
+    fg = torch.nonzero((gt_classes >= 0) & (gt_classes < num_classes)).squeeze(1)
+    d = deltas.float().view(deltas.shape[0], num_classes, 4)[fg, gt_classes[fg]]
+    diff = d - gt_deltas[fg]
+    if smooth_l1_beta < 1e-5:
+        reg = diff.abs().sum()
+    else:
+        reg = F.smooth_l1_loss(d, gt_deltas[fg], beta=smooth_l1_beta, reduction="sum")
+    return {"loss_cls": loss_cls, "loss_box_reg": reg / max(gt_classes.numel(), 1)}

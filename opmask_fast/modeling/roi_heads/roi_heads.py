@@ -1,0 +1,177 @@
+"""RoI heads: proposal sampling, the box head and its losses, the object prior, the class-agnostic mask head, inference."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from opmask_fast.ops import batched_nms, multi_scale_roi_align, object_prior, object_prior_add
+
+from ..box_coder import BoxCoder
+from ..box_ops import clip_boxes, pairwise_iou
+from ..matcher import Matcher
+from ..sampler import subsample_labels
+from .box_head import BoxHead, box_losses
+from .mask_head import MaskHead, mask_loss, mask_targets
+from .prior import PriorGain, prior_roi_map
+
+_SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
+
+
+class RoIHeads(nn.Module):
+    """Args:
+        cfg: the `ModelConfig` (reads `roi_heads`, `num_classes`, `use_prior`, `prior_*`).
+        in_channels: FPN width.
+    """
+
+    def __init__(self, *, cfg, in_channels: int):
+        super().__init__()
+        rc = cfg.roi_heads
+        self.rc, self.num_classes, self.use_prior, self.prior_impl = rc, cfg.num_classes, cfg.use_prior, cfg.prior_impl
+        self.box_head = BoxHead(in_channels=in_channels, conv_dims=tuple(rc.box_head_conv_dims), norm=rc.box_head_norm,
+                                num_classes=cfg.num_classes)
+        self.mask_head = MaskHead(in_channels=in_channels, conv_dim=rc.mask_head_conv_dim,
+                                  num_convs=rc.mask_head_num_convs, norm=rc.mask_head_norm)
+        self.prior_gain = PriorGain(scale=cfg.prior_scale, init=cfg.prior_gain_init) if cfg.use_prior else None
+        self.box_coder = BoxCoder(weights=tuple(rc.box_reg_weights))
+        self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
+
+    def pool(self, features: list[Tensor], boxes: list[Tensor], size: int, roi_map: Tensor | None = None) -> Tensor:
+        return multi_scale_roi_align(features[:4], boxes, size, spatial_scales=_SCALES,
+                                     sampling_ratio=self.rc.pooler_sampling_ratio, aligned=True, roi_map=roi_map)
+
+    # ------------------------------------------------------------------------------------------------------ training
+    @torch.no_grad()
+    def label_and_sample(self, proposals: list[Tensor], targets: list[dict]) -> list[dict]:
+        """Per image: sampled RoI `boxes Tensor[S, 4]`, `classes Tensor[S]` (K = background), `gt_index Tensor[S]`,
+        foreground first."""
+        out = []
+        k = self.num_classes
+        for props, t in zip(proposals, targets):
+            gt = t["boxes"].to(props)
+            if self.rc.proposal_append_gt:
+                props = torch.cat([props, gt])
+            matches, labels = self.matcher(pairwise_iou(gt, props))
+            if gt.shape[0] > 0:
+                classes = t["labels"].to(props.device)[matches]
+            else:
+                classes = torch.full_like(matches, k)
+            classes = torch.where(labels == 0, torch.full_like(classes, k), classes)
+            pos, neg = subsample_labels(classes, self.rc.batch_size_per_image, self.rc.positive_fraction, k)
+            idx = torch.cat([pos, neg])
+            out.append({"boxes": props[idx], "classes": classes[idx], "gt_index": matches[idx], "num_fg": pos.numel()})
+        return out
+
+    def forward_train(self, features: list[Tensor], proposals: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        samples = self.label_and_sample(proposals, targets)
+        rois = [s["boxes"] for s in samples]
+        box_feats, logits, deltas = self.box_head(self.pool(features, rois, self.rc.box_pooler_resolution))
+        gt_classes = torch.cat([s["classes"] for s in samples])
+        gt_deltas = []
+        for s, t in zip(samples, targets):
+            gt = t["boxes"].to(s["boxes"])
+            matched = gt[s["gt_index"]] if gt.shape[0] else s["boxes"]
+            gt_deltas.append(self.box_coder.encode(matched, s["boxes"]))
+        losses = box_losses(logits, deltas, gt_classes, torch.cat(gt_deltas), smooth_l1_beta=self.rc.smooth_l1_beta)
+
+        # Mask branch on foreground RoIs (sampled fg come first in each image), prior from the RoI's own box features.
+        mask_boxes, rows, classes, targets_m, supervised = [], [], [], [], []
+        offset = 0
+        for s, t in zip(samples, targets):
+            nf = s["num_fg"]
+            gi = s["gt_index"][:nf]
+            has = t["has_mask"].to(gi.device).bool()[gi] if nf else gi.new_zeros(0, dtype=torch.bool)
+            keep = has if self.rc.mask_head_on_supervised_only else torch.ones_like(has)
+            b = s["boxes"][:nf][keep]
+            mask_boxes.append(b)
+            rows.append(torch.arange(offset, offset + nf, device=gi.device)[keep])
+            classes.append(s["classes"][:nf][keep])
+            supervised.append(has[keep])
+            tm = mask_targets(t["masks"], b, gi[keep], self.mask_size) if bool(has.any()) else \
+                b.new_zeros((b.shape[0], self.mask_size, self.mask_size))
+            targets_m.append(tm)
+            offset += s["boxes"].shape[0]
+        rows_t, classes_t = torch.cat(rows), torch.cat(classes)
+        if rows_t.numel() == 0:
+            # No foreground RoI anywhere: an exact zero that still reaches every mask-head parameter.
+            losses["loss_mask"] = sum(p.sum() for p in self.mask_head.parameters()) * 0.0
+            return losses
+        mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t)
+        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), torch.cat(supervised))
+        return losses
+
+    @property
+    def mask_size(self) -> int:
+        return 2 * self.rc.mask_pooler_resolution
+
+    # ---------------------------------------------------------------------------------------------------- mask + prior
+    def mask_forward(self, features: list[Tensor], boxes: list[Tensor], box_feats: Tensor, classes: Tensor,
+                     rows: Tensor, *, return_prior: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Mask logits `Tensor[R, 28, 28]` for the RoIs `boxes` (per image, R in all), with the prior of class `classes`
+        `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, 7, 7]` when asked or computed."""
+        res = self.rc.mask_pooler_resolution
+        cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
+        prior = None
+        if return_prior or (self.use_prior and (self.prior_impl == "roi_align" or self.prior_gain.needs_init())):
+            prior = object_prior(box_feats, cls_w, classes, rows)
+        if not self.use_prior:
+            feats = self.pool(features, boxes, res)
+        elif self.prior_gain.needs_init():
+            feats = self.pool(features, boxes, res)
+            self.prior_gain.initialize(feats, prior)
+            feats = feats + prior_roi_map(prior, res, self.prior_gain.value()).to(feats.dtype)[:, None]
+        elif self.prior_impl == "roi_align":
+            # The prior rides on RoIAlign's output write: no extra pass over the mask features.
+            feats = self.pool(features, boxes, res, roi_map=prior_roi_map(prior, res, self.prior_gain.value()))
+        else:
+            feats = object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
+                                     normalize=True, scale=self.prior_gain.value())
+        return self.mask_head(feats), prior
+
+    # ----------------------------------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def forward_test(self, features: list[Tensor], proposals: list[Tensor],
+                     image_sizes: list[tuple[int, int]]) -> list[dict]:
+        """Per image: `boxes Tensor[M, 4]`, `scores`, `labels`, `mask_probs Tensor[M, 28, 28]`, `priors Tensor[M, 7, 7]`
+        in the coordinates of the (unpadded) input image."""
+        box_feats, logits, deltas = self.box_head(self.pool(features, proposals, self.rc.box_pooler_resolution))
+        probs = torch.softmax(logits.float(), dim=1)
+        k = self.num_classes
+        dets, rows, offset = [], [], 0
+        for props, (h, w) in zip(proposals, image_sizes):
+            n = props.shape[0]
+            sc = probs[offset:offset + n, :k]
+            boxes = clip_boxes(self.box_coder.decode(deltas[offset:offset + n], props).view(n, k, 4), h, w)
+            finite = torch.isfinite(boxes).all(dim=2) & torch.isfinite(sc)
+            r, c = torch.nonzero((sc > self.rc.score_thresh) & finite, as_tuple=True)
+            b, s = boxes[r, c], sc[r, c]
+            keep = batched_nms(b, s, c, self.rc.nms_thresh)[:self.rc.detections_per_image]
+            dets.append({"boxes": b[keep], "scores": s[keep], "labels": c[keep]})
+            rows.append(r[keep] + offset)  # the proposal (box-feature row) each detection came from
+            offset += n
+        self._attach_masks(features, dets, box_feats, torch.cat(rows))
+        return dets
+
+    def _attach_masks(self, features: list[Tensor], dets: list[dict], box_feats: Tensor, rows: Tensor) -> None:
+        classes = torch.cat([d["labels"] for d in dets])
+        res = self.rc.box_pooler_resolution
+        if classes.numel() == 0:
+            probs = box_feats.new_zeros((0, self.mask_size, self.mask_size), dtype=torch.float32)
+            prior = box_feats.new_zeros((0, res, res), dtype=torch.float32)
+        else:
+            logits, prior = self.mask_forward(features, [d["boxes"] for d in dets], box_feats, classes, rows,
+                                              return_prior=True)
+            probs = logits.float().sigmoid()
+        counts = [d["labels"].numel() for d in dets]
+        for d, p, q in zip(dets, probs.split(counts), prior.float().split(counts)):
+            d["mask_probs"], d["priors"] = p, q
+
+    @torch.no_grad()
+    def predict_for_boxes(self, features: list[Tensor], boxes: list[Tensor], labels: list[Tensor]) -> list[dict]:
+        """Masks and priors for given boxes and classes (oracle evaluation): the prior comes from each box's own box-head
+        features, as in training."""
+        box_feats, _, _ = self.box_head(self.pool(features, boxes, self.rc.box_pooler_resolution))
+        dets = [{"boxes": b, "labels": l.to(torch.int64)} for b, l in zip(boxes, labels)]
+        rows = torch.arange(box_feats.shape[0], device=box_feats.device)
+        self._attach_masks(features, dets, box_feats, rows)
+        return dets

@@ -1,0 +1,16 @@
+"""Public ops of opmask_fast (torchvision-compatible signatures where torchvision has the op)."""
+
+from opmask_fast.ops.multi_scale_roi_align import multi_scale_roi_align
+from opmask_fast.ops.nms import batched_nms, nms
+from opmask_fast.ops.object_prior_add import ObjectMaskPrior, object_prior, object_prior_add
+from opmask_fast.ops.roi_align import roi_align
+
+__all__ = [
+    "roi_align",
+    "multi_scale_roi_align",
+    "nms",
+    "batched_nms",
+    "object_prior_add",
+    "object_prior",
+    "ObjectMaskPrior",
+]

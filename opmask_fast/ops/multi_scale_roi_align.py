@@ -1,0 +1,87 @@
+"""Multi-scale RoIAlign: the FPN pooler (each box pooled from the pyramid level that matches its size)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from opmask_fast.ops.roi_align import convert_boxes_to_roi_format, roi_align
+
+__all__ = ["multi_scale_roi_align", "assign_levels"]
+
+
+def assign_levels(
+    boxes: Tensor, *, min_level: int, max_level: int, canonical_level: int = 4, canonical_scale: int = 224
+) -> Tensor:
+    """Pyramid level of each box (FPN paper, eq. 1): floor(canonical_level + log2(sqrt(area) / canonical_scale)).
+
+    Args:
+        boxes: Tensor[K, 4] (x1, y1, x2, y2) in image coordinates.
+        min_level, max_level: the available levels (2..5 for P2-P5); results are clamped to them.
+
+    Returns:
+        Tensor[K] int64 level index relative to ``min_level`` (0 .. max_level - min_level).
+    """
+    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).to(torch.float32)
+    size = torch.sqrt(area.clamp(min=0))
+    # The 1e-6 keeps a box exactly on a level boundary on the upper level, as torchvision's LevelMapper does.
+    level = torch.floor(canonical_level + torch.log2(size / canonical_scale) + 1e-6)
+    level = torch.nan_to_num(level, nan=float(min_level), neginf=float(min_level))
+    return level.clamp(min=min_level, max=max_level).to(torch.int64) - min_level
+
+
+def multi_scale_roi_align(
+    features: list[Tensor],
+    boxes: list[Tensor],
+    output_size: int | tuple[int, int],
+    *,
+    spatial_scales: list[float],
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    canonical_level: int = 4,
+    canonical_scale: int = 224,
+    roi_map: Tensor | None = None,
+) -> Tensor:
+    """RoIAlign each box on its FPN level; results in the input box order.
+
+    Args:
+        features: list of L Tensor[N, C, H_l, W_l], finest first (P2, P3, ...).
+        boxes: list of N Tensor[L_i, 4] (x1, y1, x2, y2) in image coordinates, one per image.
+        output_size: int or (Ho, Wo).
+        spatial_scales: L floats, 1 / stride of each level (powers of two: 1/4, 1/8, ...).
+        sampling_ratio, aligned: as in :func:`opmask_fast.ops.roi_align` (detectron2: 0 and True).
+        canonical_level, canonical_scale: a box of sqrt(area) = canonical_scale goes to level canonical_level.
+        roi_map: Tensor[sum L_i, Ho, Wo] added to every channel of the output.
+
+    Returns:
+        Tensor[sum L_i, C, Ho, Wo].
+    """
+    if len(features) == 0 or len(features) != len(spatial_scales):
+        raise ValueError(f"need one spatial scale per feature level, got {len(features)} levels and "
+                         f"{len(spatial_scales)} scales")
+    levels = [-math.log2(s) for s in spatial_scales]
+    if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or any(
+        round(b) - round(a) != 1 for a, b in zip(levels, levels[1:])
+    ):
+        raise ValueError(f"spatial_scales must be consecutive powers of 1/2 (finest first), got {spatial_scales}")
+    min_level, max_level = round(levels[0]), round(levels[-1])
+    rois = convert_boxes_to_roi_format(list(boxes))  # (K, 5); validation happens in roi_align
+    first = features[0]
+    if len(features) == 1:
+        return roi_align(first, rois, output_size, spatial_scales[0], sampling_ratio, aligned, roi_map=roi_map)
+    level = assign_levels(rois[:, 1:], min_level=min_level, max_level=max_level,
+                          canonical_level=canonical_level, canonical_scale=canonical_scale)
+    ho, wo = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    out = first.new_zeros((rois.shape[0], first.shape[1], ho, wo))
+    # One pooling call per level over that level's boxes, scattered back to input order. index_put keeps the
+    # result differentiable with respect to every level.
+    for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
+        idx = torch.nonzero(level == lvl).squeeze(1)
+        if idx.numel() == 0 and lvl > 0:
+            continue
+        part_map = roi_map[idx] if roi_map is not None else None
+        pooled = roi_align(feat, rois[idx], (ho, wo), scale, sampling_ratio, aligned, roi_map=part_map)
+        out = out.index_put((idx,), pooled)
+    return out

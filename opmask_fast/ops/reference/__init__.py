@@ -1,0 +1,6 @@
+"""Plain PyTorch references of the compiled ops (CPU fallback and test oracle; run them in float64 for tests)."""
+
+from .nms import batched_nms, nms
+from .roi_align import roi_align
+
+__all__ = ["roi_align", "nms", "batched_nms"]

@@ -1,0 +1,129 @@
+"""Pure-PyTorch RoIAlign: the test oracle and the fallback when ``opmask_fast._C`` is missing.
+
+Vectorised over RoIs, bins and samples (no Python loop over boxes) and differentiable by autograd with respect to
+``input`` and ``roi_map``. Every bilinear sample of a bin becomes four (pixel, weight) pairs; one
+``embedding_bag`` over the channels-last input sums them, so memory grows with the number of samples, never with
+RoIs x channels x samples. Semantics are torchvision's (``aligned`` half-pixel shift, adaptive sampling when
+``sampling_ratio <= 0``, samples beyond one pixel outside the map read zero).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int):
+    """Bilinear taps along one axis.
+
+    Args:
+        start: Tensor[K] first coordinate of each RoI in feature pixels.
+        bin_size: Tensor[K] bin extent along this axis.
+        grid: Tensor[K] int64 samples per bin along this axis.
+        pooled: number of output bins along this axis.
+        size: feature-map extent along this axis.
+
+    Returns:
+        (low, high, w_low, w_high, valid), each Tensor[K, pooled, G] with G = max(grid); ``valid`` is false for
+        padding samples (index >= grid) and for samples more than one pixel outside the map.
+    """
+    g_max = max(int(grid.max()), 1) if grid.numel() else 1
+    p = torch.arange(pooled, device=start.device, dtype=start.dtype)[None, :, None]
+    i = torch.arange(g_max, device=start.device, dtype=start.dtype)[None, None, :]
+    s, b, g = start[:, None, None], bin_size[:, None, None], grid[:, None, None].to(start.dtype)
+    # Same evaluation order as the compiled kernels so float32 results agree to the last bits.
+    coord = s + p * b + (i + 0.5) * b / g
+    valid = (i < g) & (coord >= -1.0) & (coord <= size)
+    coord = coord.clamp(min=0.0)
+    low = coord.floor().clamp(max=size - 1)
+    at_edge = low >= size - 1
+    high = torch.where(at_edge, low, low + 1)
+    coord = torch.where(at_edge, low, coord)
+    frac = coord - low
+    return low.long(), high.long(), 1.0 - frac, frac, valid
+
+
+def roi_align(
+    input: Tensor,
+    rois: Tensor,
+    output_size: tuple[int, int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = -1,
+    aligned: bool = False,
+    *,
+    roi_map: Tensor | None = None,
+) -> Tensor:
+    """RoIAlign of ``input`` over ``rois``, optionally adding ``roi_map`` to every channel.
+
+    Args:
+        input: Tensor[N, C, H, W].
+        rois: Tensor[K, 5] rows (batch index, x1, y1, x2, y2) in input-image coordinates.
+        output_size: (Ho, Wo).
+        spatial_scale: factor from box coordinates to feature pixels.
+        sampling_ratio: samples per bin along each axis; <= 0 means ceil(roi_size / output_size) per RoI.
+        aligned: shift box coordinates by -0.5 pixel (pixel centres at half-integers).
+        roi_map: Tensor[K, Ho, Wo] added to every channel of the result.
+
+    Returns:
+        Tensor[K, C, Ho, Wo] in the dtype of ``input``.
+    """
+    ph, pw = output_size
+    n, c, h, w = input.shape
+    k = rois.shape[0]
+    # Coordinates in float32 at least: float16 cannot place a sample inside a large feature map.
+    cdtype = torch.promote_types(input.dtype, torch.float32)
+    r = rois.to(cdtype)
+    offset = 0.5 if aligned else 0.0
+    x1 = r[:, 1] * spatial_scale - offset
+    y1 = r[:, 2] * spatial_scale - offset
+    roi_w = r[:, 3] * spatial_scale - offset - x1
+    roi_h = r[:, 4] * spatial_scale - offset - y1
+    if not aligned:  # the legacy convention forces at least a 1x1 RoI
+        roi_w = roi_w.clamp(min=1.0)
+        roi_h = roi_h.clamp(min=1.0)
+    bin_h, bin_w = roi_h / ph, roi_w / pw
+    if sampling_ratio > 0:
+        grid_h = torch.full((k,), sampling_ratio, dtype=torch.long, device=r.device)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(roi_h / ph).long()
+        grid_w = torch.ceil(roi_w / pw).long()
+    count = (grid_h * grid_w).clamp(min=1).to(cdtype)
+
+    ylo, yhi, wylo, wyhi, vy = _axis_samples(y1, bin_h, grid_h, ph, h)  # (K, ph, Gh)
+    xlo, xhi, wxlo, wxhi, vx = _axis_samples(x1, bin_w, grid_w, pw, w)  # (K, pw, Gw)
+    gh, gw = ylo.shape[2], xlo.shape[2]
+
+    # Broadcast to (K, ph, pw, Gh, Gw, 4 corners): corner order (ylo,xlo) (ylo,xhi) (yhi,xlo) (yhi,xhi).
+    def yb(t: Tensor) -> Tensor:
+        return t[:, :, None, :, None]
+
+    def xb(t: Tensor) -> Tensor:
+        return t[:, None, :, None, :]
+
+    rows = torch.stack(torch.broadcast_tensors(yb(ylo), yb(ylo), yb(yhi), yb(yhi)), dim=-1)
+    cols = torch.stack(torch.broadcast_tensors(xb(xlo), xb(xhi), xb(xlo), xb(xhi)), dim=-1)
+    wy = torch.stack(torch.broadcast_tensors(yb(wylo), yb(wylo), yb(wyhi), yb(wyhi)), dim=-1)
+    wx = torch.stack(torch.broadcast_tensors(xb(wxlo), xb(wxhi), xb(wxlo), xb(wxhi)), dim=-1)
+    valid = (yb(vy) & xb(vx)).unsqueeze(-1)
+    weight = torch.where(valid, wy * wx, torch.zeros((), dtype=cdtype, device=r.device))
+    weight = weight / count[:, None, None, None, None, None]
+
+    batch = r[:, 0].long().clamp(0, max(n - 1, 0))[:, None, None, None, None, None]
+    index = (batch * h + rows) * w + cols
+    index = torch.where(valid, index, torch.zeros_like(index))  # invalid taps point at pixel 0 with weight 0
+
+    table = input.permute(0, 2, 3, 1).reshape(n * h * w, c).to(cdtype)  # (N*H*W, C)
+    if table.shape[0] == 0:  # empty batch (only legal with K == 0): give embedding_bag one zero row to index
+        table = torch.cat([table, table.new_zeros(1, c)])
+    pooled = F.embedding_bag(
+        index.reshape(k * ph * pw, gh * gw * 4),
+        table,
+        per_sample_weights=weight.reshape(k * ph * pw, gh * gw * 4),
+        mode="sum",
+    )  # (K*ph*pw, C)
+    out = pooled.reshape(k, ph, pw, c).permute(0, 3, 1, 2)
+    if roi_map is not None:
+        out = out + roi_map.to(cdtype)[:, None]
+    return out.to(input.dtype).contiguous()

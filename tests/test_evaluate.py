@@ -1,0 +1,148 @@
+"""Evaluation: COCO AP from ground-truth-derived predictions, class-group and ambiguous splits, prior AP, pasting."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from opmask_fast.data import CocoInstances, ResizeFlip, SyntheticSpec, decode_segmentation, ensure_synthetic
+from opmask_fast.engine.coco_eval import ambiguous_ann_ids, evaluate, subset_ap
+from opmask_fast.engine.evaluation import compute_metrics, evaluate_model, format_table, oracle_ious, run_inference
+from opmask_fast.engine.paste import mask_iou, paste_maps
+
+
+class GroundTruthModel(torch.nn.Module):
+    """Answers with the ground truth of the images it is shown, in dataset order (a perfect model)."""
+
+    def __init__(self, dataset, keep=lambda ann: True):
+        super().__init__()
+        self.dataset, self.keep, self.calls = dataset, keep, 0
+
+    def forward(self, images, output_sizes=None):
+        record = self.dataset.records[self.calls]
+        self.calls += 1
+        h, w = output_sizes[0]
+        anns = [a for a in record["anns"] if self.keep(a["ann"])]
+        boxes = torch.tensor([a["box"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        masks = torch.from_numpy(np.stack([decode_segmentation(a["ann"]["segmentation"], h, w) for a in anns])
+                                 if anns else np.zeros((0, h, w), np.uint8)).bool()
+        labels = torch.tensor([self.dataset.id_to_contiguous[a["ann"]["category_id"]] for a in anns], dtype=torch.int64)
+        priors = torch.ones((len(anns), 7, 7))  # a box-filling prior
+        return [{"boxes": boxes, "scores": torch.ones(len(anns)), "labels": labels, "masks": masks, "priors": priors}]
+
+    def predict_masks_for_boxes(self, images, boxes, labels, output_sizes=None):
+        record = self._next()
+        assert len(record["anns"]) == boxes[0].shape[0]
+        h, w = output_sizes[0]
+        masks = np.stack([decode_segmentation(a["ann"]["segmentation"], h, w) for a in record["anns"]])
+        return [{"masks": torch.from_numpy(masks).bool(), "priors": torch.ones((len(record["anns"]), 7, 7))}]
+
+    def _next(self):
+        record = self.dataset.records[self.calls % len(self.dataset.records)]
+        self.calls += 1
+        return record
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory):
+    paths = ensure_synthetic(SyntheticSpec(seed=3, num_train=2, num_val=8), str(tmp_path_factory.mktemp("cache")))
+    return CocoInstances(ann_file=paths["val_ann"], image_dir=paths["val_images"], split="circle,triangle,cross",
+                         transform=ResizeFlip(short_sides=(96,), max_side=200), masks="none")
+
+
+def test_ground_truth_predictions_give_ap_100(val_set):
+    model = GroundTruthModel(val_set)
+    inf = run_inference(model, val_set)
+    metrics = compute_metrics(val_set, inf, None, strong_ids=val_set.strong_ids, weak_ids=val_set.weak_ids)
+    for key in ("bbox_AP", "mask_AP", "mask_AP_strong", "mask_AP_weak", "box_AP_weak", "mask_AP_ambiguous",
+                "mask_AP_unambiguous", "mask_AP50"):
+        assert metrics[key] == pytest.approx(100.0), key
+    assert metrics["num_gt_ambiguous"] > 0 and metrics["num_gt_unambiguous"] > 0
+    assert metrics["weak_categories"] == ["ring", "square", "star"]
+    # A box-filling prior is a poor mask for rings, crosses and stars: far below 100, above 0.
+    assert 0 < metrics["prior_AP"] < 100
+    assert "mask AP weak" in format_table(metrics)
+
+
+def test_oracle_iou_of_ground_truth_is_100(val_set):
+    ora = oracle_ious(GroundTruthModel(val_set), val_set)
+    assert set(ora["mask"]) == set(val_set.category_ids)
+    assert all(v == pytest.approx(1.0) for vals in ora["mask"].values() for v in vals)
+    # The box-filling prior is exact only where the shape fills its box.
+    assert all(0 < v <= 1 for vals in ora["prior"].values() for v in vals)
+
+
+def test_missing_weak_predictions_zero_weak_ap_only(val_set):
+    weak = val_set.weak_ids
+    model = GroundTruthModel(val_set, keep=lambda ann: ann["category_id"] not in weak)
+    metrics = compute_metrics(val_set, run_inference(model, val_set), None, strong_ids=val_set.strong_ids, weak_ids=weak)
+    assert metrics["mask_AP_strong"] == pytest.approx(100.0)
+    assert metrics["mask_AP_weak"] == 0.0
+    assert 0 < metrics["mask_AP"] < 100
+
+
+def _coco_json(tmp_path, anns):
+    images = [{"id": 1, "file_name": "a.png", "height": 50, "width": 50}]
+    cats = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    full = []
+    for i, (cat, (x, y, w, h)) in enumerate(anns):
+        full.append({"id": i + 1, "image_id": 1, "category_id": cat, "iscrowd": 0, "area": w * h, "bbox": [x, y, w, h],
+                     "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": full, "categories": cats}))
+    return str(path)
+
+
+def test_ambiguous_split(tmp_path):
+    from opmask_fast.data import load_coco
+
+    # Boxes 1 and 2 overlap with IoU 0.8 (ambiguous); box 3 touches box 2 with IoU just below 0.5; box 4 is alone.
+    anns = [(1, (0, 0, 20, 20)), (2, (0, 0, 20, 16)), (1, (0, 4, 20, 12.2)), (2, (30, 30, 10, 10))]
+    coco = load_coco(_coco_json(tmp_path, anns))
+    amb, rest = ambiguous_ann_ids(coco, [1])
+    # IoU(3, 2) = 240/320 = 0.76 -> ambiguous too; IoU(3,1) = 0.61.
+    assert amb == {1, 2, 3} and rest == {4}
+    anns[2] = (1, (0, 10, 20, 10))  # IoU with box 2: 120/(320+200-120) = 0.3; with box 1: 200/400 = 0.5 (boundary)
+    coco = load_coco(_coco_json(tmp_path, anns))
+    amb, rest = ambiguous_ann_ids(coco, [1])
+    assert amb == {1, 2, 3} and rest == {4}
+    anns[2] = (1, (0, 11, 20, 10))  # IoU with box 1: 180/420 < 0.5
+    coco = load_coco(_coco_json(tmp_path, anns))
+    amb, rest = ambiguous_ann_ids(coco, [1])
+    assert amb == {1, 2} and rest == {3, 4}
+
+    # Predicting only the ambiguous instances: AP 100 on them, 0 on the rest; ignoring does not leak across calls.
+    res = [{"image_id": 1, "category_id": a["category_id"], "score": 1.0, "bbox": a["bbox"]}
+           for a in coco.loadAnns(sorted(amb))]
+    assert subset_ap(evaluate(coco, res, "bbox", image_ids=[1], ignore_ann_ids=rest))["AP"] == pytest.approx(100)
+    assert subset_ap(evaluate(coco, res, "bbox", image_ids=[1], ignore_ann_ids=amb))["AP"] == 0.0
+    assert subset_ap(evaluate(coco, res, "bbox", image_ids=[1]))["AP"] < 100
+
+
+def test_no_detections_and_empty_subset(tmp_path):
+    from opmask_fast.data import load_coco
+
+    coco = load_coco(_coco_json(tmp_path, [(1, (0, 0, 20, 20))]))
+    assert evaluate(coco, [], "segm", image_ids=[1]) is None
+    assert subset_ap(None) == {"AP": 0.0, "AP50": 0.0}
+    ev = evaluate(coco, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 20, 20]}], "bbox", image_ids=[1])
+    assert math.isnan(subset_ap(ev, [2])["AP"])  # class 2 has no ground truth here
+    with pytest.raises(ValueError, match="iou_type"):
+        evaluate(coco, [], "keypoints", image_ids=[1])
+
+
+def test_paste_maps():
+    ones = torch.ones((2, 7, 7))
+    boxes = torch.tensor([[2.0, 3.0, 10.0, 8.0], [-5.0, -5.0, 4.0, 4.0]])
+    out = paste_maps(ones, boxes, (12, 14))
+    expected = torch.zeros((12, 14), dtype=torch.bool)
+    expected[3:8, 2:10] = True
+    assert torch.equal(out[0], expected)
+    assert out[1].sum() == 16  # clipped to the image: pixels 0..3 in both axes
+    # A left-to-right ramp keeps its orientation after pasting.
+    ramp = torch.linspace(0, 1, 28).repeat(28, 1)[None]
+    vals = paste_maps(ramp, torch.tensor([[0.0, 0.0, 20.0, 20.0]]), (20, 20), threshold=None)[0]
+    assert (vals[:, 1:] >= vals[:, :-1]).all() and vals[0, 0] < 0.1 and vals[0, -1] > 0.9
+    assert torch.equal(mask_iou(out, out), torch.ones(2))

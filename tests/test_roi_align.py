@@ -1,0 +1,296 @@
+"""roi_align: float64 reference, torchvision parity (forward and gradients), built edge cases, validation,
+gradcheck, opcheck, torch.compile, determinism and the fused roi_map addend."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from opmask_fast import _extension
+from opmask_fast.ops import reference, roi_align
+
+tv_ops = pytest.importorskip("torchvision.ops")
+
+CUDA = torch.cuda.is_available() and _extension.cuda_built()
+needs_c = pytest.mark.skipif(not _extension.has_C(), reason="opmask_fast._C is not built")
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a GPU and the CUDA kernels")
+
+
+def random_rois(k: int, n: int, h: int, w: int, *, scale: float = 1.0, gen: torch.Generator, dtype=torch.float64):
+    """Boxes in image coordinates (feature size / scale), some partly outside the image."""
+    ih, iw = h / scale, w / scale
+    xy = torch.rand(k, 2, generator=gen, dtype=dtype) * torch.tensor([iw * 1.1, ih * 1.1], dtype=dtype) - 0.05 * iw
+    wh = torch.rand(k, 2, generator=gen, dtype=dtype) * torch.tensor([iw / 2, ih / 2], dtype=dtype)
+    b = torch.randint(0, n, (k, 1), generator=gen).to(dtype)
+    return torch.cat([b, xy, xy + wh], dim=1)
+
+
+def edge_rois(h: int, w: int) -> torch.Tensor:
+    """Hand-built boxes: outside the image, zero-area, sub-pixel, on the border, inverted, whole image."""
+    return torch.tensor(
+        [
+            [0, -20.0, -20.0, -10.0, -10.0],  # fully outside (top-left)
+            [1, w + 5.0, h + 5.0, w + 30.0, h + 40.0],  # fully outside (bottom-right)
+            [0, -3.0, -2.0, w + 3.0, h + 2.0],  # larger than the image
+            [1, 4.0, 4.0, 4.0, 4.0],  # zero area
+            [0, 5.2, 3.1, 5.6, 3.3],  # sub-pixel
+            [1, w - 1.0, h - 1.0, w + 0.0, h + 0.0],  # last pixel
+            [0, 7.0, 6.0, 3.0, 2.0],  # inverted (x2 < x1)
+            [1, 0.0, 0.0, w - 1.0, h - 1.0],  # whole image
+            [0, 2.5, 0.0, 2.5, h + 0.0],  # zero width, full height
+        ],
+        dtype=torch.float64,
+    )
+
+
+CASES = [  # (aligned, sampling_ratio, spatial_scale, output_size)
+    (False, -1, 1.0, (7, 7)),
+    (True, 0, 0.5, (7, 7)),
+    (True, 2, 0.25, (14, 14)),
+    (False, 2, 0.5, (5, 3)),
+    (True, -1, 1.0, (3, 6)),
+    (False, 0, 0.125, (4, 4)),
+]
+
+
+@pytest.mark.parametrize("aligned,sampling_ratio,scale,size", CASES)
+def test_reference_matches_torchvision_float64(aligned, sampling_ratio, scale, size):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 13, 17, generator=gen, dtype=torch.float64)
+    rois = torch.cat([random_rois(20, 2, 13, 17, scale=scale, gen=gen), edge_rois(int(13 / scale), int(17 / scale))])
+    ref = reference.roi_align(x, rois, size, scale, sampling_ratio, aligned)
+    tv = tv_ops.roi_align(x, rois, size, scale, sampling_ratio, aligned)
+    torch.testing.assert_close(ref, tv, rtol=1e-12, atol=1e-12)
+
+
+@needs_c
+@pytest.mark.parametrize("aligned,sampling_ratio,scale,size", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_and_grad_match_torchvision(aligned, sampling_ratio, scale, size, dtype):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 16, 11, generator=gen, dtype=dtype)
+    rois = torch.cat([random_rois(40, 2, 16, 11, scale=scale, gen=gen), edge_rois(int(16 / scale), int(11 / scale))])
+    rois = rois.to(dtype)
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    ours = roi_align(xa, rois, size, scale, sampling_ratio, aligned)
+    tv = tv_ops.roi_align(xb, rois, size, scale, sampling_ratio, aligned)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, tv, **tol)
+    g = torch.randn(ours.shape, generator=gen, dtype=dtype)
+    (ga,) = torch.autograd.grad(ours, xa, g)
+    (gb,) = torch.autograd.grad(tv, xb, g)
+    torch.testing.assert_close(ga, gb, **tol)
+
+
+@needs_c
+def test_non_contiguous_input_and_list_boxes():
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, 14, 6, generator=gen).transpose(2, 3)  # (2, 9, 6, 14) non-contiguous
+    assert not x.is_contiguous()
+    boxes = [torch.tensor([[1.0, 1.0, 9.0, 5.0], [0.0, 0.0, 3.0, 3.0]]), torch.tensor([[2.0, 0.5, 12.0, 5.5]])]
+    ours = roi_align(x, boxes, (3, 4), 1.0, 2, True)
+    tv = tv_ops.roi_align(x.contiguous(), boxes, (3, 4), 1.0, 2, True)
+    torch.testing.assert_close(ours, tv)
+    x2 = x[:, ::2]  # strided channels
+    torch.testing.assert_close(roi_align(x2, boxes, 3, 1.0, 2, True), tv_ops.roi_align(x2.contiguous(), boxes, 3, 1.0, 2, True))
+
+
+@needs_c
+def test_gradcheck_with_roi_map():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
+    rois = torch.tensor([[0, 0.5, 1.0, 6.0, 5.5], [1, 2.0, 2.0, 5.0, 6.0], [1, -1.0, 3.0, 3.0, 9.0]], dtype=torch.float64)
+    roi_map = torch.randn(3, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    for aligned, sr in [(True, 0), (False, 2)]:
+        assert torch.autograd.gradcheck(lambda a, m: roi_align(a, rois, (3, 2), 1.0, sr, aligned, roi_map=m), (x, roi_map))
+    assert torch.autograd.gradgradcheck(lambda a: roi_align(a, rois, (3, 2), 1.0, 2, True), (x,))
+
+
+def test_roi_map_is_added_to_every_channel():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 4, 10, 10, generator=gen)
+    rois = torch.tensor([[0, 1.0, 1.0, 8.0, 7.0], [0, 0.0, 2.0, 9.0, 9.0]])
+    roi_map = torch.randn(2, 5, 5, generator=gen, requires_grad=True)
+    out = roi_align(x, rois, 5, 1.0, 2, True, roi_map=roi_map)
+    torch.testing.assert_close(out, roi_align(x, rois, 5, 1.0, 2, True) + roi_map[:, None])
+    g = torch.randn(out.shape, generator=gen)
+    (gm,) = torch.autograd.grad(out, roi_map, g)
+    torch.testing.assert_close(gm, g.sum(1))
+
+
+@needs_c
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_cpu(dtype):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 8, 20, 20, generator=gen)
+    rois = random_rois(30, 2, 20, 20, gen=gen, dtype=torch.float32)
+    expected = roi_align(x, rois, 7, 1.0, 0, True)
+    xh = x.to(dtype).requires_grad_()
+    out = roi_align(xh, rois, 7, 1.0, 0, True)
+    assert out.dtype == dtype
+    # Error against float32 at most about that of rounding the float32 result to the low precision type (x2).
+    rounding = (expected.to(dtype).float() - expected).abs().max()
+    assert (out.float() - expected).abs().max() <= 2 * rounding + 1e-2
+    out.float().sum().backward()
+    assert xh.grad.dtype == dtype and torch.isfinite(xh.grad.float()).all()
+
+
+@needs_c
+def test_backward_is_deterministic_across_thread_counts():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 16, 30, 30, generator=gen, requires_grad=True)
+    rois = random_rois(200, 2, 30, 30, gen=gen, dtype=torch.float32)
+    g = torch.randn(200, 16, 7, 7, generator=gen)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 2):
+            torch.set_num_threads(n)
+            (gx,) = torch.autograd.grad(roi_align(x, rois, 7, 1.0, 0, True), x, g)
+            grads.append(gx)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0], grads[1]) and torch.equal(grads[1], grads[2])
+
+
+def test_empty_inputs_give_empty_outputs_and_zero_grads():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = roi_align(x, torch.zeros(0, 5), (4, 5), 1.0, 2, True)
+    assert out.shape == (0, 3, 4, 5)
+    out.sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+    assert roi_align(torch.randn(0, 3, 8, 8), torch.zeros(0, 5), 2).shape == (0, 3, 2, 2)
+    assert roi_align(torch.randn(2, 0, 8, 8), torch.tensor([[0, 1.0, 1, 4, 4]]), 2).shape == (1, 0, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "rois,match",
+    [
+        (torch.tensor([[0, float("nan"), 1.0, 4.0, 4.0]]), "NaN or inf"),
+        (torch.tensor([[0, 1.0, 1.0, float("inf"), 4.0]]), "NaN or inf"),
+        (torch.tensor([[2, 1.0, 1.0, 4.0, 4.0]]), "batch index"),
+        (torch.tensor([[-1, 1.0, 1.0, 4.0, 4.0]]), "batch index"),
+        (torch.tensor([[0.5, 1.0, 1.0, 4.0, 4.0]]), "batch index"),
+        (torch.tensor([[0, 1.0, 1.0, 4.0e9, 4.0e9]]), "samples"),
+        (torch.tensor([[1.0, 1.0, 4.0, 4.0]]), "Tensor\\[K, 5\\]"),
+    ],
+)
+def test_bad_boxes_raise(rois, match):
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.raises(ValueError, match=match):
+        roi_align(x, rois, 2, 1.0, 0, True)
+
+
+def test_bad_arguments_raise():
+    x = torch.randn(2, 3, 8, 8)
+    rois = torch.tensor([[0, 1.0, 1.0, 4.0, 4.0]])
+    with pytest.raises(ValueError, match="input"):
+        roi_align(x[0], rois, 2)
+    with pytest.raises(TypeError, match="float16"):
+        roi_align(x.long(), rois, 2)
+    with pytest.raises(TypeError, match="floating"):
+        roi_align(x, rois.long(), 2)
+    with pytest.raises(ValueError, match="output_size"):
+        roi_align(x, rois, (0, 2))
+    with pytest.raises(ValueError, match="spatial_scale"):
+        roi_align(x, rois, 2, float("nan"))
+    with pytest.raises(ValueError, match="roi_map"):
+        roi_align(x, rois, 2, roi_map=torch.zeros(1, 3, 3))
+    with pytest.raises(ValueError, match="batch size"):
+        roi_align(x, [rois[:, 1:]] * 3, 2)
+
+
+def test_huge_box_with_fixed_sampling_is_finite():
+    x = torch.randn(1, 2, 8, 8)
+    out = roi_align(x, torch.tensor([[0, -1e12, -1e12, 1e12, 1e12]]), 2, 1.0, 2, True)
+    assert torch.isfinite(out).all()
+
+
+@needs_c
+def test_compiled_op_refuses_bad_batch_index_without_python_checks():
+    # Direct calls bypass the Python validation: the kernel must still fail cleanly, never read out of bounds.
+    x = torch.randn(1, 2, 8, 8)
+    rois = torch.tensor([[3.0, 1.0, 1.0, 4.0, 4.0]])
+    with pytest.raises(RuntimeError, match="batch index"):
+        torch.ops.opmask_fast.roi_align(x, rois, 1.0, 2, 2, 0, True, None)
+    nan_box = torch.tensor([[0.0, float("nan"), 1.0, 4.0, 4.0]])
+    assert torch.ops.opmask_fast.roi_align(x, nan_box, 1.0, 2, 2, 0, True, None).shape == (1, 2, 2, 2)
+
+
+def test_reference_fallback_warns_once(monkeypatch):
+    monkeypatch.setattr(_extension, "has_C", lambda: False)
+    monkeypatch.setitem(_extension._state, "warned", False)
+    x = torch.randn(1, 2, 8, 8, dtype=torch.float64)
+    rois = torch.tensor([[0, 1.0, 1.0, 6.0, 5.0]], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="reference"):
+        out = roi_align(x, rois, 3, 1.0, 2, True)
+    torch.testing.assert_close(out, tv_ops.roi_align(x, rois, 3, 1.0, 2, True))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        roi_align(x, rois, 3, 1.0, 2, True)
+
+
+@needs_c
+def test_opcheck():
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 9, 10, generator=gen, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 7.0, 6.0], [1, 0.5, 2.0, 9.0, 8.0]])
+    roi_map = torch.randn(2, 3, 4, generator=gen, requires_grad=True)
+    op = torch.ops.opmask_fast.roi_align.default
+    torch.library.opcheck(op, (x, rois, 0.5, 3, 4, 2, True, roi_map))
+    torch.library.opcheck(op, (x, rois, 1.0, 3, 4, 0, False, None))
+    g = torch.randn(2, 3, 3, 4, generator=gen)
+    torch.library.opcheck(torch.ops.opmask_fast.roi_align_backward.default, (g, rois, 1.0, 3, 4, 2, 3, 9, 10, 0, True))
+
+
+@needs_c
+def test_torch_compile():
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    rois = torch.tensor([[0, 1.0, 1.0, 9.0, 7.0], [1, 3.0, 2.0, 11.0, 11.0]])
+    roi_map = torch.randn(2, 3, 3)
+
+    def f(feat, boxes, m):
+        return (roi_align(feat, boxes, 3, 1.0, 2, True, roi_map=m) * 2).relu().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, rois, roi_map), f(x, rois, roi_map))
+    (g1,) = torch.autograd.grad(compiled(x, rois, roi_map), x)
+    (g2,) = torch.autograd.grad(f(x, rois, roi_map), x)
+    torch.testing.assert_close(g1, g2)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, 0), (False, 2)])
+def test_cuda_matches_cpu(dtype, aligned, sampling_ratio):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 32, 40, 48, generator=gen)
+    rois = torch.cat([random_rois(300, 2, 40, 48, scale=0.5, gen=gen, dtype=torch.float32),
+                      edge_rois(80, 96).float()])
+    g = torch.randn(rois.shape[0], 32, 7, 7, generator=gen)
+    xc = x.cuda().to(dtype).requires_grad_()
+    out = roi_align(xc, rois.cuda(), 7, 0.5, sampling_ratio, aligned)
+    out.backward(g.cuda().to(dtype))
+    x32 = x.to(dtype).float().requires_grad_()
+    exp = tv_ops.roi_align(x32, rois, 7, 0.5, sampling_ratio, aligned)
+    exp.backward(g.to(dtype).float())
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out.float().cpu(), exp, **tol)
+    torch.testing.assert_close(xc.grad.float().cpu(), x32.grad, **tol)
+
+
+@needs_cuda
+def test_cuda_matches_torchvision_cuda_and_opcheck():
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 64, 50, 68, generator=gen).cuda()
+    rois = random_rois(500, 2, 50, 68, scale=0.25, gen=gen, dtype=torch.float32).cuda()
+    roi_map = torch.randn(500, 14, 14, generator=gen).cuda()
+    ours = roi_align(x, rois, 14, 0.25, 0, True, roi_map=roi_map)
+    torch.testing.assert_close(ours, tv_ops.roi_align(x, rois, 14, 0.25, 0, True) + roi_map[:, None])
+    xs = x[:, :4].contiguous().requires_grad_()
+    torch.library.opcheck(torch.ops.opmask_fast.roi_align.default, (xs, rois[:8], 0.25, 3, 3, 2, True, None))
+    empty = roi_align(xs, rois[:0], 3)
+    assert empty.shape == (0, 4, 3, 3)
