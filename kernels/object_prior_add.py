@@ -282,8 +282,9 @@ def object_prior_add_backward(grad_out: Tensor, box_features: Tensor, cls_weight
         cls = classes.contiguous()
         rows_t = cls if rows is None else rows.contiguous()
         scale_t, s_val = _scale_args(scale_value, scale, cls)
+        bf = box_features.contiguous() if need_w else cam  # read only for the weight's gradient: copy only then
         _object_prior_add_bwd_kernel[(R,)](
-            go, box_features.contiguous(), cls_weight.contiguous(), cls, rows_t, scale_t, cam.contiguous(),
+            go, bf, cls_weight.contiguous(), cls, rows_t, scale_t, cam.contiguous(),
             gbf if gbf is not None else cam, gw if gw is not None else cam, gs if gs is not None else cam,
             s_val, D, C, Hb * Wb, Hm * Wm, Hb, Wb, Wm, Hb / Hm, Wb / Wm, EPS,
             HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, ATOMIC_BF=atomic_bf,

@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
     extra = [a for a in args.train_args if a != "--"]
-    cmd = [sys.executable, "-m", "opmask_fast.train", "--quiet", "--seed", str(seed), "--data-seed", str(args.data_seed),
-           "--num-threads", str(args.threads), "--output-dir", out, *VARIANTS[variant][1], *extra]
+    cmd = [sys.executable, "-m", "opmask_fast.train", "--quiet", "--seed", str(seed),
+           "--data-seed", str(args.data_seed), "--num-threads", str(args.threads), "--output-dir", out, *VARIANTS[variant][1], *extra]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-box mask IoU pass")
     p.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N images")
-    p.add_argument("--list-metrics", action="store_true", help="print the metrics.json keys with their meaning and exit")
+    p.add_argument("--list-metrics", action="store_true", help="print the metrics.json keys and their meaning")
     return p
 
 
@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     split = args.split or meta.get("split")
     dataset = val_dataset(data, cfg.input, split)
     if dataset.category_ids != list(meta.get("category_ids", dataset.category_ids)):
-        raise ValueError(f"the categories of {data['val_ann']} differ from the checkpoint's {meta.get('category_names')}")
+        raise ValueError(f"the categories of {data['val_ann']} differ from the checkpoint's "
+                         f"{meta.get('category_names')}")
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     start = time.time()
     metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=args.device, output_dir=out,

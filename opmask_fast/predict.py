@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         keep = (out["scores"] >= args.score_thresh).nonzero().flatten()
         out = {k: v[keep] for k, v in out.items()}
         rles = encode_masks(out["masks"].cpu())
-        for i, (box, score, label) in enumerate(zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())):
+        rows = zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())
+        for i, (box, score, label) in enumerate(rows):
             results.append({"image_id": image_id, "file_name": name, "category_id": cat_ids[label],
                             "category_name": names[label], "score": score,
                             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rles[i]})

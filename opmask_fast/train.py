@@ -17,7 +17,8 @@ import torch
 
 from .engine.distributed import barrier, cleanup, init_distributed
 from .engine.evaluation import evaluate_model, format_table, write_metrics
-from .engine.setup import apply_override, default_output_dir, load_weights, parse_prior_scale, resolve_data, train_dataset, val_dataset
+from .engine.setup import (apply_override, default_output_dir, load_weights, parse_prior_scale, resolve_data,
+                           train_dataset, val_dataset)
 from .engine.solver import TrainConfig
 from .engine.trainer import CHECKPOINT_NAME, train
 

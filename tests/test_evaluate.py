@@ -77,7 +77,8 @@ def test_oracle_iou_of_ground_truth_is_100(val_set):
 def test_missing_weak_predictions_zero_weak_ap_only(val_set):
     weak = val_set.weak_ids
     model = GroundTruthModel(val_set, keep=lambda ann: ann["category_id"] not in weak)
-    metrics = compute_metrics(val_set, run_inference(model, val_set), None, strong_ids=val_set.strong_ids, weak_ids=weak)
+    metrics = compute_metrics(val_set, run_inference(model, val_set), None, strong_ids=val_set.strong_ids,
+                              weak_ids=weak)
     assert metrics["mask_AP_strong"] == pytest.approx(100.0)
     assert metrics["mask_AP_weak"] == 0.0
     assert 0 < metrics["mask_AP"] < 100
@@ -127,7 +128,8 @@ def test_no_detections_and_empty_subset(tmp_path):
     coco = load_coco(_coco_json(tmp_path, [(1, (0, 0, 20, 20))]))
     assert evaluate(coco, [], "segm", image_ids=[1]) is None
     assert subset_ap(None) == {"AP": 0.0, "AP50": 0.0}
-    ev = evaluate(coco, [{"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 20, 20]}], "bbox", image_ids=[1])
+    det = {"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 20, 20]}
+    ev = evaluate(coco, [det], "bbox", image_ids=[1])
     assert math.isnan(subset_ap(ev, [2])["AP"])  # class 2 has no ground truth here
     with pytest.raises(ValueError, match="iou_type"):
         evaluate(coco, [], "keypoints", image_ids=[1])

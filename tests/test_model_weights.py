@@ -113,6 +113,25 @@ def test_detectron2_msra_pickle(tmp_path):
     assert (ours.layer2[0].bn1.running_var == 1).all() and (ours.layer2[0].bn1.running_mean == 0).all()
 
 
+def test_detectron2_named_state_dict(tmp_path):
+    net, _ = _tv_resnet_to_file(tmp_path, 18)
+    d2 = {}
+    for k, v in net.state_dict().items():
+        k = k.replace("conv1.weight", "stem.conv1.weight", 1) if k == "conv1.weight" else k
+        k = k.replace("bn1.", "stem.conv1.norm.", 1) if k.startswith("bn1.") else k
+        for i in range(1, 5):
+            k = k.replace(f"layer{i}.", f"res{i + 1}.", 1)
+        k = k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+        for j in (1, 2):
+            k = k.replace(f"bn{j}.", f"conv{j}.norm.")
+        d2["backbone.bottom_up." + k] = v
+    path = os.path.join(tmp_path, "d2.pth")
+    torch.save({"model": d2}, path)
+    ours = ResNet(depth=18, stride_in_1x1=False)
+    assert load_backbone_weights(ours, path) == "detectron2"
+    torch.testing.assert_close(ours.layer2[0].downsample[1].running_var, net.layer2[0].downsample[1].running_var)
+
+
 def test_pickle_that_runs_code_is_refused(tmp_path):
     path = os.path.join(tmp_path, "evil.pkl")
     with open(path, "wb") as f:

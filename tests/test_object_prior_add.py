@@ -208,6 +208,16 @@ def test_triton_in_place_and_prior_alone(scale):
                  torch.float32)
 
 
+def test_reference_in_place_and_refusal_under_autograd():
+    c = make_case(R=3, rows=True)
+    args = [c[k] for k in ("mask_features", "box_features", "cls_weight")] + [c["classes"], c["rows"]]
+    target = args[0].clone()
+    object_prior_add_(target, *args[1:], scale=0.5, backend="reference")
+    torch.testing.assert_close(target, ref.object_prior_add(*args, True, 0.5))
+    with pytest.raises(RuntimeError, match="inference"):
+        object_prior_add_(target, args[1].requires_grad_(), *args[2:])
+
+
 @needs_triton
 def test_triton_poisoned_outputs_and_guard_regions(monkeypatch):
     # Outputs start as NaN (torch.empty may return anything), inputs and outputs sit between NaN guard regions:

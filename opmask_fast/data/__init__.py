@@ -1,4 +1,4 @@
-"""Data: COCO-format datasets with partial mask supervision, transforms, batching, and the embedded synthetic dataset."""
+"""Data: COCO-format datasets with partial mask supervision, transforms, batching, the embedded synthetic dataset."""
 
 from .coco import CocoInstances, decode_segmentation, load_coco
 from .loader import InferenceSampler, TrainingSampler, collate, inference_loader, train_loader

@@ -36,7 +36,8 @@ def load_coco(ann_file: str) -> COCO:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from None
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
-        raise ValueError(f"annotation file {ann_file} is not a COCO instances file (needs images, annotations, categories)")
+        raise ValueError(f"annotation file {ann_file} is not a COCO instances file "
+                         "(needs images, annotations, categories)")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -57,9 +58,10 @@ class CocoInstances(torch.utils.data.Dataset):
         filter_empty: drop images without usable instances (training; evaluation keeps them).
 
     Each item is ``(image, target)``: ``image: Tensor[3, H, W]`` float32 RGB 0..255 after the transform, and ``target``
-    with ``boxes: Tensor[N, 4]`` xyxy, ``labels: Tensor[N]`` int64 contiguous ids, ``masks: Tensor[N, H, W]`` uint8 (zero
-    rows where ``has_mask`` is False), ``has_mask: Tensor[N]`` bool, ``image_id`` (COCO id), ``orig_size`` (h, w) and
-    ``scale`` (resized / original, per axis ``(sy, sx)``). Crowd regions are skipped (evaluation reads them from the JSON).
+    with ``boxes: Tensor[N, 4]`` xyxy, ``labels: Tensor[N]`` int64 contiguous ids, ``masks: Tensor[N, H, W]`` uint8
+    (zero rows where ``has_mask`` is False), ``has_mask: Tensor[N]`` bool, ``image_id`` (COCO id), ``orig_size`` (h, w)
+    and ``scale`` (resized / original, per axis ``(sy, sx)``). Crowd regions are skipped (evaluation reads them from
+    the JSON).
     Indexing with ``(index, seed)`` draws the augmentation from ``seed``, which keeps resumed runs exact.
     """
 
@@ -96,7 +98,8 @@ class CocoInstances(torch.utils.data.Dataset):
         self.records = self._build_records(filter_empty)
         self._check_images()
         if self.num_degenerate:
-            logger.warning("%s: dropped %d degenerate boxes (side < %.1f px)", ann_file, self.num_degenerate, MIN_BOX_SIDE)
+            logger.warning("%s: dropped %d degenerate boxes (side < %.1f px)", ann_file, self.num_degenerate,
+                           MIN_BOX_SIDE)
 
     # ---- index ---------------------------------------------------------------------------------------------------
     def _build_records(self, filter_empty: bool) -> list[dict]:
@@ -109,7 +112,8 @@ class CocoInstances(torch.utils.data.Dataset):
                 if ann.get("iscrowd", 0):
                     continue
                 if ann["category_id"] not in self.id_to_contiguous:
-                    raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
+                    raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} has unknown category_id "
+                                     f"{ann['category_id']}")
                 x, y, bw, bh = (float(v) for v in ann["bbox"])
                 x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
                 if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
@@ -122,7 +126,8 @@ class CocoInstances(torch.utils.data.Dataset):
         return records
 
     def _check_images(self) -> None:
-        missing = [r["file_name"] for r in self.records if not os.path.isfile(os.path.join(self.image_dir, r["file_name"]))]
+        missing = [r["file_name"] for r in self.records
+                   if not os.path.isfile(os.path.join(self.image_dir, r["file_name"]))]
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} of {len(self.records)} images of {self.ann_file} are missing from {self.image_dir}, "
@@ -149,7 +154,8 @@ class CocoInstances(torch.utils.data.Dataset):
         except OSError as e:
             raise OSError(f"cannot read image {path}: {e}") from None
         if arr.shape[:2] != (r["height"], r["width"]):
-            raise ValueError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, the annotation says {r['width']}x{r['height']}")
+            raise ValueError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, "
+                             f"the annotation says {r['width']}x{r['height']}")
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
 
     def load_target(self, index: int) -> dict:
@@ -187,7 +193,8 @@ class CocoInstances(torch.utils.data.Dataset):
 
 
 def decode_segmentation(segm, height: int, width: int) -> np.ndarray:
-    """Decodes a COCO segmentation (polygons, possibly several parts; uncompressed or compressed RLE) to uint8 [H, W]."""
+    """Decodes a COCO segmentation (polygons, possibly in several parts; uncompressed or compressed RLE) to
+    ``uint8 [H, W]``."""
     if isinstance(segm, list):
         polys = [p for p in segm if len(p) >= 6]  # a polygon needs three points; shorter ones are annotation noise
         if not polys:

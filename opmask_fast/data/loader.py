@@ -14,8 +14,8 @@ class TrainingSampler(Sampler):
 
     Epoch ``e`` is a permutation drawn from ``seed + e``; position ``p`` of the global stream goes to rank
     ``p % world_size``. Both the order and the per-sample augmentation seed are functions of ``(seed, position)`` only,
-    so a run resumed at iteration ``i`` (``start = i * batch_size_per_rank``) sees exactly the samples and flips it would
-    have seen without the interruption, whatever the number of data-loading workers.
+    so a run resumed at iteration ``i`` (``start = i * batch_size_per_rank``) sees exactly the samples and flips it
+    would have seen without the interruption, whatever the number of data-loading workers.
     """
 
     def __init__(self, *, size: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
@@ -59,8 +59,9 @@ def train_loader(
     dataset: Dataset, *, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, start_iter: int = 0,
     num_workers: int = 0,
 ) -> Iterator[tuple[list, list]]:
-    """Endless iterator of ``(images, targets)`` batches of ``batch_size`` for this process, starting at ``start_iter``."""
-    sampler = TrainingSampler(size=len(dataset), seed=seed, rank=rank, world_size=world_size, start=start_iter * batch_size)
+    """Endless iterator of ``(images, targets)`` batches of ``batch_size`` for this process from ``start_iter`` on."""
+    sampler = TrainingSampler(size=len(dataset), seed=seed, rank=rank, world_size=world_size,
+                              start=start_iter * batch_size)
     batches = torch.utils.data.BatchSampler(sampler, batch_size, drop_last=True)
     # A private generator: DataLoader draws a base seed when iterated, which must not shift the global RNG stream
     # (a resumed run restores that stream and then builds its loader).

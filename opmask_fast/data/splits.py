@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from typing import Iterable, Sequence
 
-# The 20 PASCAL VOC classes as COCO category ids (person, bicycle, car, motorcycle, airplane, bus, train, boat, bird, cat,
-# dog, horse, sheep, cow, bottle, chair, couch, potted plant, dining table, tv).
+# The 20 PASCAL VOC classes as COCO category ids (person, bicycle, car, motorcycle, airplane, bus, train, boat, bird,
+# cat, dog, horse, sheep, cow, bottle, chair, couch, potted plant, dining table, tv).
 VOC_CATEGORY_IDS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72)
 
 NAMED_SPLITS = ("voc", "nonvoc", "all", "voc40", "none")

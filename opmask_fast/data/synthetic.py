@@ -3,12 +3,13 @@
 Six shape classes, three strong (masks supervised: circle, triangle, cross) and three weak (boxes only: ring, square,
 star). Each class has a typical hue (jittered per instance) and each instance a random texture, on a grey textured
 background. Small objects are placed inside the boxes of big ones, weak inside strong and strong inside weak, and
-same-size objects overlap, so many boxes contain a second object. A class-agnostic mask head trained on the strong classes
-sees weak objects only as background inside strong boxes and learns "weak colour = background": it then fails on the
-weak classes, the failure OPMask's prior is meant to fix.
+same-size objects overlap, so many boxes contain a second object. A class-agnostic mask head trained on the strong
+classes sees weak objects only as background inside strong boxes and learns "weak colour = background": it then fails on
+the weak classes, the failure OPMask's prior is meant to fix.
 
 The data is a pure function of the seed (``numpy.random.Generator`` per image), written once into a cache folder as PNG
-files plus ``annotations/instances_{train,val}.json`` (masks as compressed RLE of the visible part, boxes from the masks).
+files plus ``annotations/instances_{train,val}.json`` (masks: compressed RLE of the visible part; boxes from the
+masks).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
     and two processes racing to create it both end with the same complete one.
     """
     cache_root = cache_root or default_cache_root()
-    key = f"{VERSION}-s{spec.seed}-n{spec.num_train}-{spec.num_val}-px{spec.image_size}-h{spec.hue_jitter:g}-v{spec.min_visible:g}"
+    key = (f"{VERSION}-s{spec.seed}-n{spec.num_train}-{spec.num_val}-px{spec.image_size}"
+           f"-h{spec.hue_jitter:g}-v{spec.min_visible:g}")
     root = os.path.join(cache_root, "synthetic", key)
     if os.path.isfile(os.path.join(root, "COMPLETE")):
         return dataset_paths(root)
@@ -89,7 +91,8 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
 def write_dataset(spec: SyntheticSpec, root: str) -> None:
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     categories = [
-        {"id": i + 1, "name": n, "supercategory": "strong" if n in STRONG_CLASSES else "weak"} for i, n in enumerate(CLASSES)
+        {"id": i + 1, "name": n, "supercategory": "strong" if n in STRONG_CLASSES else "weak"}
+        for i, n in enumerate(CLASSES)
     ]
     for split, count, offset in (("train", spec.num_train, 0), ("val", spec.num_val, 1)):
         os.makedirs(os.path.join(root, split), exist_ok=True)
@@ -145,7 +148,8 @@ def _layout(rng: np.random.Generator, s: int) -> list[tuple[str, float, float, f
     """(class, centre x, centre y, size) in drawing order: containers first, then what sits inside or on them."""
     out = []
     for _ in range(int(rng.integers(1, 3))):
-        # A big container with 1-2 small objects inside its box, mostly of the other group (weak in strong, strong in weak).
+        # A big container with 1-2 small objects inside its box, mostly of the other group (weak in strong and
+        # strong in weak).
         big = str(rng.choice(CLASSES))
         size = float(rng.uniform(0.38, 0.6) * s)
         cx, cy = (float(v) for v in rng.uniform(size / 2, s - size / 2, 2))
@@ -188,7 +192,8 @@ def shape_mask(cls: str, cx: float, cy: float, size: float, angle: float, s: int
         pts = [(r if k % 2 == 0 else 0.45 * r, k * math.pi / 5) for k in range(10)]
     elif cls == "cross":
         w = 0.3  # arm half-width relative to r
-        base = [(1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1), (w, -1), (w, -w), (1, -w)]
+        base = [(1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w), (-w, -1), (w, -1), (w, -w),
+                (1, -w)]
         pts = [(r * math.hypot(x, y), math.atan2(y, x)) for x, y in base]
     else:
         raise ValueError(f"unknown shape class {cls!r}")

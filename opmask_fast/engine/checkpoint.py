@@ -10,7 +10,8 @@ import torch
 
 
 def save_atomic(obj: dict, path: str) -> None:
-    """Writes ``obj`` with ``torch.save`` to a temporary file in the same folder, syncs it, then renames it over ``path``.
+    """Writes ``obj`` with ``torch.save`` to a temporary file in the same folder, syncs it, then renames it over
+    ``path``.
 
     A crash (or an exception) while writing leaves the previous file at ``path`` intact and no temporary file behind.
     """

@@ -16,9 +16,9 @@ from pycocotools.cocoeval import COCOeval
 class SubsetCOCOeval(COCOeval):
     """COCOeval that also ignores the ground-truth annotations in ``ignore_ann_ids``.
 
-    pycocotools overwrites any ``ignore`` flag of a ground truth with its ``iscrowd`` in ``_prepare``, so the flag is set
-    again after it. An ignored instance is neither a miss nor a false positive: a detection matching it is left out, which
-    is how AP on "ambiguous" instances is measured (the others are ignored) and vice versa.
+    pycocotools overwrites any ``ignore`` flag of a ground truth with its ``iscrowd`` in ``_prepare``, so the flag is
+    set again after it. An ignored instance is neither a miss nor a false positive: a detection matching it is left out,
+    which is how AP on "ambiguous" instances is measured (the others are ignored) and vice versa.
     """
 
     def __init__(self, coco_gt: COCO, coco_dt: COCO, iou_type: str, *, ignore_ann_ids: Iterable[int] = ()) -> None:

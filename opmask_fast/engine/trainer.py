@@ -23,7 +23,8 @@ CHECKPOINT_NAME = "checkpoint.pth"
 
 def _to_device(images: list, targets: list, device: torch.device) -> tuple[list, list]:
     images = [im.to(device, non_blocking=True) for im in images]
-    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    targets = [{k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+               for t in targets]
     return images, targets
 
 

@@ -218,8 +218,9 @@ def _object_prior_add_inplace_op(mask_features: Tensor, box_features: Tensor, cl
         if target is not mask_features:
             mask_features.copy_(target)
         return
-    out, _ = _reference_forward(mask_features, box_features, cls_weight, classes, rows, normalize, scale_value, scale)
-    mask_features.copy_(out)
+    cam = _ref.class_activation(box_features, cls_weight, classes, rows).view(-1, *box_features.shape[-2:])
+    prior = _ref.resized_prior(cam, mask_features.shape[-2:], normalize, scale if scale is not None else scale_value)
+    mask_features.add_(prior.to(mask_features.dtype))
 
 
 @_object_prior_add_inplace_op.register_fake

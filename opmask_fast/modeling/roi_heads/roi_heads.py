@@ -111,18 +111,19 @@ class RoIHeads(nn.Module):
         `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, 7, 7]` when asked or computed."""
         res = self.rc.mask_pooler_resolution
         cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
-        prior = None
-        if return_prior or (self.use_prior and (self.prior_impl == "roi_align" or self.prior_gain.needs_init())):
-            prior = object_prior(box_feats, cls_w, classes, rows)
+        init = self.use_prior and self.prior_gain.needs_init()
+        prior = object_prior(box_feats, cls_w, classes, rows) if (return_prior or init) else None
         if not self.use_prior:
             feats = self.pool(features, boxes, res)
-        elif self.prior_gain.needs_init():
+        elif init:
             feats = self.pool(features, boxes, res)
             self.prior_gain.initialize(feats, prior)
             feats = feats + prior_roi_map(prior, res, self.prior_gain.value()).to(feats.dtype)[:, None]
         elif self.prior_impl == "roi_align":
-            # The prior rides on RoIAlign's output write: no extra pass over the mask features.
-            feats = self.pool(features, boxes, res, roi_map=prior_roi_map(prior, res, self.prior_gain.value()))
+            # The prior, resized and weighted in one op, rides on RoIAlign's output write: no extra pass over the
+            # mask features.
+            roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=self.prior_gain.value())
+            feats = self.pool(features, boxes, res, roi_map=roi_map)
         else:
             feats = object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                      normalize=True, scale=self.prior_gain.value())
