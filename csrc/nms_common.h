@@ -6,8 +6,9 @@
 namespace opmask_fast {
 
 // Boxes are (x1, y1, x2, y2) with areas (x2 - x1) * (y2 - y1) computed beforehand. Scalar arguments keep the CPU
-// inner loop over structure-of-arrays data vectorisable. threshold_t is double on the CPU and float on CUDA,
-// matching torchvision on each device (the comparison's precision decides an IoU that rounds to the threshold).
+// inner loop over structure-of-arrays data vectorisable. The threshold's type matters for an IoU that rounds to it:
+// torchvision compares a float IoU with the double threshold on the CPU (our CPU kernel uses the float threshold
+// rounded down, which gives the same answers) and with a float threshold on CUDA (our CUDA kernel does the same).
 template <typename acc_t, typename threshold_t>
 C10_HOST_DEVICE inline bool iou_above(acc_t ax1, acc_t ay1, acc_t ax2, acc_t ay2, acc_t area_a, acc_t bx1, acc_t by1,
                                       acc_t bx2, acc_t by2, acc_t area_b, threshold_t threshold) {

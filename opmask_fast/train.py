@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
     d.add_argument("--cache-dir", default=None, help="where the synthetic dataset is generated (~/.cache/opmask_fast)")
     t = p.add_argument_group("training")
-    t.add_argument("--iters", type=int, default=None, help="iterations (default 1200)")
+    t.add_argument("--iters", type=int, default=None, help="iterations (default 800)")
     t.add_argument("--batch-size", type=int, default=None, help="images per iteration over all processes (default 4)")
     t.add_argument("--lr", type=float, default=None, help="base learning rate (default 0.02)")
     t.add_argument("--steps", default=None, help="iterations where the LR drops x0.1, comma separated (default: 5/6 of "

@@ -216,3 +216,32 @@ def test_bad_inputs_raise():
     bad["masks"] = bad["masks"][:, :50]
     with pytest.raises(ValueError, match="masks"):
         model([img], [bad])
+
+
+def test_inference_prior_comes_from_the_originating_proposal():
+    from opmask_fast.ops import object_prior
+
+    model = _model(_cfg(prior_scale=0.0)).eval()
+    rh = model.roi_heads
+    img, _ = _sample()
+    batch, sizes = model.preprocess([img])
+    props = torch.tensor([[5.0, 5.0, 45.0, 50.0], [60.0, 40.0, 105.0, 90.0]])
+    with torch.no_grad():
+        feats = model.backbone(batch)
+        dets = rh.forward_test(feats, [props], sizes)[0]
+        box_feats, _, _ = rh.box_head(rh.pool(feats, [props], 7))
+        w = rh.box_head.cls_score.weight
+    assert dets["labels"].numel() == 6  # 2 proposals x 3 classes, far apart: NMS keeps all
+    # box deltas start near zero, so each detection's box tells which proposal it came from
+    origin = (dets["boxes"][:, None] - props[None]).abs().sum(-1).argmin(dim=1)
+    expected = object_prior(box_feats, w, dets["labels"], origin)
+    torch.testing.assert_close(dets["priors"], expected)
+
+
+def test_no_detections_gives_empty_outputs():
+    model = _model(_cfg()).eval()
+    model.roi_heads.rc.score_thresh = 1.0
+    img, _ = _sample()
+    out = model([img], output_sizes=[(50, 60)])[0]
+    assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 50, 60) and out["priors"].shape == (0, 7, 7)
+    assert out["mask_probs"].shape == (0, 28, 28) and out["labels"].dtype == torch.int64

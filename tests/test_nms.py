@@ -158,3 +158,17 @@ def test_cuda_matches_torchvision(n):
     assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), tv_ops.batched_nms(boxes, scores, idxs, 0.5))
     assert torch.equal(batched_nms(boxes.half(), scores.half(), idxs, 0.5).cpu(),
                        batched_nms(boxes.half().cpu(), scores.half().cpu(), idxs.cpu(), 0.5))
+
+
+@pytest.mark.parametrize("threshold", [0.1, 0.2, 0.25, 0.3, 1 / 3, 0.4, 0.5, 0.6, 2 / 3, 0.7, 0.75, 0.8, 0.9])
+def test_integer_grid_boxes_hit_the_threshold_exactly(threshold):
+    # Small integer boxes give IoUs that are simple fractions, many of them equal to the threshold after rounding.
+    gen = torch.Generator().manual_seed(16)
+    xy = torch.randint(0, 6, (300, 2), generator=gen).float()
+    wh = torch.randint(1, 5, (300, 2), generator=gen).float()
+    boxes = torch.cat([xy, xy + wh], dim=1)
+    scores = torch.rand(300, generator=gen)
+    idxs = torch.randint(0, 3, (300,), generator=gen)
+    assert torch.equal(nms(boxes, scores, threshold), tv_ops.nms(boxes, scores, threshold))
+    assert torch.equal(batched_nms(boxes, scores, idxs, threshold), tv_ops.batched_nms(boxes, scores, idxs, threshold))
+    assert torch.equal(nms(boxes.double(), scores, threshold), tv_ops.nms(boxes.double(), scores.double(), threshold))

@@ -1,6 +1,5 @@
 // NMS CPU kernels. Boxes are sorted by descending score (stable, so ties keep the lower index first, as in
-// torchvision), converted to structure-of-arrays and suppressed greedily, keeping the surviving boxes packed so
-// that every IoU test is against a box that is still alive.
+// torchvision), converted to structure-of-arrays and suppressed greedily (see greedy() below).
 //
 // batched_nms groups the sorted boxes by category (a stable sort keeps score order inside each group) and runs the
 // greedy pass per group in parallel; the kept positions are then read back in global score order. Cost is the sum
@@ -12,6 +11,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
 #include <numeric>
 #include <vector>
 
@@ -20,29 +22,55 @@
 namespace opmask_fast {
 namespace {
 
-// Greedy NMS over the sorted boxes [begin, end) of x1/y1/x2/y2/area (clobbered); sets keep[i] = 1 for survivors.
-// The still-alive boxes are kept packed at the front: each kept box tests only boxes nobody has suppressed yet,
-// and the survivors are compacted in the same branch-free pass.
+// float32 comparison equivalent to comparing the float32 IoU with the double threshold t (what torchvision does):
+// for a float r, (double)r > t exactly when r > the largest float <= t. Keeps the inner loop in one SIMD width.
+template <typename acc_t>
+acc_t threshold_for(double t) {
+  if constexpr (std::is_same_v<acc_t, double>) {
+    return t;
+  } else {
+    float f = static_cast<float>(t);
+    if (static_cast<double>(f) > t) f = std::nextafter(f, -std::numeric_limits<float>::infinity());
+    return f;
+  }
+}
+
+// Greedy NMS over the sorted boxes [begin, end) of x1/y1/x2/y2/area/pos (clobbered); sets keep[pos] = 1 for
+// survivors. Each kept box marks later boxes dead in a branch-free loop the compiler vectorises (testing a box
+// that is already dead costs less than a branch); once a quarter of the remaining boxes are dead they are
+// compacted away, so later passes only stream live boxes.
 template <typename acc_t>
 void greedy(acc_t* x1, acc_t* y1, acc_t* x2, acc_t* y2, acc_t* area, int64_t* pos, int64_t begin, int64_t end,
-            double threshold, uint8_t* keep) {
+            acc_t threshold, uint8_t* keep, std::vector<uint8_t>& dead_buf) {
   x1 += begin, y1 += begin, x2 += begin, y2 += begin, area += begin, pos += begin;
   int64_t alive = end - begin;
-  while (alive > 0) {
-    keep[pos[0]] = 1;
-    const acc_t ix1 = x1[0], iy1 = y1[0], ix2 = x2[0], iy2 = y2[0], ia = area[0];
-    int64_t next = 0;
-    for (int64_t j = 1; j < alive; ++j) {
-      const bool gone = iou_above<acc_t, double>(ix1, iy1, ix2, iy2, ia, x1[j], y1[j], x2[j], y2[j], area[j], threshold);
-      x1[next] = x1[j];
-      y1[next] = y1[j];
-      x2[next] = x2[j];
-      y2[next] = y2[j];
-      area[next] = area[j];
-      pos[next] = pos[j];
-      next += !gone;
+  dead_buf.assign(alive, 0);
+  uint8_t* dead = dead_buf.data();
+  int64_t dead_after = 0;  // dead boxes at positions > i
+  for (int64_t i = 0;; ++i) {
+    while (i < alive && dead[i]) ++i, --dead_after;
+    if (i >= alive) break;
+    keep[pos[i]] = 1;
+    const acc_t ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], ia = area[i];
+    int64_t newly = 0;
+    for (int64_t j = i + 1; j < alive; ++j) {
+      const uint8_t d = iou_above<acc_t, acc_t>(ix1, iy1, ix2, iy2, ia, x1[j], y1[j], x2[j], y2[j], area[j], threshold);
+      newly += d & (dead[j] ^ 1);
+      dead[j] |= d;
     }
-    alive = next;
+    dead_after += newly;
+    if (dead_after * 4 > alive - i && alive - i > 64) {
+      int64_t next = i + 1;
+      for (int64_t j = i + 1; j < alive; ++j) {
+        if (dead[j]) continue;
+        x1[next] = x1[j], y1[next] = y1[j], x2[next] = x2[j], y2[next] = y2[j], area[next] = area[j];
+        pos[next] = pos[j];
+        dead[next] = 0;
+        ++next;
+      }
+      alive = next;
+      dead_after = 0;
+    }
   }
 }
 
@@ -90,9 +118,13 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at:
     // pos[i] = sorted index of the i-th box in category order; the greedy pass marks keep_sorted by it.
     std::vector<int64_t> packed(pos);
     const int64_t groups = static_cast<int64_t>(group_begin.size()) - 1;
-    at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    const scalar_t thr = threshold_for<scalar_t>(threshold);
+    // Waking a second thread costs more than the whole greedy pass on a few thousand boxes.
+    const int64_t grain = n < 8192 ? groups : 1;
+    at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
+      std::vector<uint8_t> dead;
       for (int64_t g = g0; g < g1; ++g)
-        greedy(x1, y1, x2, y2, area, packed.data(), group_begin[g], group_begin[g + 1], threshold, keep_sorted.data());
+        greedy(x1, y1, x2, y2, area, packed.data(), group_begin[g], group_begin[g + 1], thr, keep_sorted.data(), dead);
     });
   });
   std::vector<int64_t> kept;

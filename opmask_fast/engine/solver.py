@@ -10,7 +10,7 @@ from torch import nn
 
 @dataclass
 class TrainConfig:
-    max_iter: int = 1200  # iterations (batches) of the run
+    max_iter: int = 800  # iterations (batches): 3.2 epochs of the 1000 synthetic training images at batch 4
     batch_size: int = 4  # images per iteration over all processes; each of N processes takes batch_size / N
     base_lr: float = 0.02  # detectron2's 0.02 is for batch 16; small batches still train well at this LR with warm-up
     momentum: float = 0.9
@@ -18,7 +18,7 @@ class TrainConfig:
     weight_decay_norm: float = 0.0  # no decay on norm scales/shifts (detectron2)
     warmup_iters: int = 100  # linear warm-up from warmup_factor * base_lr: keeps early BN/RPN statistics from exploding
     warmup_factor: float = 0.001
-    steps: tuple[int, ...] = (1000,)  # LR x gamma at each of these iterations
+    steps: tuple[int, ...] = (666,)  # LR x gamma at each of these iterations (5/6 of the run)
     gamma: float = 0.1
     clip_value: float | None = 1.0  # OPMask clips gradients by value at 1.0; None disables clipping
     amp: bool = True  # mixed precision (bfloat16 autocast); only ever used on CUDA

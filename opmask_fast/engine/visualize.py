@@ -24,14 +24,17 @@ def render(image: np.ndarray, out: dict, names: list[str], weak: set[int], *, sc
     Weak-class labels carry a ``*``. Detections below ``score_thresh`` are left out.
     """
     keep = (out["scores"] >= score_thresh).nonzero().flatten().tolist()
+    # Small images are enlarged (nearest neighbour) so that labels stay readable.
+    up = max(1, 384 // max(image.shape[:2]))
+    image = image.repeat(up, 0).repeat(up, 1)
     h, w = image.shape[:2]
     canvas = image.astype(np.float32).copy()
     heat = np.zeros((h, w), dtype=np.float32)
-    boxes = out["boxes"].cpu().float()
+    boxes = out["boxes"].cpu().float() * up
     priors = paste_maps(out["priors"][keep].cpu(), boxes[keep], (h, w), threshold=None) if (
         show_priors and out.get("priors") is not None and keep) else None
     for j, i in enumerate(keep):
-        m = out["masks"][i].cpu().numpy().astype(bool)
+        m = out["masks"][i].cpu().numpy().astype(bool).repeat(up, 0).repeat(up, 1)
         canvas[m] = 0.45 * canvas[m] + 0.55 * _colour(i)
         if priors is not None:
             heat = np.maximum(heat, priors[j].numpy())

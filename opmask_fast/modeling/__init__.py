@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from .meta_arch import OPMaskModel
 from .weights import WeightsMismatchError, load_backbone_weights
 
@@ -11,6 +13,10 @@ def build_model(cfg) -> OPMaskModel:
     model = OPMaskModel(cfg=cfg)
     if cfg.backbone.weights:
         model.load_backbone_weights(cfg.backbone.weights)
+    elif cfg.backbone.norm == "FrozenBN":
+        warnings.warn("the backbone uses FrozenBN but cfg.backbone.weights is not set: the ResNet keeps a random "
+                      "initialisation with identity norms (fine for tests and timing; to train from scratch use "
+                      "backbone.norm='BN' or 'GN')", stacklevel=2)
     return model
 
 

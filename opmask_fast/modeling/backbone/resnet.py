@@ -19,6 +19,20 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False)
 
 
+def conv_norm(conv: nn.Conv2d, norm: nn.Module, x: Tensor) -> Tensor:
+    """norm(conv(x)); a FrozenBatchNorm2d is folded into the conv's weight and bias instead, which removes its two
+    elementwise passes over the activations (a fifth of a CPU forward of ResNet-50), and still trains the conv."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        shift = norm.bias - norm.running_mean * scale
+        return F.conv2d(x, conv.weight * scale[:, None, None, None], shift, conv.stride, conv.padding)
+    return norm(conv(x))
+
+
+def _shortcut(block: nn.Module, x: Tensor) -> Tensor:
+    return x if block.downsample is None else conv_norm(block.downsample[0], block.downsample[1], x)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -32,9 +46,9 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(_conv(in_channels, out, 1, stride), get_norm(norm, out))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu_(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        return F.relu_(y + (x if self.downsample is None else self.downsample(x)))
+        y = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        y = conv_norm(self.conv2, self.bn2, y)
+        return F.relu_(y + _shortcut(self, x))
 
 
 class Bottleneck(nn.Module):
@@ -53,10 +67,10 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(_conv(in_channels, out, 1, stride), get_norm(norm, out))
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.relu_(self.bn1(self.conv1(x)))
-        y = F.relu_(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return F.relu_(y + (x if self.downsample is None else self.downsample(x)))
+        y = F.relu_(conv_norm(self.conv1, self.bn1, x))
+        y = F.relu_(conv_norm(self.conv2, self.bn2, y))
+        y = conv_norm(self.conv3, self.bn3, y)
+        return F.relu_(y + _shortcut(self, x))
 
 
 class ResNet(nn.Module):
@@ -107,7 +121,7 @@ class ResNet(nn.Module):
             self.bn1 = FrozenBatchNorm2d.convert_frozen_batchnorm(self.bn1)
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = F.relu_(self.bn1(self.conv1(x)))
+        x = F.relu_(conv_norm(self.conv1, self.bn1, x))
         x = F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
         outs = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):

@@ -127,7 +127,9 @@ def object_prior_add_backward(grad_out: Tensor, box_features: Tensor, cls_weight
     R, _, Hm, Wm = grad_out.shape
     N, C, Hb, Wb = box_features.shape
     acc = torch.float64 if grad_out.dtype == torch.float64 else torch.float32
-    g_prior = grad_out.sum(dim=1, dtype=acc)                                            # (R, Hm, Wm)
+    # Sum in grad_out's dtype (CPU/CUDA reductions accumulate low precision in float32): sum(dtype=) would first copy
+    # the whole grad_out to float32.
+    g_prior = grad_out.sum(dim=1).to(acc)                                               # (R, Hm, Wm)
     a_y = bilinear_matrix(Hm, Hb, acc, grad_out.device)
     a_x = bilinear_matrix(Wm, Wb, acc, grad_out.device)
     g_up = (a_y.t() @ g_prior @ a_x).flatten(1)                                         # (R, P)
@@ -161,10 +163,11 @@ def object_prior_add_backward(grad_out: Tensor, box_features: Tensor, cls_weight
         if rows is None and N == R:  # each RoI owns its row: written once in its dtype, no zero fill, no scatter
             dt = box_features.dtype
             grad_bf = w.to(dt).unsqueeze(2) * g_cam.to(dt).unsqueeze(1)                 # (R, C, P)
-        else:  # rows may repeat (several detections of one proposal): accumulate in acc
-            grad_bf = torch.zeros(N, C, Hb * Wb, dtype=acc, device=grad_out.device)
+        else:  # rows may repeat (several detections of one proposal): accumulate (like autograd, in their dtype)
+            dt = box_features.dtype
+            grad_bf = torch.zeros(N, C, Hb * Wb, dtype=dt, device=grad_out.device)
             grad_bf.index_add_(0, torch.arange(R, device=grad_out.device) if rows is None else rows,
-                               w.unsqueeze(2) * g_cam.unsqueeze(1))
+                               (w.unsqueeze(2) * g_cam.unsqueeze(1)).to(dt))
         grad_bf = grad_bf.view(N, C, Hb, Wb).to(box_features.dtype)
     if needs[1]:
         bf = box_features[:R] if rows is None else box_features[rows]
