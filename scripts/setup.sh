@@ -29,11 +29,18 @@ if [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ] && [ -z "${TORCH_CUDA
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
+# The CUDA kernels are expected when nvcc is present (unless FORCE_CUDA=0) or when FORCE_CUDA=1.
+want_cuda=0
+if [ "${FORCE_CUDA:-}" = 1 ] || { [ "${FORCE_CUDA:-}" != 0 ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; }; then
+  want_cuda=1
+fi
 so=$(ls opmask_fast/_C*.so 2>/dev/null | head -n1 || true)
 stale=1
 if [ -n "$so" ] && [ -z "$(find csrc setup.py -newer "$so" -type f | head -n1)" ]; then
   # Import from outside the repository so the installed mapping (not the working directory) is what is tested.
-  if (cd / && "$ROOT/$PY" -c "import opmask_fast._C, opmask_fast._extension as e; assert e.has_C()") 2>/dev/null; then
+  if (cd / && "$ROOT/$PY" -c "
+import sys, opmask_fast._extension as e
+sys.exit(0 if e.has_C() and (e.cuda_built() or not $want_cuda) else 1)") 2>/dev/null; then
     stale=0
   fi
 fi

@@ -152,10 +152,12 @@ def test_torch_compile():
 def test_cuda_matches_torchvision(n):
     gen = torch.Generator().manual_seed(15)
     boxes = random_boxes(n, gen=gen, size=1000.0).cuda()
-    scores = torch.rand(n, generator=gen).cuda()
+    scores = (torch.randperm(n, generator=gen).float() / n).cuda()  # distinct: torchvision's CUDA sort is unstable
     idxs = torch.randint(0, 80, (n,), generator=gen).cuda()
     assert torch.equal(nms(boxes, scores, 0.7), tv_ops.nms(boxes, scores, 0.7))
-    assert torch.equal(batched_nms(boxes, scores, idxs, 0.5), tv_ops.batched_nms(boxes, scores, idxs, 0.5))
+    # torchvision's batched_nms offsets coordinates per category (changing IoU rounding); ours does not, so the
+    # CPU kernel is the reference here.
+    assert torch.equal(batched_nms(boxes, scores, idxs, 0.5).cpu(), batched_nms(boxes.cpu(), scores.cpu(), idxs.cpu(), 0.5))
     assert torch.equal(batched_nms(boxes.half(), scores.half(), idxs, 0.5).cpu(),
                        batched_nms(boxes.half().cpu(), scores.half().cpu(), idxs.cpu(), 0.5))
 

@@ -86,52 +86,57 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at:
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
-  // IoU in float32 for half/bfloat16 (their areas overflow or round badly), in the input type otherwise.
-  const auto acc_type = at::toOpMathType(boxes.scalar_type());
-  const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).t().contiguous();  // (4, N)
+  const int64_t* ord = order.const_data_ptr<int64_t>();
+  // pos[i]: rank (in score order) of the i-th box of the processing order, which groups boxes by category and
+  // keeps score order inside each group (stable sort).
   std::vector<int64_t> pos(n);
   std::iota(pos.begin(), pos.end(), 0);
   std::vector<int64_t> group_begin = {0, n};
   if (idxs != nullptr) {
-    const at::Tensor cls = idxs->index_select(0, order).to(at::kLong).contiguous();
-    const int64_t* c = cls.const_data_ptr<int64_t>();
-    std::stable_sort(pos.begin(), pos.end(), [c](int64_t a, int64_t b) { return c[a] < c[b]; });
+    const at::Tensor cls_t = idxs->to(at::kLong).contiguous();
+    const int64_t* cls = cls_t.const_data_ptr<int64_t>();
+    std::vector<int64_t> c(n);
+    for (int64_t i = 0; i < n; ++i) c[i] = cls[ord[i]];
+    std::stable_sort(pos.begin(), pos.end(), [&c](int64_t a, int64_t b) { return c[a] < c[b]; });
     group_begin = {0};
     for (int64_t i = 1; i < n; ++i)
       if (c[pos[i]] != c[pos[i - 1]]) group_begin.push_back(i);
     group_begin.push_back(n);
   }
   std::vector<uint8_t> keep_sorted(n, 0);
-  AT_DISPATCH_FLOATING_TYPES(acc_type, "nms_cpu", [&] {
-    // Gather each group's boxes contiguously (positions `pos`) so its greedy pass streams memory.
-    std::vector<scalar_t> soa(5 * n);
-    scalar_t *x1 = soa.data(), *y1 = x1 + n, *x2 = y1 + n, *y2 = x2 + n, *area = y2 + n;
-    const scalar_t* s = sorted.const_data_ptr<scalar_t>();
+  // IoU in float32 for half/bfloat16 (their areas overflow or round badly), in the input type otherwise.
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "nms_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    // Structure-of-arrays copy in processing order: each group's greedy pass streams contiguous memory.
+    std::vector<acc_t> soa(5 * n);
+    acc_t *x1 = soa.data(), *y1 = x1 + n, *x2 = y1 + n, *y2 = x2 + n, *area = y2 + n;
+    const scalar_t* b = boxes.const_data_ptr<scalar_t>();
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t p = pos[i];
-      x1[i] = s[p];
-      y1[i] = s[n + p];
-      x2[i] = s[2 * n + p];
-      y2[i] = s[3 * n + p];
+      const scalar_t* box = b + 4 * ord[pos[i]];
+      x1[i] = static_cast<acc_t>(box[0]);
+      y1[i] = static_cast<acc_t>(box[1]);
+      x2[i] = static_cast<acc_t>(box[2]);
+      y2[i] = static_cast<acc_t>(box[3]);
       area[i] = (x2[i] - x1[i]) * (y2[i] - y1[i]);
     }
-    // pos[i] = sorted index of the i-th box in category order; the greedy pass marks keep_sorted by it.
     std::vector<int64_t> packed(pos);
     const int64_t groups = static_cast<int64_t>(group_begin.size()) - 1;
-    const scalar_t thr = threshold_for<scalar_t>(threshold);
-    // Waking a second thread costs more than the whole greedy pass on a few thousand boxes.
-    const int64_t grain = n < 8192 ? groups : 1;
+    const acc_t thr = threshold_for<acc_t>(threshold);
+    // Per-category passes are short: a second thread only pays off for very large inputs.
+    const int64_t grain = n < 65536 ? groups : 1;
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       std::vector<uint8_t> dead;
       for (int64_t g = g0; g < g1; ++g)
         greedy(x1, y1, x2, y2, area, packed.data(), group_begin[g], group_begin[g + 1], thr, keep_sorted.data(), dead);
     });
   });
-  std::vector<int64_t> kept;
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) count += keep_sorted[i];
+  at::Tensor out = at::empty({count}, order.options());
+  int64_t* o = out.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i)
-    if (keep_sorted[i]) kept.push_back(i);
-  at::Tensor kept_t = at::from_blob(kept.data(), {static_cast<int64_t>(kept.size())}, at::kLong).clone();
-  return order.index_select(0, kept_t.to(order.device()));
+    if (keep_sorted[i]) *o++ = ord[i];
+  return out;
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {

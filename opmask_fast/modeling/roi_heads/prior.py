@@ -16,11 +16,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opmask_fast.ops import object_prior, object_prior_add
-
 
 class PriorGain(nn.Module):
-    """Holds the prior's weight and adds the prior to mask features.
+    """Holds the prior's weight and measures its start value (the prior itself comes from `opmask_fast.ops`).
 
     Args:
         scale: "none", "learnable" or a float.
@@ -63,4 +61,4 @@ def prior_roi_map(prior: Tensor, size: int, gain: float | Tensor | None) -> Tens
     return out if gain is None else out * gain
 
 
-__all__ = ["PriorGain", "prior_roi_map", "object_prior", "object_prior_add"]
+__all__ = ["PriorGain", "prior_roi_map"]

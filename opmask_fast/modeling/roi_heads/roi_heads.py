@@ -93,8 +93,11 @@ class RoIHeads(nn.Module):
             offset += s["boxes"].shape[0]
         rows_t, classes_t = torch.cat(rows), torch.cat(classes)
         if rows_t.numel() == 0:
-            # No foreground RoI anywhere: an exact zero that still reaches every mask-head parameter.
-            losses["loss_mask"] = sum(p.sum() for p in self.mask_head.parameters()) * 0.0
+            # No foreground RoI anywhere: an exact zero that still reaches every mask-branch parameter (DDP needs them
+            # all used in every step).
+            params = list(self.mask_head.parameters()) + ([] if self.prior_gain is None else
+                                                           list(self.prior_gain.parameters()))
+            losses["loss_mask"] = sum(p.sum() for p in params) * 0.0
             return losses
         mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t)
         losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), torch.cat(supervised))
