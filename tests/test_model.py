@@ -52,7 +52,8 @@ def test_presets_validate_and_roundtrip():
 
 
 def test_coco_preset_builds_frozen():
-    model = build_model(get_preset("opmask_r50_coco"))
+    with pytest.warns(UserWarning, match="FrozenBN but cfg.backbone.weights is not set"):
+        model = build_model(get_preset("opmask_r50_coco"))
     bb = model.backbone.bottom_up
     assert not any(p.requires_grad for p in bb.conv1.parameters())
     assert not any(p.requires_grad for p in bb.layer1.parameters())
