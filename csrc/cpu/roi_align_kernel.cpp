@@ -1,7 +1,8 @@
 // RoIAlign CPU kernels: multi-threaded with at::parallel_for and deterministic.
 //
 // Each RoI's bilinear taps (pixel offset within a channel plane, weight already divided by the bin's sample count)
-// are built once and reused for every channel. Forward parallelises over RoIs (each writes its own output rows).
+// are built once and reused for every channel. Forward parallelises over RoIs (each writes its own output rows)
+// and reads a channels-last copy of the input when many RoIs share it.
 // Backward first builds the taps of a group of RoIs, then parallelises over channels: a thread owns whole channel
 // planes of grad_input and visits the RoIs in order, so the sums never race and never depend on thread count.
 #include <ATen/ATen.h>
@@ -116,6 +117,25 @@ inline void pool_channels(const RoiTaps<acc_t>& t, const scalar_t* planes, scala
   }
 }
 
+// All bins and channels of one RoI from a channels-last (H, W, C) image: sums per bin in acc ([bin][channel]),
+// then one transposed write into the (C, bins) output block of the RoI.
+template <typename scalar_t, typename acc_t>
+inline void pool_roi_channels_last(const RoiTaps<acc_t>& t, const scalar_t* image, scalar_t* dst, const scalar_t* map,
+                                   int64_t channels, int64_t nbins, std::vector<acc_t>& acc) {
+  acc.assign(nbins * channels, acc_t(0));
+  for (int64_t b = 0; b < nbins; ++b) {
+    acc_t* sum = acc.data() + b * channels;
+    for (int64_t i = t.bin_begin[b]; i < t.bin_begin[b + 1]; ++i) {
+      const acc_t wi = t.weight[i];
+      const scalar_t* px = image + static_cast<int64_t>(t.offset[i]) * channels;
+      for (int64_t ch = 0; ch < channels; ++ch) sum[ch] += wi * static_cast<acc_t>(px[ch]);
+    }
+  }
+  for (int64_t ch = 0; ch < channels; ++ch)
+    for (int64_t b = 0; b < nbins; ++b)
+      dst[ch * nbins + b] = static_cast<scalar_t>(acc[b * channels + ch] + (map ? static_cast<acc_t>(map[b]) : acc_t(0)));
+}
+
 // Gradient of channels [c0, c0 + count) for one RoI: scatter grad_out through the same taps.
 template <typename scalar_t, typename acc_t, int64_t BLOCK>
 inline void scatter_channels(const RoiTaps<acc_t>& t, const scalar_t* grad, acc_t* planes, int64_t c0,
@@ -150,9 +170,14 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
   check_common(rois_, input_, ph, pw);
   TORCH_CHECK(input_.size(2) * input_.size(3) < (int64_t(1) << 31), "opmask_fast::roi_align: H * W must be < 2^31");
-  const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
-  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  const int64_t n = input_.size(0), c = input_.size(1), h = input_.size(2), w = input_.size(3), k = rois.size(0);
+  // Channels-last pays when the RoIs read more taps than the map has pixels (hundreds of RoIs on a pyramid
+  // level): each tap then loads one contiguous, vectorisable run of C values instead of C scattered ones. The
+  // layout change costs one copy of the input; an input already channels-last needs none.
+  const bool channels_last =
+      c >= 8 && (input_.is_contiguous(at::MemoryFormat::ChannelsLast) || k * ph * pw * 16 >= n * h * w);
+  const at::Tensor input = channels_last ? input_.permute({0, 2, 3, 1}).contiguous() : input_.contiguous();
   at::Tensor roi_map;
   if (roi_map_.has_value()) {
     TORCH_CHECK(roi_map_->dim() == 3 && roi_map_->size(0) == k && roi_map_->size(1) == ph && roi_map_->size(2) == pw,
@@ -170,6 +195,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     const int64_t nbins = ph * pw;
     at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
       RoiTaps<acc_t> taps;
+      std::vector<acc_t> acc;
       for (int64_t r = begin; r < end; ++r) {
         const auto g = roi_geometry<acc_t>(roi + 5 * r, n, static_cast<acc_t>(spatial_scale), ph, pw,
                                            sampling_ratio, aligned);
@@ -179,6 +205,10 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
         const scalar_t* planes = in + g.batch * c * h * w;
         scalar_t* dst = o + r * c * nbins;
         const scalar_t* map_r = map ? map + r * nbins : nullptr;
+        if (channels_last) {
+          pool_roi_channels_last<scalar_t, acc_t>(taps, planes, dst, map_r, c, nbins, acc);
+          continue;
+        }
         int64_t ch = 0;
         for (; ch + kChannelBlock <= c; ch += kChannelBlock)
           pool_channels<scalar_t, acc_t, kChannelBlock>(taps, planes, dst, map_r, ch, kChannelBlock, h * w, nbins);
