@@ -97,6 +97,23 @@ def test_non_contiguous_input_and_list_boxes():
 
 
 @needs_c
+@pytest.mark.parametrize("rois_count,channels_last", [(300, False), (3, True), (3, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_both_cpu_layouts_match_torchvision(rois_count, channels_last, dtype):
+    # Many RoIs (or a channels-last input) take the channels-last forward; a few RoIs the planar one.
+    gen = torch.Generator().manual_seed(10)
+    x = torch.randn(2, 24, 40, 48, generator=gen, dtype=dtype)  # 3 + 9 RoIs read fewer taps than it has pixels
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    rois = torch.cat([random_rois(rois_count, 2, 40, 48, scale=0.5, gen=gen, dtype=dtype), edge_rois(80, 96).to(dtype)])
+    roi_map = torch.randn(rois.shape[0], 4, 3, generator=gen, dtype=dtype)
+    ours = roi_align(x, rois, (4, 3), 0.5, 0, True, roi_map=roi_map)
+    tv = tv_ops.roi_align(x.contiguous(), rois, (4, 3), 0.5, 0, True) + roi_map[:, None]
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours, tv, **tol)
+
+
+@needs_c
 def test_gradcheck_with_roi_map():
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(2, 2, 7, 8, generator=gen, dtype=torch.float64, requires_grad=True)
