@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torch import Tensor
 
+from ..modeling.paste import paste_mask_probs, paste_masks
+
 
 def paste_maps(maps: Tensor, boxes: Tensor, image_size: tuple[int, int], *, threshold: float | None = 0.5) -> Tensor:
-    """Resamples each ``maps[i]: Tensor[Hm, Wm]`` onto its box of an image of ``image_size``.
+    """Resamples each ``maps[i]: Tensor[Hm, Wm]`` onto its box of an image of ``image_size``, with the model's own
+    batched paste (:mod:`opmask_fast.modeling.paste`), so priors and masks are pasted by the same rule.
 
     Args:
         maps: ``Tensor[M, Hm, Wm]`` values in [0, 1] spanning the box (bin centres at the half-pixel positions, as
             RoIAlign with ``aligned=True`` samples them).
         boxes: ``Tensor[M, 4]`` xyxy in the pixel coordinates of the output image.
         image_size: (H, W) of the output.
-        threshold: ``None`` returns the resampled values (0 outside the box); else the bool mask ``value >= threshold``
-            (detectron2's rule).
+        threshold: ``None`` returns the resampled values (0 outside the box's half-cell border); else the bool mask
+            ``value >= threshold`` (detectron2's rule).
 
     Returns:
         ``Tensor[M, H, W]`` bool (or float32 when ``threshold`` is None).
@@ -26,28 +28,13 @@ def paste_maps(maps: Tensor, boxes: Tensor, image_size: tuple[int, int], *, thre
     h, w = image_size
     maps = maps.detach().float().cpu()
     boxes = boxes.detach().float().cpu()
-    m = maps.shape[0]
-    out = torch.zeros((m, h, w), dtype=torch.float32)
+    # A NaN or empty box pastes nothing (rather than NaN everywhere).
     valid = torch.isfinite(boxes).all(1) & (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    # All boxes of a chunk in one grid_sample over the whole image: far fewer calls than one per box, with the
-    # chunk bounded so large images do not allocate huge grids.
-    chunk = max(1, (1 << 22) // max(h * w, 1))
-    xs = torch.arange(w, dtype=torch.float32) + 0.5  # pixel centres
-    ys = torch.arange(h, dtype=torch.float32) + 0.5
-    for start in range(0, m, chunk):
-        b = boxes[start:start + chunk]
-        bw = (b[:, 2] - b[:, 0]).clamp(min=1e-6)
-        bh = (b[:, 3] - b[:, 1]).clamp(min=1e-6)
-        gx = (xs[None] - b[:, 0:1]) / bw[:, None] * 2 - 1  # [n, W]
-        gy = (ys[None] - b[:, 1:2]) / bh[:, None] * 2 - 1  # [n, H]
-        n = b.shape[0]
-        grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=-1)
-        # zeros padding leaves pixels outside the box at 0 (beyond the half-bin border of the map)
-        vals = F.grid_sample(maps[start:start + n, None], grid, align_corners=False, padding_mode="zeros")[:, 0]
-        inside = (gx.abs() <= 1)[:, None, :] & (gy.abs() <= 1)[:, :, None]
-        out[start:start + n] = torch.where(inside, vals, torch.zeros(()))
-    out[~valid] = 0
-    return out if threshold is None else out >= threshold
+    maps = torch.where(valid[:, None, None], maps, torch.zeros(()))
+    boxes = torch.where(valid[:, None], boxes, torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    if threshold is not None:
+        return paste_masks(maps, boxes, h, w, threshold=threshold)
+    return paste_mask_probs(maps, boxes, h, w)
 
 
 def encode_masks(masks: Tensor) -> list[dict]:
