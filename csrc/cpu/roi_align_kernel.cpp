@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "../roi_align_checks.h"
 #include "../roi_align_common.h"
 
 namespace opmask_fast {
@@ -156,19 +157,11 @@ inline void scatter_channels(const RoiTaps<acc_t>& t, const scalar_t* grad, acc_
   }
 }
 
-void check_common(const at::Tensor& rois, const at::Tensor& input, int64_t ph, int64_t pw) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "opmask_fast::roi_align: rois must be a Tensor[K, 5]");
-  TORCH_CHECK(ph > 0 && pw > 0, "opmask_fast::roi_align: output size must be positive");
-  const auto want = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(rois.scalar_type() == want, "opmask_fast::roi_align: rois must be ", want, " for ",
-              input.scalar_type(), " input, got ", rois.scalar_type());
-}
-
 at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,
                                  int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
                                  const std::optional<at::Tensor>& roi_map_) {
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
-  check_common(rois_, input_, ph, pw);
+  check_roi_align_rois(rois_, input_, ph, pw);
   TORCH_CHECK(input_.size(2) * input_.size(3) < (int64_t(1) << 31), "opmask_fast::roi_align: H * W must be < 2^31");
   const at::Tensor rois = rois_.contiguous();
   const int64_t n = input_.size(0), c = input_.size(1), h = input_.size(2), w = input_.size(3), k = rois.size(0);
@@ -222,11 +215,8 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
                                   int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
                                   int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_common(rois_, grad_, ph, pw);
+  check_roi_align_grad(grad_, rois_, ph, pw, channels);
   const int64_t k = rois_.size(0);
-  TORCH_CHECK(grad_.dim() == 4 && grad_.size(0) == k && grad_.size(1) == channels && grad_.size(2) == ph &&
-                  grad_.size(3) == pw,
-              "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
   TORCH_CHECK(height * width < (int64_t(1) << 31), "opmask_fast::roi_align_backward: H * W must be < 2^31");
   const at::Tensor grad = grad_.contiguous();
   const at::Tensor rois = rois_.contiguous();

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../roi_align_checks.h"
 #include "../roi_align_common.h"
 
 namespace opmask_fast {
@@ -113,15 +114,6 @@ __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, con
   }
 }
 
-void check_rois(const at::Tensor& rois, const at::Tensor& ref, int64_t ph, int64_t pw) {
-  TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "opmask_fast::roi_align: rois must be a Tensor[K, 5]");
-  TORCH_CHECK(ph > 0 && pw > 0, "opmask_fast::roi_align: output size must be positive");
-  TORCH_CHECK(rois.device() == ref.device(), "opmask_fast::roi_align: rois and input must be on the same device");
-  const auto want = ref.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(rois.scalar_type() == want, "opmask_fast::roi_align: rois must be ", want, " for ",
-              ref.scalar_type(), " input, got ", rois.scalar_type());
-}
-
 dim3 grid_for(int64_t k, int64_t c, int64_t nbins, int64_t* channels_per_block) {
   int64_t cpb = (kOutputsPerBlock + nbins - 1) / nbins;
   cpb = cpb < c ? cpb : c;
@@ -135,7 +127,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
                                   int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
                                   const std::optional<at::Tensor>& roi_map_) {
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
-  check_rois(rois_, input_, ph, pw);
+  check_roi_align_rois(rois_, input_, ph, pw);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
@@ -166,11 +158,8 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
 at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
                                    int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_rois(rois_, grad_, ph, pw);
+  check_roi_align_grad(grad_, rois_, ph, pw, channels);
   const int64_t k = rois_.size(0);
-  TORCH_CHECK(grad_.dim() == 4 && grad_.size(0) == k && grad_.size(1) == channels && grad_.size(2) == ph &&
-                  grad_.size(3) == pw,
-              "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
   const c10::cuda::CUDAGuard guard(grad_.device());
   const at::Tensor grad = grad_.contiguous();
   const at::Tensor rois = rois_.contiguous();
