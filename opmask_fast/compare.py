@@ -31,6 +31,14 @@ VARIANTS = {
     "opmask": ("OPMask (paper recipe)", ["--prior-scale", "none"]),
     "opmask_gain": ("OPMask + learnable gain", ["--prior-scale", "learnable"]),
     "opmask_gain40": ("OPMask + prior x40", ["--prior-scale", "40"]),
+    "opmask_range": ("OPMask + prior x feature range", ["--prior-scale", "feature_range"]),
+    "opmask_std": ("OPMask + prior x feature std", ["--prior-scale", "feature_std"]),
+    "opmask_norm": ("OPMask + standardised features", ["--prior-scale", "none", "--set", "prior_feature_norm=True"]),
+    # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
+    "opmask_fwd40_grad1": ("OPMask x40 forward, x1 gradient", ["--prior-scale", "40", "--set", "prior_grad_scale=1.0"]),
+    "opmask_fwd1_grad40": ("OPMask x1 forward, x40 gradient", ["--prior-scale", "none", "--set", "prior_grad_scale=40.0"]),
+    "opmask_range_detach": ("OPMask + prior x feature range, detached",
+                            ["--prior-scale", "feature_range", "--set", "prior_grad_scale=0.0"]),
 }
 
 # The CPU budget of the main job: the tiny preset with 64 RoIs per image and a 64-channel box head (about 0.45 s per

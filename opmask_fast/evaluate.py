@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-box mask IoU pass")
+    p.add_argument("--prior-ablation", choices=("zero", "shuffle"), default=None,
+                   help="diagnostic: evaluate with the prior set to 0, or with each RoI given another RoI's prior "
+                        "(the priors reported for prior AP stay the model's own); metrics go to "
+                        "OUTPUT_DIR/ablation_<mode>/ unless --output-dir is given")
     p.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N images")
     p.add_argument("--list-metrics", action="store_true", help="print the metrics.json keys and their meaning")
     return p
@@ -61,6 +65,12 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise ValueError(f"the categories of {data['val_ann']} differ from the checkpoint's "
                          f"{meta.get('category_names')}")
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    if args.prior_ablation:
+        if not cfg.use_prior:
+            raise ValueError(f"--prior-ablation needs a model with a prior; {args.checkpoint} is the baseline")
+        model.roi_heads.prior_ablation = args.prior_ablation
+        if not args.output_dir:
+            out = os.path.join(out, f"ablation_{args.prior_ablation}")
     start = time.time()
     metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=args.device, output_dir=out,
                              oracle=not args.no_oracle, max_images=args.max_images)

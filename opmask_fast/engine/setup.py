@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import os
 
 import torch
@@ -15,13 +16,19 @@ logger = logging.getLogger(__name__)
 
 
 def parse_prior_scale(text: str) -> str | float:
-    """``none`` | ``learnable`` | a float gain."""
-    if text in ("none", "learnable"):
+    """``none`` | ``learnable`` | ``feature_std`` | ``feature_range`` | a float gain."""
+    from ..config import PRIOR_SCALE_MODES
+
+    if text in PRIOR_SCALE_MODES:
         return text
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise ValueError(f"--prior-scale must be 'none', 'learnable' or a number, got {text!r}") from None
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"--prior-scale must be one of {', '.join(PRIOR_SCALE_MODES)} or a finite number, "
+                         f"got {text!r}")
+    return value
 
 
 def apply_override(cfg, item: str) -> None:
