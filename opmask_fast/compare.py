@@ -4,6 +4,8 @@
 seed as separate one-thread processes (all three at once by default: they share a 2-core CPU without idle time),
 evaluates them and prints one table: weak- and strong-class mask AP, ambiguous vs other mask AP, prior AP, oracle-box
 mask IoU and seconds per image. ``--seeds 0,1,2`` repeats every variant per seed and reports mean +- standard deviation.
+``--dataset shapes2`` runs the same study on the second synthetic dataset (other rules, see
+``opmask_fast.data.synthetic_shapes2``), into ``outputs/compare_shapes2`` by default.
 
 Variants: the Mask R-CNN baseline (no prior), OPMask with the paper's recipe (the min-max normalised prior added as is),
 and OPMask with the prior multiplied by 40 (about twice the ratio of the mask features' spread to the prior's at the
@@ -22,10 +24,11 @@ import subprocess
 import sys
 import time
 
-from .data import SyntheticSpec, ensure_synthetic
+from .data import DATASETS, dataset_spec, ensure_synthetic
 from .engine.evaluation import write_metrics
+from .engine.setup import parse_image_counts
 
-# name -> (label, extra arguments of opmask_fast.train)
+# name -> (label, extra arguments of opmask_fast.train); every entry is a --variants choice.
 VARIANTS = {
     "baseline": ("Mask R-CNN baseline", ["--no-prior"]),
     "opmask": ("OPMask (paper recipe)", ["--prior-scale", "none"]),
@@ -70,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=3,
                    help="trainings run at the same time (3 one-thread runs share 2 cores without idle time)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
-    p.add_argument("--output-dir", default=os.path.join("outputs", "compare"))
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="shapes",
+                   help="synthetic dataset: shapes (the embedded one) or shapes2 (other rules)")
+    p.add_argument("--data-images", type=parse_image_counts, default=None, metavar="N_TRAIN,N_VAL",
+                   help="image counts of the synthetic dataset (default 1000,200)")
+    p.add_argument("--output-dir", default=None, help="default: outputs/compare, or outputs/compare_<dataset>")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
@@ -79,19 +86,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
+def train_command(variant: str, seed: int, args, out: str) -> list[str]:
     extra = [a for a in args.train_args if a != "--"]
     cmd = [sys.executable, "-m", "opmask_fast.train", "--quiet", "--seed", str(seed),
-           "--data-seed", str(args.data_seed), "--num-threads", str(args.threads), "--output-dir", out, *VARIANTS[variant][1], *extra]
+           "--dataset", args.dataset, "--data-seed", str(args.data_seed), "--num-threads", str(args.threads),
+           "--output-dir", out]
+    if args.data_images:
+        cmd += ["--data-images", ",".join(str(n) for n in args.data_images)]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
+    return cmd + [*VARIANTS[variant][1], *extra]
+
+
+def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
+    cmd = train_command(variant, seed, args, out)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.makedirs(out, exist_ok=True)
     log = open(os.path.join(out, "log.txt"), "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def output_root(args) -> str:
+    """``--output-dir``, or outputs/compare (embedded dataset) / outputs/compare_<dataset>."""
+    if args.output_dir:
+        return args.output_dir
+    return os.path.join("outputs", "compare" if args.dataset == "shapes" else f"compare_{args.dataset}")
+
+
 def run_all(args) -> dict[str, list[dict]]:
+    args.output_dir = output_root(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -190,7 +213,10 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     start = time.time()
-    paths = ensure_synthetic(SyntheticSpec(seed=args.data_seed), args.cache_dir)
+    args.output_dir = output_root(args)
+    num_train, num_val = args.data_images or (None, None)
+    spec = dataset_spec(args.dataset, seed=args.data_seed, num_train=num_train, num_val=num_val)
+    paths = ensure_synthetic(spec, args.cache_dir)
     print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
     results = run_all(args)
     time_inference(results, args)

@@ -17,8 +17,9 @@ import torch
 
 from .engine.distributed import barrier, cleanup, init_distributed
 from .engine.evaluation import evaluate_model, format_table, write_metrics
-from .engine.setup import (apply_override, default_output_dir, load_weights, parse_prior_scale, resolve_data,
-                           train_dataset, val_dataset)
+from .data.synthetic import DATASETS
+from .engine.setup import (apply_override, default_output_dir, load_weights, parse_image_counts, parse_prior_scale,
+                           resolve_data, train_dataset, val_dataset)
 from .engine.solver import TrainConfig
 from .engine.trainer import CHECKPOINT_NAME, train
 
@@ -37,14 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. roi_heads.batch_size_per_image=64 (repeatable)")
     m.add_argument("--weights", default=None, help="initial weights: a checkpoint or a state dict (.pth)")
-    d = p.add_argument_group("data (default: the embedded synthetic dataset)")
+    d = p.add_argument_group("data (default: the embedded synthetic dataset, generated on first use)")
+    d.add_argument("--dataset", choices=sorted(DATASETS), default=None,
+                   help="synthetic dataset: shapes (the embedded one, default) or shapes2 (other rules)")
+    d.add_argument("--data-images", type=parse_image_counts, default=None, metavar="N_TRAIN,N_VAL",
+                   help="image counts of the synthetic dataset (default 1000,200)")
     d.add_argument("--train-ann", help="COCO instances JSON for training")
     d.add_argument("--train-images", help="image folder for training")
     d.add_argument("--val-ann", help="COCO instances JSON for evaluation")
     d.add_argument("--val-images", help="image folder for evaluation")
     d.add_argument("--split", default=None,
                    help="strong (mask-supervised) classes: voc, nonvoc, all, voc40, or names/ids separated by commas; "
-                        "default: voc, or circle,triangle,cross on the synthetic dataset")
+                        "default: voc, or the synthetic dataset's strong classes")
     d.add_argument("--split-seed", type=int, default=0, help="seed of the voc40 draw")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
     d.add_argument("--cache-dir", default=None, help="where the synthetic dataset is generated (~/.cache/opmask_fast)")
@@ -62,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--log-period", type=int, default=20)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pth")
     o = p.add_argument_group("run")
-    o.add_argument("--output-dir", default=None, help="default: outputs/<preset>[_noprior]")
+    o.add_argument("--output-dir", default=None, help="default: outputs/<preset>[_noprior][_<dataset>]")
     o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     o.add_argument("--num-threads", type=int, default=None, help="torch CPU threads per process")
     o.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
@@ -130,7 +135,8 @@ def _run(args, info) -> dict | None:
     input_cfg = get_preset(args.preset).input  # the preset keeps image sizes next to the anchors that fit them
     train_set = train_dataset(paths, input_cfg, split, args.split_seed)
     cfg = model_config_from_args(args, len(train_set.category_ids))
-    name = args.preset + ("_noprior" if args.no_prior else "")
+    other_data = f"_{args.dataset}" if args.dataset not in (None, "shapes") else ""
+    name = args.preset + ("_noprior" if args.no_prior else "") + other_data
     out = args.output_dir or default_output_dir(name)
     if info.is_main:
         os.makedirs(out, exist_ok=True)

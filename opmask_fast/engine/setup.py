@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import logging
 import math
@@ -9,7 +10,8 @@ import os
 
 import torch
 
-from ..data import CocoInstances, ResizeFlip, STRONG_CLASSES, SyntheticSpec, ensure_synthetic
+from ..data import CocoInstances, ResizeFlip, ensure_synthetic
+from ..data.synthetic import dataset_spec, get_style
 from .checkpoint import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -53,23 +55,45 @@ def apply_override(cfg, item: str) -> None:
     setattr(obj, leaf, value)
 
 
-def resolve_data(args, *, need_train: bool = True) -> dict:
-    """The annotation files and image folders to use: the ones given, or the embedded synthetic dataset's.
+def parse_image_counts(text: str) -> tuple[int, int]:
+    """``N_TRAIN,N_VAL`` (positive integers): the image counts of a synthetic dataset (an argparse ``type``)."""
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 2 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected two positive integers N_TRAIN,N_VAL, got {text!r}")
+    return counts
 
-    Returns ``train_ann``, ``train_images``, ``val_ann``, ``val_images``, ``synthetic`` (bool) and ``default_split``.
+
+def resolve_data(args, *, need_train: bool = True) -> dict:
+    """The annotation files and image folders to use: the ones given, or those of a synthetic dataset (``--dataset``,
+    default the embedded one), generated into the cache on first use.
+
+    Returns ``train_ann``, ``train_images``, ``val_ann``, ``val_images``, ``synthetic`` (bool), ``dataset`` (the
+    synthetic dataset's name or None) and ``default_split`` (voc for your own data, the synthetic dataset's strong
+    classes otherwise).
     """
     given = [getattr(args, k, None) for k in ("train_ann", "train_images", "val_ann", "val_images")]
+    dataset, counts = getattr(args, "dataset", None), getattr(args, "data_images", None)
     if any(given):
+        if dataset or counts:
+            raise ValueError("--dataset and --data-images choose a synthetic dataset: give them or your own files "
+                             "(--train-ann ...), not both")
         want = ("train_ann", "train_images", "val_ann", "val_images") if need_train else ("val_ann", "val_images")
         missing = [k for k in want if not getattr(args, k, None)]
         if missing:
             raise ValueError(f"with your own data give all of {', '.join('--' + k.replace('_', '-') for k in want)}; "
                              f"missing: {', '.join('--' + k.replace('_', '-') for k in missing)}")
         paths = {k: getattr(args, k, None) for k in ("train_ann", "train_images", "val_ann", "val_images")}
-        return {**paths, "synthetic": False, "default_split": "voc"}
-    spec = SyntheticSpec(seed=getattr(args, "data_seed", 0))
-    paths = ensure_synthetic(spec, getattr(args, "cache_dir", None))
-    return {**paths, "synthetic": True, "default_split": ",".join(STRONG_CLASSES)}
+        return {**paths, "synthetic": False, "dataset": None, "default_split": "voc"}
+    dataset = dataset or "shapes"
+    num_train, num_val = counts or (None, None)
+    spec = dataset_spec(dataset, seed=getattr(args, "data_seed", 0), num_train=num_train, num_val=num_val)
+    # Absolute paths: the checkpoint's meta keeps them for evaluate, which may run from another folder.
+    paths = {k: os.path.abspath(v) for k, v in ensure_synthetic(spec, getattr(args, "cache_dir", None)).items()}
+    return {**paths, "synthetic": True, "dataset": dataset,
+            "default_split": ",".join(get_style(spec.style).strong_classes)}
 
 
 def train_dataset(paths: dict, input_cfg, split, split_seed: int = 0) -> CocoInstances:
