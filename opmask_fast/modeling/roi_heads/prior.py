@@ -115,4 +115,13 @@ def add_prior(features: Tensor, prior_map: Tensor, gain: float | Tensor | None, 
     return features + (pd if gain is None else pd * gain) + grad_scale * (p - pd)
 
 
-__all__ = ["ADAPTIVE_MODES", "PriorGain", "ablate_prior", "add_prior"]
+@torch.no_grad()
+def prior_statistics(features: Tensor, prior_map: Tensor) -> dict[str, Tensor]:
+    """Per RoI: `feature_std`, `feature_range` of `features Tensor[R, C, H, W]` and `prior_std` of the unweighted
+    `prior_map Tensor[R, H, W]`, each `Tensor[R]` float32 on the CPU; their ratio says how visible the prior is."""
+    f = features.detach().float().flatten(1)
+    return {"feature_std": f.std(dim=1).cpu(), "feature_range": (f.amax(dim=1) - f.amin(dim=1)).cpu(),
+            "prior_std": prior_map.detach().float().flatten(1).std(dim=1).cpu()}
+
+
+__all__ = ["ADAPTIVE_MODES", "PriorGain", "ablate_prior", "add_prior", "prior_statistics"]

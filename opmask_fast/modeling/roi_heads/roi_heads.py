@@ -14,7 +14,7 @@ from ..matcher import Matcher
 from ..sampler import subsample_labels
 from .box_head import BoxHead, box_losses
 from .mask_head import MaskHead, mask_loss, mask_targets
-from .prior import PriorGain, ablate_prior, add_prior
+from .prior import PriorGain, ablate_prior, add_prior, prior_statistics
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
 
@@ -37,6 +37,8 @@ class RoIHeads(nn.Module):
         self.prior_feature_norm, self.prior_grad_scale = cfg.prior_feature_norm, cfg.prior_grad_scale
         # Test-time diagnostic, set by evaluation and never saved: None, "zero" or "shuffle" (see `ablate_prior`).
         self.prior_ablation: str | None = None
+        # Diagnostic: when a list, every mask pass appends its RoIs' feature and prior statistics (`prior_statistics`).
+        self.prior_stats: list | None = None
         self.box_coder = BoxCoder(weights=tuple(rc.box_reg_weights))
         self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
 
@@ -123,7 +125,7 @@ class RoIHeads(nn.Module):
         if not self.use_prior:
             feats = self.pool(features, boxes, res)
         elif init or (self.prior_gain.adaptive or self.prior_feature_norm or self.prior_grad_scale is not None
-                      or (self.prior_ablation is not None and not self.training)):
+                      or (self.prior_ablation is not None and not self.training) or self.prior_stats is not None):
             # The general path: pool, optionally standardise, then add the weighted prior as a second pass.
             feats = self.pool(features, boxes, res)
             if self.prior_feature_norm:
@@ -132,6 +134,8 @@ class RoIHeads(nn.Module):
                                    None if self.training else self.prior_ablation)
             if init:
                 self.prior_gain.initialize(feats, prior)
+            if self.prior_stats is not None:
+                self.prior_stats.append(prior_statistics(feats, roi_map))
             gain = self.prior_gain.per_roi(feats, roi_map) if self.prior_gain.adaptive else self.prior_gain.value()
             feats = add_prior(feats, roi_map, gain, grad_scale=self.prior_grad_scale)
         elif self.prior_impl == "roi_align":
