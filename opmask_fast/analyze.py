@@ -85,13 +85,16 @@ def prepare(argv: list[str] | None = None):
         fail("a run is given twice: " + ", ".join(sorted({f for f in folders if folders.count(f) > 1})))
     train_ann = args.train_ann
     if train_ann is None:
-        known = {os.path.abspath(r.train_ann) for r in runs if r.train_ann}
+        known = {r.train_ann for r in runs if r.train_ann}
         if not known:
             fail("no run names its training annotations (no checkpoint.pth beside metrics.json): give --train-ann")
-        if len(known) > 1:
+        if len({os.path.abspath(k) for k in known}) > 1:
             fail(f"the runs were trained on different annotation files ({', '.join(sorted(known))}): "
                  "give --train-ann")
         train_ann = known.pop()
+        if not os.path.isfile(train_ann):  # a relative path is relative to where the training ran
+            fail(f"annotation file not found: {train_ann} (the training annotations named in the runs' checkpoints; "
+                 "run from the folder the training ran in, or give --train-ann)")
     if not os.path.isfile(train_ann):
         fail(f"annotation file not found: {train_ann}")
     return args, runs, train_ann

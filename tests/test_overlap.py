@@ -3,6 +3,7 @@ t-test, pooling of complementary splits, relative improvements, and label placem
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -120,3 +121,34 @@ def test_labels_avoid_each_other():
     assert not _overlaps(chosen)
     with pytest.raises(ValueError, match="candidate"):
         place_labels([[]])
+
+
+TINY_COCO_TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data",
+                               "tiny_coco", "annotations", "instances_train2017.json")
+
+
+@pytest.mark.skipif(not os.path.isfile(TINY_COCO_TRAIN), reason="../shared/data/tiny_coco is not present")
+def test_class_overlap_on_real_coco_matches_a_plain_loop():
+    data = json.load(open(TINY_COCO_TRAIN))
+    ov = class_overlap(load_coco(TINY_COCO_TRAIN))
+    by_image = {}
+    for a in data["annotations"]:
+        if not a.get("iscrowd", 0):
+            by_image.setdefault(a["image_id"], []).append(a)
+    sums, pairs = {}, {}
+    for anns in by_image.values():
+        for a in anns:
+            for b in anns:
+                if a is b:
+                    continue
+                (ax, ay, aw, ah), (bx, by, bw, bh) = a["bbox"], b["bbox"]
+                iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+                ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+                union = aw * ah + bw * bh - iw * ih
+                c = a["category_id"]
+                sums[c] = sums.get(c, 0.0) + (iw * ih / union if union > 0 else 0.0)
+                pairs[c] = pairs.get(c, 0) + 1
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    assert len(ov) == 80 and sum(1 for o in ov.values() if o.num_pairs) == len(pairs) > 30
+    for c, n in pairs.items():
+        assert ov[names[c]].num_pairs == n and math.isclose(ov[names[c]].mean_iou, sums[c] / n, rel_tol=1e-9)

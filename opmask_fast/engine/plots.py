@@ -34,7 +34,7 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[s
                     va="bottom", zorder=4, color=HIGHLIGHT if weight == "bold" else colour)
         bb = t.get_window_extent(renderer)
         artists.append(t)
-        cands.append(around_point(px, py, bb.width, bb.height, gap=3.0))
+        cands.append(around_point(px, py, bb.width, bb.height, gap=3.0, rings=12))
     marker = 4.0  # half-size in pixels of the square each marker keeps free
     obstacles = [(px - marker, py - marker, px + marker, py + marker) for px, py in pts]
     if ax.get_legend() is not None:
