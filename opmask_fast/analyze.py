@@ -130,8 +130,8 @@ def run_analysis(args, runs, train_ann) -> dict:
     several = len(runs) > 1
     if not args.no_run_reports or not several:
         for r in runs:
-            paths["run_reports"].append(write_run_report(r, analysis=analysis, figure3=figure3 if several else None,
-                                                         images=args.images, device=args.device))
+            paths["run_reports"].append(write_run_report(r, analysis=analysis, figure3=figure3, images=args.images,
+                                                         device=args.device))
             print(f"report: {paths['run_reports'][-1]}")
     if several:
         paths["report"] = write_comparison_report(runs, analysis, out_dir, figure3=figure3, images=args.images,

@@ -86,7 +86,7 @@ def write_run_report(run: Run, *, analysis: Analysis | None = None, figure3: str
 
     Args:
         analysis: the Figure 3 analysis the run took part in (adds each class's mean box IoU and the regression).
-        figure3: a Figure 3 PNG to include (copied into ``report/``), when several runs were compared.
+        figure3: a Figure 3 PNG to include (copied into ``report/`` when it is elsewhere).
         images: validation images to visualise with the run's model (0: none, the model is not loaded).
     """
     from .plots import plot_losses
@@ -113,7 +113,9 @@ def write_run_report(run: Run, *, analysis: Analysis | None = None, figure3: str
             out += ["## Overlap and weak-class mask AP (the paper's Figure 3)", "",
                     f"{g.label}, pooled over {', '.join(r.name for r in g.runs)}: {g.regression.describe()}", ""]
         if figure3:
-            shutil.copyfile(figure3, os.path.join(pics, "figure3.png"))
+            dest = os.path.join(pics, "figure3.png")
+            if not (os.path.exists(dest) and os.path.samefile(figure3, dest)):
+                shutil.copyfile(figure3, dest)
             out += ["![Figure 3](report/figure3.png)", ""]
     log = read_log(run)
     if log:
