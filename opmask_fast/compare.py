@@ -232,7 +232,19 @@ def main(argv: list[str] | None = None) -> dict:
         f.write(table + f"\n\nwall time {wall / 60:.1f} min\n")
     write_metrics({"wall_seconds": wall, "runs": {v: rs for v, rs in results.items()}},
                   os.path.join(args.output_dir, "compare.json"))
+    _write_report(results, args.output_dir)
     return results
+
+
+def _write_report(results: dict[str, list[dict]], output_dir: str) -> None:
+    """The comparison report (metrics, the paper's Figure 3, crops of each variant); a failure here keeps the table."""
+    from .analyze import report_runs
+
+    folders = [os.path.join(output_dir, f"{v}_s{m['seed']}") for v, runs in results.items() for m in runs]
+    try:
+        print(f"report: {report_runs(folders, output_dir)}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the trainings are done; say why the report is missing
+        print(f"report not written: {e!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":
