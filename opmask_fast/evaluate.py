@@ -3,6 +3,7 @@
 ``python -m opmask_fast.evaluate --checkpoint outputs/opmask_r18_tiny/checkpoint.pth`` evaluates on the validation data
 the checkpoint was trained with (or ``--val-ann``/``--val-images``) and writes ``metrics.json``, ``predictions.json``
 (COCO results format) and ``prior_predictions.json`` into ``--output-dir`` (default: the checkpoint's folder).
+Under ``torchrun --nproc_per_node N`` each process infers 1/N of the images and rank 0 computes the metrics.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 
 import torch
 
+from .engine.distributed import cleanup, init_distributed
 from .engine.evaluation import METRIC_KEYS, evaluate_model, format_table
 from .engine.setup import model_from_checkpoint, val_dataset
 
@@ -48,7 +50,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    model, meta = model_from_checkpoint(args.checkpoint, args.device)
+    info = init_distributed(args.device)
+    try:
+        return _evaluate(args, info)
+    finally:
+        cleanup()
+
+
+def _evaluate(args, info) -> dict | None:
+    model, meta = model_from_checkpoint(args.checkpoint, info.device)
     from .config import ModelConfig
 
     cfg = ModelConfig.from_dict(meta["model_config"])
@@ -72,8 +82,10 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not args.output_dir:
             out = os.path.join(out, f"ablation_{args.prior_ablation}")
     start = time.time()
-    metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=args.device, output_dir=out,
+    metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=info.device, output_dir=out,
                              oracle=not args.no_oracle, max_images=args.max_images)
+    if metrics is None:  # not rank 0
+        return None
     print(f"{metrics['num_images']} images in {time.time() - start:.0f} s")
     print(format_table(metrics))
     print(f"metrics: {os.path.join(out, 'metrics.json')}")
@@ -81,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         from .engine.visualize import visualize
 
         files = visualize(model, dataset, num_images=args.visualize, output_dir=os.path.join(out, "vis"),
-                          strong_ids=dataset.strong_ids, device=args.device)
+                          strong_ids=dataset.strong_ids, device=info.device)
         print(f"pictures: {len(files)} in {os.path.join(out, 'vis')}")
     return metrics
 

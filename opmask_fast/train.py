@@ -15,13 +15,14 @@ import time
 
 import torch
 
+from .data.loader import default_num_workers
 from .engine.distributed import barrier, cleanup, init_distributed
 from .engine.evaluation import evaluate_model, format_table, write_metrics
 from .data.synthetic import DATASETS
 from .engine.setup import (apply_override, default_output_dir, load_weights, parse_image_counts, parse_prior_scale,
                            resolve_data, train_dataset, val_dataset)
 from .engine.solver import TrainConfig
-from .engine.trainer import CHECKPOINT_NAME, train
+from .engine.trainer import CHECKPOINT_NAME, log_evaluation, train
 
 logger = logging.getLogger("opmask_fast.train")
 
@@ -66,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-period", type=int, default=500)
     t.add_argument("--log-period", type=int, default=20)
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pth")
+    t.add_argument("--num-workers", type=_count, default=None,
+                   help="data-loading processes per training process (default: 0 on the CPU, up to 4 on CUDA)")
+    t.add_argument("--eval-period", type=_count, default=0, metavar="N",
+                   help="also evaluate every N iterations during training (logged and in metrics.jsonl)")
     o = p.add_argument_group("run")
     o.add_argument("--output-dir", default=None, help="default: outputs/<preset>[_noprior][_<dataset>]")
     o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
@@ -75,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N validation images")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
 
 
 def model_config_from_args(args, num_classes: int):
@@ -132,8 +143,12 @@ def _run(args, info) -> dict | None:
         paths = resolve_data(args)
     split = args.split or paths["default_split"]
     tcfg = train_config_from_args(args)
+    tcfg.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(
+        info.device, processes_per_machine=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     input_cfg = get_preset(args.preset).input  # the preset keeps image sizes next to the anchors that fit them
     train_set = train_dataset(paths, input_cfg, split, args.split_seed)
+    need_val = not args.no_eval or args.eval_period > 0
+    val_set = val_dataset(paths, input_cfg, split, args.split_seed) if need_val else None
     cfg = model_config_from_args(args, len(train_set.category_ids))
     other_data = f"_{args.dataset}" if args.dataset not in (None, "shapes") else ""
     name = args.preset + ("_noprior" if args.no_prior else "") + other_data
@@ -153,27 +168,32 @@ def _run(args, info) -> dict | None:
     meta = {"model_config": cfg.to_dict(), "train_config": tcfg.to_dict(), "preset": args.preset, "split": split,
             "strong_ids": sorted(train_set.strong_ids), "category_ids": train_set.category_ids,
             "category_names": train_set.category_names, "data": {k: v for k, v in paths.items()}}
+    periodic = lambda m: evaluate_model(m, val_set, strong_ids=train_set.strong_ids, device=info.device,  # noqa: E731
+                                        max_images=args.eval_max_images)
     start = time.time()
     model = train(model, train_set, tcfg, output_dir=out, dist_info=info, resume=args.resume, meta=meta,
-                  show_progress=not args.quiet)
+                  show_progress=not args.quiet, evaluate=periodic, eval_period=args.eval_period)
     train_seconds = time.time() - start
     metrics = None
     if info.is_main:
         logger.info("trained in %.0f s; checkpoint %s", train_seconds, os.path.join(out, CHECKPOINT_NAME))
-        if not args.no_eval:
-            metrics = run_evaluation(model, paths, input_cfg, split, args, out, info.device,
-                                     strong_ids=train_set.strong_ids)
+    if not args.no_eval:  # every process infers its share of the validation images
+        metrics = run_evaluation(model, val_set, args, out, info, strong_ids=train_set.strong_ids)
+        if metrics is not None:
             metrics["train_seconds"] = train_seconds
             write_metrics(metrics, os.path.join(out, "metrics.json"))
+            log_evaluation(os.path.join(out, "metrics.jsonl"), tcfg.max_iter, metrics)
     barrier()
     return metrics
 
 
-def run_evaluation(model, paths, input_cfg, split, args, out, device, *, strong_ids) -> dict:
-    val_set = val_dataset(paths, input_cfg, split, getattr(args, "split_seed", 0))
+def run_evaluation(model, val_set, args, out, info, *, strong_ids) -> dict | None:
+    """Evaluates on every process; prints, writes and returns the metrics on rank 0 (None elsewhere)."""
     start = time.time()
-    metrics = evaluate_model(model, val_set, strong_ids=strong_ids, device=device, output_dir=out,
+    metrics = evaluate_model(model, val_set, strong_ids=strong_ids, device=info.device, output_dir=out,
                              max_images=args.eval_max_images)
+    if metrics is None:
+        return None
     metrics["eval_seconds"] = time.time() - start
     print(f"\n{os.path.basename(os.path.normpath(out))}: {metrics['num_images']} validation images "
           f"({time.time() - start:.0f} s)")
@@ -183,7 +203,7 @@ def run_evaluation(model, paths, input_cfg, split, args, out, device, *, strong_
         from .engine.visualize import visualize
 
         files = visualize(model, val_set, num_images=args.visualize, output_dir=os.path.join(out, "vis"),
-                          strong_ids=strong_ids, device=device)
+                          strong_ids=strong_ids, device=info.device)
         print(f"pictures: {len(files)} in {os.path.join(out, 'vis')}")
     return metrics
 

@@ -25,7 +25,8 @@ class TrainConfig:
     seed: int = 0  # data order, augmentation and parameter init
     checkpoint_period: int = 500  # iterations between checkpoints (the last iteration always writes one)
     log_period: int = 20  # iterations between progress lines / metrics.jsonl entries
-    num_workers: int = 0  # data-loading processes; the synthetic images are small enough to load in the main one
+    num_workers: int = 0  # data-loading processes per training process (0: load in the training process)
+    aspect_ratio_grouping: bool = True  # batch landscape and portrait images separately (less padding), as detectron2
 
     def validate(self) -> "TrainConfig":
         if self.max_iter < 1 or self.batch_size < 1:

@@ -66,14 +66,21 @@ class PriorGain(nn.Module):
         return self.mode == "learnable" and self.training and not bool(self.initialized)
 
     @torch.no_grad()
-    def initialize(self, mask_features: Tensor, prior: Tensor) -> None:
-        """Set the gain to std(mask features) / std(prior) of one batch (averaged over processes when distributed)."""
-        ratio = mask_features.float().std() / prior.float().std().clamp(min=1e-6)
-        ratio = torch.nan_to_num(ratio, nan=1.0, posinf=1.0).reshape(1)
+    def initialize(self, mask_features: Tensor | None, prior: Tensor | None) -> None:
+        """Set the gain to std(mask features) / std(prior) of one batch, averaged over the processes that had RoIs.
+
+        When distributed, every process must call it in the same step (a collective): one without mask RoIs passes
+        None for both. If no process had any, the gain stays uninitialised and the next step measures it.
+        """
+        stats = torch.zeros(2, device=self.gain.device)  # (sum of ratios, number of processes with RoIs)
+        if mask_features is not None and prior is not None and prior.numel() > 0:
+            ratio = mask_features.float().std() / prior.float().std().clamp(min=1e-6)
+            stats[0], stats[1] = torch.nan_to_num(ratio, nan=1.0, posinf=1.0), 1.0
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(ratio)
-            ratio /= dist.get_world_size()
-        self.gain.copy_(ratio.to(self.gain))
+            dist.all_reduce(stats)
+        if float(stats[1]) == 0:
+            return
+        self.gain.fill_(float(stats[0] / stats[1]))
         self.initialized.fill_(True)
 
     def extra_repr(self) -> str:

@@ -99,6 +99,8 @@ class RoIHeads(nn.Module):
             offset += s["boxes"].shape[0]
         rows_t, classes_t = torch.cat(rows), torch.cat(classes)
         if rows_t.numel() == 0:
+            if self.use_prior and self.prior_gain.needs_init():
+                self.prior_gain.initialize(None, None)  # a collective when distributed: the others may measure now
             # No foreground RoI anywhere: an exact zero that still reaches every mask-branch parameter (DDP needs them
             # all used in every step).
             params = list(self.mask_head.parameters()) + ([] if self.prior_gain is None else
