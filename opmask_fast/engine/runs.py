@@ -49,11 +49,12 @@ def model_kind(model_config: dict) -> str:
     if not model_config.get("use_prior", True):
         return BASELINE
     scale = model_config.get("prior_scale", "none")
-    if scale in ("none", None):
-        return "OPMask (paper recipe)"
-    if scale == "learnable":
-        return "OPMask + learnable gain"
-    return f"OPMask + prior x{float(scale):g}"
+    names = {"none": "OPMask (paper recipe)", None: "OPMask (paper recipe)", "learnable": "OPMask + learnable gain",
+             "feature_std": "OPMask + prior x feature std", "feature_range": "OPMask + prior x feature range"}
+    name = names[scale] if scale in names else f"OPMask + prior x{float(scale):g}"
+    extras = (["standardised features"] if model_config.get("prior_feature_norm") else []) + (
+        [] if model_config.get("prior_grad_scale") is None else [f"gradient x{model_config['prior_grad_scale']:g}"])
+    return name + (f" ({', '.join(extras)})" if extras else "")
 
 
 def load_run(arg: str) -> Run:
