@@ -57,7 +57,8 @@ class Predictor:
     Args:
         checkpoint: ``checkpoint.pth`` written by ``opmask_fast.train`` (it holds the model config and categories).
         device: where the model runs ("cpu", "cuda", "cuda:1").
-        score_thresh: detections scoring below this are dropped; default the model's (0.05).
+        score_thresh: detections scoring below this are dropped (before NMS and the top-k); default the model's
+            (0.05).
         batch_size: images per forward pass in `predict`.
 
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):
@@ -78,7 +79,9 @@ class Predictor:
         self.category_names: list[str] = list(self.meta["category_names"])
         strong = set(self.meta.get("strong_ids", self.category_ids))
         self.weak_labels = {i for i, c in enumerate(self.category_ids) if c not in strong}  # box-only in training
-        self.score_thresh = self.cfg.roi_heads.score_thresh if score_thresh is None else float(score_thresh)
+        if score_thresh is not None:  # the model's own filter, applied before per-class NMS and the top-k
+            self.cfg.roi_heads.score_thresh = float(score_thresh)
+        self.score_thresh = self.cfg.roi_heads.score_thresh
         self.batch_size = batch_size
 
     def __call__(self, image: ImageInput) -> dict[str, Any]:
