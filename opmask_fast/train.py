@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="initial weights from a local file: ImageNet ResNet weights for the backbone (a torchvision state "
                         "dict: RGB input, stride in the 3x3 conv; detectron2 / MSRA R-50.pkl: BGR, stride in the 1x1 "
                         "conv; the model's pixel format follows the file) or a whole model (a checkpoint of this "
-                        "command); anything else is an error"),
+                        "command); anything else is an error")
     d = p.add_argument_group("data (default: the embedded synthetic dataset)")
     d.add_argument("--train-ann", help="COCO instances JSON for training")
     d.add_argument("--train-images", help="image folder for training")
@@ -101,8 +101,7 @@ def model_config_from_args(args):
 
 def train_config_from_args(args) -> TrainConfig:
     """The preset's solver recipe with the options given on top (see the help of the training options)."""
-    preset = get_solver_preset(args.preset)
-    tc = get_solver_preset(args.preset)
+    preset, tc = get_solver_preset(args.preset), get_solver_preset(args.preset)
     tc.seed, tc.amp = args.seed, not args.no_amp
     if args.clip is not None:
         tc.clip_value = args.clip or None
