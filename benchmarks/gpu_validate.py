@@ -20,20 +20,22 @@ import sys
 import time
 import warnings
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 DATASHEET_TBS = {"H100": 3.35, "H200": 4.8}  # HBM bandwidth, TB/s (performance.md)
 
 
 def _sync(device: str) -> None:
+    import torch
+
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
 def copy_bandwidth(device: str) -> float:
     """Device-to-device copy, bytes read + written per second (the achievable memory ceiling), in TB/s."""
+    import torch
+
     n = (1 << 28) if device.startswith("cuda") else (1 << 24)  # 1 GiB of fp32 on a GPU
     src = torch.rand(n, device=device)
     dst = torch.empty_like(src)
@@ -48,6 +50,8 @@ def copy_bandwidth(device: str) -> float:
 
 
 def device_name(device: str) -> str:
+    import torch
+
     return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
 
 
@@ -56,6 +60,8 @@ def _make_model(provider: str, case, weights: str | None):
     """bench_model's providers, with every backbone loaded from ``weights`` (a torchvision ResNet-50 file) if given:
     random weights with identity BN statistics blow activations up, and the RPN then keeps a handful of proposals."""
     import bench_model as bm
+    import torch
+
     from opmask_fast.config import build_model, get_preset, with_torchvision_weights
 
     torch.manual_seed(0)
@@ -77,6 +83,7 @@ def _make_model(provider: str, case, weights: str | None):
 
 def cmd_model(args) -> dict:
     import bench_model as bm
+    import torch
 
     bm.DEVICE = args.device
     h, w = (int(v) for v in args.size.split("x"))
@@ -118,6 +125,7 @@ def cmd_model(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------- prior
 def cmd_prior(args) -> dict:
     import bench_object_prior_add as bp
+    import torch
 
     bp.DEVICE, bp.CUDA = args.device, args.device.startswith("cuda")
     bw = copy_bandwidth(args.device)
@@ -154,6 +162,7 @@ def cmd_weights(args) -> None:
     so that the frozen BN of the preset normalises activations as ImageNet statistics would (random weights with
     identity statistics make activations grow through the 16 blocks and the first iterations diverge)."""
     import numpy as np
+    import torch
     import torchvision
     from PIL import Image
 
@@ -237,7 +246,6 @@ def cmd_summary(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     m = sub.add_parser("model")
     m.add_argument("--size", default="800x1333", help="HxW of the image (no resizing happens)")
     m.add_argument("--proposals", type=int, default=1000, help="pre- and post-NMS proposals (detectron2: 1000)")
@@ -257,10 +265,14 @@ def main() -> None:
     s = sub.add_parser("summary")
     s.add_argument("--out", required=True)
     for sp in (m, p, wgt):
-        sp.add_argument("--device", default=default_device)
+        sp.add_argument("--device", default="auto", help="cuda when a GPU is visible, else cpu")
     for sp in (m, p):
         sp.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args()
+    if getattr(args, "device", None) == "auto":  # torch only for the measuring commands: summary runs without it
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     warnings.filterwarnings("ignore")
     result = {"model": cmd_model, "prior": cmd_prior, "weights": cmd_weights, "summary": cmd_summary}[args.cmd](args)
     if result is not None and args.json:
