@@ -225,6 +225,15 @@ def with_torchvision_weights(cfg: ModelConfig, path: str) -> ModelConfig:
     return cfg.validate()
 
 
+def with_msra_weights(cfg: ModelConfig, path: str) -> ModelConfig:
+    """Copy of `cfg` set up for MSRA / detectron2 ResNet weights (R-50.pkl): BGR, std 1, stride in the 1x1 conv."""
+    cfg = copy.deepcopy(cfg)
+    cfg.backbone.weights = path
+    cfg.backbone.stride_in_1x1 = True
+    cfg.pixel_mean, cfg.pixel_std, cfg.input_format = MSRA_BGR_MEAN, MSRA_BGR_STD, "BGR"
+    return cfg.validate()
+
+
 def build_model(cfg: ModelConfig):
     """Build an `OPMaskModel` (or its baseline when `cfg.use_prior` is False); loads `cfg.backbone.weights` if set."""
     from opmask_fast.modeling import build_model as _build

@@ -3,6 +3,7 @@
 ``python -m opmask_fast.predict --checkpoint outputs/opmask_r18_tiny/checkpoint.pth --images DIR --output-dir OUT``
 writes ``OUT/predictions.json`` (COCO results format: image_id, category_id, bbox xywh, score, segmentation RLE, plus
 file_name) and ``OUT/images.json`` (the COCO ``images`` list the ids refer to); ``--visualize`` adds pictures.
+The same from Python: ``opmask_fast.Predictor`` (opmask_fast/engine/predictor.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ import argparse
 import json
 import os
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .data.transforms import resize, resized_shape
-from .engine.paste import encode_masks
-from .engine.setup import model_from_checkpoint
+from .engine.predictor import Predictor, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -35,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     if args.num_threads:
@@ -45,38 +41,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}")
-    model, meta = model_from_checkpoint(args.checkpoint, args.device)
-    from .config import ModelConfig
-
-    inp = ModelConfig.from_dict(meta["model_config"]).input
-    names, cat_ids = meta["category_names"], meta["category_ids"]
-    weak = {i for i, c in enumerate(cat_ids) if c not in set(meta.get("strong_ids", cat_ids))}
+    predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh)
     os.makedirs(args.output_dir, exist_ok=True)
     results, images = [], []
     for image_id, name in enumerate(files, start=1):
-        path = os.path.join(args.images, name)
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except OSError as e:
-            raise OSError(f"cannot read image {path}: {e}") from None
-        h, w = arr.shape[:2]
-        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
-        image, _ = resize(image, None, resized_shape(h, w, inp.min_size_test, inp.max_size))
-        out = model([image.to(args.device)], output_sizes=[(h, w)])[0]
-        keep = (out["scores"] >= args.score_thresh).nonzero().flatten()
-        out = {k: v[keep] for k, v in out.items()}
-        rles = encode_masks(out["masks"].cpu())
-        rows = zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())
-        for i, (box, score, label) in enumerate(rows):
-            results.append({"image_id": image_id, "file_name": name, "category_id": cat_ids[label],
-                            "category_name": names[label], "score": score,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rles[i]})
+        arr = read_image(os.path.join(args.images, name))
+        inst = predictor(arr)
+        for r, cat_name in zip(predictor.coco_results(inst, image_id), inst["category_names"]):
+            results.append({**r, "file_name": name, "category_name": cat_name})
+        h, w = inst["image_size"]
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         if args.visualize:
             from .engine.visualize import render
 
-            render(arr, out, names, weak).save(os.path.join(args.output_dir, os.path.splitext(name)[0] + "_pred.png"))
+            pic = render(arr, inst, predictor.category_names, predictor.weak_labels)
+            pic.save(os.path.join(args.output_dir, os.path.splitext(name)[0] + "_pred.png"))
     with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
         json.dump(results, f)
     with open(os.path.join(args.output_dir, "images.json"), "w") as f:

@@ -50,8 +50,9 @@ def apply_override(cfg, item: str) -> None:
             raise ValueError(f"unknown config section {name!r} in override {item!r}")
     if not hasattr(obj, leaf):
         raise ValueError(f"unknown config field {key!r}; fields here: {sorted(vars(obj))}")
-    if isinstance(getattr(obj, leaf), tuple) and isinstance(value, list):
-        value = tuple(value)
+    if isinstance(getattr(obj, leaf), tuple):
+        # input.min_size_train=256 and =[256] mean (256,)
+        value = tuple(value) if isinstance(value, list) else (value,) if isinstance(value, (int, float)) else value
     setattr(obj, leaf, value)
 
 
@@ -109,26 +110,18 @@ def val_dataset(paths: dict, input_cfg, split, split_seed: int = 0) -> CocoInsta
                          transform=transform, masks="none")
 
 
-def load_weights(model: torch.nn.Module, path: str) -> None:
-    """Initial weights from one of our checkpoints or a plain state dict; reports what did not match."""
-    state = load_checkpoint(path)
-    state = state.get("model", state)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        logger.warning("weights %s: %d missing keys (e.g. %s), %d unexpected (e.g. %s)", path, len(missing),
-                       missing[:3], len(unexpected), unexpected[:3])
-
-
 def model_from_checkpoint(path: str, device: str | torch.device = "cpu"):
     """Rebuilds the model a checkpoint was trained with and loads its weights. Returns ``(model, meta)``."""
-    from ..config import ModelConfig, build_model
+    from ..config import ModelConfig
+    from .initial_weights import build_with_weights
 
     state = load_checkpoint(path)
     meta = state.get("meta") or {}
     if "model_config" not in meta:
         raise ValueError(f"{path} has no model config: it was not written by opmask_fast.train")
-    model = build_model(ModelConfig.from_dict(meta["model_config"]))
-    model.load_state_dict(state["model"])
+    cfg = ModelConfig.from_dict(meta["model_config"])
+    cfg.backbone.weights = None  # the checkpoint holds every weight; the ImageNet file need not exist any more
+    model = build_with_weights(cfg, state=state["model"], source=repr(path))
     model.to(device).eval()
     return model, meta
 
