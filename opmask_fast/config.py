@@ -218,19 +218,21 @@ def get_preset(name: str) -> ModelConfig:
 
 def with_torchvision_weights(cfg: ModelConfig, path: str) -> ModelConfig:
     """Copy of `cfg` set up for a torchvision ResNet state dict: RGB ImageNet statistics, stride in the 3x3 conv."""
-    cfg = copy.deepcopy(cfg)
-    cfg.backbone.weights = path
-    cfg.backbone.stride_in_1x1 = False
-    cfg.pixel_mean, cfg.pixel_std, cfg.input_format = IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, "RGB"
-    return cfg.validate()
+    return _with_backbone_weights(cfg, path, stride_in_1x1=False, mean=IMAGENET_RGB_MEAN, std=IMAGENET_RGB_STD,
+                                  input_format="RGB")
 
 
 def with_msra_weights(cfg: ModelConfig, path: str) -> ModelConfig:
     """Copy of `cfg` set up for MSRA / detectron2 ResNet weights (R-50.pkl): BGR, std 1, stride in the 1x1 conv."""
+    return _with_backbone_weights(cfg, path, stride_in_1x1=True, mean=MSRA_BGR_MEAN, std=MSRA_BGR_STD,
+                                  input_format="BGR")
+
+
+def _with_backbone_weights(cfg: ModelConfig, path: str, *, stride_in_1x1: bool, mean, std,
+                           input_format: str) -> ModelConfig:
     cfg = copy.deepcopy(cfg)
-    cfg.backbone.weights = path
-    cfg.backbone.stride_in_1x1 = True
-    cfg.pixel_mean, cfg.pixel_std, cfg.input_format = MSRA_BGR_MEAN, MSRA_BGR_STD, "BGR"
+    cfg.backbone.weights, cfg.backbone.stride_in_1x1 = path, stride_in_1x1
+    cfg.pixel_mean, cfg.pixel_std, cfg.input_format = mean, std, input_format
     return cfg.validate()
 
 

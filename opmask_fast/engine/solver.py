@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..config import PRESETS
+
 
 @dataclass
 class TrainConfig:
@@ -61,15 +63,9 @@ def tiny_schedule() -> TrainConfig:
     return TrainConfig()
 
 
-# Keyed by the model preset names of `opmask_fast.config.PRESETS`: the schedule travels with the model it was tuned for.
-SOLVER_PRESETS = {
-    "opmask_r50_coco": coco_schedule,
-    "baseline_r50_coco": coco_schedule,
-    "opmask_r101_coco": coco_schedule,
-    "baseline_r101_coco": coco_schedule,
-    "opmask_r18_tiny": tiny_schedule,
-    "baseline_r18_tiny": tiny_schedule,
-}
+# Keyed by the model preset names of `opmask_fast.config.PRESETS`: the schedule travels with the model it was tuned for
+# (every COCO preset trains the paper's schedule, the tiny ones theirs).
+SOLVER_PRESETS = {name: coco_schedule if name.endswith("_coco") else tiny_schedule for name in PRESETS}
 
 
 def get_solver_preset(name: str) -> TrainConfig:
