@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from . import cli
 from .data import SyntheticSpec, ensure_synthetic
 from .engine.evaluation import write_metrics
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
     p.add_argument("train_args", nargs=argparse.REMAINDER,
                    help="after --: extra arguments for every opmask_fast.train run (e.g. -- --iters 600)")
+    cli.add_debug_option(p)
     return p
 
 
@@ -87,7 +89,7 @@ def run_all(args) -> dict[str, list[dict]]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+        raise cli.UsageError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     # Seed-major order: with two jobs the first seed of every variant finishes first.
     queue = [(v, s) for s in seeds for v in variants]
@@ -179,8 +181,15 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+@cli.entry_point("python -m opmask_fast.compare")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    from . import train
+    from .engine.preflight import check_compare
+
+    # The options of compare and of the trainings after -- are checked before any dataset or training.
+    check_compare(args, variants=VARIANTS, train_parser=train.build_parser(),
+                  train_config=train.train_config_from_args, model_config=train.model_config_from_args)
     start = time.time()
     paths = ensure_synthetic(SyntheticSpec(seed=args.data_seed), args.cache_dir)
     print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)

@@ -15,10 +15,11 @@ import time
 
 import torch
 
+from . import cli
+from .engine import preflight
 from .engine.distributed import barrier, cleanup, init_distributed
 from .engine.evaluation import evaluate_model, format_table, write_metrics
-from .engine.setup import (apply_override, default_output_dir, load_weights, parse_prior_scale, resolve_data,
-                           train_dataset, val_dataset)
+from .engine.setup import apply_override, load_weights, parse_prior_scale, resolve_data, val_dataset
 from .engine.solver import TrainConfig
 from .engine.trainer import CHECKPOINT_NAME, train
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-max-images", type=int, default=None, help="evaluate on the first N validation images only")
     o.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N validation images")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_debug_option(o)
     return p
 
 
@@ -104,19 +106,22 @@ def train_config_from_args(args) -> TrainConfig:
     return tc.validate()
 
 
+@cli.entry_point("python -m opmask_fast.train")
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Options, files and given data are checked before any process group, model or training step.
+    plan = preflight.check_train(args, train_config=train_config_from_args, model_config=model_config_from_args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     info = init_distributed(args.device)
     try:
-        return _run(args, info)
+        return _run(args, info, plan)
     finally:
         cleanup()
 
 
-def _run(args, info) -> dict | None:
+def _run(args, info, plan) -> dict | None:
     from .config import build_model, get_preset
 
     # Rank 0 generates the synthetic data first so the other processes find it complete.
@@ -125,17 +130,16 @@ def _run(args, info) -> dict | None:
     barrier()
     if not info.is_main:
         paths = resolve_data(args)
-    split = args.split or paths["default_split"]
+    data = plan.data or preflight.prepare_train_data(args, paths)
+    train_set, split = data.train_set, data.split
     tcfg = train_config_from_args(args)
     input_cfg = get_preset(args.preset).input  # the preset keeps image sizes next to the anchors that fit them
-    train_set = train_dataset(paths, input_cfg, split, args.split_seed)
     cfg = model_config_from_args(args, len(train_set.category_ids))
-    name = args.preset + ("_noprior" if args.no_prior else "")
-    out = args.output_dir or default_output_dir(name)
+    out = plan.output_dir
+    preflight.check_run(cfg, train_set, os.path.join(out, CHECKPOINT_NAME) if args.resume else None)
     if info.is_main:
-        os.makedirs(out, exist_ok=True)
-        logger.info("data: %s (%d training images, %d degenerate boxes dropped), strong: %s", paths["train_ann"],
-                    len(train_set), train_set.num_degenerate,
+        logger.info("data: %s (%d training images; dropped: %s), strong: %s", paths["train_ann"], len(train_set),
+                    train_set.dropped or "none",
                     ", ".join(n for i, n in zip(train_set.category_ids, train_set.category_names)
                               if i in train_set.strong_ids))
         logger.info("model: %s, prior %s; %d iterations x %d images; output %s", args.preset,
@@ -143,8 +147,10 @@ def _run(args, info) -> dict | None:
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)
     if args.weights:
-        load_weights(model, args.weights)
+        with cli.user_errors("--weights"):
+            load_weights(model, args.weights, plan.weights)
     meta = {"model_config": cfg.to_dict(), "train_config": tcfg.to_dict(), "preset": args.preset, "split": split,
+            "split_seed": args.split_seed,
             "strong_ids": sorted(train_set.strong_ids), "category_ids": train_set.category_ids,
             "category_names": train_set.category_names, "data": {k: v for k, v in paths.items()}}
     start = time.time()
@@ -156,15 +162,18 @@ def _run(args, info) -> dict | None:
         logger.info("trained in %.0f s; checkpoint %s", train_seconds, os.path.join(out, CHECKPOINT_NAME))
         if not args.no_eval:
             metrics = run_evaluation(model, paths, input_cfg, split, args, out, info.device,
-                                     strong_ids=train_set.strong_ids)
+                                     strong_ids=train_set.strong_ids, val_set=data.val_set)
             metrics["train_seconds"] = train_seconds
+            metrics["data_dropped"] = dict(train_set.dropped)  # per reason, see opmask_fast.data.sanitize
+            metrics["val_data_dropped"] = dict(data.val_set.dropped)
             write_metrics(metrics, os.path.join(out, "metrics.json"))
     barrier()
     return metrics
 
 
-def run_evaluation(model, paths, input_cfg, split, args, out, device, *, strong_ids) -> dict:
-    val_set = val_dataset(paths, input_cfg, split, getattr(args, "split_seed", 0))
+def run_evaluation(model, paths, input_cfg, split, args, out, device, *, strong_ids, val_set=None) -> dict:
+    if val_set is None:
+        val_set = val_dataset(paths, input_cfg, split, getattr(args, "split_seed", 0))
     start = time.time()
     metrics = evaluate_model(model, val_set, strong_ids=strong_ids, device=device, output_dir=out,
                              max_images=args.eval_max_images)
