@@ -24,9 +24,15 @@ class UsageError(Exception):
     """A user error: bad option, path, file or data. Reported in one line (the message) with exit code 2."""
 
 
-def add_debug_option(parser) -> None:
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the traceback of a usage error (or set {DEBUG_ENV}=1)")
+def add_debug_option(parser, group=None) -> None:
+    """Adds ``--debug`` (to ``group`` when given) and makes the parser's own errors one-line usage errors too."""
+    (group or parser).add_argument("--debug", action="store_true",
+                                   help=f"show the traceback of a usage error (or set {DEBUG_ENV}=1)")
+
+    def error(message: str):
+        raise UsageError(f"{message} (see --help)")
+
+    parser.error = error
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:

@@ -89,7 +89,7 @@ def run_all(args) -> dict[str, list[dict]]:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise cli.UsageError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     # Seed-major order: with two jobs the first seed of every variant finishes first.
     queue = [(v, s) for s in seeds for v in variants]

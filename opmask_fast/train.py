@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-max-images", type=int, default=None, help="evaluate on the first N validation images only")
     o.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N validation images")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
-    cli.add_debug_option(o)
+    cli.add_debug_option(p, o)
     return p
 
 

@@ -106,6 +106,7 @@ def test_missing_val_ann_is_found_before_training(data, tmp_path):
     (["--set", "rpn.nms_thresh=high"], ["rpn.nms_thresh=high", "float"]),
     (["--set", "num_classes=3"], ["num_classes=3", "has 6 categories"]),
     (["--iters", "0"], ["--iters must be >= 1"]),
+    (["--iters", "abc"], ["argument --iters: invalid int value: 'abc'"]),  # argparse's own errors: one line too
     (["--steps", "10,x"], ["--steps must be"]),
     (["--prior-scale", "nan"], ["--prior-scale"]),
     (["--device", "cuda:99"], ["--device cuda:99"]),

@@ -183,7 +183,7 @@ def test_checkpoint_errors_in_our_words(tmp_path):
     text.write_text("hello")
     for path in (text, tmp_path / "empty.pth"):
         path.touch()
-        with pytest.raises(CheckpointError, match=f"{path.name} is not a checkpoint: torch.load cannot read it") as e:
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint .*{path.name}: it is not a checkpoint \\(") as e:
             load_checkpoint(str(path))
         assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
     torch.save([1, 2], tmp_path / "list.pth")
@@ -193,3 +193,26 @@ def test_checkpoint_errors_in_our_words(tmp_path):
         check_model_checkpoint({"a": torch.zeros(1)}, "x.pth")
     with pytest.raises(CheckpointError, match="its meta has no category_ids, category_names"):
         check_model_checkpoint({"model": {}, "meta": {"model_config": {}}}, "x.pth")
+
+
+def test_weights_checkpoint_state_dict_or_backbone_else_an_error(tmp_path):
+    import torchvision
+
+    from opmask_fast.config import build_model, get_preset
+    from opmask_fast.engine.setup import load_weights
+
+    cfg = get_preset("opmask_r18_tiny")
+    source = build_model(cfg)
+    torch.save({"model": source.state_dict(), "meta": {}}, tmp_path / "ckpt.pth")
+    cfg.num_classes = 3  # fine-tuning on other classes: the classifier's tensors are skipped
+    model = build_model(cfg)
+    load_weights(model, str(tmp_path / "ckpt.pth"))
+    key = "backbone.bottom_up.layer1.0.conv1.weight"
+    assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    resnet = torchvision.models.resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    load_weights(model, str(tmp_path / "resnet18.pth"))
+    assert torch.equal(model.state_dict()[key], resnet.state_dict()["layer1.0.conv1.weight"])
+    torch.save({"head.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="other.pth shares no tensor with the model"):
+        load_weights(model, str(tmp_path / "other.pth"))

@@ -48,7 +48,7 @@ def load_checkpoint(path: str) -> dict:
     except Exception as e:  # torch's own message is many lines of advice about weights_only; say what matters
         kind = "the file is empty" if os.path.getsize(path) == 0 else \
             "not written by torch.save, truncated, or holding objects other than tensors and plain values"
-        raise CheckpointError(f"{path} is not a checkpoint: torch.load cannot read it safely ({kind}); expected a "
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a checkpoint ({kind}); expected a "
                               "checkpoint.pth written by opmask_fast.train or a state dict saved with torch.save") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict")

@@ -158,17 +158,19 @@ def build_dataset(make, *args, role: str) -> CocoInstances:
 
 
 def check_strong_masks(dataset: CocoInstances) -> None:
-    """At least one strong-class instance of the training data must have a usable mask; classes without any are
-    logged."""
+    """At least one strong-class instance of the training data must have a usable mask; strong classes whose instances
+    all lack one are logged."""
     with_mask = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"] if a["has_mask"]}
+    present = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"]}
     names = dict(zip(dataset.category_ids, dataset.category_names))
     if not with_mask:
         raise UsageError(f"no annotation of the strong classes ({', '.join(names[c] for c in sorted(dataset.strong_ids))})"
                          f" in {dataset.ann_file} has a usable mask, so the mask head would never train (masks "
                          f"dropped: {dataset.dropped or 'none'})")
-    lacking = [names[c] for c in sorted(dataset.strong_ids - with_mask)]
+    lacking = [names[c] for c in sorted((dataset.strong_ids & present) - with_mask)]
     if lacking:
-        logger.warning("%s: strong classes without any usable mask: %s", dataset.ann_file, ", ".join(lacking))
+        logger.warning("%s: strong classes whose instances have no usable mask (trained as box-only): %s",
+                       dataset.ann_file, ", ".join(lacking))
 
 
 def check_same_categories(a: CocoInstances, b_ids: list[int], b_names: list[str], b_source: str) -> None:
