@@ -171,10 +171,12 @@ def test_train_annotation_and_image_errors_in_process(data, tmp_path, capsys):
     line = in_process(capsys, "train", *_args(data, train_images=str(folder)), *SPLIT, *FAST, "--output-dir",
                       tmp_path / "o")
     assert "000003.png is 60x50" in line and "says 128x128 (image 4)" in line
-    (folder / "000003.png").write_text("not a png")
-    line = in_process(capsys, "train", *_args(data, train_images=str(folder)), *SPLIT, *FAST, "--output-dir",
-                      tmp_path / "o")
-    assert "cannot read image" in line and "000003.png (image 4" in line
+    raw = open(os.path.join(data["train_images"], "000003.png"), "rb").read()
+    for broken in (b"not a png", raw[: len(raw) // 2]):  # unreadable, truncated (its header is fine)
+        (folder / "000003.png").write_bytes(broken)
+        line = in_process(capsys, "train", *_args(data, train_images=str(folder)), *SPLIT, *FAST, "--output-dir",
+                          tmp_path / "o")
+        assert "cannot read image" in line and "000003.png (image 4" in line
 
 
 def test_debug_shows_the_traceback(data, tmp_path):

@@ -180,17 +180,24 @@ class CocoInstances(torch.utils.data.Dataset):
                 f"e.g. {missing[:3]}"
             )
 
-    def verify_images(self) -> None:
-        """Reads every image's header (cheap: no pixels are decoded) and checks its size against the annotation file.
+    def verify_images(self, *, decode_limit: int = 2000) -> None:
+        """Opens every image and checks its size against the annotation file.
+
+        Args:
+            decode_limit: up to this many images, every image is decoded in full (a truncated file is found too);
+                larger datasets only have their headers read (a decoding error later still names the file).
 
         Raises:
             ValueError: an unreadable image or one of another size, named with its image id.
         """
+        decode = len(self.records) <= decode_limit
         for r in self.records:
             path = os.path.join(self.image_dir, r["file_name"])
             try:
                 with Image.open(path) as im:
                     size = im.size
+                    if decode:
+                        im.load()
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise ValueError(f"cannot read image {path} (image {r['image_id']} of {self.ann_file}): {e}") from None
             if size != (r["width"], r["height"]):

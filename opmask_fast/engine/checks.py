@@ -144,11 +144,11 @@ def check_groups(split: str, dataset: CocoInstances) -> None:
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------------
-def build_dataset(make, *args, role: str) -> CocoInstances:
-    """``make(*args)`` (``setup.train_dataset`` or ``val_dataset``) with its errors as usage errors, then reads every
-    image header (an unreadable image or a size mismatch is found now, not in the middle of a run)."""
+def build_dataset(make, *, role: str) -> CocoInstances:
+    """``make()`` (building the dataset) with its errors as usage errors, then reads every image header (an unreadable
+    image or a size mismatch is found now, not in the middle of a run)."""
     with user_errors():
-        dataset = make(*args)
+        dataset = make()
         dataset.verify_images()
     if len(dataset) == 0:
         what = "image with a usable annotation" if role == "training" else "image"

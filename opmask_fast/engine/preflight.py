@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..cli import UsageError, user_errors
-from ..data import CocoInstances, load_coco
+from ..data import CocoInstances, load_coco, resolve_split
 from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
-from ..data.synthetic import STRONG_CLASSES
+from ..data.synthetic import STRONG_CLASSES, default_cache_root
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint, read_weights)
 from .setup import default_output_dir, resolve_data, train_dataset, val_dataset
@@ -36,14 +36,13 @@ class TrainPlan:
     output_dir: str
     weights: dict | None = None  # the --weights file's contents
     data: TrainData | None = None  # user data, checked; None: the synthetic dataset, prepared after its generation
-    extra: dict = field(default_factory=dict)
 
 
 def check_train_options(args, *, train_config, model_config) -> None:
     """Options alone (no file is read): numbers, --steps, --preset, --prior-scale, --set, --split's form."""
     for dest in ("iters", "batch_size", "checkpoint_period", "log_period", "num_threads", "eval_max_images"):
         check_number(args, dest, minimum=1)
-    for dest in ("warmup", "visualize", "num_workers", "clip"):
+    for dest in ("warmup", "visualize", "num_workers", "clip", "seed", "data_seed", "split_seed"):
         check_number(args, dest, minimum=0)
     check_number(args, "lr", positive=True)
     steps = getattr(args, "steps", None)
@@ -77,10 +76,9 @@ def check_train(args, *, train_config, model_config) -> TrainPlan:
         plan.data = prepare_train_data(args, paths)
     else:
         # The synthetic dataset is generated later (once); its categories are known now.
+        check_output_dir(args.cache_dir or default_cache_root(), "--cache-dir")
         cats = [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)]
         split = choose_split(args.split, cats, ann_file="the synthetic dataset", default=",".join(STRONG_CLASSES))
-        from ..data import resolve_split
-
         with user_errors():
             strong = resolve_split(split, cats, seed=args.split_seed)
         check_groups(split, _Groups(cats, strong, "the synthetic dataset"))
@@ -218,9 +216,10 @@ def check_compare(args, *, variants: dict, train_parser, train_config, model_con
     if unknown or not names:
         raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(variants)}")
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if not parts or not all(p.lstrip("-").isdigit() for p in parts):
-        raise UsageError(f"--seeds must be integers separated by commas, got {args.seeds!r}")
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {args.seeds!r}")
     check_number(args, "jobs", minimum=1)
+    check_number(args, "data_seed", minimum=0)
     check_number(args, "threads", minimum=1)
     check_output_dir(args.output_dir)
     if args.cache_dir:
