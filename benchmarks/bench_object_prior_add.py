@@ -88,7 +88,7 @@ def time_ms(step, reps: int) -> float:
     if CUDA:
         try:
             import triton.testing
-            return triton.testing.do_bench(step, warmup=10, rep=100)
+            return triton.testing.do_bench(step, warmup=10, rep=100, return_mode="median")
         except ImportError:
             pass
         torch.cuda.synchronize()

@@ -48,6 +48,17 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             continue
         table.setdefault(bench.group, {})[provider] = bench.stats.median
     write = terminalreporter.write_line
+    other = {g: row for g, row in table.items() if not set(row) & set(PROVIDERS)}
+    table = {g: row for g, row in table.items() if g not in other}
+    if other:  # model-level groups (providers: variants of the model): median and ratio to the group's first one
+        write("")
+        write("median ms per call; ratio = provider time / first provider's time (same run)")
+        for group in sorted(other):
+            first = next(iter(other[group].values()))
+            cells = ", ".join(f"{p} {v * 1e3:.1f} ({v / first:.2f}x)" for p, v in other[group].items())
+            write(f"{group:<32} {cells}")
+    if not table:
+        return
     write("")
     write("median ms per call; speed-up = torchvision time / provider time (same run)")
     write(f"{'case':<44} {'opmask_fast':>12} {'torchvision':>12} {'reference':>12} {'speed-up':>9}")

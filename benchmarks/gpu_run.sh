@@ -1,38 +1,72 @@
 #!/usr/bin/env bash
-# On a GPU machine (torch, torchvision, nvcc and pytest-benchmark installed, no network): build the extension for
-# the local GPU, run the op tests (CUDA ones included), a compute-sanitizer memcheck of the CUDA kernels on a small
-# case, and the CUDA benchmarks; print a short table last. Takes a few minutes; bounded well under 10.
+# The one-call GPU validation, bounded to under 10 minutes (BUDGET_S, default 560 s; a stage that would pass the
+# deadline is cut short or skipped, and the table says so):
+#   1. build the extension for the local GPU (FORCE_CUDA=1);
+#   2. the extension's tests on CUDA (roi_align, nms, multi_scale_roi_align) and a compute-sanitizer memcheck;
+#   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, compiled kernels, fp32/fp16/bf16);
+#   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
+#      1000 proposals, 100 detections with masks pasted);
+#   5. object_prior_add at R = 100/512/1024 (fp32, bf16; fwd, fwd+bwd) against the unfused PyTorch path and the memory
+#      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md);
+#   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
+#      its evaluation on tiny_coco's validation images.
+# The backbones of 4 and 6 are a torchvision ResNet-50 file with random weights and BatchNorm statistics measured on
+# tiny_coco (nothing can be downloaded there); timings do not depend on the values, training stability does.
+# The table comes last; the log, JSON results and summary.md go to $OUT (default outputs/gpu_run).
 #
-#   bash benchmarks/gpu_run.sh            # PYTHON=/path/to/python to pick the interpreter
+# The GPU image has no pycocotools and no network, and ../shared does not travel: first, here,
+#   bash benchmarks/gpu_prepare.sh          # fills gpu_carry/ (ignored by git): a pycocotools wheel + tiny_coco
+# then on the GPU machine (the device tool: command "bash benchmarks/gpu_run.sh", carry ["gpu_carry"]):
+#   bash benchmarks/gpu_run.sh              # PYTHON=... picks the interpreter
+#   bash benchmarks/gpu_run.sh --dry        # on a CPU: the same stages at toy sizes (no build, no CUDA-only stage)
+# Environment: PYTHON, OUT, BUDGET_S, TINY_COCO, TRAIN_ITERS (50), TRAIN_BATCH (16: the preset's), TORCH_CUDA_ARCH_LIST.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
+DRY=0
+[ "${1:-}" = "--dry" ] && DRY=1
 PY=${PYTHON:-$(command -v python3 || command -v python)}
-export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
-export MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-status=0
+OUT=${OUT:-$ROOT/outputs/gpu_run}
+WORK=$(mktemp -d /tmp/opmask_fast_gpu_run.XXXX)
+mkdir -p "$OUT"
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-$(nproc)} PYTHONUNBUFFERED=1
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PY WORK
+START=$(date +%s)
+# A CPU (--dry) is slower and often shared: stage limits stretch by SLACK and the budget is larger.
+SLACK=$(( DRY ? ${SLACK:-4} : 1 ))
+DEADLINE=$(( START + ${BUDGET_S:-$(( DRY ? 2400 : 560 ))} ))
+STATUS_FILE="$WORK/status"
+echo 0 > "$STATUS_FILE"
 
-echo "== environment"
-"$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'gpu', torch.cuda.get_device_name(0))"
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+stage() {  # stage NAME MAX_SECONDS COMMAND...: run under a timeout that ends before the deadline; record the outcome
+  local name=$1 max=$(( $2 * SLACK ))
+  shift 2
+  local left=$(( DEADLINE - $(date +%s) - 15 ))
+  local limit=$(( max < left ? max : left ))
+  echo "== $name"
+  if [ "$limit" -lt 20 ]; then
+    echo "skipped: out of time"; printf '%s\tskipped (out of time)\t0\n' "$name" >> "$OUT/stages.tsv"
+    LAST_RC=124; return 0
+  fi
+  local t0=$(date +%s) rc state
+  timeout "$limit" "$@"
+  rc=$?
+  LAST_RC=$rc
+  case $rc in 0) state=ok ;; 124) state="TIMEOUT after ${limit} s" ;; *) state="FAILED (exit $rc)" ;; esac
+  [ $rc -eq 0 ] || echo 1 > "$STATUS_FILE"
+  printf '%s\t%s\t%s\n' "$name" "$state" "$(( $(date +%s) - t0 ))" >> "$OUT/stages.tsv"
+}
 
-echo "== build (arch of the local GPU unless TORCH_CUDA_ARCH_LIST is set)"
-t0=$(date +%s)
-FORCE_CUDA=1 timeout 300 "$PY" setup.py build_ext --inplace > /tmp/opmask_fast_build.log 2>&1 || {
-  tail -n 60 /tmp/opmask_fast_build.log; echo "build FAILED"; exit 1; }
-grep -E "opmask_fast:|warning" /tmp/opmask_fast_build.log | head -n 20
-echo "build: $(( $(date +%s) - t0 )) s"
-"$PY" -c "import opmask_fast._extension as e; assert e.cuda_built(), e.load_error(); print('CUDA kernels loaded')" || exit 1
+skip() { echo "== $1"; echo "skipped: $2"; printf '%s\tskipped (%s)\t0\n' "$1" "$2" >> "$OUT/stages.tsv"; }
 
-echo "== tests"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_nms.py \
-  tests/test_multi_scale_roi_align.py 2>&1 | tail -n 25
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+build() {
+  FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$WORK/build.log" 2>&1 || { tail -n 60 "$WORK/build.log"; return 1; }
+  grep -E "opmask_fast:|warning" "$WORK/build.log" | head -n 20
+  "$PY" -c "import opmask_fast._extension as e; assert e.cuda_built(), e.load_error(); print('CUDA kernels loaded')"
+}
 
-echo "== compute-sanitizer memcheck (small case)"
-if command -v "$CUDA_HOME/bin/compute-sanitizer" > /dev/null; then
-  timeout 240 "$CUDA_HOME/bin/compute-sanitizer" --tool memcheck --error-exitcode 9 "$PY" - << 'PYEOF' 2>&1 | tail -n 15
+memcheck() {
+  "$CUDA_HOME/bin/compute-sanitizer" --tool memcheck --error-exitcode 9 "$PY" - << 'PYEOF'
 import torch
 from opmask_fast.ops import roi_align, nms, batched_nms
 torch.manual_seed(0)
@@ -48,13 +82,101 @@ s = torch.rand(200, device="cuda")
 nms(b, s, 0.5); batched_nms(b, s, torch.randint(0, 5, (200,), device="cuda"), 0.5); nms(b[:1], s[:1], 0.5)
 torch.cuda.synchronize(); print("memcheck case ran")
 PYEOF
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "compute-sanitizer reported errors"; status=1; }
-else
-  echo "compute-sanitizer not found; skipped"
-fi
+}
 
-echo "== benchmarks (CUDA)"
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_roi_align.py benchmarks/bench_nms.py \
-  --benchmark-only -k cuda --benchmark-columns=median,min,rounds 2>&1 | grep -A40 "^median ms per call" || status=1
-echo "gpu_run: done (status $status)"
-exit $status
+train_run() {
+  local ann="$TINY/annotations" small=()
+  if [ "$DRY" = 1 ]; then
+    for s in input.min_size_train=128 input.min_size_test=128 input.max_size=192 rpn.pre_nms_topk_train=100 \
+             rpn.post_nms_topk_train=20 rpn.pre_nms_topk_test=50 rpn.post_nms_topk_test=10 \
+             roi_heads.batch_size_per_image=8 roi_heads.detections_per_image=5; do small+=(--set "$s"); done
+  fi
+  "$PY" -m opmask_fast.train --preset opmask_r50_coco --weights "$WORK/r50.pth" --device "$DEVICE" \
+    --train-ann "$ann/instances_train2017.json" --train-images "$TINY/train2017" \
+    --val-ann "$ann/instances_val2017.json" --val-images "$TINY/val2017" --split voc \
+    --iters "$TRAIN_ITERS" --batch-size "$TRAIN_BATCH" --log-period "$LOG_PERIOD" --checkpoint-period 100000 \
+    --quiet --output-dir "$WORK/train" ${EVAL_MAX:+--eval-max-images "$EVAL_MAX"} "${small[@]}" || return 1
+  cp "$WORK/train/metrics.json" "$OUT/train_metrics.json"
+  cp "$WORK/train/metrics.jsonl" "$OUT/train_metrics.jsonl"
+}
+
+main() {
+  : > "$OUT/stages.tsv"
+  BUILD_OK=1 LAST_RC=0
+  echo "== environment"
+  "$PY" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__,
+'torchvision', torchvision.__version__, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+  "$PY" -c "import triton; print('triton', triton.__version__)" || true
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader 2> /dev/null || true
+  if ! "$PY" -c "import pycocotools" 2> /dev/null; then
+    local whl
+    whl=$(ls gpu_carry/wheels/pycocotools-*.whl 2> /dev/null | head -n 1)
+    if [ -n "$whl" ]; then
+      "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" "$whl" \
+        && export PYTHONPATH="$PYTHONPATH:$WORK/site" && echo "pycocotools installed from $whl"
+    else
+      echo "pycocotools is missing and gpu_carry/wheels has no wheel: run benchmarks/gpu_prepare.sh and carry gpu_carry"
+    fi
+  fi
+  TINY=""
+  for d in "${TINY_COCO:-}" ../shared/data/tiny_coco gpu_carry/tiny_coco; do
+    [ -n "$d" ] && [ -f "$d/annotations/instances_train2017.json" ] && { TINY=$d; break; }
+  done
+  echo "tiny_coco: ${TINY:-not found}"
+
+  if [ "$DRY" = 1 ]; then
+    DEVICE=cpu TRAIN_ITERS=${TRAIN_ITERS:-2} TRAIN_BATCH=${TRAIN_BATCH:-2} LOG_PERIOD=1 EVAL_MAX=2
+    MODEL_ARGS=(--device cpu --size 96x128 --proposals 10 --rounds 1 --warmup 1 --dtypes fp32)
+    PRIOR_ARGS=(--device cpu --sizes 100 --dtypes fp32 --reps 1)
+    WEIGHT_ARGS=(--device cpu --count 2 --side 128)
+    stage "extension (CPU kernels)" 60 "$PY" -c "import opmask_fast._extension as e; assert e.has_C(), e.load_error()"
+    skip "CUDA op tests" "no GPU"
+    skip "compute-sanitizer" "no GPU"
+    stage "Triton prior tests (interpreter, a subset)" 150 "$PY" -m pytest -q -p no:cacheprovider \
+      tests/test_object_prior_add.py -k triton_matches_reference
+  else
+    DEVICE=cuda TRAIN_ITERS=${TRAIN_ITERS:-50} TRAIN_BATCH=${TRAIN_BATCH:-16} LOG_PERIOD=10 EVAL_MAX=""
+    MODEL_ARGS=(--device cuda)
+    PRIOR_ARGS=(--device cuda)
+    WEIGHT_ARGS=(--device cuda)
+    export -f build
+    stage "build" 300 bash -c build
+    if [ "$LAST_RC" != 0 ]; then
+      BUILD_OK=0
+      echo "build failed: nothing else can run"
+    else
+      stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_nms.py \
+        tests/test_multi_scale_roi_align.py
+      if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
+        export -f memcheck; export CUDA_HOME
+        stage "compute-sanitizer memcheck" 120 bash -c memcheck
+      else
+        skip "compute-sanitizer memcheck" "not installed"
+      fi
+      stage "Triton prior tests (CUDA)" 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_object_prior_add.py
+    fi
+  fi
+  if [ "$BUILD_OK" = 1 ]; then
+    stage "weights file (ResNet-50)" 60 "$PY" benchmarks/gpu_validate.py weights --out "$WORK/r50.pth" \
+      ${TINY:+--images "$TINY/train2017"} "${WEIGHT_ARGS[@]}"
+    stage "s/img: OPMask, baseline, torchvision" 150 "$PY" benchmarks/gpu_validate.py model --weights "$WORK/r50.pth" \
+      --json "$OUT/model.json" "${MODEL_ARGS[@]}"
+    stage "object_prior_add vs unfused vs floor" 120 "$PY" benchmarks/gpu_validate.py prior --json "$OUT/prior.json" \
+      "${PRIOR_ARGS[@]}"
+    if [ -n "$TINY" ]; then
+      export -f train_run; export DEVICE TRAIN_ITERS TRAIN_BATCH LOG_PERIOD EVAL_MAX TINY DRY OUT
+      stage "train R-50 ${TRAIN_ITERS} its (AMP) + eval" 300 bash -c train_run
+    else
+      skip "train R-50 (AMP) + eval" "no tiny_coco"
+    fi
+  fi
+  echo
+  echo "== summary ($(( $(date +%s) - START )) s in all)"
+  "$PY" benchmarks/gpu_validate.py summary --out "$OUT"
+  echo "results in $OUT; gpu_run: status $(cat "$STATUS_FILE")"
+}
+
+main "$@" 2>&1 | tee "$OUT/gpu_run.log"
+status=$(cat "$STATUS_FILE")
+rm -rf "$WORK"
+exit "$status"

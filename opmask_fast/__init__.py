@@ -2,3 +2,14 @@
 instance segmentation), with C++/CUDA RoIAlign and NMS and fused Triton kernels for the prior."""
 
 __version__ = "0.1.0"
+
+__all__ = ["Predictor"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import opmask_fast` stays cheap (no torch, no pycocotools) until the API is used.
+    if name == "Predictor":
+        from .engine.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'opmask_fast' has no attribute {name!r}")

@@ -25,12 +25,17 @@ class UsageError(Exception):
 
 
 def add_debug_option(parser, group=None) -> None:
-    """Adds ``--debug`` (to ``group`` when given) and makes the parser's own errors one-line usage errors too."""
+    """Adds ``--debug`` (to ``group`` when given) and makes the parser's own errors one line too: ``PROG: error: ...``
+    and exit code 2 without the usage text (a ``UsageError`` with its traceback under ``--debug``)."""
     (group or parser).add_argument("--debug", action="store_true",
                                    help=f"show the traceback of a usage error (or set {DEBUG_ENV}=1)")
 
     def error(message: str):
-        raise UsageError(f"{message} (see --help)")
+        if debug_enabled():
+            raise UsageError(f"{message} (see --help)")
+        sys.stdout.flush()
+        print(f"{parser.prog}: error: {one_line(message)} (see --help)", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USAGE)
 
     parser.error = error
 

@@ -4,11 +4,15 @@
 seed as separate one-thread processes (all three at once by default: they share a 2-core CPU without idle time),
 evaluates them and prints one table: weak- and strong-class mask AP, ambiguous vs other mask AP, prior AP, oracle-box
 mask IoU and seconds per image. ``--seeds 0,1,2`` repeats every variant per seed and reports mean +- standard deviation.
+``--dataset shapes2`` runs the same study on the second synthetic dataset (other rules, see
+``opmask_fast.data.synthetic_shapes2``), into ``outputs/compare_shapes2`` by default.
 
-Variants: the Mask R-CNN baseline (no prior), OPMask with the paper's recipe (the min-max normalised prior added as is),
-and OPMask with the prior multiplied by 40 (about twice the ratio of the mask features' spread to the prior's at the
-start of training; without it the prior is too weak to matter at this budget). ``opmask_gain`` (a learnable gain
-initialised at that ratio) is available too.
+Variants (default: the first three): the Mask R-CNN baseline (no prior), OPMask with the paper's recipe (the min-max
+normalised prior added as is), and OPMask with the prior weighted per RoI by the max - min range of that RoI's own mask
+features (``--prior-scale feature_range``: the [0, 1] prior spans the features' range, no constant tuned on any
+dataset; the paper's recipe is drowned at this scale, see the README's study). The others are the study's: fixed and
+learnable gains, feature-std weighting, standardised features, and the diagnostics that separate the prior's forward
+weight from the gradient it sends into the box head.
 """
 
 from __future__ import annotations
@@ -23,15 +27,26 @@ import sys
 import time
 
 from . import cli
-from .data import SyntheticSpec, ensure_synthetic
+from .data import DATASETS, dataset_spec, ensure_synthetic
 from .engine.evaluation import write_metrics
+from .engine.setup import parse_image_counts
 
-# name -> (label, extra arguments of opmask_fast.train)
+# name -> (label, extra arguments of opmask_fast.train); every entry is a --variants choice.
 VARIANTS = {
     "baseline": ("Mask R-CNN baseline", ["--no-prior"]),
     "opmask": ("OPMask (paper recipe)", ["--prior-scale", "none"]),
     "opmask_gain": ("OPMask + learnable gain", ["--prior-scale", "learnable"]),
+    "opmask_range": ("OPMask + prior x feature range", ["--prior-scale", "feature_range"]),
     "opmask_gain40": ("OPMask + prior x40", ["--prior-scale", "40"]),
+    "opmask_std": ("OPMask + prior x feature std", ["--prior-scale", "feature_std"]),
+    "opmask_norm": ("OPMask + standardised features", ["--prior-scale", "none", "--set", "prior_feature_norm=True"]),
+    "opmask_norm_range": ("OPMask + standardised features + prior x range",
+                          ["--prior-scale", "feature_range", "--set", "prior_feature_norm=True"]),
+    # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
+    "opmask_fwd40_grad1": ("OPMask x40 forward, x1 gradient", ["--prior-scale", "40", "--set", "prior_grad_scale=1.0"]),
+    "opmask_fwd1_grad40": ("OPMask x1 forward, x40 gradient", ["--prior-scale", "none", "--set", "prior_grad_scale=40.0"]),
+    "opmask_range_detach": ("OPMask + prior x feature range, detached",
+                            ["--prior-scale", "feature_range", "--set", "prior_grad_scale=0.0"]),
 }
 
 # The CPU budget of the main job: the tiny preset with 64 RoIs per image and a 64-channel box head (about 0.45 s per
@@ -57,13 +72,17 @@ ROWS = [
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m opmask_fast.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="baseline,opmask,opmask_gain40",
+    p.add_argument("--variants", default="baseline,opmask,opmask_range",
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0", help="training seeds, comma separated (e.g. 0,1,2)")
     p.add_argument("--jobs", type=int, default=3,
                    help="trainings run at the same time (3 one-thread runs share 2 cores without idle time)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
-    p.add_argument("--output-dir", default=os.path.join("outputs", "compare"))
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="shapes",
+                   help="synthetic dataset: shapes (the embedded one) or shapes2 (other rules)")
+    p.add_argument("--data-images", type=parse_image_counts, default=None, metavar="N_TRAIN,N_VAL",
+                   help="image counts of the synthetic dataset (default 1000,200)")
+    p.add_argument("--output-dir", default=None, help="default: outputs/compare, or outputs/compare_<dataset>")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
@@ -73,19 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
+def train_command(variant: str, seed: int, args, out: str) -> list[str]:
     extra = [a for a in args.train_args if a != "--"]
     cmd = [sys.executable, "-m", "opmask_fast.train", "--quiet", "--seed", str(seed),
-           "--data-seed", str(args.data_seed), "--num-threads", str(args.threads), "--output-dir", out, *VARIANTS[variant][1], *extra]
+           "--dataset", args.dataset, "--data-seed", str(args.data_seed), "--num-threads", str(args.threads),
+           "--output-dir", out]
+    if args.data_images:
+        cmd += ["--data-images", ",".join(str(n) for n in args.data_images)]
     if args.cache_dir:
         cmd += ["--cache-dir", args.cache_dir]
+    return cmd + [*VARIANTS[variant][1], *extra]
+
+
+def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
+    cmd = train_command(variant, seed, args, out)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.makedirs(out, exist_ok=True)
     log = open(os.path.join(out, "log.txt"), "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
+def output_root(args) -> str:
+    """``--output-dir``, or outputs/compare (embedded dataset) / outputs/compare_<dataset>."""
+    if args.output_dir:
+        return args.output_dir
+    return os.path.join("outputs", "compare" if args.dataset == "shapes" else f"compare_{args.dataset}")
+
+
 def run_all(args) -> dict[str, list[dict]]:
+    args.output_dir = output_root(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -187,11 +222,14 @@ def main(argv: list[str] | None = None) -> dict:
     from . import train
     from .engine.preflight import check_compare
 
+    args.output_dir = output_root(args)
     # The options of compare and of the trainings after -- are checked before any dataset or training.
     check_compare(args, variants=VARIANTS, train_parser=train.build_parser(),
                   train_config=train.train_config_from_args, model_config=train.model_config_from_args)
     start = time.time()
-    paths = ensure_synthetic(SyntheticSpec(seed=args.data_seed), args.cache_dir)
+    num_train, num_val = args.data_images or (None, None)
+    spec = dataset_spec(args.dataset, seed=args.data_seed, num_train=num_train, num_val=num_val)
+    paths = ensure_synthetic(spec, args.cache_dir)
     print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
     results = run_all(args)
     time_inference(results, args)
@@ -205,7 +243,19 @@ def main(argv: list[str] | None = None) -> dict:
         f.write(table + f"\n\nwall time {wall / 60:.1f} min\n")
     write_metrics({"wall_seconds": wall, "runs": {v: rs for v, rs in results.items()}},
                   os.path.join(args.output_dir, "compare.json"))
+    _write_report(results, args.output_dir)
     return results
+
+
+def _write_report(results: dict[str, list[dict]], output_dir: str) -> None:
+    """The comparison report (metrics, the paper's Figure 3, crops of each variant); a failure here keeps the table."""
+    from .analyze import report_runs
+
+    folders = [os.path.join(output_dir, f"{v}_s{m['seed']}") for v, runs in results.items() for m in runs]
+    try:
+        print(f"report: {report_runs(folders, output_dir)}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the trainings are done; say why the report is missing
+        print(f"report not written: {e!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ turns a config into a model. Nothing here imports torch at module level, so conf
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Union
 
@@ -17,7 +18,8 @@ MSRA_BGR_STD = (1.0, 1.0, 1.0)
 IMAGENET_RGB_MEAN = (123.675, 116.280, 103.530)  # torchvision weights: RGB, ImageNet std
 IMAGENET_RGB_STD = (58.395, 57.120, 57.375)
 
-PriorScale = Union[str, float]  # "none" | "learnable" | a fixed float gain
+PriorScale = Union[str, float]  # "none" | "learnable" | "feature_std" | "feature_range" | a fixed float gain
+PRIOR_SCALE_MODES = ("none", "learnable", "feature_std", "feature_range")
 
 
 @dataclass
@@ -82,7 +84,12 @@ class InputConfig:
 class ModelConfig:
     num_classes: int = 80  # K foreground classes; the classifier has K + 1 outputs, background last
     use_prior: bool = True  # False is the Mask R-CNN baseline: same code path without the prior added
-    prior_scale: PriorScale = "none"  # "none": the paper's recipe (added as is), "learnable": a gain, or a fixed float
+    # How the [0, 1] prior is weighted against the RoI mask features: "none" (the paper: added as is), "learnable" (one
+    # learned gain), a fixed float, or per RoI from the RoI's own features, no constant to tune: "feature_std" (the
+    # prior gets the features' standard deviation), "feature_range" (the prior spans the features' min-max range).
+    prior_scale: PriorScale = "none"
+    prior_feature_norm: bool = False  # standardise each RoI's mask features (no parameters) before the prior is added
+    prior_grad_scale: float | None = None  # gradient reaching the box head through the prior; None: the forward gain
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
     prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
     pixel_mean: tuple[float, float, float] = MSRA_BGR_MEAN  # subtracted from the image (in input_format order)
@@ -102,8 +109,12 @@ class ModelConfig:
             raise ValueError(f"backbone.depth must be 18, 34, 50 or 101, got {self.backbone.depth}")
         if not 0 <= self.backbone.freeze_at <= 5:
             raise ValueError(f"backbone.freeze_at must be in 0..5, got {self.backbone.freeze_at}")
-        if isinstance(self.prior_scale, str) and self.prior_scale not in ("none", "learnable"):
-            raise ValueError(f"prior_scale must be 'none', 'learnable' or a float, got {self.prior_scale!r}")
+        if isinstance(self.prior_scale, str) and self.prior_scale not in PRIOR_SCALE_MODES:
+            raise ValueError(f"prior_scale must be one of {', '.join(PRIOR_SCALE_MODES)} or a number, "
+                             f"got {self.prior_scale!r}")
+        if self.prior_grad_scale is not None and not (isinstance(self.prior_grad_scale, (int, float))
+                                                      and math.isfinite(self.prior_grad_scale)):
+            raise ValueError(f"prior_grad_scale must be None or a finite number, got {self.prior_grad_scale!r}")
         if self.prior_impl not in ("roi_align", "object_prior_add"):
             raise ValueError(f"prior_impl must be 'roi_align' or 'object_prior_add', got {self.prior_impl!r}")
         if self.input_format not in ("RGB", "BGR"):
@@ -211,6 +222,15 @@ def with_torchvision_weights(cfg: ModelConfig, path: str) -> ModelConfig:
     cfg.backbone.weights = path
     cfg.backbone.stride_in_1x1 = False
     cfg.pixel_mean, cfg.pixel_std, cfg.input_format = IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, "RGB"
+    return cfg.validate()
+
+
+def with_msra_weights(cfg: ModelConfig, path: str) -> ModelConfig:
+    """Copy of `cfg` set up for MSRA / detectron2 ResNet weights (R-50.pkl): BGR, std 1, stride in the 1x1 conv."""
+    cfg = copy.deepcopy(cfg)
+    cfg.backbone.weights = path
+    cfg.backbone.stride_in_1x1 = True
+    cfg.pixel_mean, cfg.pixel_std, cfg.input_format = MSRA_BGR_MEAN, MSRA_BGR_STD, "BGR"
     return cfg.validate()
 
 

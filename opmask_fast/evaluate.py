@@ -3,6 +3,7 @@
 ``python -m opmask_fast.evaluate --checkpoint outputs/opmask_r18_tiny/checkpoint.pth`` evaluates on the validation data
 the checkpoint was trained with (or ``--val-ann``/``--val-images``) and writes ``metrics.json``, ``predictions.json``
 (COCO results format) and ``prior_predictions.json`` into ``--output-dir`` (default: the checkpoint's folder).
+Under ``torchrun --nproc_per_node N`` each process infers 1/N of the images and rank 0 computes the metrics.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from . import cli
 from .engine import preflight
+from .engine.distributed import cleanup, init_distributed
 from .engine.evaluation import METRIC_KEYS, evaluate_model, format_table, write_metrics
 from .engine.setup import model_from_checkpoint
 
@@ -32,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-threads", type=int, default=None)
     p.add_argument("--max-images", type=int, default=None, help="only the first N images")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle-box mask IoU pass")
+    p.add_argument("--prior-ablation", choices=("zero", "shuffle"), default=None,
+                   help="diagnostic: evaluate with the prior set to 0, or with each RoI given another RoI's prior "
+                        "(the priors reported for prior AP stay the model's own); metrics go to "
+                        "OUTPUT_DIR/ablation_<mode>/ unless --output-dir is given")
     p.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N images")
     p.add_argument("--list-metrics", action="store_true", help="print the metrics.json keys and their meaning")
     cli.add_debug_option(p)
@@ -46,15 +52,27 @@ def main(argv: list[str] | None = None) -> dict | None:
             print(f"{k:<26} {v}")
         return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # The checkpoint, data, split and output folder are checked before the model is built.
+    # The checkpoint, data, split, --prior-ablation and output folder are checked before the model is built.
     plan = preflight.check_evaluate(args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
+    info = init_distributed(args.device)
+    try:
+        return _evaluate(args, info, plan)
+    finally:
+        cleanup()
+
+
+def _evaluate(args, info, plan) -> dict | None:
     dataset, out = plan.dataset, plan.output_dir
-    model, meta = model_from_checkpoint(args.checkpoint, args.device, state=plan.state)
+    model, meta = model_from_checkpoint(args.checkpoint, info.device, state=plan.state)
+    if args.prior_ablation:
+        model.roi_heads.prior_ablation = args.prior_ablation
     start = time.time()
-    metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=args.device, output_dir=out,
+    metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=info.device, output_dir=out,
                              oracle=not args.no_oracle, max_images=args.max_images)
+    if metrics is None:  # not rank 0
+        return None
     metrics["data_dropped"] = dict(dataset.dropped)  # per reason, see opmask_fast.data.sanitize
     write_metrics(metrics, os.path.join(out, "metrics.json"))
     print(f"{metrics['num_images']} images in {time.time() - start:.0f} s")
@@ -64,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         from .engine.visualize import visualize
 
         files = visualize(model, dataset, num_images=args.visualize, output_dir=os.path.join(out, "vis"),
-                          strong_ids=dataset.strong_ids, device=args.device)
+                          strong_ids=dataset.strong_ids, device=info.device)
         print(f"pictures: {len(files)} in {os.path.join(out, 'vis')}")
     return metrics
 

@@ -3,6 +3,7 @@
 ``python -m opmask_fast.predict --checkpoint outputs/opmask_r18_tiny/checkpoint.pth --images DIR --output-dir OUT``
 writes ``OUT/predictions.json`` (COCO results format: image_id, category_id, bbox xywh, score, segmentation RLE, plus
 file_name) and ``OUT/images.json`` (the COCO ``images`` list the ids refer to); ``--visualize`` adds pictures.
+The same from Python: ``opmask_fast.Predictor`` (opmask_fast/engine/predictor.py).
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import logging
 import os
 import sys
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import cli
-from .data.transforms import resize, resized_shape
 from .engine import preflight
-from .engine.paste import encode_masks
-from .engine.setup import model_from_checkpoint
+from .engine.predictor import Predictor, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 EXIT_SKIPPED = 3  # some images were unreadable and skipped; the others were written
@@ -46,48 +44,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @cli.entry_point("python -m opmask_fast.predict")
-@torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     plan = preflight.check_predict(args, IMAGE_EXTENSIONS)  # options, image folder, checkpoint, output folder
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    files, skipped = plan.files, []
-    model, meta = model_from_checkpoint(args.checkpoint, args.device, state=plan.state)
-    from .config import ModelConfig
-
-    inp = ModelConfig.from_dict(meta["model_config"]).input
-    names, cat_ids = meta["category_names"], meta["category_ids"]
-    weak = {i for i, c in enumerate(cat_ids) if c not in set(meta.get("strong_ids", cat_ids))}
-    os.makedirs(args.output_dir, exist_ok=True)
-    results, images = [], []
-    for image_id, name in enumerate(files, start=1):
+    predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)
+    results, images, skipped = [], [], []
+    for image_id, name in enumerate(plan.files, start=1):
         path = os.path.join(args.images, name)
         try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            arr = read_image(path)
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # one bad file must not cost the others
             logger.warning("skipped unreadable image %s: %s", path, cli.one_line(str(e)))
             skipped.append(name)
             continue
-        h, w = arr.shape[:2]
-        image = torch.from_numpy(arr.copy()).permute(2, 0, 1).float()
-        image, _ = resize(image, None, resized_shape(h, w, inp.min_size_test, inp.max_size))
-        out = model([image.to(args.device)], output_sizes=[(h, w)])[0]
-        keep = (out["scores"] >= args.score_thresh).nonzero().flatten()
-        out = {k: v[keep] for k, v in out.items()}
-        rles = encode_masks(out["masks"].cpu())
-        rows = zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist())
-        for i, (box, score, label) in enumerate(rows):
-            results.append({"image_id": image_id, "file_name": name, "category_id": cat_ids[label],
-                            "category_name": names[label], "score": score,
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "segmentation": rles[i]})
+        inst = predictor(arr)
+        for r, cat_name in zip(predictor.coco_results(inst, image_id), inst["category_names"]):
+            results.append({**r, "file_name": name, "category_name": cat_name})
+        h, w = inst["image_size"]
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         if args.visualize:
             from .engine.visualize import render
 
-            render(arr, out, names, weak).save(os.path.join(args.output_dir, os.path.splitext(name)[0] + "_pred.png"))
+            pic = render(arr, inst, predictor.category_names, predictor.weak_labels)
+            pic.save(os.path.join(args.output_dir, os.path.splitext(name)[0] + "_pred.png"))
     with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
         json.dump(results, f)
     with open(os.path.join(args.output_dir, "images.json"), "w") as f:

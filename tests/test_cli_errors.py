@@ -300,3 +300,45 @@ def test_train_data_file_errors(data, tmp_path, capsys, case):
         fragment = "--train-ann " + str(ann) + " is a folder"
     line = in_process(capsys, "train", *args, *SPLIT, *FAST, "--output-dir", tmp_path / "o")
     assert fragment in line, line
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--dataset", "shapes2", "--split", "circle"], ["unknown categories in split: ['circle']"]),
+    (["--dataset", "shapes2", "--split", "ellipse,hexring,lshape,bar,diamond,frame,heart,arrow"],
+     ["the synthetic dataset shapes2", "leaves no weak"]),
+    (["--dataset", "shapes3"], ["argument --dataset: invalid choice: 'shapes3'"]),
+    (["--data-images", "0,5"], ["argument --data-images", "N_TRAIN,N_VAL"]),
+    (["--num-workers", "-1"], ["argument --num-workers"]),
+    (["--eval-period", "x"], ["argument --eval-period"]),
+    (["--prior-scale", "feature_mean"], ["--prior-scale must be one of", "feature_range"]),
+])
+def test_synthetic_dataset_and_new_option_errors(tmp_path, capsys, extra, fragments):
+    """The synthetic dataset's own classes decide the split; nothing is generated before the options pass."""
+    line = in_process(capsys, "train", *FAST, "--cache-dir", tmp_path / "cache", *extra, "--output-dir", tmp_path / "o")
+    assert all(f in line for f in fragments), line
+    assert not os.path.exists(tmp_path / "cache" / "synthetic")
+
+
+def test_dataset_with_own_files_and_foreign_weights(data, tmp_path, capsys):
+    line = in_process(capsys, "train", *_args(data), "--dataset", "shapes2", *SPLIT, *FAST, "--output-dir", tmp_path)
+    assert "--dataset and --data-images choose a synthetic dataset" in line
+    torch.save({"conv.weight": torch.zeros(2)}, tmp_path / "foreign.pth")
+    line = in_process(capsys, "train", *_args(data), *SPLIT, *FAST, "--weights", tmp_path / "foreign.pth",
+                      "--output-dir", tmp_path / "o")
+    assert line.startswith("python -m opmask_fast.train: error: --weights: ") and "matches neither" in line, line
+    assert "foreign.pth" in line and not os.path.exists(tmp_path / "o" / "checkpoint.pth")
+
+
+def test_prior_ablation_needs_a_prior(data, tmp_path, capsys):
+    from opmask_fast.config import build_model, get_preset
+
+    cfg = get_preset("opmask_r18_tiny")
+    cfg.use_prior, cfg.num_classes = False, 6
+    meta = {"model_config": cfg.to_dict(), "category_ids": list(range(1, 7)),
+            "category_names": ["circle", "triangle", "cross", "ring", "square", "star"], "split": SPLIT[1],
+            "data": {"val_ann": data["val_ann"], "val_images": data["val_images"]}}
+    torch.save({"model": build_model(cfg).state_dict(), "meta": meta}, tmp_path / "baseline.pth")
+    line = in_process(capsys, "evaluate", "--checkpoint", tmp_path / "baseline.pth", "--prior-ablation", "zero")
+    assert "--prior-ablation needs a model with a prior" in line and "baseline.pth" in line
+    line = in_process(capsys, "evaluate", "--checkpoint", tmp_path / "baseline.pth", "--prior-ablation", "half")
+    assert "argument --prior-ablation: invalid choice" in line

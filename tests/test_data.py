@@ -8,8 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from opmask_fast.data import (CocoInstances, ResizeFlip, TrainingSampler, VOC_CATEGORY_IDS, collate, hflip,
-                              inference_loader, resize, resized_shape, resolve_split, train_loader)
+from opmask_fast.data import (CocoInstances, GroupedBatchSampler, ResizeFlip, TrainingSampler, VOC_CATEGORY_IDS,
+                              aspect_ratio_groups, collate, default_num_workers, hflip, inference_loader, resize,
+                              resized_shape, resolve_split, train_loader)
 
 TINY_COCO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tiny_coco")
 needs_tiny_coco = pytest.mark.skipif(not os.path.isdir(TINY_COCO), reason="../shared/data/tiny_coco is absent")
@@ -170,6 +171,36 @@ def test_training_sampler_is_deterministic_sharded_and_resumable():
         TrainingSampler(size=0, seed=0)
 
 
+def test_aspect_ratio_grouping_is_deterministic_and_resumable():
+    import itertools
+
+    groups = [0, 1, 1, 0, 0, 1, 0]
+    stream = list(itertools.islice(iter(TrainingSampler(size=7, seed=4, rank=1, world_size=2)), 200))
+    grouped = lambda start: GroupedBatchSampler(TrainingSampler(size=7, seed=4, rank=1, world_size=2),  # noqa: E731
+                                                group_ids=groups, batch_size=3, start_batch=start)
+    batches = list(itertools.islice(iter(grouped(0)), 40))
+    assert all(len(b) == 3 and len({groups[i] for i, _ in b}) == 1 for b in batches)
+    # Each group's items come in stream order, none skipped.
+    for g in (0, 1):
+        got = [item for b in batches for item in b if groups[item[0]] == g]
+        assert got == [item for item in stream if groups[item[0]] == g][:len(got)]
+    assert list(itertools.islice(iter(grouped(17)), 23)) == batches[17:]  # resume at batch 17
+    # One group: plain consecutive batches of the stream, as without grouping.
+    single = GroupedBatchSampler(TrainingSampler(size=7, seed=4, rank=1, world_size=2), group_ids=[0] * 7,
+                                 batch_size=3)
+    assert list(itertools.islice(iter(single), 10)) == [stream[3 * i:3 * i + 3] for i in range(10)]
+    with pytest.raises(ValueError, match="group ids"):
+        GroupedBatchSampler(TrainingSampler(size=7, seed=4), group_ids=[0] * 6, batch_size=3)
+    with pytest.raises(TypeError, match="records"):
+        aspect_ratio_groups([1, 2, 3])
+
+
+def test_default_num_workers():
+    assert default_num_workers("cpu") == 0
+    assert 1 <= default_num_workers("cuda") <= 4
+    assert default_num_workers("cuda", processes_per_machine=10**6) == 1
+
+
 def test_batching_images_of_different_sizes(tmp_path):
     images = [{"id": 1, "file_name": "a.png", "height": 40, "width": 60},
               {"id": 2, "file_name": "b.png", "height": 50, "width": 30}]
@@ -177,11 +208,16 @@ def test_batching_images_of_different_sizes(tmp_path):
             {"image_id": 2, "category_id": 3, "bbox": [2, 2, 10, 10], "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12]]}]
     ann, img = _write(tmp_path, anns, images)
     ds = CocoInstances(ann_file=ann, image_dir=img)
-    images_, targets = next(train_loader(ds, batch_size=2, seed=0))
+    images_, targets = next(train_loader(ds, batch_size=2, seed=0, aspect_ratio_grouping=False))
     assert sorted(tuple(i.shape) for i in images_) == [(3, 40, 60), (3, 50, 30)]
     assert all(t["masks"].shape[-2:] == i.shape[-2:] for i, t in zip(images_, targets))
     batches = list(inference_loader(ds, batch_size=2))
     assert len(batches) == 1 and [t["image_id"] for t in batches[0][1]] == [1, 2]
+    assert aspect_ratio_groups(ds) == [0, 1]  # landscape, portrait: with grouping never in one batch
+    loader = train_loader(ds, batch_size=2, seed=0, num_workers=1)
+    for _ in range(4):
+        images_, _ = next(loader)
+        assert len({tuple(i.shape) for i in images_}) == 1
     assert collate([(1, "a"), (2, "b")]) == ([1, 2], ["a", "b"])
 
 

@@ -195,24 +195,25 @@ def test_checkpoint_errors_in_our_words(tmp_path):
         check_model_checkpoint({"model": {}, "meta": {"model_config": {}}}, "x.pth")
 
 
-def test_weights_checkpoint_state_dict_or_backbone_else_an_error(tmp_path):
+def test_weights_checkpoint_or_backbone_else_an_error(tmp_path):
+    """--weights: a checkpoint (same classes) or ResNet backbone weights; a file that is neither is an error, never a
+    partial load that leaves random weights."""
     import torchvision
 
-    from opmask_fast.config import build_model, get_preset
-    from opmask_fast.engine.setup import load_weights
+    from opmask_fast.config import get_preset
+    from opmask_fast.engine.initial_weights import build_with_weights, configure_weights
+    from opmask_fast.modeling.weights import WeightsMismatchError
 
     cfg = get_preset("opmask_r18_tiny")
-    source = build_model(cfg)
-    torch.save({"model": source.state_dict(), "meta": {}}, tmp_path / "ckpt.pth")
-    cfg.num_classes = 3  # fine-tuning on other classes: the classifier's tensors are skipped
-    model = build_model(cfg)
-    load_weights(model, str(tmp_path / "ckpt.pth"))
+    source = build_with_weights(cfg)
+    torch.save({"model": source.state_dict(), "meta": {"model_config": cfg.to_dict()}}, tmp_path / "ckpt.pth")
+    model = build_with_weights(*configure_weights(cfg, str(tmp_path / "ckpt.pth")))
     key = "backbone.bottom_up.layer1.0.conv1.weight"
     assert torch.equal(model.state_dict()[key], source.state_dict()[key])
     resnet = torchvision.models.resnet18(weights=None)
     torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
-    load_weights(model, str(tmp_path / "resnet18.pth"))
+    model = build_with_weights(*configure_weights(cfg, str(tmp_path / "resnet18.pth")))
     assert torch.equal(model.state_dict()[key], resnet.state_dict()["layer1.0.conv1.weight"])
     torch.save({"head.weight": torch.zeros(2)}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="other.pth shares no tensor with the model"):
-        load_weights(model, str(tmp_path / "other.pth"))
+    with pytest.raises(WeightsMismatchError, match="matches neither a ResNet backbone file"):
+        configure_weights(cfg, str(tmp_path / "other.pth"))

@@ -79,3 +79,53 @@ def test_empty_and_bad_scales():
         multi_scale_roi_align(feats, [torch.zeros(0, 4)], 7, spatial_scales=[1 / 4, 1 / 6, 1 / 16, 1 / 32])
     with pytest.raises(ValueError, match="one spatial scale per"):
         multi_scale_roi_align(feats, [torch.zeros(0, 4)], 7, spatial_scales=SCALES[:3])
+
+
+@pytest.mark.parametrize("num_boxes", [1, 0])
+@pytest.mark.parametrize("with_map", [False, True])
+def test_levels_without_boxes_get_zero_gradients_as_torchvision(num_boxes, with_map):
+    # 4 levels of a 64x64 image; one 10x10 box lands on P2, so P3-P5 have no box (none at all for num_boxes=0).
+    gen = torch.Generator().manual_seed(3)
+    feats = [f.requires_grad_() for f in pyramid(1, 3, 64, gen=gen, dtype=torch.float64)]
+    boxes = [torch.tensor([[5.0, 7.0, 15.0, 17.0]], dtype=torch.float64)[:num_boxes]]
+    roi_map = torch.randn(num_boxes, 7, 7, generator=gen, dtype=torch.float64, requires_grad=True) if with_map else None
+    out = multi_scale_roi_align(feats, boxes, 7, spatial_scales=SCALES, sampling_ratio=2, aligned=False,
+                                roi_map=roi_map)
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    inputs = feats + ([roi_map] if with_map else [])
+    grads = torch.autograd.grad(out, inputs, g)  # raises when a level is left out of the graph
+    names = [f"p{i}" for i in range(2, 6)]
+    tv_feats = [f.detach().clone().requires_grad_() for f in feats]
+    tv = tv_ops.MultiScaleRoIAlign(names, 7, sampling_ratio=2)
+    expected = tv(dict(zip(names, tv_feats)), boxes, [(64, 64)])
+    torch.testing.assert_close(out - (roi_map[:, None] if with_map else 0), expected)
+    tv_grads = torch.autograd.grad(expected, tv_feats, g)
+    for lvl, (ours, theirs) in enumerate(zip(grads, tv_grads)):
+        assert ours.shape == feats[lvl].shape
+        torch.testing.assert_close(ours, theirs)
+    assert all(not gr.any() for gr in grads[1 if num_boxes else 0:4])
+    if with_map:
+        torch.testing.assert_close(grads[4], g.sum(1))
+    # .backward() into leaves: every level's .grad is a zero tensor of its shape, not None.
+    multi_scale_roi_align(feats, boxes, 7, spatial_scales=SCALES, roi_map=roi_map).sum().backward()
+    assert all(f.grad is not None and f.grad.shape == f.shape for f in feats)
+    assert all(not f.grad.any() for f in feats[1 if num_boxes else 0:])
+
+
+def test_no_graph_work_without_grad():
+    gen = torch.Generator().manual_seed(4)
+    feats = pyramid(1, 2, 64, gen=gen)
+    out = multi_scale_roi_align(feats, [torch.tensor([[5.0, 7.0, 15.0, 17.0]])], 7, spatial_scales=SCALES)
+    assert out.grad_fn is None
+    with torch.no_grad():
+        feats = [f.requires_grad_() for f in feats]
+        assert multi_scale_roi_align(feats, [torch.zeros(0, 4)], 7, spatial_scales=SCALES).grad_fn is None
+
+
+def test_compile_with_empty_levels():
+    gen = torch.Generator().manual_seed(5)
+    feats = [f.requires_grad_() for f in pyramid(1, 2, 64, gen=gen)]
+    boxes = [torch.tensor([[5.0, 7.0, 15.0, 17.0]])]
+    f = lambda *fs: multi_scale_roi_align(list(fs), boxes, 7, spatial_scales=SCALES).sum()  # noqa: E731
+    grads = torch.autograd.grad(torch.compile(f, backend="aot_eager")(*feats), feats)
+    torch.testing.assert_close(grads, torch.autograd.grad(f(*feats), feats))

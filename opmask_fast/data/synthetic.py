@@ -10,6 +10,9 @@ the weak classes, the failure OPMask's prior is meant to fix.
 The data is a pure function of the seed (``numpy.random.Generator`` per image), written once into a cache folder as PNG
 files plus ``annotations/instances_{train,val}.json`` (masks: compressed RLE of the visible part; boxes from the
 masks).
+
+A second generator with other rules (other shapes, colour tied to only half of the classes, variable image sizes, other
+crowding) lives in ``synthetic_shapes2``; ``SyntheticSpec.style`` picks one and ``DATASETS`` holds the named defaults.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -44,6 +48,65 @@ class SyntheticSpec:
     image_size: int = 128
     hue_jitter: float = 15.0  # degrees; small jitter keeps colours class-typical
     min_visible: float = 0.25  # drop instances with less of their shape visible
+    style: str = "shapes"  # the generator: "shapes" (this module) or "shapes2" (synthetic_shapes2)
+
+    def __post_init__(self):
+        if self.style not in STYLES:
+            raise ValueError(f"unknown synthetic dataset style {self.style!r}; known: {', '.join(STYLES)}")
+
+
+class Style(NamedTuple):
+    """One generator: its version tag (cache key and JSON info), classes, strong classes and image renderer."""
+
+    version: str
+    classes: tuple[str, ...]
+    strong_classes: tuple[str, ...]
+    render: Callable  # (rng, spec) -> (uint8 [H, W, 3], [(class, uint8 [H, W] visible mask), ...])
+    info: dict  # extra entries of the annotation files' "info"
+
+
+STYLES = ("shapes", "shapes2")
+
+
+def get_style(name: str) -> Style:
+    if name == "shapes":
+        return Style(VERSION, CLASSES, STRONG_CLASSES, render_image, {})
+    if name == "shapes2":
+        from . import synthetic_shapes2 as s2  # imports this module's helpers, hence imported here
+
+        return Style(s2.VERSION, s2.CLASSES, s2.STRONG_CLASSES, s2.render_image,
+                     {"random_hue_categories": list(s2.RANDOM_HUE_CLASSES)})
+    raise ValueError(f"unknown synthetic dataset style {name!r}; known: {', '.join(STYLES)}")
+
+
+# The named datasets of the command-line tools (--dataset): each one's default spec.
+DATASETS = {
+    "shapes": SyntheticSpec(),
+    "shapes2": SyntheticSpec(style="shapes2", image_size=160, hue_jitter=10.0, min_visible=0.2),
+}
+
+
+def dataset_spec(name: str, *, seed: int = 0, num_train: int | None = None,
+                 num_val: int | None = None) -> SyntheticSpec:
+    """The spec of the named dataset (``DATASETS``) with another seed and, when given, other image counts."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown synthetic dataset {name!r}; known: {', '.join(DATASETS)}")
+    base = DATASETS[name]
+    return replace(base, seed=seed, num_train=base.num_train if num_train is None else num_train,
+                   num_val=base.num_val if num_val is None else num_val)
+
+
+def spec_dict(spec: SyntheticSpec) -> dict:
+    """The spec as written into the dataset; the default style is left out so "shapes" files stay as they were."""
+    d = asdict(spec)
+    if spec.style == "shapes":
+        del d["style"]
+    return d
+
+
+def cache_key(spec: SyntheticSpec) -> str:
+    return (f"{get_style(spec.style).version}-s{spec.seed}-n{spec.num_train}-{spec.num_val}-px{spec.image_size}"
+            f"-h{spec.hue_jitter:g}-v{spec.min_visible:g}")
 
 
 def default_cache_root() -> str:
@@ -67,8 +130,7 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
     and two processes racing to create it both end with the same complete one.
     """
     cache_root = cache_root or default_cache_root()
-    key = (f"{VERSION}-s{spec.seed}-n{spec.num_train}-{spec.num_val}-px{spec.image_size}"
-           f"-h{spec.hue_jitter:g}-v{spec.min_visible:g}")
+    key = cache_key(spec)
     root = os.path.join(cache_root, "synthetic", key)
     if os.path.isfile(os.path.join(root, "COMPLETE")):
         return dataset_paths(root)
@@ -77,7 +139,7 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
     try:
         write_dataset(spec, tmp)
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
-            json.dump(asdict(spec), f)
+            json.dump(spec_dict(spec), f)
         try:
             os.rename(tmp, root)
         except OSError:
@@ -89,32 +151,33 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
 
 
 def write_dataset(spec: SyntheticSpec, root: str) -> None:
+    style = get_style(spec.style)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     categories = [
-        {"id": i + 1, "name": n, "supercategory": "strong" if n in STRONG_CLASSES else "weak"}
-        for i, n in enumerate(CLASSES)
+        {"id": i + 1, "name": n, "supercategory": "strong" if n in style.strong_classes else "weak"}
+        for i, n in enumerate(style.classes)
     ]
     for split, count, offset in (("train", spec.num_train, 0), ("val", spec.num_val, 1)):
         os.makedirs(os.path.join(root, split), exist_ok=True)
         images, anns = [], []
         for i in range(count):
             rng = np.random.default_rng([spec.seed, offset, i])
-            pixels, instances = render_image(rng, spec)
+            pixels, instances = style.render(rng, spec)
             file_name = f"{i:06d}.png"
             Image.fromarray(pixels).save(os.path.join(root, split, file_name))
             image_id = i + 1
-            images.append({"id": image_id, "file_name": file_name, "height": spec.image_size, "width": spec.image_size})
+            images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
             for cls, mask in instances:
                 rle = mask_utils.encode(np.asfortranarray(mask))
                 x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
                 rle["counts"] = rle["counts"].decode("ascii")
                 anns.append({
-                    "id": len(anns) + 1, "image_id": image_id, "category_id": CLASSES.index(cls) + 1, "iscrowd": 0,
-                    "bbox": [x, y, w, h], "area": float(mask_utils.area(rle)), "segmentation": rle,
+                    "id": len(anns) + 1, "image_id": image_id, "category_id": style.classes.index(cls) + 1,
+                    "iscrowd": 0, "bbox": [x, y, w, h], "area": float(mask_utils.area(rle)), "segmentation": rle,
                 })
         data = {
-            "info": {"description": f"opmask_fast synthetic shapes ({VERSION})", "spec": asdict(spec),
-                     "strong_categories": list(STRONG_CLASSES)},
+            "info": {"description": f"opmask_fast synthetic shapes ({style.version})", "spec": spec_dict(spec),
+                     "strong_categories": list(style.strong_classes), **style.info},
             "images": images, "annotations": anns, "categories": categories,
         }
         with open(dataset_paths(root)[f"{split}_ann"], "w") as f:
@@ -134,14 +197,19 @@ def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndar
             continue
         img = np.where(mask[..., None], _texture(rng, cls, s, spec.hue_jitter), img)
         shapes.append((cls, mask))
-    # Later shapes occlude earlier ones: an instance's ground truth is its visible part.
-    instances, covered = [], np.zeros((s, s), dtype=bool)
+    return img.astype(np.uint8), visible_instances(shapes, spec.min_visible)
+
+
+def visible_instances(shapes: list[tuple[str, np.ndarray]], min_visible: float) -> list[tuple[str, np.ndarray]]:
+    """The visible part of each shape (bool masks in drawing order: later ones occlude earlier ones) as ``uint8``,
+    dropping instances with fewer than 16 or ``min_visible`` of their pixels visible; drawing order is kept."""
+    instances, covered = [], np.zeros(shapes[0][1].shape if shapes else (0, 0), dtype=bool)
     for cls, mask in reversed(shapes):
         visible = mask & ~covered
         covered |= mask
-        if visible.sum() >= max(16, spec.min_visible * mask.sum()):
+        if visible.sum() >= max(16, min_visible * mask.sum()):
             instances.append((cls, visible.astype(np.uint8)))
-    return img.astype(np.uint8), instances[::-1]
+    return instances[::-1]
 
 
 def _layout(rng: np.random.Generator, s: int) -> list[tuple[str, float, float, float]]:
@@ -198,7 +266,12 @@ def shape_mask(cls: str, cx: float, cy: float, size: float, angle: float, s: int
     else:
         raise ValueError(f"unknown shape class {cls!r}")
     poly = [(cx + d * math.cos(a + angle), cy + d * math.sin(a + angle)) for d, a in pts]
-    im = Image.new("L", (s, s), 0)
+    return polygon_mask(poly, s, s)
+
+
+def polygon_mask(poly: list[tuple[float, float]], height: int, width: int) -> np.ndarray:
+    """Binary ``[height, width]`` mask of a polygon given as (x, y) pixel coordinates."""
+    im = Image.new("L", (width, height), 0)
     ImageDraw.Draw(im).polygon(poly, fill=1)
     return np.asarray(im, dtype=bool)
 

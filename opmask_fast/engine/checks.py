@@ -1,6 +1,7 @@
 """Checks of the entry points' inputs, each failing with a one-line ``UsageError`` that names the option or file.
 
-Options and devices, paths (all missing ones in one message), output folders, checkpoints and weights files, the
+Options and devices, paths (all missing ones in one message), output folders, checkpoints (what a --weights file holds
+is decided by ``engine.initial_weights``), the
 strong/weak split and the datasets. ``engine.preflight`` runs them for each command before any model is built.
 """
 
@@ -84,23 +85,12 @@ def check_output_dir(path: str, option: str = "--output-dir") -> str:
     return path
 
 
-# ---- checkpoints and weights -----------------------------------------------------------------------------------------
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
 def read_checkpoint(path: str, option: str = "--checkpoint") -> dict:
     """A checkpoint written by ``opmask_fast.train`` (weights and the meta to rebuild its model)."""
     check_paths(files={option: path})
     with user_errors("" if option == "--checkpoint" else option):
         return check_model_checkpoint(load_checkpoint(path), path)
-
-
-def read_weights(path: str, option: str = "--weights") -> dict:
-    """The tensors of a checkpoint, a model state dict or ResNet weights (``.pkl`` read without running code)."""
-    check_paths(files={option: path})
-    with user_errors(option):
-        if path.endswith(".pkl"):
-            from ..modeling.weights import read_weights_file
-
-            return dict(read_weights_file(path))
-        return load_checkpoint(path)
 
 
 # ---- split -----------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -39,12 +40,21 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     else:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        # Evaluation keeps the other processes waiting while rank 0 runs COCOeval (minutes on COCO val); NCCL's
+        # default 10-minute timeout would abort them.
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process' rank and the number of processes ((0, 1) without a process group)."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
@@ -62,6 +72,26 @@ def all_gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def gather_objects(obj, dst: int = 0) -> list | None:
+    """Every process' ``obj`` (picklable) in rank order on rank ``dst``; None on the other ranks."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copies rank ``src``'s buffers (BatchNorm running statistics, ...) to every process.
+
+    DDP syncs buffers at the start of each forward, so after the last training step every process still holds the
+    statistics of its own last batch; evaluation and the checkpoint must see rank 0's.
+    """
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src)
 
 
 def barrier() -> None:

@@ -12,12 +12,14 @@ import math
 import os
 import time
 from collections import defaultdict
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..data.coco import CocoInstances, decode_segmentation
 from .coco_eval import ambiguous_ann_ids, evaluate, per_category_ap, subset_ap
+from .distributed import gather_objects, rank_and_world_size
 from .paste import encode_masks, mask_iou, paste_maps
 
 METRIC_KEYS = {
@@ -52,29 +54,25 @@ def _unwrap(model):
 
 
 @torch.no_grad()
-def run_inference(model, dataset: CocoInstances, *, device: torch.device | str = "cpu",
-                  max_images: int | None = None) -> dict:
-    """Runs ``model`` on each image (batch 1) and returns COCO results for the masks and for the priors.
-
-    Returns a dict with ``results`` (bbox + segmentation entries), ``prior_results`` (segmentation entries built from
-    each detection's prior), ``image_ids`` and ``seconds_per_image``.
-    """
+def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *,
+                 device: torch.device | str = "cpu") -> list[dict]:
+    """Runs ``model`` on the images ``indices`` (batch 1); one entry per image: ``index``, ``image_id``, COCO
+    ``results`` (bbox + segmentation), ``prior_results`` (each detection's prior pasted as a mask) and ``seconds``."""
     model = _unwrap(model)
     model.eval()
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    results, prior_results, image_ids, times = [], [], [], []
-    for index in range(n):
+    out_list = []
+    for index in indices:
         image, target = dataset[index]
         h, w = target["orig_size"]
         start = time.perf_counter()
         out = model([image.to(device)], output_sizes=[(h, w)])[0]
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-        image_ids.append(target["image_id"])
+        seconds = time.perf_counter() - start
         boxes, scores, labels = out["boxes"].cpu().float(), out["scores"].cpu().float(), out["labels"].cpu()
         rles = encode_masks(out["masks"].cpu())
         cat_ids = [dataset.contiguous_to_id[int(c)] for c in labels]
+        results, prior_results = [], []
         for i in range(boxes.shape[0]):
             x0, y0, x1, y1 = boxes[i].tolist()
             results.append({"image_id": target["image_id"], "category_id": cat_ids[i], "score": float(scores[i]),
@@ -85,23 +83,43 @@ def run_inference(model, dataset: CocoInstances, *, device: torch.device | str =
             for i in range(boxes.shape[0]):
                 prior_results.append({"image_id": target["image_id"], "category_id": cat_ids[i],
                                       "score": float(scores[i]), "segmentation": prior_rles[i]})
-    timed = times[1:] if len(times) > 1 else times
-    return {"results": results, "prior_results": prior_results, "image_ids": image_ids,
+        out_list.append({"index": index, "image_id": target["image_id"], "results": results,
+                         "prior_results": prior_results, "seconds": seconds})
+    return out_list
+
+
+def merge_inference(shares: list[list[dict]]) -> dict:
+    """Joins the per-image entries of ``infer_images`` from one or more processes in dataset order.
+
+    Returns ``results``, ``prior_results``, ``image_ids`` and ``seconds_per_image`` (the mean without each process'
+    first, warm-up image).
+    """
+    per_image = sorted((e for share in shares for e in share), key=lambda e: e["index"])
+    timed = [e["seconds"] for share in shares for e in share[1:]] or [e["seconds"] for e in per_image]
+    return {"results": [r for e in per_image for r in e["results"]],
+            "prior_results": [r for e in per_image for r in e["prior_results"]],
+            "image_ids": [e["image_id"] for e in per_image],
             "seconds_per_image": sum(timed) / max(len(timed), 1)}
 
 
-@torch.no_grad()
-def oracle_ious(model, dataset: CocoInstances, *, device: torch.device | str = "cpu",
-                max_images: int | None = None) -> dict[str, dict[int, list[float]]]:
-    """IoU of the mask (and of the prior alone) predicted for each GT box and label, by COCO category id.
+def run_inference(model, dataset: CocoInstances, *, device: torch.device | str = "cpu",
+                  max_images: int | None = None) -> dict:
+    """Runs ``model`` on each image (batch 1) in this process; ``merge_inference``'s dict."""
+    return merge_inference([infer_images(model, dataset, range(_count(dataset, max_images)), device=device)])
 
-    Separates mask quality from detection quality. Instances without a segmentation are skipped.
+
+@torch.no_grad()
+def oracle_images(model, dataset: CocoInstances, indices: Sequence[int], *,
+                  device: torch.device | str = "cpu") -> list[dict]:
+    """IoU of the mask (and of the prior alone) predicted for each GT box and label of the images ``indices``.
+
+    One entry per image: ``index``, ``mask`` and ``prior`` lists of (COCO category id, IoU). Separates mask quality
+    from detection quality. Instances without a segmentation are skipped.
     """
     model = _unwrap(model)
     model.eval()
-    n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    mask_ious, prior_ious = defaultdict(list), defaultdict(list)
-    for index in range(n):
+    entries = []
+    for index in indices:
         record = dataset.records[index]
         keep = [i for i, a in enumerate(record["anns"]) if a["ann"].get("segmentation")]
         if not keep:
@@ -114,16 +132,35 @@ def oracle_ious(model, dataset: CocoInstances, *, device: torch.device | str = "
         gt = torch.from_numpy(
             np.stack([decode_segmentation(record["anns"][i]["ann"]["segmentation"], h, w) for i in keep])
         )
-        ious = mask_iou(out["masks"].cpu(), gt)
         cats = [record["anns"][i]["ann"]["category_id"] for i in keep]
-        for c, v in zip(cats, ious.tolist()):
-            mask_ious[c].append(v)
+        entry = {"index": index, "mask": list(zip(cats, mask_iou(out["masks"].cpu(), gt).tolist())), "prior": []}
         if out.get("priors") is not None:
             orig_boxes = torch.tensor([record["anns"][i]["box"] for i in keep], dtype=torch.float32)
             pm = paste_maps(out["priors"].cpu(), orig_boxes, (h, w), threshold=0.5)
-            for c, v in zip(cats, mask_iou(pm, gt).tolist()):
-                prior_ious[c].append(v)
+            entry["prior"] = list(zip(cats, mask_iou(pm, gt).tolist()))
+        entries.append(entry)
+    return entries
+
+
+def merge_oracle(shares: list[list[dict]]) -> dict[str, dict[int, list[float]]]:
+    """``{"mask": {category id: [IoU, ...]}, "prior": {...}}`` in dataset order from ``oracle_images`` entries."""
+    mask_ious, prior_ious = defaultdict(list), defaultdict(list)
+    for e in sorted((e for share in shares for e in share), key=lambda e: e["index"]):
+        for c, v in e["mask"]:
+            mask_ious[c].append(v)
+        for c, v in e["prior"]:
+            prior_ious[c].append(v)
     return {"mask": dict(mask_ious), "prior": dict(prior_ious)}
+
+
+def oracle_ious(model, dataset: CocoInstances, *, device: torch.device | str = "cpu",
+                max_images: int | None = None) -> dict[str, dict[int, list[float]]]:
+    """``merge_oracle``'s dict for the (first ``max_images``) images, in this process."""
+    return merge_oracle([oracle_images(model, dataset, range(_count(dataset, max_images)), device=device)])
+
+
+def _count(dataset, max_images: int | None) -> int:
+    return len(dataset) if max_images is None else min(max_images, len(dataset))
 
 
 def _group_miou(ious: dict[int, list[float]], cat_ids) -> float:
@@ -171,12 +208,23 @@ def compute_metrics(dataset: CocoInstances, inference: dict, oracle: dict | None
 
 
 def evaluate_model(model, dataset: CocoInstances, *, strong_ids, device="cpu", output_dir: str | None = None,
-                   oracle: bool = True, max_images: int | None = None) -> dict:
+                   oracle: bool = True, max_images: int | None = None) -> dict | None:
     """Inference + metrics; writes ``predictions.json``, ``prior_predictions.json`` and ``metrics.json`` when
-    ``output_dir`` is given. Returns the metrics."""
+    ``output_dir`` is given.
+
+    In a process group every process must call it: each infers the images ``rank, rank + world_size, ...``, rank 0
+    gathers them in dataset order and runs COCOeval, so the metrics are the same for any number of processes.
+    Returns the metrics on rank 0 and None on the other ranks.
+    """
     weak_ids = set(dataset.category_ids) - set(strong_ids)
-    inf = run_inference(model, dataset, device=device, max_images=max_images)
-    ora = oracle_ious(model, dataset, device=device, max_images=max_images) if oracle else None
+    rank, world = rank_and_world_size()
+    mine = range(rank, _count(dataset, max_images), world)
+    shares = gather_objects((infer_images(model, dataset, mine, device=device),
+                             oracle_images(model, dataset, mine, device=device) if oracle else None))
+    if shares is None:
+        return None
+    inf = merge_inference([s[0] for s in shares])
+    ora = merge_oracle([s[1] for s in shares]) if oracle else None
     metrics = compute_metrics(dataset, inf, ora, strong_ids=strong_ids, weak_ids=weak_ids)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
@@ -190,18 +238,21 @@ def evaluate_model(model, dataset: CocoInstances, *, strong_ids, device="cpu", o
 
 def write_metrics(metrics: dict, path: str) -> None:
     """JSON with NaN written as null (strict JSON readers reject NaN)."""
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(clean(metrics), f, indent=2)
+        json.dump(json_safe(metrics), f, indent=2)
     os.replace(tmp, path)
+
+
+def json_safe(v):
+    """``v`` with every non-finite float (nested in dicts and lists too) replaced by None."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    return v
 
 
 def format_table(metrics: dict) -> str:

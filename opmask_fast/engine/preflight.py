@@ -6,16 +6,16 @@ annotation at fault, and returns what it read so that nothing is read twice.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from dataclasses import dataclass
 
 from ..cli import UsageError, user_errors
 from ..data import CocoInstances, load_coco, resolve_split
-from ..data.synthetic import CLASSES as SYNTHETIC_CLASSES
-from ..data.synthetic import STRONG_CLASSES, default_cache_root
+from ..data.synthetic import DATASETS, default_cache_root, get_style
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
-                     check_same_categories, check_strong_masks, choose_split, read_checkpoint, read_weights)
+                     check_same_categories, check_strong_masks, choose_split, read_checkpoint)
 from .setup import default_output_dir, resolve_data, train_dataset, val_dataset
 
 logger = logging.getLogger(__name__)
@@ -27,22 +27,26 @@ DATA_OPTIONS = {"train_ann": "--train-ann", "train_images": "--train-images", "v
 @dataclass
 class TrainData:
     train_set: CocoInstances
-    val_set: CocoInstances | None  # None with --no-eval
+    val_set: CocoInstances | None  # None with --no-eval and no --eval-period
     split: str
 
 
 @dataclass
 class TrainPlan:
     output_dir: str
-    weights: dict | None = None  # the --weights file's contents
-    data: TrainData | None = None  # user data, checked; None: the synthetic dataset, prepared after its generation
+    model_config: object  # ModelConfig of the options and --weights (num_classes set once the data is read)
+    train_config: object  # TrainConfig
+    weights: object = None  # modeling.weights.WeightsFile of --weights, or None
+    data: TrainData | None = None  # user data, checked; None: a synthetic dataset, prepared after its generation
 
 
-def check_train_options(args, *, train_config, model_config) -> None:
-    """Options alone (no file is read): numbers, --steps, --preset, --prior-scale, --set, --split's form."""
+def check_train_options(args, *, train_config, model_config) -> tuple:
+    """Options and the ``--weights`` file: numbers, --steps, --preset, --prior-scale, --set, then what --weights holds
+    (``engine.initial_weights.configure_weights``, the file read once). Returns ``(model_config, weights,
+    train_config)`` as ``model_config(args)`` and ``train_config(args)`` give them."""
     for dest in ("iters", "batch_size", "checkpoint_period", "log_period", "num_threads", "eval_max_images"):
         check_number(args, dest, minimum=1)
-    for dest in ("warmup", "visualize", "num_workers", "clip", "seed", "data_seed", "split_seed"):
+    for dest in ("warmup", "visualize", "num_workers", "eval_period", "clip", "seed", "data_seed", "split_seed"):
         check_number(args, dest, minimum=0)
     check_number(args, "lr", positive=True)
     steps = getattr(args, "steps", None)
@@ -50,38 +54,59 @@ def check_train_options(args, *, train_config, model_config) -> None:
         parts = [p.strip() for p in steps.split(",") if p.strip()]
         if not all(p.isdigit() and int(p) >= 1 for p in parts):
             raise UsageError(f"--steps must be iterations (integers >= 1) separated by commas, got {steps!r}")
+    weights_file = getattr(args, "weights", None)
     with user_errors():
-        train_config(args)
-        model_config(args, 1)
+        tcfg = train_config(args)
+        if not weights_file:
+            cfg, weights = model_config(args)
+            return cfg, weights, tcfg
+        model_config(argparse.Namespace(**{**vars(args), "weights": None}))  # every option but --weights
+    check_paths(files={"--weights": weights_file})
+    with user_errors("--weights"):  # what the file is: backbone weights, a whole model, or an error
+        cfg, weights = model_config(args)
+    return cfg, weights, tcfg
+
+
+def sets_num_classes(args) -> bool:
+    """Whether ``--set num_classes=...`` was given (``check_run`` then checks it against the data)."""
+    return any(item.split("=", 1)[0].strip() == "num_classes" for item in getattr(args, "set", None) or ())
+
+
+def _synthetic_name(args) -> str:
+    return getattr(args, "dataset", None) or "shapes"
 
 
 def check_train(args, *, train_config, model_config) -> TrainPlan:
-    """Everything ``opmask_fast.train`` needs: options, device, output folder, --weights, --resume, data and split."""
-    check_train_options(args, train_config=train_config, model_config=model_config)
+    """Everything ``opmask_fast.train`` needs: options, --weights, device, output folder, --resume, data and split."""
+    cfg, weights, tcfg = check_train_options(args, train_config=train_config, model_config=model_config)
     check_device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    batch = train_config(args).batch_size
-    if batch % world:
-        raise UsageError(f"--batch-size {batch} is not divisible by the {world} processes")
-    out = check_output_dir(args.output_dir or default_output_dir(args.preset + ("_noprior" if args.no_prior else "")))
-    weights = read_weights(args.weights) if args.weights else None
+    if tcfg.batch_size % world:
+        raise UsageError(f"--batch-size {tcfg.batch_size} is not divisible by the {world} processes")
+    other_data = "" if _synthetic_name(args) == "shapes" else f"_{args.dataset}"
+    out = check_output_dir(args.output_dir or default_output_dir(
+        args.preset + ("_noprior" if args.no_prior else "") + other_data))
     if getattr(args, "resume", False) and os.path.isfile(os.path.join(out, "checkpoint.pth")):
         read_checkpoint(os.path.join(out, "checkpoint.pth"), "--resume")
-    plan = TrainPlan(output_dir=out, weights=weights)
+    plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights)
+    need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
     if any(getattr(args, k, None) for k in DATA_OPTIONS):
         with user_errors():
-            paths = resolve_data(args, need_val=not args.no_eval)
+            paths = resolve_data(args, need_val=need_val)
         check_paths(files={DATA_OPTIONS[k]: paths[k] for k in ("train_ann", "val_ann")},
                     folders={DATA_OPTIONS[k]: paths[k] for k in ("train_images", "val_images")})
-        plan.data = prepare_train_data(args, paths)
+        plan.data = prepare_train_data(args, paths, cfg.input, need_val=need_val)
     else:
         # The synthetic dataset is generated later (once); its categories are known now.
         check_output_dir(args.cache_dir or default_cache_root(), "--cache-dir")
-        cats = [{"id": i + 1, "name": n} for i, n in enumerate(SYNTHETIC_CLASSES)]
-        split = choose_split(args.split, cats, ann_file="the synthetic dataset", default=",".join(STRONG_CLASSES))
+        name = _synthetic_name(args)
+        style = get_style(DATASETS[name].style)
+        cats = [{"id": i + 1, "name": n} for i, n in enumerate(style.classes)]
+        what = f"the synthetic dataset {name}"
+        split = choose_split(args.split, cats, ann_file=what, default=",".join(style.strong_classes))
         with user_errors():
             strong = resolve_split(split, cats, seed=args.split_seed)
-        check_groups(split, _Groups(cats, strong, "the synthetic dataset"))
+        check_groups(split, _Groups(cats, strong, what))
     return plan
 
 
@@ -94,11 +119,9 @@ class _Groups:
         self.strong_ids, self.weak_ids, self.ann_file = strong, set(self.category_ids) - strong, name
 
 
-def prepare_train_data(args, paths: dict) -> TrainData:
-    """Loads and checks the training (and validation) data: annotations, images, split, categories, masks."""
-    from ..config import get_preset
-
-    input_cfg = get_preset(args.preset).input
+def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -> TrainData:
+    """Loads and checks the training (and, with ``need_val``, validation) data: annotations, images, split, categories,
+    masks. ``input_cfg``: the model config's ``input`` (image sizes)."""
     with user_errors():
         coco = load_coco(paths["train_ann"])
     split = choose_split(args.split, coco.dataset["categories"], ann_file=paths["train_ann"],
@@ -108,7 +131,7 @@ def prepare_train_data(args, paths: dict) -> TrainData:
     check_groups(split, train_set)
     check_strong_masks(train_set)
     val_set = None
-    if not args.no_eval:
+    if need_val:
         with user_errors():
             val_coco = load_coco(paths["val_ann"])
         cats = sorted(val_coco.dataset["categories"], key=lambda c: c["id"])
@@ -184,7 +207,14 @@ def check_evaluate(args) -> EvalPlan:
     strong = split if args.split else (meta.get("strong_ids") or split)
     dataset = build_dataset(lambda: val_dataset(data, cfg.input, strong, meta.get("split_seed", 0), coco=coco),
                             role="evaluation")
-    out = check_output_dir(args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint)))
+    out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    if getattr(args, "prior_ablation", None):
+        if not cfg.use_prior:
+            raise UsageError(f"--prior-ablation needs a model with a prior; {args.checkpoint} is the baseline "
+                             "(use_prior=False)")
+        if not args.output_dir:  # the model's own metrics stay where they are
+            out = os.path.join(out, f"ablation_{args.prior_ablation}")
+    out = check_output_dir(out)
     return EvalPlan(state=state, dataset=dataset, split=split, output_dir=out)
 
 
@@ -232,11 +262,12 @@ def check_compare(args, *, variants: dict, train_parser, train_config, model_con
     extra = [a for a in args.train_args if a != "--"]
     targs = train_parser.parse_args(extra)
     try:
+        given = [o for k, o in {**DATA_OPTIONS, "dataset": "--dataset", "data_images": "--data-images"}.items()
+                 if getattr(targs, k, None)]
+        if given:
+            raise UsageError(f"{', '.join(given)}: compare trains on a synthetic dataset; give --dataset and "
+                             "--data-images to compare itself, before --")
         check_train_options(targs, train_config=train_config, model_config=model_config)
-        check_paths(files={DATA_OPTIONS[k]: getattr(targs, k) for k in ("train_ann", "val_ann")},
-                    folders={DATA_OPTIONS[k]: getattr(targs, k) for k in ("train_images", "val_images")})
-        if targs.weights:
-            read_weights(targs.weights)
     except UsageError as e:
         raise UsageError(f"training options after --: {e}") from e
     return names, [int(p) for p in parts]

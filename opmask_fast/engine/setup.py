@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import logging
 import math
@@ -9,22 +10,26 @@ import os
 
 import torch
 
-from ..data import CocoInstances, ResizeFlip, STRONG_CLASSES, SyntheticSpec, ensure_synthetic
+from ..data import CocoInstances, ResizeFlip, ensure_synthetic
+from ..data.synthetic import dataset_spec, get_style
 from .checkpoint import CheckpointError, check_model_checkpoint, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 def parse_prior_scale(text: str) -> str | float:
-    """``none`` | ``learnable`` | a float gain."""
-    if text in ("none", "learnable"):
+    """``none`` | ``learnable`` | ``feature_std`` | ``feature_range`` | a float gain."""
+    from ..config import PRIOR_SCALE_MODES
+
+    if text in PRIOR_SCALE_MODES:
         return text
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise ValueError(f"--prior-scale must be 'none', 'learnable' or a finite number, got {text!r}")
+        raise ValueError(f"--prior-scale must be one of {', '.join(PRIOR_SCALE_MODES)} or a finite number, "
+                         f"got {text!r}")
     return value
 
 
@@ -66,6 +71,8 @@ def _typed(value, current, item: str, leaf: str):
     elif isinstance(current, str):
         ok = isinstance(value, str)
     elif isinstance(current, tuple):
+        if number:  # input.min_size_train=256 and =[256] mean (256,)
+            value = [value]
         ok = isinstance(value, (list, tuple))
         if ok:
             value = tuple(_typed(v, current[0], item, "") for v in value) if current else tuple(value)
@@ -77,24 +84,45 @@ def _typed(value, current, item: str, leaf: str):
     return value
 
 
-def resolve_data(args, *, need_train: bool = True, need_val: bool = True) -> dict:
-    """The annotation files and image folders to use: the ones given, or the embedded synthetic dataset's.
+def parse_image_counts(text: str) -> tuple[int, int]:
+    """``N_TRAIN,N_VAL`` (positive integers): the image counts of a synthetic dataset (an argparse ``type``)."""
+    try:
+        counts = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        counts = ()
+    if len(counts) != 2 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected two positive integers N_TRAIN,N_VAL, got {text!r}")
+    return counts
 
-    Returns ``train_ann``, ``train_images``, ``val_ann``, ``val_images``, ``synthetic`` (bool) and ``default_split``
-    (the synthetic dataset's strong classes; None for other data, where ``checks.choose_split`` decides).
+
+def resolve_data(args, *, need_train: bool = True, need_val: bool = True) -> dict:
+    """The annotation files and image folders to use: the ones given, or those of a synthetic dataset (``--dataset``,
+    default the embedded one), generated into the cache on first use.
+
+    Returns ``train_ann``, ``train_images``, ``val_ann``, ``val_images``, ``synthetic`` (bool), ``dataset`` (the
+    synthetic dataset's name or None) and ``default_split`` (the synthetic dataset's strong classes; None for your own
+    data, where ``checks.choose_split`` decides).
     """
     given = [getattr(args, k, None) for k in ("train_ann", "train_images", "val_ann", "val_images")]
+    dataset, counts = getattr(args, "dataset", None), getattr(args, "data_images", None)
     if any(given):
+        if dataset or counts:
+            raise ValueError("--dataset and --data-images choose a synthetic dataset: give them or your own files "
+                             "(--train-ann ...), not both")
         want = (("train_ann", "train_images") if need_train else ()) + (("val_ann", "val_images") if need_val else ())
         missing = [k for k in want if not getattr(args, k, None)]
         if missing:
             raise ValueError(f"with your own data give all of {', '.join('--' + k.replace('_', '-') for k in want)}; "
                              f"missing: {', '.join('--' + k.replace('_', '-') for k in missing)}")
         paths = {k: getattr(args, k, None) for k in ("train_ann", "train_images", "val_ann", "val_images")}
-        return {**paths, "synthetic": False, "default_split": None}
-    spec = SyntheticSpec(seed=getattr(args, "data_seed", 0))
-    paths = ensure_synthetic(spec, getattr(args, "cache_dir", None))
-    return {**paths, "synthetic": True, "default_split": ",".join(STRONG_CLASSES)}
+        return {**paths, "synthetic": False, "dataset": None, "default_split": None}
+    dataset = dataset or "shapes"
+    num_train, num_val = counts or (None, None)
+    spec = dataset_spec(dataset, seed=getattr(args, "data_seed", 0), num_train=num_train, num_val=num_val)
+    # Absolute paths: the checkpoint's meta keeps them for evaluate, which may run from another folder.
+    paths = {k: os.path.abspath(v) for k, v in ensure_synthetic(spec, getattr(args, "cache_dir", None)).items()}
+    return {**paths, "synthetic": True, "dataset": dataset,
+            "default_split": ",".join(get_style(spec.style).strong_classes)}
 
 
 def train_dataset(paths: dict, input_cfg, split, split_seed: int = 0, *, coco=None) -> CocoInstances:
@@ -110,44 +138,6 @@ def val_dataset(paths: dict, input_cfg, split, split_seed: int = 0, *, coco=None
                          transform=transform, masks="none", coco=coco)
 
 
-def load_weights(model: torch.nn.Module, path: str, state: dict | None = None) -> None:
-    """Initial weights: one of our checkpoints or a model state dict (tensors of another shape, e.g. a classifier for
-    other classes, are skipped and logged), else ResNet weights for the backbone (see ``modeling.weights``).
-
-    Args:
-        state: the file's contents when already read (``checks.read_weights``).
-
-    Raises:
-        CheckpointError: the file shares no tensor with the model.
-        WeightsMismatchError: ResNet weights that do not fit the backbone.
-    """
-    state = load_checkpoint(path) if state is None else state
-    for key in ("model", "state_dict"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    target = model.state_dict()
-    fits = {k: v for k, v in state.items() if k in target and torch.is_tensor(v) and v.shape == target[k].shape}
-    if fits:
-        other_shape = [k for k in state if k in target and k not in fits]
-        missing = [k for k in target if k not in fits]
-        model.load_state_dict(fits, strict=False)
-        logger.info("weights %s: %d tensors loaded, %d of another shape skipped%s, %d model tensors not in the file%s",
-                    path, len(fits), len(other_shape), f" (e.g. {other_shape[:3]})" if other_shape else "",
-                    len(missing), f" (e.g. {missing[:3]})" if missing else "")
-        return
-    from ..modeling.weights import convert_to_torchvision_names
-
-    renamed, fmt = convert_to_torchvision_names({k: v for k, v in state.items() if torch.is_tensor(v)})
-    resnet_keys = set(model.backbone.bottom_up.state_dict())
-    if any(k in resnet_keys for k in renamed):
-        fmt = model.load_backbone_weights(path)
-        logger.info("weights %s: ResNet backbone weights (%s format)", path, fmt)
-        return
-    keys = ", ".join(sorted(map(str, state))[:5])
-    raise CheckpointError(f"{path} shares no tensor with the model: it is neither a checkpoint of opmask_fast nor a "
-                          f"model state dict nor ResNet weights (its keys: {keys or 'none'})")
-
-
 def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, state: dict | None = None):
     """Rebuilds the model a checkpoint was trained with and loads its weights. Returns ``(model, meta)``.
 
@@ -157,7 +147,9 @@ def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, stat
     Raises:
         CheckpointError: not a checkpoint of ``opmask_fast.train``, or weights that do not fit its own config.
     """
-    from ..config import ModelConfig, build_model
+    from ..config import ModelConfig
+    from ..modeling.weights import WeightsMismatchError
+    from .initial_weights import build_with_weights
 
     state = check_model_checkpoint(load_checkpoint(path) if state is None else state, path)
     meta = state["meta"]
@@ -165,12 +157,11 @@ def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, stat
         cfg = ModelConfig.from_dict(meta["model_config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
-    model = build_model(cfg)
+    cfg.backbone.weights = None  # the checkpoint holds every weight; the ImageNet file need not exist any more
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1:2] or [str(e)]
-        raise CheckpointError(f"{path}: its weights do not fit its own model config ({first[0].strip()})") from None
+        model = build_with_weights(cfg, state=state["model"], source=repr(path))
+    except WeightsMismatchError as e:
+        raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
     model.to(device).eval()
     return model, meta
 

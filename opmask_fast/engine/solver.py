@@ -25,7 +25,8 @@ class TrainConfig:
     seed: int = 0  # data order, augmentation and parameter init
     checkpoint_period: int = 500  # iterations between checkpoints (the last iteration always writes one)
     log_period: int = 20  # iterations between progress lines / metrics.jsonl entries
-    num_workers: int = 0  # data-loading processes; the synthetic images are small enough to load in the main one
+    num_workers: int = 0  # data-loading processes per training process (0: load in the training process)
+    aspect_ratio_grouping: bool = True  # batch landscape and portrait images separately (less padding), as detectron2
 
     def validate(self) -> "TrainConfig":
         if self.max_iter < 1 or self.batch_size < 1:
@@ -44,6 +45,43 @@ class TrainConfig:
         d = dict(d)
         d["steps"] = tuple(d.get("steps", ()))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+# ------------------------------------------------------------------------------------ solver recipes by model preset
+def coco_schedule() -> TrainConfig:
+    """OPMask's COCO recipe (the paper and its official code): batch 16, LR 0.02, linear warm-up over 1000 iterations
+    from 0.001x, 130k iterations with a x0.1 step at 120k, clipping by value at 1.0, weight decay 1e-4, none on norms."""
+    return TrainConfig(max_iter=130_000, batch_size=16, base_lr=0.02, warmup_iters=1000, warmup_factor=0.001,
+                       steps=(120_000,), gamma=0.1, clip_value=1.0, weight_decay=1e-4, weight_decay_norm=0.0,
+                       checkpoint_period=5000)
+
+
+def tiny_schedule() -> TrainConfig:
+    """The embedded synthetic dataset on a CPU: 800 iterations of 4 images (the `TrainConfig` defaults)."""
+    return TrainConfig()
+
+
+# Keyed by the model preset names of `opmask_fast.config.PRESETS`: the schedule travels with the model it was tuned for.
+SOLVER_PRESETS = {
+    "opmask_r50_coco": coco_schedule,
+    "baseline_r50_coco": coco_schedule,
+    "opmask_r101_coco": coco_schedule,
+    "baseline_r101_coco": coco_schedule,
+    "opmask_r18_tiny": tiny_schedule,
+    "baseline_r18_tiny": tiny_schedule,
+}
+
+
+def get_solver_preset(name: str) -> TrainConfig:
+    """A fresh `TrainConfig` with the schedule of model preset `name`."""
+    if name not in SOLVER_PRESETS:
+        raise KeyError(f"no solver recipe for preset {name!r}; known: {', '.join(sorted(SOLVER_PRESETS))}")
+    return SOLVER_PRESETS[name]()
+
+
+def scaled_lr(preset: TrainConfig, batch_size: int) -> float:
+    """The linear scaling rule: the preset's base LR times ``batch_size / preset.batch_size``."""
+    return preset.base_lr * batch_size / preset.batch_size
 
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)

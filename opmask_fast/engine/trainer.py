@@ -1,4 +1,5 @@
-"""The training loop: SGD with warm-up and steps, gradient clipping, AMP on CUDA, DDP, checkpoints, exact resume."""
+"""The training loop: SGD with warm-up and steps, gradient clipping, AMP on CUDA, DDP, checkpoints, exact resume,
+periodic evaluation."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ import logging
 import math
 import os
 import time
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..data.loader import train_loader
 from .checkpoint import get_rng_state, load_checkpoint, save_atomic, set_rng_state
-from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier
+from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers
+from .evaluation import format_table, json_safe
 from .progress import MetricsLog, Progress
 from .solver import TrainConfig, build_optimizer, build_scheduler
 
@@ -38,6 +41,8 @@ def train(
     resume: bool = False,
     meta: dict | None = None,
     show_progress: bool = True,
+    evaluate: Callable[[nn.Module], dict | None] | None = None,
+    eval_period: int = 0,
 ) -> nn.Module:
     """Trains ``model`` on ``dataset`` for ``cfg.max_iter`` iterations and returns the (unwrapped) model.
 
@@ -49,6 +54,9 @@ def train(
         resume: continue from ``output_dir/checkpoint.pth`` when it exists: weights, optimizer, LR schedule, iteration
             and RNG state, with the data stream positioned where it stopped.
         meta: stored in each checkpoint (model config, categories, split) so evaluation can rebuild the model.
+        evaluate: called by every process with the (unwrapped) model every ``eval_period`` iterations before the last
+            one (the caller evaluates the final model); returns metrics on rank 0 (logged and written to
+            ``metrics.jsonl``) and None elsewhere, e.g. ``evaluation.evaluate_model``.
 
     Raises:
         FloatingPointError: a loss became NaN or infinite; names the iteration, the last good checkpoint stays in place.
@@ -78,13 +86,15 @@ def train(
 
     net = model
     if world > 1:
-        # Some heads may not produce a gradient every iteration (e.g. a batch without strong instances).
+        # Every parameter gets a gradient in every step (losses without a target are exact zeros that keep the graph,
+        # pyramid levels without RoIs get zero gradients), so DDP need not search the graph for unused parameters.
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
         )
     use_amp = cfg.amp and device.type == "cuda"
     batches = train_loader(dataset, batch_size=cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world,
-                           start_iter=start_iter, num_workers=cfg.num_workers)
+                           start_iter=start_iter, num_workers=cfg.num_workers,
+                           aspect_ratio_grouping=cfg.aspect_ratio_grouping, pin_memory=device.type == "cuda")
     progress = Progress(total=cfg.max_iter, start=start_iter, enabled=show_progress and dist_info.is_main)
     log = MetricsLog(os.path.join(output_dir, "metrics.jsonl")) if dist_info.is_main else None
     net.train()
@@ -124,7 +134,25 @@ def train(
                            "seconds_per_iter": progress.seconds_per_iter(done), "time": time.time()})
         if done % cfg.checkpoint_period == 0 or done == cfg.max_iter:
             save_checkpoint(model, optimizer, scheduler, done, ckpt_path, dist_info=dist_info, meta=meta)
+        if evaluate is not None and eval_period > 0 and done % eval_period == 0 and done < cfg.max_iter:
+            eval_start = time.perf_counter()
+            broadcast_buffers(model)
+            metrics = evaluate(model)
+            net.train()
+            progress.t0 += time.perf_counter() - eval_start  # s/it and ETA count training only
+            if log is not None:
+                log_evaluation(log, done, metrics)
+    broadcast_buffers(model)  # every process returns the checkpoint's model
     return model
+
+
+def log_evaluation(log: MetricsLog | str, iteration: int, metrics: dict) -> None:
+    """Logs the headline metrics and appends ``{"iteration", "eval": {scalar metrics}, "time"}`` to the metrics log
+    (a ``MetricsLog`` or the path of ``metrics.jsonl``)."""
+    logger.info("evaluation at iteration %d:\n%s", iteration, format_table(metrics))
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    log = MetricsLog(log) if isinstance(log, str) else log
+    log.write({"iteration": iteration, "eval": json_safe(scalars), "time": time.time()})
 
 
 def save_checkpoint(model, optimizer, scheduler, iteration: int, path: str, *, dist_info: DistInfo,

@@ -12,6 +12,25 @@ from opmask_fast.ops.roi_align import convert_boxes_to_roi_format, roi_align
 __all__ = ["multi_scale_roi_align", "assign_levels"]
 
 
+class _ZeroGradTo(torch.autograd.Function):
+    """Identity on ``out`` that also takes ``unused`` tensors into the graph with a zero gradient.
+
+    A pyramid level without boxes contributes nothing to the pooled output, but it must still be part of the graph (as
+    in torchvision's MultiScaleRoIAlign): ``torch.autograd.grad`` with respect to it gives zeros instead of raising.
+    The zero gradient is an expanded 0-dim tensor, so neither pass reads or writes the level's feature map.
+    """
+
+    @staticmethod
+    def forward(ctx, out: Tensor, *unused: Tensor) -> Tensor:
+        ctx.specs = [(t.shape, t.dtype, t.device) for t in unused]
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        zeros = [torch.zeros((), dtype=dtype, device=device).expand(shape) for shape, dtype, device in ctx.specs]
+        return (grad, *zeros)
+
+
 def assign_levels(
     boxes: Tensor, *, min_level: int, max_level: int, canonical_level: int = 4, canonical_scale: int = 224
 ) -> Tensor:
@@ -75,13 +94,20 @@ def multi_scale_roi_align(
                           canonical_level=canonical_level, canonical_scale=canonical_scale)
     ho, wo = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     out = first.new_zeros((rois.shape[0], first.shape[1], ho, wo))
-    # One pooling call per level over that level's boxes, scattered back to input order. index_put keeps the
-    # result differentiable with respect to every level.
+    # One pooling call per level over that level's boxes, scattered back to input order (index_put is
+    # differentiable). Levels without boxes are skipped and joined to the graph with a zero gradient.
+    unused = []
     for lvl, (feat, scale) in enumerate(zip(features, spatial_scales)):
         idx = torch.nonzero(level == lvl).squeeze(1)
-        if idx.numel() == 0 and lvl > 0:
+        if idx.numel() == 0:
+            unused.append(feat)
             continue
         part_map = roi_map[idx] if roi_map is not None else None
         pooled = roi_align(feat, rois[idx], (ho, wo), scale, sampling_ratio, aligned, roi_map=part_map)
         out = out.index_put((idx,), pooled)
+    if rois.shape[0] == 0 and roi_map is not None:
+        unused.append(roi_map)
+    unused = [t for t in unused if t.requires_grad]
+    if unused and torch.is_grad_enabled():
+        out = _ZeroGradTo.apply(out, *unused)
     return out

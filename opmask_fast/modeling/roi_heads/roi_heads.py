@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from opmask_fast.ops import batched_nms, multi_scale_roi_align, object_prior, object_prior_add
@@ -13,7 +14,7 @@ from ..matcher import Matcher
 from ..sampler import subsample_labels
 from .box_head import BoxHead, box_losses
 from .mask_head import MaskHead, mask_loss, mask_targets
-from .prior import PriorGain, prior_roi_map
+from .prior import PriorGain, ablate_prior, add_prior, prior_statistics
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
 
@@ -33,6 +34,11 @@ class RoIHeads(nn.Module):
         self.mask_head = MaskHead(in_channels=in_channels, conv_dim=rc.mask_head_conv_dim,
                                   num_convs=rc.mask_head_num_convs, norm=rc.mask_head_norm)
         self.prior_gain = PriorGain(scale=cfg.prior_scale, init=cfg.prior_gain_init) if cfg.use_prior else None
+        self.prior_feature_norm, self.prior_grad_scale = cfg.prior_feature_norm, cfg.prior_grad_scale
+        # Test-time diagnostic, set by evaluation and never saved: None, "zero" or "shuffle" (see `ablate_prior`).
+        self.prior_ablation: str | None = None
+        # Diagnostic: when a list, every mask pass appends its RoIs' feature and prior statistics (`prior_statistics`).
+        self.prior_stats: list | None = None
         self.box_coder = BoxCoder(weights=tuple(rc.box_reg_weights))
         self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
 
@@ -93,6 +99,8 @@ class RoIHeads(nn.Module):
             offset += s["boxes"].shape[0]
         rows_t, classes_t = torch.cat(rows), torch.cat(classes)
         if rows_t.numel() == 0:
+            if self.use_prior and self.prior_gain.needs_init():
+                self.prior_gain.initialize(None, None)  # a collective when distributed: the others may measure now
             # No foreground RoI anywhere: an exact zero that still reaches every mask-branch parameter (DDP needs them
             # all used in every step).
             params = list(self.mask_head.parameters()) + ([] if self.prior_gain is None else
@@ -118,10 +126,20 @@ class RoIHeads(nn.Module):
         prior = object_prior(box_feats, cls_w, classes, rows) if (return_prior or init) else None
         if not self.use_prior:
             feats = self.pool(features, boxes, res)
-        elif init:
+        elif init or (self.prior_gain.adaptive or self.prior_feature_norm or self.prior_grad_scale is not None
+                      or (self.prior_ablation is not None and not self.training) or self.prior_stats is not None):
+            # The general path: pool, optionally standardise, then add the weighted prior as a second pass.
             feats = self.pool(features, boxes, res)
-            self.prior_gain.initialize(feats, prior)
-            feats = feats + prior_roi_map(prior, res, self.prior_gain.value()).to(feats.dtype)[:, None]
+            if self.prior_feature_norm:
+                feats = F.layer_norm(feats, feats.shape[1:])
+            roi_map = ablate_prior(object_prior(box_feats, cls_w, classes, rows, size=(res, res)),
+                                   None if self.training else self.prior_ablation)
+            if init:
+                self.prior_gain.initialize(feats, prior)
+            if self.prior_stats is not None:
+                self.prior_stats.append(prior_statistics(feats, roi_map))
+            gain = self.prior_gain.per_roi(feats, roi_map) if self.prior_gain.adaptive else self.prior_gain.value()
+            feats = add_prior(feats, roi_map, gain, grad_scale=self.prior_grad_scale)
         elif self.prior_impl == "roi_align":
             # The prior, resized and weighted in one op, rides on RoIAlign's output write: no extra pass over the
             # mask features.

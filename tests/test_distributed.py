@@ -1,0 +1,59 @@
+"""torchrun with 2 CPU processes (gloo): DDP training with evaluation during training, and distributed evaluation
+giving the same metrics and predictions as one process."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from opmask_fast.data import SyntheticSpec, ensure_synthetic
+from opmask_fast.engine.checkpoint import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# Timings differ between runs; everything else must be identical.
+TIMINGS = {"seconds_per_image", "eval_seconds", "train_seconds"}
+
+
+def _run(cmd):
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    paths = ensure_synthetic(SyntheticSpec(seed=2, num_train=6, num_val=4), str(tmp_path_factory.mktemp("cache")))
+    # One strong class: most per-process batches of one image hold no mask-supervised instance.
+    return ["--train-ann", paths["train_ann"], "--train-images", paths["train_images"], "--val-ann", paths["val_ann"],
+            "--val-images", paths["val_images"], "--split", "circle"]
+
+
+def test_ddp_training_with_periodic_and_distributed_evaluation(data, tmp_path):
+    out = str(tmp_path / "ddp")
+    _run([*TORCHRUN, "-m", "opmask_fast.train", *data, "--iters", "3", "--batch-size", "2", "--log-period", "1",
+          "--eval-period", "2", "--eval-max-images", "3", "--num-threads", "1", "--quiet", "--output-dir", out])
+    lines = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [l["iteration"] for l in lines if "loss" in l] == [1, 2, 3]
+    evals = [l for l in lines if "eval" in l]
+    assert [l["iteration"] for l in evals] == [2, 3]  # every 2 iterations, and the final model
+    assert all({"mask_AP_weak", "prior_AP_strong", "oracle_mIoU_weak"} <= set(l["eval"]) for l in evals)
+    assert evals[1]["eval"]["num_images"] == 3
+    in_training = json.load(open(os.path.join(out, "metrics.json")))
+    assert in_training["num_images"] == 3 and load_checkpoint(os.path.join(out, "checkpoint.pth"))["iteration"] == 3
+
+    ckpt = os.path.join(out, "checkpoint.pth")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    ev = ["-m", "opmask_fast.evaluate", "--checkpoint", ckpt, "--max-images", "3", "--num-threads", "1"]
+    _run([sys.executable, *ev, "--output-dir", one])
+    _run([*TORCHRUN, *ev, "--output-dir", two])
+    m1, m2 = (json.load(open(os.path.join(d, "metrics.json"))) for d in (one, two))
+    assert m1["num_detections"] > 0 and m1["oracle_mIoU_strong"] is not None and m1["prior_AP"] is not None
+    strip = lambda m: {k: v for k, v in m.items() if k not in TIMINGS}  # noqa: E731
+    assert strip(m1) == strip(m2)
+    assert strip(m1) == strip(in_training)
+    for name in ("predictions.json", "prior_predictions.json"):
+        assert json.load(open(os.path.join(one, name))) == json.load(open(os.path.join(two, name)))

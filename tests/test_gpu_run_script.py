@@ -1,0 +1,43 @@
+"""benchmarks/gpu_run.sh parses, and its final table is built from the stage results it writes (no GPU needed)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("script", ["gpu_run.sh", "gpu_prepare.sh"])
+def test_scripts_parse(script):
+    proc = subprocess.run(["bash", "-n", os.path.join(ROOT, "benchmarks", script)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_summary_table(tmp_path):
+    (tmp_path / "stages.tsv").write_text("build\tok\t95\nCUDA op tests\tFAILED (exit 1)\t40\n")
+    res = {f"{p} {d}": {"s_per_img": t, "min": t, "detections": 100}
+           for d, ts in (("fp32", (0.06, 0.05, 0.08)), ("bf16", (0.04, 0.03, 0.05)))
+           for p, t in zip(("opmask", "baseline", "torchvision"), ts)}
+    (tmp_path / "model.json").write_text(json.dumps({"device": "GPU X", "size": [800, 1333], "proposals": 1000,
+                                                     "rounds": 20, "results": res}))
+    row = {"R": 512, "dtype": "fp32", "mode": "fwd", "unfused": 0.5, "triton": 0.2, "floor_ms_measured_bw": 0.1,
+           "x_floor": 2.0, "speedup_vs_unfused": 2.5}
+    (tmp_path / "prior.json").write_text(json.dumps({"device": "GPU X", "copy_TBps": 3.0, "fused_provider": "triton",
+                                                     "rows": [row]}))
+    (tmp_path / "train_metrics.jsonl").write_text(json.dumps({"iteration": 50, "seconds_per_iter": 0.5, "loss": 2.0}))
+    (tmp_path / "train_metrics.json").write_text(json.dumps({"num_images": 50, "seconds_per_image": 0.07,
+                                                             "bbox_AP": 0.1, "mask_AP": 0.0, "train_seconds": 40}))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_validate.py"), "summary", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "| CUDA op tests | FAILED (exit 1) | 40 |" in out
+    assert "| fp32 | 0.0600 | 0.0500 | 0.0800 | 1.20 |" in out and "| bf16 | 0.0400 | 0.0300 | 0.0500 | 1.33 |" in out
+    assert "| R=512 fp32 fwd | 0.500 | 0.200 | 0.100 | 2.0x | 2.50x |" in out
+    assert "training: 50 iterations, 0.500 s/iter" in out and "evaluation: 50 images" in out
+    assert (tmp_path / "summary.md").read_text().strip() == out.strip()

@@ -1,0 +1,112 @@
+"""The prior's weighting options: per-RoI adaptive gains, standardised features, the gradient scale, test-time ablations."""
+
+import pytest
+import torch
+
+from opmask_fast.config import ModelConfig
+from opmask_fast.modeling.roi_heads.prior import PriorGain, ablate_prior, add_prior
+
+from test_model import _cfg, _model, _sample
+
+
+def test_adaptive_gains_follow_each_rois_features():
+    feats = torch.randn(5, 8, 14, 14, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 10.0, 2.0]).view(5, 1, 1, 1)
+    prior = torch.rand(5, 14, 14, dtype=torch.float64)
+    g = PriorGain(scale="feature_std").per_roi(feats, prior)
+    assert g.shape == (5, 1, 1, 1)
+    torch.testing.assert_close((g[:, 0] * prior).flatten(1).std(dim=1), feats.flatten(1).std(dim=1),
+                               rtol=1e-5, atol=1e-6)
+    g = PriorGain(scale="feature_range").per_roi(feats, prior)
+    torch.testing.assert_close(g.flatten(), feats.flatten(1).amax(1) - feats.flatten(1).amin(1))
+    # a constant prior (std 0) or constant features give a finite gain
+    g = PriorGain(scale="feature_std").per_roi(feats, torch.zeros(5, 14, 14))
+    assert torch.isfinite(g).all()
+    assert PriorGain(scale="feature_range").per_roi(torch.ones(2, 3, 4, 4), torch.rand(2, 4, 4)).eq(0).all()
+
+
+@pytest.mark.parametrize("gain", [None, 3.0, "tensor", "per_roi"])
+def test_grad_scale_changes_only_the_gradient(gain):
+    r, c = 4, 3
+    feats = torch.randn(r, c, 6, 6, dtype=torch.float64, requires_grad=True)
+    prior = torch.rand(r, 6, 6, dtype=torch.float64, requires_grad=True)
+    g = {"tensor": torch.tensor([2.5], dtype=torch.float64, requires_grad=True),
+         "per_roi": torch.rand(r, 1, 1, 1, dtype=torch.float64)}.get(gain, gain)
+    up = torch.randn(r, c, 6, 6, dtype=torch.float64)
+    plain = add_prior(feats, prior, g)
+    scaled = add_prior(feats, prior, g, grad_scale=7.0)
+    torch.testing.assert_close(plain, scaled)
+    gp, gf = torch.autograd.grad((scaled * up).sum(), (prior, feats))
+    torch.testing.assert_close(gp, 7.0 * up.sum(1))
+    torch.testing.assert_close(gf, up)
+    gp0 = torch.autograd.grad((add_prior(feats, prior, g, grad_scale=0.0) * up).sum(), prior, allow_unused=True)[0]
+    assert gp0 is None or gp0.abs().sum() == 0
+    if gain == "tensor":  # a learnable gain still learns
+        (gg,) = torch.autograd.grad((add_prior(feats, prior, g, grad_scale=0.0) * up).sum(), g)
+        torch.testing.assert_close(gg, (prior[:, None] * up).sum().reshape(1))
+
+
+def test_ablations():
+    prior = torch.arange(5 * 2 * 2, dtype=torch.float32).view(5, 2, 2)
+    assert ablate_prior(prior, None) is prior
+    assert ablate_prior(prior, "zero").eq(0).all()
+    for seed in range(5):
+        shuffled = ablate_prior(prior, "shuffle", seed=seed)
+        src = shuffled[:, 0, 0].long() // 4
+        assert sorted(src.tolist()) == list(range(5))  # a permutation of the RoIs' priors ...
+        assert (src != torch.arange(5)).all()  # ... where no RoI keeps its own
+    assert torch.equal(ablate_prior(prior[:1], "shuffle"), prior[:1])  # nothing to swap with
+    assert ablate_prior(prior[:0], "shuffle").shape == (0, 2, 2)
+    with pytest.raises(ValueError, match="ablation"):
+        ablate_prior(prior, "flip")
+
+
+def _box_head_grad(model):
+    img, t = _sample(has_mask=(True, True))
+    model.zero_grad()
+    model([img], [t])["loss_mask"].backward()
+    grads = [c[0].weight.grad for c in model.roi_heads.box_head.convs]
+    return sum(0.0 if g is None else float(g.abs().sum()) for g in grads)
+
+
+@pytest.mark.parametrize("kw", [dict(prior_scale="feature_range"), dict(prior_scale="feature_std"),
+                                dict(prior_scale="none", prior_feature_norm=True),
+                                dict(prior_scale="learnable", prior_feature_norm=True)])
+def test_model_options_train_and_reach_the_box_head(kw):
+    model = _model(_cfg(**kw)).train()
+    assert _box_head_grad(model) > 0
+    stopped = _model(_cfg(prior_grad_scale=0.0, **kw)).train()
+    assert _box_head_grad(stopped) == 0  # the mask loss reaches the box head only through the prior
+
+
+def test_grad_scale_multiplies_the_box_head_gradient():
+    base = _box_head_grad(_model(_cfg(prior_scale=2.0)).train())
+    doubled = _box_head_grad(_model(_cfg(prior_scale=2.0, prior_grad_scale=4.0)).train())
+    assert doubled == pytest.approx(2.0 * base, rel=1e-3)
+
+
+def test_inference_ablation_changes_masks_not_priors():
+    model = _model(_cfg(prior_scale=50.0)).eval()
+    img, t = _sample()
+    own = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+    outs = {}
+    for mode in ("zero", "shuffle"):
+        model.roi_heads.prior_ablation = mode
+        outs[mode] = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+        torch.testing.assert_close(outs[mode]["priors"], own["priors"])  # the reported prior is the model's own
+        assert not torch.allclose(outs[mode]["mask_probs"], own["mask_probs"])
+    model.roi_heads.prior_ablation = None
+    torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"],
+                               own["mask_probs"])
+    # a zero prior is exactly the model without its prior
+    model.roi_heads.prior_gain.fixed = 0.0
+    torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"],
+                               outs["zero"]["mask_probs"])
+
+
+def test_config_checks():
+    for ok in ("feature_std", "feature_range", "none", "learnable", 3.0):
+        ModelConfig(prior_scale=ok).validate()
+    with pytest.raises(ValueError, match="prior_scale"):
+        ModelConfig(prior_scale="feature").validate()
+    with pytest.raises(ValueError, match="prior_grad_scale"):
+        ModelConfig(prior_grad_scale=float("nan")).validate()
