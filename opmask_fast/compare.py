@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 
+from . import cli
 from .data import DATASETS, dataset_spec, ensure_synthetic
 from .engine.evaluation import write_metrics
 from .engine.setup import parse_image_counts
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
     p.add_argument("train_args", nargs=argparse.REMAINDER,
                    help="after --: extra arguments for every opmask_fast.train run (e.g. -- --iters 600)")
+    cli.add_debug_option(p)
     return p
 
 
@@ -214,10 +216,17 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+@cli.entry_point("python -m opmask_fast.compare")
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    start = time.time()
+    from . import train
+    from .engine.preflight import check_compare
+
     args.output_dir = output_root(args)
+    # The options of compare and of the trainings after -- are checked before any dataset or training.
+    check_compare(args, variants=VARIANTS, train_parser=train.build_parser(),
+                  train_config=train.train_config_from_args, model_config=train.model_config_from_args)
+    start = time.time()
     num_train, num_val = args.data_images or (None, None)
     spec = dataset_spec(args.dataset, seed=args.data_seed, num_train=num_train, num_val=num_val)
     paths = ensure_synthetic(spec, args.cache_dir)

@@ -15,9 +15,11 @@ import time
 
 import torch
 
+from . import cli
+from .engine import preflight
 from .engine.distributed import cleanup, init_distributed
-from .engine.evaluation import METRIC_KEYS, evaluate_model, format_table
-from .engine.setup import model_from_checkpoint, val_dataset
+from .engine.evaluation import METRIC_KEYS, evaluate_model, format_table, write_metrics
+from .engine.setup import model_from_checkpoint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "OUTPUT_DIR/ablation_<mode>/ unless --output-dir is given")
     p.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N images")
     p.add_argument("--list-metrics", action="store_true", help="print the metrics.json keys and their meaning")
+    cli.add_debug_option(p)
     return p
 
 
+@cli.entry_point("python -m opmask_fast.evaluate")
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     if args.list_metrics:
@@ -48,44 +52,29 @@ def main(argv: list[str] | None = None) -> dict | None:
             print(f"{k:<26} {v}")
         return None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # The checkpoint, data, split, --prior-ablation and output folder are checked before the model is built.
+    plan = preflight.check_evaluate(args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     info = init_distributed(args.device)
     try:
-        return _evaluate(args, info)
+        return _evaluate(args, info, plan)
     finally:
         cleanup()
 
 
-def _evaluate(args, info) -> dict | None:
-    model, meta = model_from_checkpoint(args.checkpoint, info.device)
-    from .config import ModelConfig
-
-    cfg = ModelConfig.from_dict(meta["model_config"])
-    data = dict(meta.get("data", {}))
-    if args.val_ann or args.val_images:
-        if not (args.val_ann and args.val_images):
-            raise ValueError("give both --val-ann and --val-images")
-        data.update(val_ann=args.val_ann, val_images=args.val_images)
-    if not data.get("val_ann"):
-        raise ValueError("the checkpoint names no validation data: give --val-ann and --val-images")
-    split = args.split or meta.get("split")
-    dataset = val_dataset(data, cfg.input, split)
-    if dataset.category_ids != list(meta.get("category_ids", dataset.category_ids)):
-        raise ValueError(f"the categories of {data['val_ann']} differ from the checkpoint's "
-                         f"{meta.get('category_names')}")
-    out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+def _evaluate(args, info, plan) -> dict | None:
+    dataset, out = plan.dataset, plan.output_dir
+    model, meta = model_from_checkpoint(args.checkpoint, info.device, state=plan.state)
     if args.prior_ablation:
-        if not cfg.use_prior:
-            raise ValueError(f"--prior-ablation needs a model with a prior; {args.checkpoint} is the baseline")
         model.roi_heads.prior_ablation = args.prior_ablation
-        if not args.output_dir:
-            out = os.path.join(out, f"ablation_{args.prior_ablation}")
     start = time.time()
     metrics = evaluate_model(model, dataset, strong_ids=dataset.strong_ids, device=info.device, output_dir=out,
                              oracle=not args.no_oracle, max_images=args.max_images)
     if metrics is None:  # not rank 0
         return None
+    metrics["data_dropped"] = dict(dataset.dropped)  # per reason, see opmask_fast.data.sanitize
+    write_metrics(metrics, os.path.join(out, "metrics.json"))
     print(f"{metrics['num_images']} images in {time.time() - start:.0f} s")
     print(format_table(metrics))
     print(f"metrics: {os.path.join(out, 'metrics.json')}")

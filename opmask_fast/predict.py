@@ -10,17 +10,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import sys
 
 import torch
+from PIL import Image
 
+from . import cli
+from .engine import preflight
 from .engine.predictor import Predictor, read_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+EXIT_SKIPPED = 3  # some images were unreadable and skipped; the others were written
+EPILOG = """exit codes: 0 every image predicted; 2 usage error (nothing written); 3 some images could not be read and were
+skipped (each named in a warning), the others' predictions are written; 1 internal error."""
+
+logger = logging.getLogger("opmask_fast.predict")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m opmask_fast.predict", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m opmask_fast.predict", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", required=True, help="folder of images (jpg, png, ...)")
@@ -29,23 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, default=0.05, help="drop detections below this score")
     p.add_argument("--visualize", action="store_true", help="also write a picture per image")
     p.add_argument("--num-threads", type=int, default=None)
+    cli.add_debug_option(p)
     return p
 
 
+@cli.entry_point("python -m opmask_fast.predict")
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    plan = preflight.check_predict(args, IMAGE_EXTENSIONS)  # options, image folder, checkpoint, output folder
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    if not os.path.isdir(args.images):
-        raise FileNotFoundError(f"image folder not found: {args.images}")
-    files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(IMAGE_EXTENSIONS))
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.images}")
-    predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh)
-    os.makedirs(args.output_dir, exist_ok=True)
-    results, images = [], []
-    for image_id, name in enumerate(files, start=1):
-        arr = read_image(os.path.join(args.images, name))
+    predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)
+    results, images, skipped = [], [], []
+    for image_id, name in enumerate(plan.files, start=1):
+        path = os.path.join(args.images, name)
+        try:
+            arr = read_image(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # one bad file must not cost the others
+            logger.warning("skipped unreadable image %s: %s", path, cli.one_line(str(e)))
+            skipped.append(name)
+            continue
         inst = predictor(arr)
         for r, cat_name in zip(predictor.coco_results(inst, image_id), inst["category_names"]):
             results.append({**r, "file_name": name, "category_name": cat_name})
@@ -60,7 +74,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         json.dump(results, f)
     with open(os.path.join(args.output_dir, "images.json"), "w") as f:
         json.dump(images, f)
-    print(f"{len(results)} detections on {len(files)} images -> {os.path.join(args.output_dir, 'predictions.json')}")
+    print(f"{len(results)} detections on {len(images)} images -> {os.path.join(args.output_dir, 'predictions.json')}")
+    if skipped:
+        print(f"python -m opmask_fast.predict: warning: skipped {len(skipped)} unreadable images: {', '.join(skipped)}",
+              file=sys.stderr)
+        raise SystemExit(EXIT_SKIPPED)
     return results
 
 

@@ -15,13 +15,14 @@ import time
 
 import torch
 
-from .data.loader import default_num_workers
+from . import cli
+from .engine import preflight
 from .engine.distributed import barrier, cleanup, init_distributed
 from .engine.evaluation import evaluate_model, format_table, write_metrics
+from .data.loader import default_num_workers
 from .data.synthetic import DATASETS
 from .engine.initial_weights import build_with_weights, configure_weights
-from .engine.setup import (apply_override, default_output_dir, parse_image_counts, parse_prior_scale, resolve_data,
-                           train_dataset, val_dataset)
+from .engine.setup import apply_override, parse_image_counts, parse_prior_scale, resolve_data
 from .engine.solver import TrainConfig, get_solver_preset, scaled_lr
 from .engine.trainer import CHECKPOINT_NAME, log_evaluation, train
 
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--eval-max-images", type=int, default=None, help="evaluate on the first N validation images only")
     o.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N validation images")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli.add_debug_option(p, o)
     return p
 
 
@@ -141,43 +143,42 @@ def train_config_from_args(args) -> TrainConfig:
     return tc.validate()
 
 
+@cli.entry_point("python -m opmask_fast.train")
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    # Options, files and given data are checked before any process group, model or training step.
+    plan = preflight.check_train(args, train_config=train_config_from_args, model_config=model_config_from_args)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     info = init_distributed(args.device)
     try:
-        return _run(args, info)
+        return _run(args, info, plan)
     finally:
         cleanup()
 
 
-def _run(args, info) -> dict | None:
-    # Options and the weights file first: a wrong one must fail before the data is read.
-    cfg, weights = model_config_from_args(args)
-    tcfg = train_config_from_args(args)
+def _run(args, info, plan) -> dict | None:
+    # The model config and the --weights file were read by the checks, before the data.
+    cfg, weights, tcfg = plan.model_config, plan.weights, plan.train_config
+    need_val = not args.no_eval or args.eval_period > 0
     # Rank 0 generates the synthetic data first so the other processes find it complete.
     if info.is_main:
-        paths = resolve_data(args)
+        paths = resolve_data(args, need_val=need_val)
     barrier()
     if not info.is_main:
-        paths = resolve_data(args)
-    split = args.split or paths["default_split"]
+        paths = resolve_data(args, need_val=need_val)
+    data = plan.data or preflight.prepare_train_data(args, paths, cfg.input, need_val=need_val)
+    train_set, split, val_set = data.train_set, data.split, data.val_set
     tcfg.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(
         info.device, processes_per_machine=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    input_cfg = cfg.input  # the preset keeps image sizes next to the anchors that fit them; --set input.* changes them
-    train_set = train_dataset(paths, input_cfg, split, args.split_seed)
-    need_val = not args.no_eval or args.eval_period > 0
-    val_set = val_dataset(paths, input_cfg, split, args.split_seed) if need_val else None
-    cfg.num_classes = len(train_set.category_ids)
-    other_data = f"_{args.dataset}" if args.dataset not in (None, "shapes") else ""
-    name = args.preset + ("_noprior" if args.no_prior else "") + other_data
-    out = args.output_dir or default_output_dir(name)
+    if not preflight.sets_num_classes(args):  # a --set one is checked against the data by check_run
+        cfg.num_classes = len(train_set.category_ids)
+    out = plan.output_dir
+    preflight.check_run(cfg, train_set, os.path.join(out, CHECKPOINT_NAME) if args.resume else None)
     if info.is_main:
-        os.makedirs(out, exist_ok=True)
-        logger.info("data: %s (%d training images, %d degenerate boxes dropped), strong: %s", paths["train_ann"],
-                    len(train_set), train_set.num_degenerate,
+        logger.info("data: %s (%d training images; dropped: %s), strong: %s", paths["train_ann"], len(train_set),
+                    train_set.dropped or "none",
                     ", ".join(n for i, n in zip(train_set.category_ids, train_set.category_names)
                               if i in train_set.strong_ids))
         logger.info("model: %s, prior %s; %d iterations x %d images, LR %g%s, warm-up %d, steps %s; output %s",
@@ -186,6 +187,7 @@ def _run(args, info) -> dict | None:
     torch.manual_seed(tcfg.seed)
     model = build_with_weights(cfg, weights)
     meta = {"model_config": cfg.to_dict(), "train_config": tcfg.to_dict(), "preset": args.preset, "split": split,
+            "split_seed": args.split_seed,
             "strong_ids": sorted(train_set.strong_ids), "category_ids": train_set.category_ids,
             "category_names": train_set.category_names, "data": {k: v for k, v in paths.items()}}
     periodic = lambda m: evaluate_model(m, val_set, strong_ids=train_set.strong_ids, device=info.device,  # noqa: E731
@@ -201,6 +203,8 @@ def _run(args, info) -> dict | None:
         metrics = run_evaluation(model, val_set, args, out, info, strong_ids=train_set.strong_ids)
         if metrics is not None:
             metrics["train_seconds"] = train_seconds
+            metrics["data_dropped"] = dict(train_set.dropped)  # per reason, see opmask_fast.data.sanitize
+            metrics["val_data_dropped"] = dict(val_set.dropped)
             write_metrics(metrics, os.path.join(out, "metrics.json"))
             log_evaluation(os.path.join(out, "metrics.jsonl"), tcfg.max_iter, metrics)
     barrier()

@@ -19,9 +19,10 @@ import sys
 
 import torch
 
-from opmask_fast.config import build_model, get_preset
+from opmask_fast.config import get_preset
 from opmask_fast.data import CocoInstances
-from opmask_fast.engine.setup import load_weights, model_from_checkpoint, val_dataset
+from opmask_fast.engine.initial_weights import build_with_weights, configure_weights
+from opmask_fast.engine.setup import model_from_checkpoint, val_dataset
 
 
 def measure(model, dataset: CocoInstances, num_images: int) -> dict[str, float]:
@@ -68,11 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("give --ann and --images (or a --checkpoint that names its validation data)")
     dataset = val_dataset(data, cfg_input, args.split)
     if model is None:
-        cfg = get_preset(args.preset)
+        cfg, weights = get_preset(args.preset), None
+        if args.weights:  # backbone weights or a whole model of the same classes (anything else is an error)
+            cfg, weights = configure_weights(cfg, args.weights)
         cfg.num_classes, cfg.use_prior = len(dataset.category_ids), True
-        model = build_model(cfg)
-        if args.weights:
-            load_weights(model, args.weights)
+        model = build_with_weights(cfg, weights)
     with torch.no_grad():
         result = measure(model, dataset, args.num_images)
     print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))

@@ -99,15 +99,19 @@ def test_a_file_that_matches_neither_kind_is_an_error(tmp_path):
         configure_weights(get_preset("opmask_r18_tiny"), path34)
 
 
-def test_cli_rejects_a_bad_weights_file_before_reading_data(tmp_path):
+def test_cli_rejects_a_bad_weights_file_before_reading_data(tmp_path, capsys):
     from opmask_fast import train
 
     path = str(tmp_path / "other.pth")
     torch.save({"head.weight": torch.zeros(2)}, path)
-    missing = str(tmp_path / "missing.json")  # would raise FileNotFoundError if the data were read first
-    with pytest.raises(WeightsMismatchError, match="matches neither"):
+    missing = str(tmp_path / "missing.json")  # would be the error if the data were checked first
+    with pytest.raises(SystemExit) as e:
         train.main(["--weights", path, "--train-ann", missing, "--train-images", str(tmp_path), "--val-ann", missing,
                     "--val-images", str(tmp_path), "--quiet", "--output-dir", str(tmp_path / "out")])
+    lines = [l for l in capsys.readouterr().err.splitlines() if ": error:" in l]
+    assert e.value.code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("python -m opmask_fast.train: error: --weights: ") and "matches neither" in lines[0]
+    assert "missing.json" not in lines[0]
 
 
 def _checkpoint(tmp_path, cfg, name="ckpt.pth"):

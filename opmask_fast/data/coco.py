@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import random
 from typing import Sequence
@@ -17,27 +18,32 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
 
+from .sanitize import (DROP_REASONS, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation, check_structure,
+                       summarize)
 from .splits import resolve_split
 from .transforms import ResizeFlip
 
 logger = logging.getLogger(__name__)
 
-# Boxes thinner than this (in original pixels) carry no learnable extent; they are dropped and counted.
-MIN_BOX_SIDE = 1.0
+__all__ = ["CocoInstances", "decode_segmentation", "load_coco", "MIN_BOX_SIDE"]
 
 
 def load_coco(ann_file: str) -> COCO:
-    """Loads a COCO instances JSON with clear errors for a missing or corrupt file."""
+    """Loads a COCO instances JSON with clear errors for a missing, corrupt or inconsistent file (see
+    ``sanitize.check_structure``)."""
     if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        raise FileNotFoundError(f"annotation file not found: {ann_file}"
+                                + (" (it is a folder)" if os.path.isdir(ann_file) else ""))
     try:
         with open(ann_file) as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from None
-    if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
-        raise ValueError(f"annotation file {ann_file} is not a COCO instances file "
-                         "(needs images, annotations, categories)")
+    check_structure(data, ann_file)
+    return _index(data)
+
+
+def _index(data: dict) -> COCO:
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
@@ -56,12 +62,15 @@ class CocoInstances(torch.utils.data.Dataset):
         transform: resize/flip applied to image and target; ``None`` keeps the original size.
         masks: ``"strong"`` decodes masks of strong classes only (training), ``"none"`` decodes none (inference).
         filter_empty: drop images without usable instances (training; evaluation keeps them).
+        coco: ``load_coco(ann_file)`` when already loaded (e.g. to choose the split from its categories).
 
     Each item is ``(image, target)``: ``image: Tensor[3, H, W]`` float32 RGB 0..255 after the transform, and ``target``
     with ``boxes: Tensor[N, 4]`` xyxy, ``labels: Tensor[N]`` int64 contiguous ids, ``masks: Tensor[N, H, W]`` uint8
     (zero rows where ``has_mask`` is False), ``has_mask: Tensor[N]`` bool, ``image_id`` (COCO id), ``orig_size`` (h, w)
     and ``scale`` (resized / original, per axis ``(sy, sx)``). Crowd regions are skipped (evaluation reads them from
-    the JSON).
+    ``self.coco``).
+    Unusable annotations follow the one rule of ``opmask_fast.data.sanitize``: a bad box drops the annotation, a bad
+    mask leaves it box-only; ``dropped`` counts them per reason, ``dropped_ids`` names them, and a warning is logged.
     Indexing with ``(index, seed)`` draws the augmentation from ``seed``, which keeps resumed runs exact.
     """
 
@@ -75,16 +84,15 @@ class CocoInstances(torch.utils.data.Dataset):
         transform: ResizeFlip | None = None,
         masks: str = "strong",
         filter_empty: bool = False,
+        coco: COCO | None = None,
     ) -> None:
         if masks not in ("strong", "none"):
             raise ValueError(f"masks must be 'strong' or 'none', got {masks!r}")
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f"image folder not found: {image_dir}")
         self.ann_file, self.image_dir = ann_file, image_dir
-        self.coco = load_coco(ann_file)
+        self.coco = load_coco(ann_file) if coco is None else coco
         cats = sorted(self.coco.dataset["categories"], key=lambda c: c["id"])
-        if not cats:
-            raise ValueError(f"annotation file {ann_file} lists no categories")
         self.categories = cats
         self.category_ids = [int(c["id"]) for c in cats]
         self.category_names = [str(c["name"]) for c in cats]
@@ -94,35 +102,73 @@ class CocoInstances(torch.utils.data.Dataset):
         self.weak_ids = set(self.category_ids) - self.strong_ids
         self.transform = transform
         self.masks = masks
-        self.num_degenerate = 0
+        self.dropped: dict[str, int] = {}  # reason (see sanitize.REASONS) -> number of annotations
+        self.dropped_ids: dict[str, list[int]] = {}  # reason -> annotation ids
         self.records = self._build_records(filter_empty)
         self._check_images()
-        if self.num_degenerate:
-            logger.warning("%s: dropped %d degenerate boxes (side < %.1f px)", ann_file, self.num_degenerate,
-                           MIN_BOX_SIDE)
+        self.dropped = dict(sorted(self.dropped.items()))
+        if self.dropped:
+            logger.warning("%s: %s", ann_file, summarize(self.dropped, self.dropped_ids))
+
+    @property
+    def num_degenerate(self) -> int:
+        """Annotations dropped for their box (every ``bbox_*`` reason)."""
+        return sum(self.dropped.get(r, 0) for r in DROP_REASONS)
 
     # ---- index ---------------------------------------------------------------------------------------------------
+    def _count(self, reason: str, ann: dict) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.dropped_ids.setdefault(reason, []).append(ann["id"])
+
     def _build_records(self, filter_empty: bool) -> list[dict]:
-        records = []
+        """Applies the annotation rule of ``sanitize`` and indexes the usable instances per image.
+
+        Masks are checked where they are used: the strong classes' in training (``masks="strong"``; weak-class
+        segmentations are never looked at), every class's for evaluation (``masks="none"``: the ground truth of mask
+        AP). ``self.coco`` is rebuilt without dropped annotations; box-only ones are flagged ``box_only`` and get their
+        box as the region mask AP ignores (see ``engine.coco_eval``).
+        """
+        training = self.masks == "strong"
+        mask_ids = self.strong_ids if training else set(self.category_ids)
+        records, gt, changed = [], [], False
         for img_id in sorted(self.coco.imgs):
             info = self.coco.imgs[img_id]
             h, w = int(info["height"]), int(info["width"])
             anns = []
             for ann in self.coco.imgToAnns.get(img_id, []):
-                if ann.get("iscrowd", 0):
+                crowd = bool(ann.get("iscrowd", 0))
+                if crowd and training:  # crowd regions only matter to evaluation
+                    gt.append(ann)
                     continue
-                if ann["category_id"] not in self.id_to_contiguous:
-                    raise ValueError(f"{self.ann_file}: annotation {ann.get('id')} has unknown category_id "
-                                     f"{ann['category_id']}")
-                x, y, bw, bh = (float(v) for v in ann["bbox"])
-                x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
-                if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
-                    self.num_degenerate += 1
+                box, reason = check_box(ann.get("bbox"), h, w)
+                if reason:
+                    self._count(reason, ann)
+                    changed = True
                     continue
-                anns.append({"box": (x0, y0, x1, y1), "ann": ann})
+                has_mask, area = False, None
+                if ann["category_id"] in mask_ids:
+                    area, reason = check_segmentation(ann.get("segmentation"), h, w)
+                    has_mask = reason is None
+                    if reason:
+                        self._count(reason, ann)
+                fixed = ann
+                if reason or "iscrowd" not in ann or not _is_area(ann.get("area")):
+                    # COCOeval needs iscrowd and area; a box-only GT gets its box as the region mask AP ignores.
+                    fixed = {**ann, "iscrowd": int(crowd)}
+                    if not _is_area(ann.get("area")):
+                        fixed["area"] = area if has_mask else (box[2] - box[0]) * (box[3] - box[1])
+                    if reason:
+                        fixed.update(segmentation=box_polygon(box), box_only=True, box_only_iscrowd=int(crowd))
+                    changed = True
+                gt.append(fixed)
+                if not crowd:
+                    record_ann = fixed if not reason else {k: v for k, v in fixed.items() if k != "segmentation"}
+                    anns.append({"box": box, "ann": record_ann, "has_mask": has_mask})
             if filter_empty and not anns:
                 continue
             records.append({"image_id": img_id, "file_name": info["file_name"], "height": h, "width": w, "anns": anns})
+        if changed:
+            self.coco = _index({**self.coco.dataset, "annotations": gt})
         return records
 
     def _check_images(self) -> None:
@@ -133,6 +179,30 @@ class CocoInstances(torch.utils.data.Dataset):
                 f"{len(missing)} of {len(self.records)} images of {self.ann_file} are missing from {self.image_dir}, "
                 f"e.g. {missing[:3]}"
             )
+
+    def verify_images(self, *, decode_limit: int = 2000) -> None:
+        """Opens every image and checks its size against the annotation file.
+
+        Args:
+            decode_limit: up to this many images, every image is decoded in full (a truncated file is found too);
+                larger datasets only have their headers read (a decoding error later still names the file).
+
+        Raises:
+            ValueError: an unreadable image or one of another size, named with its image id.
+        """
+        decode = len(self.records) <= decode_limit
+        for r in self.records:
+            path = os.path.join(self.image_dir, r["file_name"])
+            try:
+                with Image.open(path) as im:
+                    size = im.size
+                    if decode:
+                        im.load()
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise ValueError(f"cannot read image {path} (image {r['image_id']} of {self.ann_file}): {e}") from None
+            if size != (r["width"], r["height"]):
+                raise ValueError(f"image {path} is {size[0]}x{size[1]}, {self.ann_file} says {r['width']}x"
+                                 f"{r['height']} (image {r['image_id']})")
 
     def __len__(self) -> int:
         return len(self.records)
@@ -170,7 +240,7 @@ class CocoInstances(torch.utils.data.Dataset):
             for i, a in enumerate(r["anns"]):
                 ann = a["ann"]
                 # Weak-class segmentations are never decoded: partial supervision must not see them.
-                if ann["category_id"] in self.strong_ids and ann.get("segmentation"):
+                if ann["category_id"] in self.strong_ids and a["has_mask"]:
                     masks[i] = torch.from_numpy(decode_segmentation(ann["segmentation"], h, w))
                     has_mask[i] = True
         return {
@@ -190,6 +260,10 @@ class CocoInstances(torch.utils.data.Dataset):
             image, target = self.transform(image, target, random.Random(seed) if seed is not None else None)
         target["scale"] = (image.shape[-2] / h, image.shape[-1] / w)
         return image, target
+
+
+def _is_area(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
 def decode_segmentation(segm, height: int, width: int) -> np.ndarray:

@@ -7,12 +7,28 @@ classes have boxes only is fine.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Iterable, Sequence
+
+logger = logging.getLogger(__name__)
 
 # The 20 PASCAL VOC classes as COCO category ids (person, bicycle, car, motorcycle, airplane, bus, train, boat, bird,
 # cat, dog, horse, sheep, cow, bottle, chair, couch, potted plant, dining table, tv).
 VOC_CATEGORY_IDS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72)
+VOC_CATEGORY_NAMES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "boat", "bird", "cat", "dog", "horse", "sheep",
+    "cow", "bottle", "chair", "couch", "potted plant", "dining table", "tv")
+# The names of COCO's 80 detection categories: a dataset whose categories all carry one of them is "COCO's", and the
+# VOC splits then pick their classes by name (whatever the ids).
+COCO_CATEGORY_NAMES: frozenset[str] = frozenset(VOC_CATEGORY_NAMES + (
+    "truck", "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "elephant", "bear", "zebra",
+    "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "wine glass", "cup", "fork",
+    "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "bed", "toilet", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster",
+    "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"))
+VOC_SPLITS = ("voc", "nonvoc", "voc40")  # the named splits defined by the VOC classes
 
 NAMED_SPLITS = ("voc", "nonvoc", "all", "voc40", "none")
 
@@ -23,7 +39,8 @@ def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], 
     Args:
         split: one of ``voc`` (the 20 VOC classes), ``nonvoc`` (all others), ``all``, ``none``, ``voc40`` (VOC plus 20
             non-VOC classes drawn with ``seed``), or a list of category names or ids; a string with commas is split
-            into such a list (``"circle,triangle"`` or ``"1,5,9"``).
+            into such a list (``"circle,triangle"`` or ``"1,5,9"``). The VOC classes are found by name when the
+            categories are COCO's (``is_coco_categories``), else by COCO id.
         categories: the dataset's COCO ``categories`` entries (dicts with ``id`` and ``name``).
         seed: seed of the draw of the 20 extra classes of ``voc40``.
 
@@ -31,11 +48,10 @@ def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], 
         ValueError: an unknown split name, category name or id (the message lists the known ones), or a named VOC split
             on a dataset that has none of the VOC ids.
     """
-    ids = [int(c["id"]) for c in categories]
     if isinstance(split, str):
         name = split.strip().lower()
         if name in NAMED_SPLITS:
-            return _named(name, ids, seed)
+            return _named(name, categories, seed)
         parts = [p.strip() for p in split.split(",") if p.strip()]
     else:
         parts = list(split)
@@ -44,20 +60,37 @@ def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], 
     return _from_list(parts, categories)
 
 
-def _named(name: str, ids: list[int], seed: int) -> set[int]:
+def is_coco_categories(categories: Sequence[dict]) -> bool:
+    """True when every category carries one of COCO's 80 names (case-insensitive): COCO itself or a subset of it."""
+    return bool(categories) and all(str(c["name"]).strip().lower() in COCO_CATEGORY_NAMES for c in categories)
+
+
+def _named(name: str, categories: Sequence[dict], seed: int) -> set[int]:
+    ids = [int(c["id"]) for c in categories]
     if name == "all":
         return set(ids)
     if name == "none":
         return set()
-    voc = [i for i in ids if i in VOC_CATEGORY_IDS]
+    if is_coco_categories(categories):
+        voc = [int(c["id"]) for c in categories if str(c["name"]).strip().lower() in VOC_CATEGORY_NAMES]
+        if not voc:
+            raise ValueError(f"split {name!r}: none of this dataset's categories is a VOC class "
+                             f"({', '.join(VOC_CATEGORY_NAMES)}); give the strong categories as a list of names or ids")
+    else:
+        # Not COCO's names: only COCO's ids can say which classes are VOC's (a dataset that renamed them).
+        voc = [i for i in ids if i in VOC_CATEGORY_IDS]
+        if voc:
+            logger.warning("split %r: the category names are not COCO's, so the VOC classes are taken by COCO id: %s",
+                           name, ", ".join(str(c["name"]) for c in categories if int(c["id"]) in voc))
     if not voc:
         raise ValueError(
-            f"split {name!r} needs COCO category ids (VOC ids {VOC_CATEGORY_IDS}); this dataset has ids {sorted(ids)}: "
-            "give the strong categories as a list of names or ids instead"
+            f"split {name!r} needs COCO's categories (VOC names or VOC ids {VOC_CATEGORY_IDS}); this dataset has "
+            f"{', '.join(str(c['name']) for c in categories)} (ids {sorted(ids)}): give the strong categories as a list "
+            "of names or ids instead"
         )
     if name == "voc":
         return set(voc)
-    nonvoc = sorted(i for i in ids if i not in VOC_CATEGORY_IDS)
+    nonvoc = sorted(i for i in ids if i not in voc)
     if name == "nonvoc":
         return set(nonvoc)
     # voc40: a seeded draw keeps the split reproducible and independent of the process' global RNG.

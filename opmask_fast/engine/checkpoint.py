@@ -29,14 +29,51 @@ def save_atomic(obj: dict, path: str) -> None:
             os.remove(tmp)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of opmask_fast (or not one that fits its use); the message names it."""
+
+
 def load_checkpoint(path: str) -> dict:
-    """Loads a checkpoint written by ``save_atomic`` (tensors and plain Python values only: ``weights_only``)."""
+    """Loads a file written by ``torch.save`` (tensors and plain Python values only: ``weights_only``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: anything ``torch.load`` cannot read safely (text, random bytes, a truncated file, a pickle of
+            arbitrary objects) or that holds no dict.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which one
-        raise ValueError(f"cannot read checkpoint {path}: {e}") from None
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's own message is many lines of advice about weights_only; say what matters
+        kind = "the file is empty" if os.path.getsize(path) == 0 else \
+            "not written by torch.save, truncated, or holding objects other than tensors and plain values"
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a checkpoint ({kind}); expected a "
+                              "checkpoint.pth written by opmask_fast.train or a state dict saved with torch.save") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: it holds a {type(state).__name__}, not a dict")
+    return state
+
+
+def check_model_checkpoint(state: dict, path: str) -> dict:
+    """Checks that ``state`` (from ``load_checkpoint``) is a checkpoint written by ``opmask_fast.train``: model weights
+    and the meta data (model config, categories) needed to rebuild the model. Returns ``state``.
+
+    Raises:
+        CheckpointError: naming the file and what is missing.
+    """
+    meta = state.get("meta")
+    model = state.get("model")
+    if not isinstance(meta, dict) or not isinstance(model, dict):
+        keys = ", ".join(sorted(map(str, state))[:8]) + (" ..." if len(state) > 8 else "")
+        raise CheckpointError(f"{path} is not a checkpoint of opmask_fast.train: it has no 'model' and 'meta' entries "
+                              f"(its keys: {keys or 'none'})")
+    missing = [k for k in ("model_config", "category_ids", "category_names") if k not in meta]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of opmask_fast.train: its meta has no {', '.join(missing)}")
+    if not all(torch.is_tensor(v) for v in model.values()):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
+    return state
 
 
 def get_rng_state() -> dict:

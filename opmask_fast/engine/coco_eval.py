@@ -29,7 +29,11 @@ class SubsetCOCOeval(COCOeval):
         super()._prepare()
         for gts in self._gts.values():
             for g in gts:
-                # Recomputed each time: pycocotools keeps these dicts between evaluations.
+                # Recomputed each time: pycocotools keeps these dicts between evaluations. A box-only ground truth
+                # (its mask was unusable, see opmask_fast.data.sanitize) counts for box AP; for mask AP its box is a
+                # crowd-like region: a detection inside it is neither a hit nor a false positive.
+                if "box_only_iscrowd" in g:
+                    g["iscrowd"] = 1 if self.params.iouType == "segm" else g["box_only_iscrowd"]
                 g["ignore"] = bool(g.get("iscrowd", 0)) or g["id"] in self.ignore_ann_ids
 
 

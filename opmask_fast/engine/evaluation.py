@@ -45,6 +45,7 @@ METRIC_KEYS = {
     "seconds_per_image": "model time per image (forward incl. mask pasting, batch 1, first image excluded)",
     "num_images": "evaluated images", "num_detections": "detections kept",
     "strong_categories": "names of the strong classes", "weak_categories": "names of the weak classes",
+    "data_dropped": "unusable annotations per reason: bbox_* dropped, mask_* kept box-only (opmask_fast.data.sanitize)",
 }
 
 

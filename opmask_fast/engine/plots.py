@@ -108,6 +108,8 @@ LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_m
 def plot_losses(logs: Sequence[tuple[str, list[dict]]], path: str) -> str:
     """Loss curves from ``metrics.jsonl`` records: the total loss of each run, and beside it the loss terms (one run)
     or the mask loss of each run (several runs). Returns ``path``."""
+    # metrics.jsonl also holds the evaluations of --eval-period and of the end ({"iteration", "eval"}): no loss there
+    logs = [(label, [r for r in records if "loss" in r]) for label, records in logs]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
     for j, (label, records) in enumerate(logs):
         records = [r for r in records if "loss" in r]  # evaluation lines (--eval-period) carry no losses

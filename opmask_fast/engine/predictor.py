@@ -60,6 +60,8 @@ class Predictor:
         score_thresh: detections scoring below this are dropped (before NMS and the top-k); default the model's
             (0.05).
         batch_size: images per forward pass in `predict`.
+        state: the checkpoint's contents when already read (``engine.checks.read_checkpoint``), so it is not read
+            twice.
 
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):
         boxes ``Tensor[M, 4]`` xyxy float32, scores ``Tensor[M]``, labels ``Tensor[M]`` int64 (0..K-1),
@@ -69,11 +71,11 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: str, *, device: str | torch.device = "cpu", score_thresh: float | None = None,
-                 batch_size: int = 1):
+                 batch_size: int = 1, state: dict | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
-        self.model, self.meta = model_from_checkpoint(checkpoint, self.device)
+        self.model, self.meta = model_from_checkpoint(checkpoint, self.device, state=state)
         self.cfg = self.model.cfg
         self.category_ids: list[int] = list(self.meta["category_ids"])
         self.category_names: list[str] = list(self.meta["category_names"])

@@ -70,7 +70,12 @@ def _read_raw(path: str):
                 return _NumpyOnlyUnpickler(f, encoding="latin1").load()
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt, truncated or not a weights file at all
-        raise ValueError(f"could not read weights from {path!r}: {type(e).__name__}: {e}") from e
+        # torch's own message is many lines of advice about weights_only; its first line is what matters
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        what = "the file is empty" if os.path.getsize(path) == 0 else \
+            "not written by torch.save or pickle, truncated, or holding objects other than tensors and arrays"
+        raise ValueError(f"could not read weights from {path!r}: it is not a checkpoint or weights file ({what}; "
+                         f"{type(e).__name__}: {first})") from e
 
 
 def _tensor_dict(data, path: str) -> dict[str, Tensor]:

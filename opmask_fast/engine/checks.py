@@ -1,0 +1,173 @@
+"""Checks of the entry points' inputs, each failing with a one-line ``UsageError`` that names the option or file.
+
+Options and devices, paths (all missing ones in one message), output folders, checkpoints (what a --weights file holds
+is decided by ``engine.initial_weights``), the
+strong/weak split and the datasets. ``engine.preflight`` runs them for each command before any model is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Sequence
+
+import torch
+
+from ..cli import UsageError, option_name, user_errors
+from ..data import CocoInstances, is_coco_categories
+from ..data.splits import VOC_SPLITS
+from .checkpoint import check_model_checkpoint, load_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+# ---- options ---------------------------------------------------------------------------------------------------------
+def check_number(args, dest: str, *, minimum: float | None = None, positive: bool = False,
+                 maximum: float | None = None) -> None:
+    """``args.dest`` (skipped when absent or None) must be finite and within the bounds."""
+    value = getattr(args, dest, None)
+    if value is None:
+        return
+    bounds = []
+    if positive:
+        bounds.append("> 0")
+    if minimum is not None:
+        bounds.append(f">= {minimum:g}")
+    if maximum is not None:
+        bounds.append(f"<= {maximum:g}")
+    ok = math.isfinite(value) and (not positive or value > 0) and (minimum is None or value >= minimum) and \
+        (maximum is None or value <= maximum)
+    if not ok:
+        raise UsageError(f"{option_name(dest)} must be {' and '.join(bounds) or 'finite'}, got {value}")
+
+
+def check_device(text: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` of a GPU that exists."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text!r}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
+# ---- paths -----------------------------------------------------------------------------------------------------------
+def check_paths(files: dict[str, str | None] = {}, folders: dict[str, str | None] = {}) -> None:
+    """Every given file (option -> path) must be a file and every folder a folder; one message lists all problems."""
+    problems = []
+    for option, path in files.items():
+        if path and not os.path.isfile(path):
+            problems.append(f"{option} {path} " + ("is a folder, not a file" if os.path.isdir(path) else "not found"))
+    for option, path in folders.items():
+        if path and not os.path.isdir(path):
+            problems.append(f"{option} {path} " + ("is a file, not a folder" if os.path.exists(path) else "not found"))
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def check_output_dir(path: str, option: str = "--output-dir") -> str:
+    """Creates the folder (as the command would) and checks that it can be written to."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{option} {path} cannot be created: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path} is not writable")
+    return path
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------------
+def read_checkpoint(path: str, option: str = "--checkpoint") -> dict:
+    """A checkpoint written by ``opmask_fast.train`` (weights and the meta to rebuild its model)."""
+    check_paths(files={option: path})
+    with user_errors("" if option == "--checkpoint" else option):
+        return check_model_checkpoint(load_checkpoint(path), path)
+
+
+# ---- split -----------------------------------------------------------------------------------------------------------
+def choose_split(split: str | None, categories: Sequence[dict], *, ann_file: str, default: str | None = None) -> str:
+    """The ``--split`` to use on a dataset with ``categories``.
+
+    Without ``--split``: ``default`` when given (the synthetic dataset's strong classes, a checkpoint's split), else
+    ``voc`` when the categories are COCO's (by name), else a ``UsageError`` listing the dataset's categories. An empty
+    split and the VOC splits on categories that are not COCO's are errors too.
+    """
+    names = ", ".join(str(c["name"]) for c in categories)
+    if split is None:
+        if default:
+            return default
+        if is_coco_categories(categories):
+            logger.info("split: voc (the default on COCO's categories)")
+            return "voc"
+        raise UsageError(f"--split is required: the categories of {ann_file} are not COCO's, so the default 'voc' does "
+                         f"not apply; name the strong (mask-supervised) classes, e.g. --split "
+                         f"{categories[0]['name']} (categories: {names})")
+    if not [p for p in split.split(",") if p.strip()]:
+        raise UsageError(f"--split is empty; give voc, nonvoc, voc40, all or strong class names (categories of "
+                         f"{ann_file}: {names})")
+    if split.strip().lower() in VOC_SPLITS and not is_coco_categories(categories):
+        raise UsageError(f"--split {split}: the VOC splits need COCO's categories, but {ann_file} has {names}; name the "
+                         "strong classes instead")
+    return split
+
+
+def check_groups(split: str, dataset: CocoInstances) -> None:
+    """A training split needs a strong class, and a weak one unless it is ``all`` (full supervision, logged)."""
+    names = dict(zip(dataset.category_ids, dataset.category_names))
+    if not dataset.strong_ids:
+        raise UsageError(f"--split {split!r} leaves no strong (mask-supervised) class in {dataset.ann_file}, so the mask "
+                         f"head would never train; categories: {', '.join(names.values())}")
+    if not dataset.weak_ids:
+        if split.strip().lower() != "all":
+            raise UsageError(f"--split {split!r} makes every category of {dataset.ann_file} strong and leaves no weak "
+                             "(box-only) class for partial supervision; use --split all to train every class with masks")
+        logger.info("split all: every class is strong (full mask supervision, no weak-class metrics)")
+
+
+# ---- datasets --------------------------------------------------------------------------------------------------------
+def build_dataset(make, *, role: str) -> CocoInstances:
+    """``make()`` (building the dataset) with its errors as usage errors, then reads every image header (an unreadable
+    image or a size mismatch is found now, not in the middle of a run)."""
+    with user_errors():
+        dataset = make()
+        dataset.verify_images()
+    if len(dataset) == 0:
+        what = "image with a usable annotation" if role == "training" else "image"
+        raise UsageError(f"{dataset.ann_file} has no {what} ({role} data); dropped annotations: "
+                         f"{dataset.dropped or 'none'}")
+    return dataset
+
+
+def check_strong_masks(dataset: CocoInstances) -> None:
+    """At least one strong-class instance of the training data must have a usable mask; strong classes whose instances
+    all lack one are logged."""
+    with_mask = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"] if a["has_mask"]}
+    present = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"]}
+    names = dict(zip(dataset.category_ids, dataset.category_names))
+    if not with_mask:
+        raise UsageError(f"no annotation of the strong classes ({', '.join(names[c] for c in sorted(dataset.strong_ids))})"
+                         f" in {dataset.ann_file} has a usable mask, so the mask head would never train (masks "
+                         f"dropped: {dataset.dropped or 'none'})")
+    lacking = [names[c] for c in sorted((dataset.strong_ids & present) - with_mask)]
+    if lacking:
+        logger.warning("%s: strong classes whose instances have no usable mask (trained as box-only): %s",
+                       dataset.ann_file, ", ".join(lacking))
+
+
+def check_same_categories(a: CocoInstances, b_ids: list[int], b_names: list[str], b_source: str) -> None:
+    """The categories of dataset ``a`` must be those of ``b`` (the training data or a checkpoint)."""
+    if a.category_ids != list(b_ids) or [n.lower() for n in a.category_names] != [n.lower() for n in b_names]:
+        ours = dict(zip(a.category_ids, a.category_names))
+        theirs = dict(zip(b_ids, b_names))
+        diff = sorted(set(ours.items()) ^ set(theirs.items()))[:6]
+        raise UsageError(f"the categories of {a.ann_file} differ from those of {b_source} ({len(ours)} vs "
+                         f"{len(theirs)}; e.g. {', '.join(f'{i}: {n}' for i, n in diff)})")

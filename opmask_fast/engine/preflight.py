@@ -1,0 +1,273 @@
+"""What each command checks before it builds a model or spends a training step (see ``engine.checks``).
+
+Every function raises ``cli.UsageError`` (one line, exit code 2 at the command line) naming the option, file or
+annotation at fault, and returns what it read so that nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass
+
+from ..cli import UsageError, user_errors
+from ..data import CocoInstances, load_coco, resolve_split
+from ..data.synthetic import DATASETS, default_cache_root, get_style
+from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
+                     check_same_categories, check_strong_masks, choose_split, read_checkpoint)
+from .setup import default_output_dir, resolve_data, train_dataset, val_dataset
+
+logger = logging.getLogger(__name__)
+
+DATA_OPTIONS = {"train_ann": "--train-ann", "train_images": "--train-images", "val_ann": "--val-ann",
+                "val_images": "--val-images"}
+
+
+@dataclass
+class TrainData:
+    train_set: CocoInstances
+    val_set: CocoInstances | None  # None with --no-eval and no --eval-period
+    split: str
+
+
+@dataclass
+class TrainPlan:
+    output_dir: str
+    model_config: object  # ModelConfig of the options and --weights (num_classes set once the data is read)
+    train_config: object  # TrainConfig
+    weights: object = None  # modeling.weights.WeightsFile of --weights, or None
+    data: TrainData | None = None  # user data, checked; None: a synthetic dataset, prepared after its generation
+
+
+def check_train_options(args, *, train_config, model_config) -> tuple:
+    """Options and the ``--weights`` file: numbers, --steps, --preset, --prior-scale, --set, then what --weights holds
+    (``engine.initial_weights.configure_weights``, the file read once). Returns ``(model_config, weights,
+    train_config)`` as ``model_config(args)`` and ``train_config(args)`` give them."""
+    for dest in ("iters", "batch_size", "checkpoint_period", "log_period", "num_threads", "eval_max_images"):
+        check_number(args, dest, minimum=1)
+    for dest in ("warmup", "visualize", "num_workers", "eval_period", "clip", "seed", "data_seed", "split_seed"):
+        check_number(args, dest, minimum=0)
+    check_number(args, "lr", positive=True)
+    steps = getattr(args, "steps", None)
+    if steps is not None:
+        parts = [p.strip() for p in steps.split(",") if p.strip()]
+        if not all(p.isdigit() and int(p) >= 1 for p in parts):
+            raise UsageError(f"--steps must be iterations (integers >= 1) separated by commas, got {steps!r}")
+    weights_file = getattr(args, "weights", None)
+    with user_errors():
+        tcfg = train_config(args)
+        if not weights_file:
+            cfg, weights = model_config(args)
+            return cfg, weights, tcfg
+        model_config(argparse.Namespace(**{**vars(args), "weights": None}))  # every option but --weights
+    check_paths(files={"--weights": weights_file})
+    with user_errors("--weights"):  # what the file is: backbone weights, a whole model, or an error
+        cfg, weights = model_config(args)
+    return cfg, weights, tcfg
+
+
+def sets_num_classes(args) -> bool:
+    """Whether ``--set num_classes=...`` was given (``check_run`` then checks it against the data)."""
+    return any(item.split("=", 1)[0].strip() == "num_classes" for item in getattr(args, "set", None) or ())
+
+
+def _synthetic_name(args) -> str:
+    return getattr(args, "dataset", None) or "shapes"
+
+
+def check_train(args, *, train_config, model_config) -> TrainPlan:
+    """Everything ``opmask_fast.train`` needs: options, --weights, device, output folder, --resume, data and split."""
+    cfg, weights, tcfg = check_train_options(args, train_config=train_config, model_config=model_config)
+    check_device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tcfg.batch_size % world:
+        raise UsageError(f"--batch-size {tcfg.batch_size} is not divisible by the {world} processes")
+    other_data = "" if _synthetic_name(args) == "shapes" else f"_{args.dataset}"
+    out = check_output_dir(args.output_dir or default_output_dir(
+        args.preset + ("_noprior" if args.no_prior else "") + other_data))
+    if getattr(args, "resume", False) and os.path.isfile(os.path.join(out, "checkpoint.pth")):
+        read_checkpoint(os.path.join(out, "checkpoint.pth"), "--resume")
+    plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights)
+    need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
+    if any(getattr(args, k, None) for k in DATA_OPTIONS):
+        with user_errors():
+            paths = resolve_data(args, need_val=need_val)
+        check_paths(files={DATA_OPTIONS[k]: paths[k] for k in ("train_ann", "val_ann")},
+                    folders={DATA_OPTIONS[k]: paths[k] for k in ("train_images", "val_images")})
+        plan.data = prepare_train_data(args, paths, cfg.input, need_val=need_val)
+    else:
+        # The synthetic dataset is generated later (once); its categories are known now.
+        check_output_dir(args.cache_dir or default_cache_root(), "--cache-dir")
+        name = _synthetic_name(args)
+        style = get_style(DATASETS[name].style)
+        cats = [{"id": i + 1, "name": n} for i, n in enumerate(style.classes)]
+        what = f"the synthetic dataset {name}"
+        split = choose_split(args.split, cats, ann_file=what, default=",".join(style.strong_classes))
+        with user_errors():
+            strong = resolve_split(split, cats, seed=args.split_seed)
+        check_groups(split, _Groups(cats, strong, what))
+    return plan
+
+
+class _Groups:
+    """The parts of a dataset ``check_groups`` reads, for a dataset not generated yet."""
+
+    def __init__(self, cats: list[dict], strong: set, name: str) -> None:
+        self.category_ids = [c["id"] for c in cats]
+        self.category_names = [c["name"] for c in cats]
+        self.strong_ids, self.weak_ids, self.ann_file = strong, set(self.category_ids) - strong, name
+
+
+def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -> TrainData:
+    """Loads and checks the training (and, with ``need_val``, validation) data: annotations, images, split, categories,
+    masks. ``input_cfg``: the model config's ``input`` (image sizes)."""
+    with user_errors():
+        coco = load_coco(paths["train_ann"])
+    split = choose_split(args.split, coco.dataset["categories"], ann_file=paths["train_ann"],
+                         default=paths.get("default_split"))
+    train_set = build_dataset(lambda: train_dataset(paths, input_cfg, split, args.split_seed, coco=coco),
+                              role="training")
+    check_groups(split, train_set)
+    check_strong_masks(train_set)
+    val_set = None
+    if need_val:
+        with user_errors():
+            val_coco = load_coco(paths["val_ann"])
+        cats = sorted(val_coco.dataset["categories"], key=lambda c: c["id"])
+        check_same_categories(_Groups(cats, set(), paths["val_ann"]), train_set.category_ids,
+                              train_set.category_names, paths["train_ann"])
+        val_set = build_dataset(lambda: val_dataset(paths, input_cfg, split, args.split_seed, coco=val_coco),
+                                role="validation")
+    return TrainData(train_set=train_set, val_set=val_set, split=split)
+
+
+def check_run(cfg, train_set: CocoInstances, resume: str | None) -> None:
+    """The model config fits the data (``num_classes``), and ``--resume`` continues a run of the same config and
+    categories (``resume``: the checkpoint path, None without --resume)."""
+    if cfg.num_classes != len(train_set.category_ids):
+        raise UsageError(f"the model has num_classes={cfg.num_classes} but {train_set.ann_file} has "
+                         f"{len(train_set.category_ids)} categories; num_classes comes from the data, do not --set it")
+    if not resume or not os.path.isfile(resume):
+        return
+    meta = read_checkpoint(resume, "--resume")["meta"]
+    if list(meta["category_ids"]) != list(train_set.category_ids):
+        raise UsageError(f"--resume: {resume} was trained on other categories ({len(meta['category_ids'])} vs "
+                         f"{len(train_set.category_ids)}); use another --output-dir or drop --resume")
+    from ..config import ModelConfig
+
+    with user_errors(f"--resume: {resume}"):
+        theirs = ModelConfig.from_dict(meta["model_config"]).to_dict()
+    ours = cfg.to_dict()
+    diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff:
+        raise UsageError(f"--resume: {resume} was trained with another model config (differs in {', '.join(diff)}); use "
+                         "another --output-dir or drop --resume")
+
+
+@dataclass
+class EvalPlan:
+    state: dict  # the checkpoint's contents
+    dataset: CocoInstances
+    split: str
+    output_dir: str
+
+
+def check_evaluate(args) -> EvalPlan:
+    """Everything ``opmask_fast.evaluate`` needs: options, device, the checkpoint, the data it names or is given."""
+    check_number(args, "max_images", minimum=1)
+    check_number(args, "visualize", minimum=0)
+    check_number(args, "num_threads", minimum=1)
+    check_device(args.device)
+    state = read_checkpoint(args.checkpoint)
+    meta = state["meta"]
+    from ..config import ModelConfig
+
+    with user_errors(f"--checkpoint {args.checkpoint}: its model config cannot be used"):
+        cfg = ModelConfig.from_dict(meta["model_config"])
+    data = dict(meta.get("data") or {})
+    if args.val_ann or args.val_images:
+        if not (args.val_ann and args.val_images):
+            raise UsageError("give both --val-ann and --val-images")
+        data.update(val_ann=args.val_ann, val_images=args.val_images)
+        source = {"--val-ann": args.val_ann}, {"--val-images": args.val_images}
+    else:
+        if not data.get("val_ann") or not data.get("val_images"):
+            raise UsageError(f"--checkpoint {args.checkpoint} names no validation data: give --val-ann and --val-images")
+        source = ({"validation annotations of the checkpoint": data["val_ann"]},
+                  {"validation images of the checkpoint": data["val_images"]})
+    check_paths(files=source[0], folders=source[1])
+    with user_errors():
+        coco = load_coco(data["val_ann"])
+    cats = sorted(coco.dataset["categories"], key=lambda c: c["id"])
+    check_same_categories(_Groups(cats, set(), data["val_ann"]), meta["category_ids"], meta["category_names"],
+                          f"the checkpoint {args.checkpoint}")
+    split = choose_split(args.split, cats, ann_file=data["val_ann"], default=meta.get("split"))
+    # Without --split the checkpoint's own strong classes are exact (a seeded voc40 included).
+    strong = split if args.split else (meta.get("strong_ids") or split)
+    dataset = build_dataset(lambda: val_dataset(data, cfg.input, strong, meta.get("split_seed", 0), coco=coco),
+                            role="evaluation")
+    out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
+    if getattr(args, "prior_ablation", None):
+        if not cfg.use_prior:
+            raise UsageError(f"--prior-ablation needs a model with a prior; {args.checkpoint} is the baseline "
+                             "(use_prior=False)")
+        if not args.output_dir:  # the model's own metrics stay where they are
+            out = os.path.join(out, f"ablation_{args.prior_ablation}")
+    out = check_output_dir(out)
+    return EvalPlan(state=state, dataset=dataset, split=split, output_dir=out)
+
+
+@dataclass
+class PredictPlan:
+    state: dict
+    files: list[str]  # image file names in --images, sorted
+
+
+def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
+    """Everything ``opmask_fast.predict`` needs: options, device, an image folder with images, the checkpoint."""
+    check_number(args, "score_thresh", minimum=0, maximum=1)
+    check_number(args, "num_threads", minimum=1)
+    check_device(args.device)
+    check_paths(folders={"--images": args.images})
+    files = sorted(f for f in os.listdir(args.images)
+                   if f.lower().endswith(extensions) and os.path.isfile(os.path.join(args.images, f)))
+    if not files:
+        raise UsageError(f"--images {args.images} holds no images ({', '.join(extensions)})")
+    state = read_checkpoint(args.checkpoint)
+    check_output_dir(args.output_dir)
+    return PredictPlan(state=state, files=files)
+
+
+def check_compare(args, *, variants: dict, train_parser, train_config, model_config) -> tuple[list[str], list[int]]:
+    """``opmask_fast.compare``'s options and the training options after ``--``. Returns (variants, seeds)."""
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in variants]
+    if unknown or not names:
+        raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(variants)}")
+    parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {args.seeds!r}")
+    check_number(args, "jobs", minimum=1)
+    check_number(args, "data_seed", minimum=0)
+    check_number(args, "threads", minimum=1)
+    check_output_dir(args.output_dir)
+    if args.cache_dir:
+        check_output_dir(args.cache_dir, "--cache-dir")
+
+    def error(message):
+        raise UsageError(f"training options after --: {message}")
+
+    train_parser.error = error
+    extra = [a for a in args.train_args if a != "--"]
+    targs = train_parser.parse_args(extra)
+    try:
+        given = [o for k, o in {**DATA_OPTIONS, "dataset": "--dataset", "data_images": "--data-images"}.items()
+                 if getattr(targs, k, None)]
+        if given:
+            raise UsageError(f"{', '.join(given)}: compare trains on a synthetic dataset; give --dataset and "
+                             "--data-images to compare itself, before --")
+        check_train_options(targs, train_config=train_config, model_config=model_config)
+    except UsageError as e:
+        raise UsageError(f"training options after --: {e}") from e
+    return names, [int(p) for p in parts]

@@ -1,0 +1,219 @@
+"""The annotation rule (bad box: dropped, bad mask: box-only), the file-structure checks, COCO-name splits, checkpoints."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mu
+
+from opmask_fast.data import CocoInstances, is_coco_categories, resolve_split
+from opmask_fast.data.sanitize import check_box, check_segmentation, compressed_counts
+from opmask_fast.engine.checkpoint import CheckpointError, check_model_checkpoint, load_checkpoint
+from opmask_fast.engine.coco_eval import evaluate, subset_ap
+
+H, W = 40, 60
+CATS = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 10, "name": "traffic light"}]
+SQUARE = [[10, 10, 20, 10, 20, 20, 10, 20]]
+
+
+def _rle(mask):
+    r = mu.encode(np.asfortranarray(mask.astype(np.uint8)))
+    r["counts"] = r["counts"].decode()
+    return r
+
+
+def _write(tmp_path, anns, cats=CATS, images=None):
+    images = images or [{"id": 1, "file_name": "a.png", "height": H, "width": W}]
+    (tmp_path / "img").mkdir(exist_ok=True)
+    for im in images:
+        Image.fromarray(np.full((im["height"], im["width"], 3), 90, np.uint8)).save(tmp_path / "img" / im["file_name"])
+    full = [{"id": i + 1, "image_id": 1, "iscrowd": 0, **a} for i, a in enumerate(anns)]
+    path = tmp_path / "ann.json"
+    path.write_text(json.dumps({"images": images, "annotations": full, "categories": cats}))
+    return str(path), str(tmp_path / "img")
+
+
+# Each bad annotation with the reason the rule gives it (ids are positions + 1). Category 1 is strong.
+BAD = [
+    ({"category_id": 1, "bbox": [5, float("nan"), 10, 10], "segmentation": SQUARE}, "bbox_nonfinite"),
+    ({"category_id": 1, "bbox": [5, 5, float("inf"), 10], "segmentation": SQUARE}, "bbox_nonfinite"),
+    ({"category_id": 1, "bbox": [5, 5, -10, 10], "segmentation": SQUARE}, "bbox_negative_size"),
+    ({"category_id": 1, "bbox": [500, 5, 10, 10], "segmentation": SQUARE}, "bbox_outside_image"),
+    ({"category_id": 1, "bbox": [-20, 5, 10, 10], "segmentation": SQUARE}, "bbox_outside_image"),
+    ({"category_id": 1, "bbox": [5, 5, 0.5, 10], "segmentation": SQUARE}, "bbox_degenerate"),
+    ({"category_id": 1, "bbox": [5, 5, 10], "segmentation": SQUARE}, "bbox_invalid"),
+    ({"category_id": 1, "bbox": "5,5,10,10", "segmentation": SQUARE}, "bbox_invalid"),
+    ({"category_id": 1, "segmentation": SQUARE}, "bbox_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": []}, "mask_empty"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[1, 2, 3, 4]]}, "mask_empty"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10]}, "mask_missing"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[1, 2, 3, 4, 5, 6, 7]]}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[1, 2, float("nan"), 4, 5, 6]]}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [H, W], "counts": [5, 5]}}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [W, H], "counts": [H * W]}}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [H, W], "counts": "zz"}}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": "polygon"}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[100, 100, 200, 100, 200, 200]]}, "mask_zero_area"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": _rle(np.zeros((H, W)))}, "mask_zero_area"),
+]
+GOOD = [
+    {"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": SQUARE},
+    {"category_id": 3, "bbox": [-1, 30, 10.5, 10.9]},  # weak, box only; slightly outside the image: clipped
+]
+
+
+def test_rule_drops_bad_boxes_and_makes_bad_masks_box_only(tmp_path, caplog):
+    ann, img = _write(tmp_path, [a for a, _ in BAD] + GOOD)
+    with caplog.at_level("WARNING"):
+        ds = CocoInstances(ann_file=ann, image_dir=img, split="person")
+    expected = {}
+    for i, (_, reason) in enumerate(BAD):
+        expected.setdefault(reason, []).append(i + 1)
+    assert ds.dropped == {r: len(ids) for r, ids in sorted(expected.items())}
+    assert ds.dropped_ids == expected
+    assert ds.num_degenerate == sum(n for r, n in ds.dropped.items() if r.startswith("bbox_"))
+    assert "bbox_nonfinite 2 (ids 1, 2)" in caplog.text and "mask_empty 2 (ids 10, 11)" in caplog.text
+    _, t = ds[0]
+    n_box_only = sum(1 for _, r in BAD if r.startswith("mask_"))
+    assert len(t["labels"]) == n_box_only + 2 and torch.isfinite(t["boxes"]).all()
+    assert t["has_mask"].tolist() == [False] * n_box_only + [True, False]
+    assert int(t["masks"][:n_box_only].sum()) == 0 and int(t["masks"][n_box_only].sum()) == 100
+    assert t["boxes"][-1].tolist() == [0.0, 30.0, 9.5, 40.0]  # clipped within the tolerance
+
+
+def test_evaluation_ground_truth_has_no_dropped_and_ignores_box_only_masks(tmp_path):
+    box_only = {"category_id": 1, "bbox": [30, 20, 10, 10], "segmentation": []}
+    ann, img = _write(tmp_path, [BAD[0][0], box_only, GOOD[0]])
+    ds = CocoInstances(ann_file=ann, image_dir=img, split="person", masks="none")
+    assert sorted(ds.coco.anns) == [2, 3] and ds.coco.anns[2]["box_only"] and "box_only" not in ds.coco.anns[3]
+    assert all(math.isfinite(v) for a in ds.coco.anns.values() for v in a["bbox"])
+    assert "segmentation" not in ds.records[0]["anns"][0]["ann"]  # the oracle pass skips it
+    blob, square = np.zeros((H, W)), np.zeros((H, W))
+    blob[22:26, 32:36] = 1  # a mask inside the box-only GT's box
+    square[10:20, 10:20] = 1
+    results = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [10, 10, 10, 10], "segmentation": _rle(square)},
+               {"image_id": 1, "category_id": 1, "score": 0.95, "bbox": [30, 20, 10, 10], "segmentation": _rle(blob)}]
+    # Box AP counts the box-only GT; mask AP neither rewards nor punishes the blob inside its box.
+    assert subset_ap(evaluate(ds.coco, results, "bbox", image_ids=[1]))["AP50"] == pytest.approx(100.0)
+    assert subset_ap(evaluate(ds.coco, results, "segm", image_ids=[1]))["AP50"] == pytest.approx(100.0)
+    assert subset_ap(evaluate(ds.coco, results, "bbox", image_ids=[1]))["AP50"] == pytest.approx(100.0)  # not left as a crowd
+
+
+def test_weak_masks_are_not_checked_in_training(tmp_path):
+    ann, img = _write(tmp_path, [{"category_id": 3, "bbox": [10, 10, 10, 10], "segmentation": []}, GOOD[0]])
+    assert CocoInstances(ann_file=ann, image_dir=img, split="person").dropped == {}
+    assert CocoInstances(ann_file=ann, image_dir=img, split="person", masks="none").dropped == {"mask_empty": 1}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["annotations"][0].update(category_id=99), "annotation 1 has category_id 99"),
+    (lambda d: d["annotations"][0].update(image_id=5), "annotation 1 has image_id 5"),
+    (lambda d: d["annotations"][0].pop("image_id"), "annotation 1 has image_id None"),
+    (lambda d: d["annotations"][1].update(id=1), "annotation id 1 appears more than once"),
+    (lambda d: d["annotations"][0].pop("id"), "annotation entry #0 has id None"),
+    (lambda d: d["annotations"][0].update(iscrowd=2), "annotation 1 has iscrowd 2"),
+    (lambda d: d["images"][0].update(height=0), "image 1 .* has height 0"),
+    (lambda d: d["images"][0].pop("file_name"), "image 1 has no file_name"),
+    (lambda d: d["categories"].append({"id": 11, "name": "Car"}), "category names .* more than once"),
+    (lambda d: d["categories"].clear(), "lists no categories"),
+    (lambda d: d.update(annotations={}), "not a COCO instances file"),
+])
+def test_structure_errors_name_the_entry(tmp_path, change, message):
+    ann, img = _write(tmp_path, GOOD)
+    data = json.loads(open(ann).read())
+    change(data)
+    open(ann, "w").write(json.dumps(data))
+    with pytest.raises(ValueError, match=message):
+        CocoInstances(ann_file=ann, image_dir=img)
+
+
+def test_verify_images_names_unreadable_and_resized_images(tmp_path):
+    ann, img = _write(tmp_path, GOOD, images=[{"id": 1, "file_name": "a.png", "height": H, "width": W},
+                                              {"id": 2, "file_name": "b.png", "height": H, "width": W}])
+    ds = CocoInstances(ann_file=ann, image_dir=img)
+    ds.verify_images()
+    Image.fromarray(np.zeros((H + 1, W, 3), np.uint8)).save(tmp_path / "img" / "b.png")
+    with pytest.raises(ValueError, match=r"b.png is 60x41, .* says 60x40 \(image 2\)"):
+        ds.verify_images()
+    (tmp_path / "img" / "b.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"cannot read image .*b.png \(image 2 of"):
+        ds.verify_images()
+
+
+def test_box_and_mask_checks_directly():
+    assert check_box([0, 0, W + 2, H], H, W) == ((0.0, 0.0, float(W), float(H)), None)
+    assert check_box([0, 0, W + 2.5, H], H, W) == (None, "bbox_outside_image")
+    assert check_box([True, 0, 5, 5], H, W) == (None, "bbox_invalid")
+    m = np.zeros((H, W), np.uint8)
+    m[3:7, 4:9] = 1
+    rle = _rle(m)
+    assert compressed_counts(rle["counts"]) == _runs(m) and sum(_runs(m)) == H * W
+    assert compressed_counts("\x7f") is None and compressed_counts("o") is None  # outside the alphabet, unfinished
+    assert check_segmentation(rle, H, W) == (20.0, None)
+    assert check_segmentation({"size": [H, W], "counts": _runs(m)}, H, W) == (20.0, None)
+    assert check_segmentation(None, H, W) == (0.0, "mask_missing")
+    assert check_segmentation({"size": [H, W], "counts": ""}, H, W) == (0.0, "mask_empty")
+
+
+def _runs(mask):
+    flat = mask.flatten(order="F")
+    runs, value, n = [], 0, 0
+    for v in flat:
+        if v != value:
+            runs.append(n)
+            value, n = v, 0
+        n += 1
+    return runs + [n]
+
+
+def test_voc_split_by_coco_names():
+    coco_subset = [{"id": 1, "name": "dog"}, {"id": 2, "name": "truck"}, {"id": 3, "name": "Person"}]
+    assert is_coco_categories(coco_subset) and not is_coco_categories([{"id": 1, "name": "circle"}])
+    assert resolve_split("voc", coco_subset) == {1, 3}  # by name: ids 1 and 3, not COCO's VOC ids
+    assert resolve_split("nonvoc", coco_subset) == {2}
+    with pytest.raises(ValueError, match="none of this dataset's categories is a VOC class"):
+        resolve_split("voc", [{"id": 1, "name": "truck"}])
+
+
+def test_checkpoint_errors_in_our_words(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    for path in (text, tmp_path / "empty.pth"):
+        path.touch()
+        with pytest.raises(CheckpointError, match=f"cannot read checkpoint .*{path.name}: it is not a checkpoint \\(") as e:
+            load_checkpoint(str(path))
+        assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="holds a list, not a dict"):
+        load_checkpoint(str(tmp_path / "list.pth"))
+    with pytest.raises(CheckpointError, match=r"no 'model' and 'meta' entries \(its keys: a\)"):
+        check_model_checkpoint({"a": torch.zeros(1)}, "x.pth")
+    with pytest.raises(CheckpointError, match="its meta has no category_ids, category_names"):
+        check_model_checkpoint({"model": {}, "meta": {"model_config": {}}}, "x.pth")
+
+
+def test_weights_checkpoint_or_backbone_else_an_error(tmp_path):
+    """--weights: a checkpoint (same classes) or ResNet backbone weights; a file that is neither is an error, never a
+    partial load that leaves random weights."""
+    import torchvision
+
+    from opmask_fast.config import get_preset
+    from opmask_fast.engine.initial_weights import build_with_weights, configure_weights
+    from opmask_fast.modeling.weights import WeightsMismatchError
+
+    cfg = get_preset("opmask_r18_tiny")
+    source = build_with_weights(cfg)
+    torch.save({"model": source.state_dict(), "meta": {"model_config": cfg.to_dict()}}, tmp_path / "ckpt.pth")
+    model = build_with_weights(*configure_weights(cfg, str(tmp_path / "ckpt.pth")))
+    key = "backbone.bottom_up.layer1.0.conv1.weight"
+    assert torch.equal(model.state_dict()[key], source.state_dict()[key])
+    resnet = torchvision.models.resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    model = build_with_weights(*configure_weights(cfg, str(tmp_path / "resnet18.pth")))
+    assert torch.equal(model.state_dict()[key], resnet.state_dict()["layer1.0.conv1.weight"])
+    torch.save({"head.weight": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(WeightsMismatchError, match="matches neither a ResNet backbone file"):
+        configure_weights(cfg, str(tmp_path / "other.pth"))
