@@ -112,7 +112,6 @@ def plot_losses(logs: Sequence[tuple[str, list[dict]]], path: str) -> str:
     logs = [(label, [r for r in records if "loss" in r]) for label, records in logs]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110)
     for j, (label, records) in enumerate(logs):
-        records = [r for r in records if "loss" in r]  # evaluation lines (--eval-period) carry no losses
         it = [r["iteration"] for r in records]
         a.plot(it, [r["loss"] for r in records], color=COLOURS[j % len(COLOURS)], label=label)
         if len(logs) > 1:
