@@ -110,3 +110,17 @@ def test_config_checks():
         ModelConfig(prior_scale="feature").validate()
     with pytest.raises(ValueError, match="prior_grad_scale"):
         ModelConfig(prior_grad_scale=float("nan")).validate()
+
+
+def test_prior_statistics_hook_records_each_rois_spread():
+    model = _model(_cfg()).eval()
+    img, t = _sample()
+    heads = model.roi_heads
+    plain = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+    heads.prior_stats = records = []
+    hooked = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+    heads.prior_stats = None
+    torch.testing.assert_close(hooked["mask_probs"], plain["mask_probs"])  # recording does not change the output
+    (stats,) = records
+    assert {k: v.shape for k, v in stats.items()} == {k: (2,) for k in ("feature_std", "feature_range", "prior_std")}
+    assert (stats["feature_range"] > stats["feature_std"]).all() and (stats["prior_std"] > 0).all()
