@@ -9,6 +9,8 @@ ones (highest box IoU with another instance of the image), as in the paper's fig
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -112,9 +114,9 @@ def render_grid(dataset, picks, columns: list[tuple[str, bool, list[dict]]], *, 
             if mask.any() and not mask.all():
                 ax.contour(mask.astype(float), levels=[0.5], colors="white", linewidths=0.8)
             if row == 0:
-                axes[row, 1 + 2 * c].set_title(f"{label}\n{'prior' if uses_prior else 'CAM (not used)'}",
+                axes[row, 1 + 2 * c].set_title(f"{_wrap(label)}\n{'prior' if uses_prior else 'CAM (not used)'}",
                                                 fontsize=8)
-                ax.set_title(f"{label}\nmask", fontsize=8)
+                ax.set_title(f"{_wrap(label)}\nmask", fontsize=8)
     if len(picks):
         axes[0, 0].set_title("RoI (GT box)\n" + axes[0, 0].get_title(), fontsize=8,
                              color=axes[0, 0].title.get_color())
@@ -145,3 +147,8 @@ def detection_grid(models: list[tuple[str, object]], dataset, *, strong_ids, dev
         m = model.module if hasattr(model, "module") else model
         columns.append((label, bool(m.cfg.use_prior), predict_instances(m, dataset, picks, device=device)))
     return render_grid(dataset, picks, columns, strong_ids=strong_ids)
+
+
+def _wrap(label: str, width: int = 22) -> str:
+    """Long model names on several lines, so neighbouring column titles do not run into each other."""
+    return textwrap.fill(label, width)
