@@ -2,8 +2,9 @@
 
 The model is the tiny preset with the main job's overrides (``opmask_fast.compare.COMMON_ARGS``: 64 RoIs per image,
 a 64-channel box head), on batches of the embedded synthetic dataset (4 images of 128 px, generated into a temporary
-cache on first use), one torch thread as the main job runs each training. Providers: the baseline (no prior), the
-paper's recipe, and the adaptive prior (``feature_range``), so the prior's share of a step is read off in one run.
+cache on first use), one torch thread as the main job runs each training. Providers: the adaptive prior
+(``feature_range``, the main job's headline), the baseline (no prior) and the paper's recipe, so the prior's share of a
+step is read off in one run; then three cheaper models, candidates for a faster main job (see ``PROVIDERS``).
 
     python -m pytest benchmarks/bench_train_step.py --benchmark-only
 
@@ -22,8 +23,20 @@ from opmask_fast.data.loader import train_loader
 from opmask_fast.engine.setup import apply_override, train_dataset
 from opmask_fast.engine.solver import TrainConfig, build_optimizer
 
-PROVIDERS = {"baseline": dict(use_prior=False), "opmask": dict(prior_scale="none"),
-             "opmask_range": dict(prior_scale="feature_range")}
+# provider -> (ModelConfig fields, extra overrides on top of the main job's). The first three are the main job's models;
+# the last three are cheaper models measured as candidates for a faster main job (a trunk half as wide, the mask head on
+# mask-supervised RoIs only, 32 RoIs per image at half foreground), kept so their speed-up is re-measured in every run.
+# The summary's ratios are against the first provider (the main job's headline model), in the same run.
+_RANGE = dict(prior_scale="feature_range")
+PROVIDERS = {
+    "opmask_range": (_RANGE, []),
+    "baseline": (dict(use_prior=False), []),
+    "opmask": (dict(prior_scale="none"), []),
+    "range_w32": (_RANGE, ["backbone.width=32"]),
+    "range_w32_sup": (_RANGE, ["backbone.width=32", "roi_heads.mask_head_on_supervised_only=True"]),
+    "range_w32_sup_r32": (_RANGE, ["backbone.width=32", "roi_heads.mask_head_on_supervised_only=True",
+                                   "roi_heads.batch_size_per_image=32", "roi_heads.positive_fraction=0.5"]),
+}
 BATCH, STEPS = 4, 6
 
 
@@ -39,9 +52,10 @@ def _model(provider: str):
     cfg = get_preset("opmask_r18_tiny")
     cfg.num_classes = 6
     overrides = [COMMON_ARGS[i + 1] for i, a in enumerate(COMMON_ARGS) if a == "--set"]
-    for item in overrides:
+    fields, extra = PROVIDERS[provider]
+    for item in overrides + extra:
         apply_override(cfg, item)
-    for k, v in PROVIDERS[provider].items():
+    for k, v in fields.items():
         setattr(cfg, k, v)
     torch.manual_seed(0)
     return build_model(cfg.validate())

@@ -42,6 +42,8 @@ VARIANTS = {
     "opmask_norm": ("OPMask + standardised features", ["--prior-scale", "none", "--set", "prior_feature_norm=True"]),
     "opmask_norm_range": ("OPMask + standardised features + prior x range",
                           ["--prior-scale", "feature_range", "--set", "prior_feature_norm=True"]),
+    "opmask_range_deep": ("OPMask + prior x feature range at every mask conv",
+                          ["--prior-scale", "feature_range", "--set", "prior_every_conv=True"]),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
     "opmask_fwd40_grad1": ("OPMask x40 forward, x1 gradient", ["--prior-scale", "40", "--set", "prior_grad_scale=1.0"]),
     "opmask_fwd1_grad40": ("OPMask x1 forward, x40 gradient", ["--prior-scale", "none", "--set", "prior_grad_scale=40.0"]),

@@ -25,6 +25,7 @@ PRIOR_SCALE_MODES = ("none", "learnable", "feature_std", "feature_range")
 @dataclass
 class BackboneConfig:
     depth: int = 50  # ResNet depth: 18/34 use basic blocks, 50/101 bottlenecks
+    width: int = 64  # channels of the stem and res2, doubled per stage; 64 is every published ResNet (and its weights)
     norm: str = "FrozenBN"  # FrozenBN fine-tunes pretrained weights at small batches; BN/SyncBN/GN train from scratch
     freeze_at: int = 2  # 0 trains everything, 1 freezes the stem, 2 the stem + res2 (detectron2), up to 5
     stride_in_1x1: bool = True  # MSRA/detectron2 weights put the stride in the 1x1 conv, torchvision's in the 3x3
@@ -89,6 +90,7 @@ class ModelConfig:
     # prior gets the features' standard deviation), "feature_range" (the prior spans the features' min-max range).
     prior_scale: PriorScale = "none"
     prior_feature_norm: bool = False  # standardise each RoI's mask features (no parameters) before the prior is added
+    prior_every_conv: bool = False  # also add the (weighted) prior to the input of every later mask-head conv
     prior_grad_scale: float | None = None  # gradient reaching the box head through the prior; None: the forward gain
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
     prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
@@ -107,6 +109,8 @@ class ModelConfig:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.backbone.depth not in (18, 34, 50, 101):
             raise ValueError(f"backbone.depth must be 18, 34, 50 or 101, got {self.backbone.depth}")
+        if self.backbone.width < 1:
+            raise ValueError(f"backbone.width must be >= 1, got {self.backbone.width}")
         if not 0 <= self.backbone.freeze_at <= 5:
             raise ValueError(f"backbone.freeze_at must be in 0..5, got {self.backbone.freeze_at}")
         if isinstance(self.prior_scale, str) and self.prior_scale not in PRIOR_SCALE_MODES:

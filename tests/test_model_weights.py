@@ -138,3 +138,27 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
         pickle.dump({"conv1_w": os.system}, f)
     with pytest.raises(ValueError, match="refusing"):
         load_backbone_weights(ResNet(depth=50), path)
+
+
+@pytest.mark.parametrize("depth,width", [(18, 32), (34, 16), (50, 24)])
+def test_narrow_trunk_channels_and_strides(depth, width):
+    net = ResNet(depth=depth, norm="BN", freeze_at=0, stride_in_1x1=False, width=width)
+    expansion = 1 if depth < 50 else 4
+    assert net.out_channels == [width * 2**i * expansion for i in range(4)]
+    outs = net(torch.randn(2, 3, 96, 160))
+    assert [tuple(o.shape) for o in outs] == [(2, c, 96 // s, 160 // s) for c, s in zip(net.out_channels,
+                                                                                       (4, 8, 16, 32))]
+
+
+def test_weights_for_a_wider_trunk_name_the_width(tmp_path):
+    from opmask_fast.engine.initial_weights import _check_backbone
+
+    _, path = _tv_resnet_to_file(tmp_path, 18)
+    cfg = get_preset("baseline_r18_tiny")
+    cfg.backbone.width = 32
+    with pytest.raises(WeightsMismatchError, match=r"conv1\.weight: file \(64, 3, 7, 7\) vs model \(32, 3, 7, 7\)") as e:
+        _check_backbone(cfg, path)
+    assert "backbone.width" in str(e.value)
+    with pytest.raises(ValueError, match="backbone.width"):
+        cfg.backbone.width = 0
+        cfg.validate()

@@ -70,7 +70,8 @@ def _box_head_grad(model):
 
 @pytest.mark.parametrize("kw", [dict(prior_scale="feature_range"), dict(prior_scale="feature_std"),
                                 dict(prior_scale="none", prior_feature_norm=True),
-                                dict(prior_scale="learnable", prior_feature_norm=True)])
+                                dict(prior_scale="learnable", prior_feature_norm=True),
+                                dict(prior_scale="feature_range", prior_every_conv=True)])
 def test_model_options_train_and_reach_the_box_head(kw):
     model = _model(_cfg(**kw)).train()
     assert _box_head_grad(model) > 0
@@ -124,3 +125,41 @@ def test_prior_statistics_hook_records_each_rois_spread():
     (stats,) = records
     assert {k: v.shape for k, v in stats.items()} == {k: (2,) for k in ("feature_std", "feature_range", "prior_std")}
     assert (stats["feature_range"] > stats["feature_std"]).all() and (stats["prior_std"] > 0).all()
+
+
+def test_every_conv_adds_the_weighted_prior_before_each_later_conv():
+    from opmask_fast.modeling.roi_heads.mask_head import MaskHead
+
+    torch.manual_seed(0)
+    head = MaskHead(in_channels=5, conv_dim=4, num_convs=3, norm="").double()
+    x = torch.randn(2, 5, 6, 6, dtype=torch.float64)
+    prior = torch.rand(2, 6, 6, dtype=torch.float64)
+    seen = []
+
+    def inject(t):
+        seen.append(t.shape)
+        return t + 3.0 * prior[:, None]
+
+    out = head(x, inject)
+    assert seen == [(2, 4, 6, 6)] * 2  # inputs of convs 2 and 3; the first conv reads x as given
+    y = x
+    for i, conv in enumerate(head.convs):
+        y = conv(y if i == 0 else y + 3.0 * prior[:, None])
+    torch.testing.assert_close(out, head.predictor(torch.relu(head.deconv(y)))[:, 0])
+    torch.testing.assert_close(head(x, lambda t: t), head(x))
+
+
+def test_every_conv_option_changes_masks_and_a_zero_prior_removes_it():
+    img, t = _sample()
+    outs = {}
+    for deep in (False, True):
+        model = _model(_cfg(prior_scale=5.0, prior_every_conv=deep)).eval()
+        outs[deep] = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"]
+        if deep:
+            model.roi_heads.prior_ablation = "zero"
+            zero = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"]
+            model.roi_heads.prior_gain.fixed = 0.0
+            model.roi_heads.prior_ablation = None
+            torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+                                       ["mask_probs"], zero)
+    assert not torch.allclose(outs[False], outs[True])

@@ -55,11 +55,13 @@ def _check_backbone(cfg: ModelConfig, path: str) -> None:
 
     bc = cfg.backbone
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
-        target = ResNet(depth=bc.depth, norm=bc.norm, freeze_at=bc.freeze_at, stride_in_1x1=bc.stride_in_1x1)
+        target = ResNet(depth=bc.depth, norm=bc.norm, freeze_at=bc.freeze_at, stride_in_1x1=bc.stride_in_1x1,
+                        width=bc.width)
     try:
         check_backbone_weights(target, path)
     except WeightsMismatchError as e:
-        raise WeightsMismatchError(f"{e}\n  (the model's backbone is a ResNet-{bc.depth}: backbone.depth)") from None
+        width = "" if bc.width == 64 else f", {bc.width} channels wide instead of 64: backbone.width"
+        raise WeightsMismatchError(f"{e}\n  (the model's backbone is a ResNet-{bc.depth}: backbone.depth{width})") from None
 
 
 def build_with_weights(cfg: ModelConfig, weights: WeightsFile | None = None, *, state: dict | None = None,

@@ -53,6 +53,7 @@ def model_kind(model_config: dict) -> str:
              "feature_std": "OPMask + prior x feature std", "feature_range": "OPMask + prior x feature range"}
     name = names[scale] if scale in names else f"OPMask + prior x{float(scale):g}"
     extras = (["standardised features"] if model_config.get("prior_feature_norm") else []) + (
+        ["at every mask conv"] if model_config.get("prior_every_conv") else []) + (
         [] if model_config.get("prior_grad_scale") is None else [f"gradient x{model_config['prior_grad_scale']:g}"])
     return name + (f" ({', '.join(extras)})" if extras else "")
 

@@ -82,21 +82,24 @@ class ResNet(nn.Module):
         freeze_at: 0 trains everything; 1 freezes the stem; k >= 2 also freezes res2..res{k} (parameters get no gradient
             and their norms become FrozenBatchNorm2d, as detectron2 does).
         stride_in_1x1: put the stride of bottleneck blocks in the 1x1 conv (MSRA weights) instead of the 3x3.
+        width: channels of the stem and of res2's blocks, doubled at every later stage (64: the published ResNets;
+            narrower trunks are for training from scratch, where pretrained weights do not apply).
 
     forward: `Tensor[N, 3, H, W]` -> `[res2 Tensor[N, C2, H/4, W/4], ..., res5 Tensor[N, C5, H/32, W/32]]`.
     """
 
-    def __init__(self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2, stride_in_1x1: bool = True):
+    def __init__(self, *, depth: int = 50, norm: str = "FrozenBN", freeze_at: int = 2, stride_in_1x1: bool = True,
+                 width: int = 64):
         super().__init__()
         if depth not in _BLOCKS:
             raise ValueError(f"ResNet depth must be one of {sorted(_BLOCKS)}, got {depth}")
         kind, counts = _BLOCKS[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
-        self.conv1, self.bn1 = _conv(3, 64, 7, 2), get_norm(norm, 64)
-        in_ch = 64
+        self.conv1, self.bn1 = _conv(3, width, 7, 2), get_norm(norm, width)
+        in_ch = width
         self.out_channels: list[int] = []
         for i, n in enumerate(counts):
-            ch = 64 * 2**i
+            ch = width * 2**i
             blocks = []
             for b in range(n):
                 stride = 2 if (b == 0 and i > 0) else 1

@@ -30,7 +30,8 @@ class OPMaskModel(nn.Module):
         cfg.validate()
         self.cfg = cfg
         bc = cfg.backbone
-        resnet = ResNet(depth=bc.depth, norm=bc.norm, freeze_at=bc.freeze_at, stride_in_1x1=bc.stride_in_1x1)
+        resnet = ResNet(depth=bc.depth, norm=bc.norm, freeze_at=bc.freeze_at, stride_in_1x1=bc.stride_in_1x1,
+                        width=bc.width)
         self.backbone = FPN(bottom_up=resnet, out_channels=bc.fpn_channels)
         self.rpn = RPN(cfg=cfg.rpn, channels=bc.fpn_channels, strides=FPN.strides)
         self.roi_heads = RoIHeads(cfg=cfg, in_channels=bc.fpn_channels)

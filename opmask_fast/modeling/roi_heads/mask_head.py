@@ -3,6 +3,8 @@ partially supervised loss."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,8 +28,12 @@ class MaskHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.001)
         nn.init.zeros_(self.predictor.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.relu(self.deconv(self.convs(x)))
+    def forward(self, x: Tensor, inject: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """`inject`, when given, maps the input of every conv after the first (`Tensor[R, conv_dim, 14, 14]`) to what
+        that conv reads: the prior added again at every depth, so a deep head cannot wash it out."""
+        for i, conv in enumerate(self.convs):
+            x = conv(x if inject is None or i == 0 else inject(x))
+        x = F.relu(self.deconv(x))
         return self.predictor(x)[:, 0]
 
 

@@ -35,6 +35,7 @@ class RoIHeads(nn.Module):
                                   num_convs=rc.mask_head_num_convs, norm=rc.mask_head_norm)
         self.prior_gain = PriorGain(scale=cfg.prior_scale, init=cfg.prior_gain_init) if cfg.use_prior else None
         self.prior_feature_norm, self.prior_grad_scale = cfg.prior_feature_norm, cfg.prior_grad_scale
+        self.prior_every_conv = cfg.prior_every_conv
         # Test-time diagnostic, set by evaluation and never saved: None, "zero" or "shuffle" (see `ablate_prior`).
         self.prior_ablation: str | None = None
         # Diagnostic: when a list, every mask pass appends its RoIs' feature and prior statistics (`prior_statistics`).
@@ -124,10 +125,12 @@ class RoIHeads(nn.Module):
         cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
         init = self.use_prior and self.prior_gain.needs_init()
         prior = object_prior(box_feats, cls_w, classes, rows) if (return_prior or init) else None
+        inject = None
         if not self.use_prior:
             feats = self.pool(features, boxes, res)
         elif init or (self.prior_gain.adaptive or self.prior_feature_norm or self.prior_grad_scale is not None
-                      or (self.prior_ablation is not None and not self.training) or self.prior_stats is not None):
+                      or self.prior_every_conv or (self.prior_ablation is not None and not self.training)
+                      or self.prior_stats is not None):
             # The general path: pool, optionally standardise, then add the weighted prior as a second pass.
             feats = self.pool(features, boxes, res)
             if self.prior_feature_norm:
@@ -138,8 +141,9 @@ class RoIHeads(nn.Module):
                 self.prior_gain.initialize(feats, prior)
             if self.prior_stats is not None:
                 self.prior_stats.append(prior_statistics(feats, roi_map))
-            gain = self.prior_gain.per_roi(feats, roi_map) if self.prior_gain.adaptive else self.prior_gain.value()
-            feats = add_prior(feats, roi_map, gain, grad_scale=self.prior_grad_scale)
+            feats = self._add_prior(feats, roi_map)
+            if self.prior_every_conv:
+                inject = lambda x: self._add_prior(x, roi_map)  # noqa: E731
         elif self.prior_impl == "roi_align":
             # The prior, resized and weighted in one op, rides on RoIAlign's output write: no extra pass over the
             # mask features.
@@ -148,7 +152,12 @@ class RoIHeads(nn.Module):
         else:
             feats = object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                      normalize=True, scale=self.prior_gain.value())
-        return self.mask_head(feats), prior
+        return self.mask_head(feats, inject), prior
+
+    def _add_prior(self, feats: Tensor, roi_map: Tensor) -> Tensor:
+        """`feats Tensor[R, C, H, W]` + the prior `roi_map Tensor[R, H, W]` with its weight (per RoI when adaptive)."""
+        gain = self.prior_gain.per_roi(feats, roi_map) if self.prior_gain.adaptive else self.prior_gain.value()
+        return add_prior(feats, roi_map, gain, grad_scale=self.prior_grad_scale)
 
     # ----------------------------------------------------------------------------------------------------- inference
     @torch.no_grad()
