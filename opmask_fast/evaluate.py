@@ -13,11 +13,9 @@ import logging
 import os
 import time
 
-import torch
-
 from . import cli
 from .engine import preflight
-from .engine.distributed import cleanup, init_distributed
+from .engine.distributed import run_in_process_group
 from .engine.evaluation import METRIC_KEYS, evaluate_model, format_table, write_metrics
 from .engine.setup import model_from_checkpoint
 
@@ -54,13 +52,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # The checkpoint, data, split, --prior-ablation and output folder are checked before the model is built.
     plan = preflight.check_evaluate(args)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    info = init_distributed(args.device)
-    try:
-        return _evaluate(args, info, plan)
-    finally:
-        cleanup()
+    return run_in_process_group(_evaluate, args, plan)
 
 
 def _evaluate(args, info, plan) -> dict | None:

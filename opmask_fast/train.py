@@ -17,7 +17,7 @@ import torch
 
 from . import cli
 from .engine import preflight
-from .engine.distributed import barrier, cleanup, init_distributed
+from .engine.distributed import barrier, run_in_process_group
 from .engine.evaluation import evaluate_model, format_table, write_metrics
 from .data.loader import default_num_workers
 from .data.synthetic import DATASETS
@@ -149,13 +149,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # Options, files and given data are checked before any process group, model or training step.
     plan = preflight.check_train(args, train_config=train_config_from_args, model_config=model_config_from_args)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    info = init_distributed(args.device)
-    try:
-        return _run(args, info, plan)
-    finally:
-        cleanup()
+    return run_in_process_group(_run, args, plan)
 
 
 def _run(args, info, plan) -> dict | None:

@@ -102,3 +102,15 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_in_process_group(body, args, plan):
+    """The commands' shared frame: `--num-threads`, a process group for `--device` (when launched by torchrun), then
+    `body(args, info, plan)`, and the group torn down whatever happens."""
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    info = init_distributed(args.device)
+    try:
+        return body(args, info, plan)
+    finally:
+        cleanup()

@@ -131,7 +131,8 @@ class RoIHeads(nn.Module):
         elif init or (self.prior_gain.adaptive or self.prior_feature_norm or self.prior_grad_scale is not None
                       or self.prior_every_conv or (self.prior_ablation is not None and not self.training)
                       or self.prior_stats is not None):
-            # The general path: pool, optionally standardise, then add the weighted prior as a second pass.
+            # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
+            # prior_every_conv, again before every later mask-head conv).
             feats = self.pool(features, boxes, res)
             if self.prior_feature_norm:
                 feats = F.layer_norm(feats, feats.shape[1:])
