@@ -20,6 +20,8 @@ IMAGENET_RGB_STD = (58.395, 57.120, 57.375)
 
 PriorScale = Union[str, float]  # "none" | "learnable" | "feature_std" | "feature_range" | a fixed float gain
 PRIOR_SCALE_MODES = ("none", "learnable", "feature_std", "feature_range")
+PRIOR_CAMS = ("class", "class_vs_background")
+WEAK_MASK_LOSSES = ("none", "box_projection")
 
 
 @dataclass
@@ -65,6 +67,7 @@ class RoIHeadsConfig:
     mask_head_num_convs: int = 7  # seven 3x3 convs give a receptive field spanning the whole 14x14 RoI
     mask_head_norm: str = "BN"  # BatchNorm in the mask head, as in OPMask and its baseline
     mask_head_on_supervised_only: bool = False  # True runs the mask head only on RoIs with masks (faster, BN stats differ)
+    weak_mask_loss: str = "none"  # "box_projection": box-only RoIs train the mask head through their box's x/y extent
     smooth_l1_beta: float = 0.0  # 0 gives the L1 box loss detectron2 uses
     score_thresh: float = 0.05  # detections below this score are dropped at inference
     nms_thresh: float = 0.5  # per-class NMS IoU threshold at inference
@@ -90,6 +93,7 @@ class ModelConfig:
     # prior gets the features' standard deviation), "feature_range" (the prior spans the features' min-max range).
     prior_scale: PriorScale = "none"
     prior_feature_norm: bool = False  # standardise each RoI's mask features (no parameters) before the prior is added
+    prior_cam: str = "class"  # "class": the RoI class's classifier row (paper); "class_vs_background": minus the bg row
     prior_every_conv: bool = False  # also add the (weighted) prior to the input of every later mask-head conv
     prior_grad_scale: float | None = None  # gradient reaching the box head through the prior; None: the forward gain
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
@@ -121,6 +125,11 @@ class ModelConfig:
             raise ValueError(f"prior_grad_scale must be None or a finite number, got {self.prior_grad_scale!r}")
         if self.prior_impl not in ("roi_align", "object_prior_add"):
             raise ValueError(f"prior_impl must be 'roi_align' or 'object_prior_add', got {self.prior_impl!r}")
+        if self.prior_cam not in PRIOR_CAMS:
+            raise ValueError(f"prior_cam must be one of {', '.join(PRIOR_CAMS)}, got {self.prior_cam!r}")
+        if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
+            raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
+                             f"got {self.roi_heads.weak_mask_loss!r}")
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be 'RGB' or 'BGR', got {self.input_format!r}")
         if len(self.rpn.anchor_sizes) != 5:

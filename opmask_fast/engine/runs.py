@@ -46,15 +46,17 @@ class Run:
 
 def model_kind(model_config: dict) -> str:
     """A readable model kind from a stored model config (the same names as ``opmask_fast.compare``)."""
+    box_loss = ["box projection loss"] if model_config.get("roi_heads", {}).get("weak_mask_loss", "none") != "none" else []
     if not model_config.get("use_prior", True):
-        return BASELINE
+        return BASELINE + (f" + {box_loss[0]}" if box_loss else "")
     scale = model_config.get("prior_scale", "none")
     names = {"none": "OPMask (paper recipe)", None: "OPMask (paper recipe)", "learnable": "OPMask + learnable gain",
              "feature_std": "OPMask + prior x feature std", "feature_range": "OPMask + prior x feature range"}
     name = names[scale] if scale in names else f"OPMask + prior x{float(scale):g}"
     extras = (["standardised features"] if model_config.get("prior_feature_norm") else []) + (
         ["at every mask conv"] if model_config.get("prior_every_conv") else []) + (
-        [] if model_config.get("prior_grad_scale") is None else [f"gradient x{model_config['prior_grad_scale']:g}"])
+        [] if model_config.get("prior_grad_scale") is None else [f"gradient x{model_config['prior_grad_scale']:g}"]) + (
+        ["class-vs-background CAM"] if model_config.get("prior_cam", "class") != "class" else []) + box_loss
     return name + (f" ({', '.join(extras)})" if extras else "")
 
 

@@ -65,3 +65,31 @@ def mask_loss(logits: Tensor, targets: Tensor, supervised: Tensor) -> Tensor:
     if not bool(supervised.any()):
         return logits.sum() * 0.0
     return F.binary_cross_entropy_with_logits(logits[supervised].float(), targets[supervised], reduction="mean")
+
+
+def box_projection_loss(logits: Tensor, rois: Tensor, gt_boxes: Tensor, weak: Tensor) -> Tensor:
+    """Box supervision for RoIs whose GT has a box only (BoxInst's projection term, Tian et al. 2021): the mask's
+    maximum along each column must cover the GT box's x extent and along each row its y extent, scored by Dice.
+
+    Args:
+        logits: `Tensor[R, S, S]` mask logits; rois: `Tensor[R, 4]` the RoI boxes they cover (x0, y0, x1, y1);
+        gt_boxes: `Tensor[R, 4]` each RoI's matched GT box; weak: `Tensor[R]` bool, the RoIs to supervise this way.
+    Returns:
+        scalar, the mean over weak RoIs of Dice(x projection) + Dice(y projection); an exact zero that keeps the graph
+        when no RoI is weak.
+    """
+    if not bool(weak.any()):
+        return logits.sum() * 0.0
+    p, r, g = logits[weak].float().sigmoid(), rois[weak].float(), gt_boxes[weak].float()
+    s = p.shape[-1]
+    frac = (torch.arange(s, device=p.device, dtype=torch.float32) + 0.5) / s  # bin centres across the RoI
+    cx = r[:, 0:1] + frac * (r[:, 2:3] - r[:, 0:1])  # [N, S] image x of each column
+    cy = r[:, 1:2] + frac * (r[:, 3:4] - r[:, 1:2])
+    tx = ((cx >= g[:, 0:1]) & (cx <= g[:, 2:3])).float()
+    ty = ((cy >= g[:, 1:2]) & (cy <= g[:, 3:4])).float()
+    return (_dice(p.amax(dim=1), tx) + _dice(p.amax(dim=2), ty)).mean()
+
+
+def _dice(p: Tensor, t: Tensor) -> Tensor:
+    """Per-row Dice loss 1 - 2 sum(p t) / (sum(p^2) + sum(t^2)) of `Tensor[N, S]` pairs -> `Tensor[N]`."""
+    return 1.0 - 2.0 * (p * t).sum(1) / ((p * p).sum(1) + (t * t).sum(1)).clamp_min(1e-6)

@@ -13,7 +13,7 @@ from ..box_ops import clip_boxes, pairwise_iou
 from ..matcher import Matcher
 from ..sampler import subsample_labels
 from .box_head import BoxHead, box_losses
-from .mask_head import MaskHead, mask_loss, mask_targets
+from .mask_head import MaskHead, box_projection_loss, mask_loss, mask_targets
 from .prior import PriorGain, ablate_prior, add_prior, prior_statistics
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
@@ -35,7 +35,7 @@ class RoIHeads(nn.Module):
                                   num_convs=rc.mask_head_num_convs, norm=rc.mask_head_norm)
         self.prior_gain = PriorGain(scale=cfg.prior_scale, init=cfg.prior_gain_init) if cfg.use_prior else None
         self.prior_feature_norm, self.prior_grad_scale = cfg.prior_feature_norm, cfg.prior_grad_scale
-        self.prior_every_conv = cfg.prior_every_conv
+        self.prior_every_conv, self.prior_cam = cfg.prior_every_conv, cfg.prior_cam
         # Test-time diagnostic, set by evaluation and never saved: None, "zero" or "shuffle" (see `ablate_prior`).
         self.prior_ablation: str | None = None
         # Diagnostic: when a list, every mask pass appends its RoIs' feature and prior statistics (`prior_statistics`).
@@ -82,7 +82,7 @@ class RoIHeads(nn.Module):
         losses = box_losses(logits, deltas, gt_classes, torch.cat(gt_deltas), smooth_l1_beta=self.rc.smooth_l1_beta)
 
         # Mask branch on foreground RoIs (sampled fg come first in each image), prior from the RoI's own box features.
-        mask_boxes, rows, classes, targets_m, supervised = [], [], [], [], []
+        mask_boxes, rows, classes, targets_m, supervised, gt_boxes = [], [], [], [], [], []
         offset = 0
         for s, t in zip(samples, targets):
             nf = s["num_fg"]
@@ -94,6 +94,7 @@ class RoIHeads(nn.Module):
             rows.append(torch.arange(offset, offset + nf, device=gi.device)[keep])
             classes.append(s["classes"][:nf][keep])
             supervised.append(has[keep])
+            gt_boxes.append(t["boxes"].to(b)[gi[keep]] if nf else b.new_zeros((0, 4)))
             tm = mask_targets(t["masks"], b, gi[keep], self.mask_size) if bool(has.any()) else \
                 b.new_zeros((b.shape[0], self.mask_size, self.mask_size))
             targets_m.append(tm)
@@ -107,9 +108,15 @@ class RoIHeads(nn.Module):
             params = list(self.mask_head.parameters()) + ([] if self.prior_gain is None else
                                                            list(self.prior_gain.parameters()))
             losses["loss_mask"] = sum(p.sum() for p in params) * 0.0
+            if self.rc.weak_mask_loss == "box_projection":  # same keys in every step (ranks reduce them as one vector)
+                losses["loss_mask_box"] = losses["loss_mask"].clone()
             return losses
         mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t)
-        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), torch.cat(supervised))
+        supervised_t = torch.cat(supervised)
+        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), supervised_t)
+        if self.rc.weak_mask_loss == "box_projection":
+            losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), torch.cat(gt_boxes),
+                                                          ~supervised_t)
         return losses
 
     @property
@@ -123,6 +130,8 @@ class RoIHeads(nn.Module):
         `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, 7, 7]` when asked or computed."""
         res = self.rc.mask_pooler_resolution
         cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
+        if self.prior_cam == "class_vs_background":
+            cls_w = cls_w - cls_w[-1:]  # the map of the class-vs-background logit (background is the last row)
         init = self.use_prior and self.prior_gain.needs_init()
         prior = object_prior(box_feats, cls_w, classes, rows) if (return_prior or init) else None
         inject = None

@@ -1,0 +1,107 @@
+"""The class-vs-background CAM (`prior_cam`) and the box projection loss for box-only RoIs (`weak_mask_loss`)."""
+
+import pytest
+import torch
+
+from opmask_fast.config import ModelConfig
+from opmask_fast.modeling.roi_heads.mask_head import box_projection_loss
+from opmask_fast.ops.reference.object_prior_add import object_prior as object_prior_reference
+
+from test_model import _cfg, _model, _sample
+
+
+def _projection_oracle(logits, rois, gts, weak):
+    """Dice of the x and y max-projections, one RoI and one pixel at a time, in float64."""
+    total, n = 0.0, 0
+    s = logits.shape[-1]
+    for lg, r, g, w in zip(logits.double(), rois.double(), gts.double(), weak):
+        if not w:
+            continue
+        p = lg.sigmoid()
+        terms = 0.0
+        for axis, (lo, hi, glo, ghi) in ((0, (r[0], r[2], g[0], g[2])), (1, (r[1], r[3], g[1], g[3]))):
+            proj = p.max(dim=0).values if axis == 0 else p.max(dim=1).values  # columns carry x, rows carry y
+            centre = lo + (torch.arange(s, dtype=torch.float64) + 0.5) * (hi - lo) / s
+            t = ((centre >= glo) & (centre <= ghi)).double()
+            terms = terms + 1 - 2 * (proj * t).sum() / ((proj * proj).sum() + (t * t).sum())
+        total, n = total + terms, n + 1
+    return total / n
+
+
+@pytest.mark.parametrize("s", [5, 28])
+def test_box_projection_loss_matches_a_per_pixel_oracle(s):
+    g = torch.Generator().manual_seed(s)
+    r = 7
+    x0y0 = torch.rand(r, 2, generator=g) * 50
+    rois = torch.cat([x0y0, x0y0 + 5 + torch.rand(r, 2, generator=g) * 40], 1)
+    # GT boxes overlapping, inside, around and outside their RoIs; one degenerate (zero width)
+    gts = rois + (torch.rand(r, 4, generator=g) - 0.5) * 30
+    gts[:, 2:] = torch.maximum(gts[:, 2:], gts[:, :2])
+    gts[0, 2] = gts[0, 0]
+    gts[1] = torch.tensor([500.0, 500.0, 520.0, 530.0])  # nowhere near its RoI: the target projection is empty
+    logits = torch.randn(r, s, s, generator=g, dtype=torch.float64, requires_grad=True)
+    weak = torch.tensor([True, True, False, True, True, False, True])
+    loss = box_projection_loss(logits, rois, gts, weak)
+    torch.testing.assert_close(loss.double(), _projection_oracle(logits.detach(), rois, gts, weak), rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert grad[~weak].abs().sum() == 0 and grad[weak].abs().sum() > 0  # supervised RoIs are not touched
+
+
+def test_box_projection_loss_edges():
+    rois = torch.tensor([[0.0, 0.0, 28.0, 28.0]] * 3)
+    gts = torch.tensor([[7.0, 7.0, 21.0, 21.0]] * 3)
+    perfect = torch.full((3, 28, 28), -60.0)
+    perfect[:, 7:21, 7:21] = 60.0
+    assert float(box_projection_loss(perfect, rois, gts, torch.ones(3, dtype=torch.bool))) == pytest.approx(0, abs=1e-6)
+    # a filled RoI over-covers both projections: the loss is positive
+    assert float(box_projection_loss(torch.full((3, 28, 28), 60.0), rois, gts, torch.ones(3, dtype=torch.bool))) > 0.5
+    logits = torch.randn(3, 28, 28, requires_grad=True)
+    none = box_projection_loss(logits, rois, gts, torch.zeros(3, dtype=torch.bool))
+    assert float(none.detach()) == 0 and none.requires_grad  # exact zero that keeps the graph
+    empty = box_projection_loss(logits[:0], rois[:0], gts[:0], torch.zeros(0, dtype=torch.bool))
+    assert float(empty) == 0
+
+
+def test_box_projection_option_trains_the_mask_head_from_box_only_rois():
+    img, t = _sample(has_mask=(False, False))  # no mask anywhere: only the projection loss can move the mask head
+    for use_prior in (True, False):
+        model = _model(_cfg(use_prior=use_prior)).train()
+        model.roi_heads.rc.weak_mask_loss = "box_projection"
+        losses = model([img], [t])
+        assert set(losses) >= {"loss_mask", "loss_mask_box"} and float(losses["loss_mask"]) == 0
+        losses["loss_mask_box"].backward()
+        assert model.roi_heads.mask_head.predictor.weight.grad.abs().sum() > 0
+    plain = _model(_cfg()).train()
+    assert "loss_mask_box" not in plain([img], [t])
+
+
+def test_class_vs_background_cam_is_the_cam_of_the_logit_difference():
+    model = _model(_cfg(prior_scale=5.0, prior_cam="class_vs_background")).eval()
+    img, t = _sample()
+    heads = model.roi_heads
+    seen = {}
+    original = heads.box_head.forward
+
+    def spy(x):
+        out = original(x)
+        seen["feats"] = out[0]
+        return out
+
+    heads.box_head.forward = spy
+    got = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["priors"]
+    w = heads.box_head.cls_score.weight.detach().double()
+    rows = torch.arange(t["boxes"].shape[0])
+    want = object_prior_reference(seen["feats"].double(), w - w[-1:], t["labels"], rows)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    plain = object_prior_reference(seen["feats"].double(), w, t["labels"], rows)
+    assert not torch.allclose(want, plain, atol=1e-3)  # the option changes the prior
+
+
+def test_option_checks():
+    ModelConfig(prior_cam="class_vs_background").validate()
+    with pytest.raises(ValueError, match="prior_cam"):
+        ModelConfig(prior_cam="background").validate()
+    with pytest.raises(ValueError, match="weak_mask_loss"):
+        cfg = ModelConfig()
+        cfg.roi_heads.weak_mask_loss = "projection"
+        cfg.validate()
