@@ -11,8 +11,9 @@ Variants (default: the first three): the Mask R-CNN baseline (no prior), OPMask 
 normalised prior added as is), and OPMask with the prior weighted per RoI by the max - min range of that RoI's own mask
 features (``--prior-scale feature_range``: the [0, 1] prior spans the features' range, no constant tuned on any
 dataset; the paper's recipe is drowned at this scale, see the README's study). The others are the study's: fixed and
-learnable gains, feature-std weighting, standardised features, and the diagnostics that separate the prior's forward
-weight from the gradient it sends into the box head.
+learnable gains, feature-std weighting, standardised features, the prior at every mask conv, the class-vs-background
+CAM, the box projection loss for box-only classes (``*_boxproj``), and the diagnostics that separate the prior's
+forward weight from the gradient it sends into the box head.
 """
 
 from __future__ import annotations

@@ -130,6 +130,9 @@ class ModelConfig:
         if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
                              f"got {self.roi_heads.weak_mask_loss!r}")
+        if self.roi_heads.weak_mask_loss != "none" and self.roi_heads.mask_head_on_supervised_only:
+            raise ValueError("roi_heads.weak_mask_loss trains the mask head on box-only RoIs, which "
+                             "roi_heads.mask_head_on_supervised_only=True leaves out: set one of them")
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be 'RGB' or 'BGR', got {self.input_format!r}")
         if len(self.rpn.anchor_sizes) != 5:

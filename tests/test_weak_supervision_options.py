@@ -105,3 +105,7 @@ def test_option_checks():
         cfg = ModelConfig()
         cfg.roi_heads.weak_mask_loss = "projection"
         cfg.validate()
+    cfg = ModelConfig()
+    cfg.roi_heads.weak_mask_loss, cfg.roi_heads.mask_head_on_supervised_only = "box_projection", True
+    with pytest.raises(ValueError, match="mask_head_on_supervised_only"):
+        cfg.validate()
