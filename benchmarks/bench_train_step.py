@@ -1,10 +1,10 @@
 """Cost per image of one training step and one inference step of the main job's model (CPU).
 
-The model is the tiny preset with the main job's overrides (``opmask_fast.compare.COMMON_ARGS``: 64 RoIs per image,
-a 64-channel box head), on batches of the embedded synthetic dataset (4 images of 128 px, generated into a temporary
-cache on first use), one torch thread as the main job runs each training. Providers: the adaptive prior
-(``feature_range``, the main job's headline), the baseline (no prior) and the paper's recipe, so the prior's share of a
-step is read off in one run; then three cheaper models, candidates for a faster main job (see ``PROVIDERS``).
+The model is the tiny preset as the main job trains it (64 RoIs per image, box head 64-64-128-128), on batches of the
+embedded synthetic dataset (4 images of 128 px, generated into a temporary cache on first use), one torch thread as
+the main job runs each training. Providers: the adaptive prior (``feature_range``, the main job's headline), the
+baseline (no prior) and the paper's recipe, so the prior's share of a step is read off in one run; then three cheaper
+models, candidates for a faster main job (see ``PROVIDERS``).
 
     python -m pytest benchmarks/bench_train_step.py --benchmark-only
 
@@ -16,14 +16,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opmask_fast.compare import COMMON_ARGS
 from opmask_fast.config import build_model, get_preset
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
 from opmask_fast.data.loader import train_loader
 from opmask_fast.engine.setup import apply_override, train_dataset
 from opmask_fast.engine.solver import TrainConfig, build_optimizer
 
-# provider -> (ModelConfig fields, extra overrides on top of the main job's). The first three are the main job's models;
+# provider -> (ModelConfig fields, `--set` overrides on top of the preset). The first three are the main job's models;
 # the last three are cheaper models measured as candidates for a faster main job (a trunk half as wide, the mask head on
 # mask-supervised RoIs only, 32 RoIs per image at half foreground), kept so their speed-up is re-measured in every run.
 # The summary's ratios are against the first provider (the main job's headline model), in the same run.
@@ -51,9 +50,8 @@ def batches(tmp_path_factory):
 def _model(provider: str):
     cfg = get_preset("opmask_r18_tiny")
     cfg.num_classes = 6
-    overrides = [COMMON_ARGS[i + 1] for i, a in enumerate(COMMON_ARGS) if a == "--set"]
     fields, extra = PROVIDERS[provider]
-    for item in overrides + extra:
+    for item in extra:
         apply_override(cfg, item)
     for k, v in fields.items():
         setattr(cfg, k, v)
