@@ -94,7 +94,8 @@ class RoIHeads(nn.Module):
             rows.append(torch.arange(offset, offset + nf, device=gi.device)[keep])
             classes.append(s["classes"][:nf][keep])
             supervised.append(has[keep])
-            gt_boxes.append(t["boxes"].to(b)[gi[keep]] if nf else b.new_zeros((0, 4)))
+            if self.rc.weak_mask_loss != "none":  # the GT boxes only the box projection loss reads
+                gt_boxes.append(t["boxes"].to(b)[gi[keep]] if nf else b.new_zeros((0, 4)))
             tm = mask_targets(t["masks"], b, gi[keep], self.mask_size) if bool(has.any()) else \
                 b.new_zeros((b.shape[0], self.mask_size, self.mask_size))
             targets_m.append(tm)
