@@ -1,12 +1,13 @@
-"""Cost per image of one training step and one inference step of the main job's model (CPU).
+"""Cost per image of one training step and one inference step of the main job's models (CPU).
 
-The model is the tiny preset as the main job trains it (64 RoIs per image, box head 64-64-128-128), on batches of the
-embedded synthetic dataset (4 images of 128 px, generated into a temporary cache on first use), one torch thread as
-the main job runs each training. Providers: the adaptive prior (``feature_range``, the main job's headline), the
-baseline (no prior) and the paper's recipe, so the prior's share of a step is read off in one run; then three cheaper
-models, candidates for a faster main job (see ``PROVIDERS``).
+The main job trains the lite preset (``opmask_r18_lite``: ResNet-18 32 wide, box head 64-64-64-64, 32 RoIs per image
+at half foreground) on batches of the embedded synthetic dataset (4 images of 128 px, generated into a temporary cache
+on first use), one torch thread per training. Providers: the main job's three variants (the headline, prior x feature
+range + box projection loss; the baseline; the paper's recipe), then the tiny preset that the main job trained before
+(``opmask_r18_tiny``: 64 wide, box head 64-64-128-128, 64 RoIs per image), so the lite preset's speed-up and the prior's
+share of a step are read off in one run (see ``PROVIDERS``).
 
-    python -m pytest benchmarks/bench_train_step.py --benchmark-only
+    python -m pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-timer=time.process_time
 
 Reports seconds per step; divide by 4 for seconds per image (the table at the end does).
 """
@@ -22,19 +23,18 @@ from opmask_fast.data.loader import train_loader
 from opmask_fast.engine.setup import apply_override, train_dataset
 from opmask_fast.engine.solver import TrainConfig, build_optimizer
 
-# provider -> (ModelConfig fields, `--set` overrides on top of the preset). The first three are the main job's models;
-# the last three are cheaper models measured as candidates for a faster main job (a trunk half as wide, the mask head on
-# mask-supervised RoIs only, 32 RoIs per image at half foreground), kept so their speed-up is re-measured in every run.
-# The summary's ratios are against the first provider (the main job's headline model), in the same run.
-_RANGE = dict(prior_scale="feature_range")
+# provider -> (preset, ModelConfig fields, `--set` overrides). The first three are the main job's trainings; the tiny
+# ones are the model it trained before, kept so the speed-up is re-measured in every run. The summary's ratios are
+# against the first provider (the main job's headline), in the same run.
+_HEADLINE = dict(prior_scale="feature_range")
+_BOXPROJ = ["roi_heads.weak_mask_loss=box_projection"]
 PROVIDERS = {
-    "opmask_range": (_RANGE, []),
-    "baseline": (dict(use_prior=False), []),
-    "opmask": (dict(prior_scale="none"), []),
-    "range_w32": (_RANGE, ["backbone.width=32"]),
-    "range_w32_sup": (_RANGE, ["backbone.width=32", "roi_heads.mask_head_on_supervised_only=True"]),
-    "range_w32_sup_r32": (_RANGE, ["backbone.width=32", "roi_heads.mask_head_on_supervised_only=True",
-                                   "roi_heads.batch_size_per_image=32", "roi_heads.positive_fraction=0.5"]),
+    "lite_range_boxproj": ("opmask_r18_lite", _HEADLINE, _BOXPROJ),
+    "lite_baseline": ("opmask_r18_lite", dict(use_prior=False), []),
+    "lite_opmask": ("opmask_r18_lite", dict(prior_scale="none"), []),
+    "tiny_range_boxproj": ("opmask_r18_tiny", _HEADLINE, _BOXPROJ),
+    "tiny_range": ("opmask_r18_tiny", _HEADLINE, []),
+    "tiny_baseline": ("opmask_r18_tiny", dict(use_prior=False), []),
 }
 BATCH, STEPS = 4, 6
 
@@ -48,9 +48,9 @@ def batches(tmp_path_factory):
 
 
 def _model(provider: str):
-    cfg = get_preset("opmask_r18_tiny")
+    preset, fields, extra = PROVIDERS[provider]
+    cfg = get_preset(preset)
     cfg.num_classes = 6
-    fields, extra = PROVIDERS[provider]
     for item in extra:
         apply_override(cfg, item)
     for k, v in fields.items():

@@ -1,6 +1,6 @@
 """Evaluate a trained checkpoint: COCO box/mask AP, strong/weak, ambiguous vs other, prior AP, oracle-box mIoU.
 
-``python -m opmask_fast.evaluate --checkpoint outputs/opmask_r18_tiny/checkpoint.pth`` evaluates on the validation data
+``python -m opmask_fast.evaluate --checkpoint outputs/opmask_r18_lite/checkpoint.pth`` evaluates on the validation data
 the checkpoint was trained with (or ``--val-ann``/``--val-images``) and writes ``metrics.json``, ``predictions.json``
 (COCO results format) and ``prior_predictions.json`` into ``--output-dir`` (default: the checkpoint's folder).
 Under ``torchrun --nproc_per_node N`` each process infers 1/N of the images and rank 0 computes the metrics.

@@ -1,6 +1,6 @@
 """Predict instance masks for a folder of images with a trained checkpoint.
 
-``python -m opmask_fast.predict --checkpoint outputs/opmask_r18_tiny/checkpoint.pth --images DIR --output-dir OUT``
+``python -m opmask_fast.predict --checkpoint outputs/opmask_r18_lite/checkpoint.pth --images DIR --output-dir OUT``
 writes ``OUT/predictions.json`` (COCO results format: image_id, category_id, bbox xywh, score, segmentation RLE, plus
 file_name) and ``OUT/images.json`` (the COCO ``images`` list the ids refer to); ``--visualize`` adds pictures.
 The same from Python: ``opmask_fast.Predictor`` (opmask_fast/engine/predictor.py).

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m opmask_fast.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="opmask_r18_tiny", help="model preset (opmask_fast.config.PRESETS)")
+    m.add_argument("--preset", default="opmask_r18_lite",
+                   help="model preset (opmask_fast.config.PRESETS; default: the CPU model the main job trains)")
     m.add_argument("--no-prior", action="store_true", help="train the Mask R-CNN baseline (no prior added)")
     m.add_argument("--prior-scale", default=None,
                    help="how the prior is weighted: 'none' (the paper: added as is), 'learnable' (a learned gain) or a "

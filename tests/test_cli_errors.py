@@ -274,7 +274,8 @@ def test_compare_checks_before_generating_or_training(tmp_path, capsys):
     usage_error(proc, "compare", "training options after --: --iters must be >= 1")
     for args, fragment in ((["--variants", "baseline,foo"], "--variants: unknown ['foo']"),
                            (["--", "--bogus"], "training options after --: unrecognized arguments: --bogus"),
-                           (["--seeds", "0,x"], "--seeds must be integers")):
+                           (["--seeds", "0,x"], "--seeds must be integers"),
+                           (["--preset", "opmask_r18_nope"], "--preset: unknown 'opmask_r18_nope'")):
         line = in_process(capsys, "compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", *args)
         assert fragment in line, line
     assert not os.path.exists(tmp_path / "cache" / "synthetic")

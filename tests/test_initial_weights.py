@@ -146,7 +146,7 @@ def test_whole_model_checkpoint_loads_every_weight_and_keeps_its_pixel_format(tm
         build_with_weights(cfg, wf)
 
 
-def test_train_cli_with_torchvision_weights(tmp_path):
+def test_train_cli_with_torchvision_weights(tmp_path, capsys):
     """Through the command line: the weights arrive (frozen stem and res2 stay the file's) and the run records RGB."""
     from opmask_fast import train
 
@@ -155,10 +155,15 @@ def test_train_cli_with_torchvision_weights(tmp_path):
     torch.save(sd, path)
     data = ensure_synthetic(SyntheticSpec(seed=2, num_train=4, num_val=2), str(tmp_path / "cache"))
     out = str(tmp_path / "run")
-    train.main(["--train-ann", data["train_ann"], "--train-images", data["train_images"], "--val-ann",
-                data["val_ann"], "--val-images", data["val_images"], "--split", "circle,triangle,cross",
-                "--weights", path, "--set", "backbone.freeze_at=2", "--iters", "1", "--batch-size", "2", "--no-eval",
-                "--quiet", "--output-dir", out])
+    args = ["--train-ann", data["train_ann"], "--train-images", data["train_images"], "--val-ann", data["val_ann"],
+            "--val-images", data["val_images"], "--split", "circle,triangle,cross", "--weights", path, "--set",
+            "backbone.freeze_at=2", "--iters", "1", "--batch-size", "2", "--no-eval", "--quiet", "--output-dir", out]
+    # the default CPU preset (lite) has a 32-wide trunk: the 64-wide file is refused before any work, saying how
+    with pytest.raises(SystemExit) as e:
+        train.main(args)
+    assert e.value.code == 2 and not os.path.exists(out)
+    assert "32 channels wide and published weights are 64 wide: --set backbone.width=64" in capsys.readouterr().err
+    train.main(["--preset", "opmask_r18_tiny", *args])
     ckpt = load_checkpoint(os.path.join(out, "checkpoint.pth"))
     assert ckpt["meta"]["model_config"]["input_format"] == "RGB"
     for k in ("conv1.weight", "layer1.1.conv2.weight"):

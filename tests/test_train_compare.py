@@ -45,3 +45,42 @@ def test_unknown_variant(tmp_path):
     args = compare.build_parser().parse_args(["--variants", "baseline,nope", "--output-dir", str(tmp_path)])
     with pytest.raises(ValueError, match=r"unknown variants \['nope'\]"):
         compare.run_all(args)
+
+
+def test_every_training_gets_compares_preset():
+    args = compare.build_parser().parse_args(["--preset", "opmask_r18_tiny", "--", "--iters", "5"])
+    cmd = compare.train_command("baseline", 2, args, "out")
+    assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-3:] == ["--no-prior", "--iters", "5"]
+    default = compare.train_command("opmask_range_boxproj", 0, compare.build_parser().parse_args([]), "out")
+    assert default[default.index("--preset") + 1] == "opmask_r18_lite"
+    assert "roi_heads.weak_mask_loss=box_projection" in default
+
+
+def test_lite_preset_is_the_tiny_model_made_cheaper():
+    from opmask_fast.config import build_model, get_preset
+
+    tiny, lite = get_preset("opmask_r18_tiny"), get_preset("opmask_r18_lite")
+    changed = {k for k, v in lite.to_dict().items() if v != tiny.to_dict()[k]}
+    assert changed == {"backbone", "roi_heads"}
+    sizes = [sum(p.numel() for p in build_model(c).backbone.parameters()) for c in (tiny, lite)]
+    assert sizes[1] < sizes[0] / 3  # half the channels: about a quarter of the trunk's weights
+    assert lite.roi_heads.batch_size_per_image * lite.roi_heads.positive_fraction == \
+        tiny.roi_heads.batch_size_per_image * tiny.roi_heads.positive_fraction  # as many foreground RoIs per image
+
+
+def test_training_options_are_checked_against_compares_preset(tmp_path):
+    from opmask_fast import train
+    from opmask_fast.engine.preflight import check_compare
+
+    seen = []
+
+    def model_config(targs):
+        seen.append(targs.preset)
+        return train.model_config_from_args(targs)
+
+    for argv, preset in ((["--preset", "baseline_r18_tiny"], "baseline_r18_tiny"), ([], "opmask_r18_lite"),
+                         (["--preset", "baseline_r18_tiny", "--", "--preset", "opmask_r18_tiny"], "opmask_r18_tiny")):
+        args = compare.build_parser().parse_args(["--output-dir", str(tmp_path), *argv])
+        check_compare(args, variants=compare.VARIANTS, train_parser=train.build_parser(),
+                      train_config=train.train_config_from_args, model_config=model_config)
+        assert seen[-1] == preset  # as each training will parse it: a --preset after -- wins

@@ -60,8 +60,11 @@ def _check_backbone(cfg: ModelConfig, path: str) -> None:
     try:
         check_backbone_weights(target, path)
     except WeightsMismatchError as e:
-        width = "" if bc.width == 64 else f", {bc.width} channels wide instead of 64: backbone.width"
-        raise WeightsMismatchError(f"{e}\n  (the model's backbone is a ResNet-{bc.depth}: backbone.depth{width})") from None
+        if bc.width != 64:  # every published ResNet is 64 wide: say that first, the key-by-key list is only noise
+            raise WeightsMismatchError(
+                f"the model's ResNet-{bc.depth} is {bc.width} channels wide and published weights are 64 wide: "
+                f"--set backbone.width=64, or a 64-wide preset such as opmask_r18_tiny for the CPU model ({e})") from None
+        raise WeightsMismatchError(f"{e}\n  (the model's backbone is a ResNet-{bc.depth}: backbone.depth)") from None
 
 
 def build_with_weights(cfg: ModelConfig, weights: WeightsFile | None = None, *, state: dict | None = None,

@@ -1,7 +1,7 @@
 """The Python inference API: a checkpoint of ``opmask_fast.train`` in, per-image instances and COCO results out.
 
     from opmask_fast import Predictor
-    predictor = Predictor("outputs/opmask_r18_tiny/checkpoint.pth", device="cpu")
+    predictor = Predictor("outputs/opmask_r18_lite/checkpoint.pth", device="cpu")
     inst = predictor("street.jpg")                  # one image -> one dict of instances
     batch = predictor.predict([array, pil_image])   # several -> a list
     coco = predictor.coco_results(batch, image_ids=[1, 2])

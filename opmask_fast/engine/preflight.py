@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from ..cli import UsageError, user_errors
+from ..config import PRESETS
 from ..data import CocoInstances, load_coco, resolve_split
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
@@ -248,6 +249,8 @@ def check_compare(args, *, variants: dict, train_parser, train_config, model_con
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
     if not parts or not all(p.isdigit() for p in parts):
         raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {args.seeds!r}")
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset: unknown {args.preset!r}; known: {', '.join(sorted(PRESETS))}")
     check_number(args, "jobs", minimum=1)
     check_number(args, "data_seed", minimum=0)
     check_number(args, "threads", minimum=1)
@@ -260,7 +263,7 @@ def check_compare(args, *, variants: dict, train_parser, train_config, model_con
 
     train_parser.error = error
     extra = [a for a in args.train_args if a != "--"]
-    targs = train_parser.parse_args(extra)
+    targs = train_parser.parse_args(["--preset", args.preset, *extra])  # as each training parses it: a later wins
     try:
         given = [o for k, o in {**DATA_OPTIONS, "dataset": "--dataset", "data_images": "--data-images"}.items()
                  if getattr(targs, k, None)]
