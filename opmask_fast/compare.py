@@ -7,14 +7,14 @@ mask IoU and seconds per image. ``--seeds 0,1,2`` repeats every variant per seed
 ``--dataset shapes2`` runs the same study on the second synthetic dataset (other rules, see
 ``opmask_fast.data.synthetic_shapes2``), into ``outputs/compare_shapes2`` by default.
 
-Variants (default: baseline, opmask, opmask_range_boxproj): the Mask R-CNN baseline (no prior), OPMask with the
+Variants (default: baseline, opmask, opmask_std_boxproj): the Mask R-CNN baseline (no prior), OPMask with the
 paper's recipe (the min-max normalised prior added as is), and the headline: OPMask with the prior weighted per RoI by
-the max - min range of that RoI's own mask features (``--prior-scale feature_range``: the [0, 1] prior spans the
-features' range, no constant tuned on any dataset; the paper's recipe is drowned at this scale, see the README's study)
-and the box-only RoIs' masks trained by BoxInst's projection term (``roi_heads.weak_mask_loss=box_projection``). The
-others are the study's: the feature-range prior alone, fixed and learnable gains, feature-std weighting, standardised
-features, the prior at every mask conv, the class-vs-background CAM, the projection term without the prior, and the
-diagnostics that separate the prior's forward weight from the gradient it sends into the box head. Every training uses
+the standard deviation of that RoI's own mask features (``--prior-scale feature_std``: the [0, 1] prior gets the
+features' scale, no constant tuned on any dataset; the paper's recipe is drowned at this scale, see the README's
+study) and the box-only RoIs' masks trained by BoxInst's projection term (``roi_heads.weak_mask_loss=box_projection``). The
+others are the study's: the feature-range prior with and without the projection term, fixed and learnable gains,
+feature-std weighting alone, standardised features, the prior at every mask conv, the class-vs-background CAM, the
+projection term without the prior, and the diagnostics that separate the prior's forward weight from the gradient it sends into the box head. Every training uses
 ``--preset`` (default ``opmask_r18_lite``, the CPU model; ``opmask_r18_tiny`` is the wider one of the earlier studies).
 """
 
@@ -57,6 +57,8 @@ VARIANTS = {
                          ["--no-prior", "--set", "roi_heads.weak_mask_loss=box_projection"]),
     "opmask_range_boxproj": ("OPMask + prior x range + box projection loss",
                              ["--prior-scale", "feature_range", "--set", "roi_heads.weak_mask_loss=box_projection"]),
+    "opmask_std_boxproj": ("OPMask + prior x feature std + box projection loss",
+                           ["--prior-scale", "feature_std", "--set", "roi_heads.weak_mask_loss=box_projection"]),
     "opmask_norm_range_boxproj": ("OPMask + standardised features + prior x range + box projection loss",
                                   ["--prior-scale", "feature_range", "--set", "prior_feature_norm=True",
                                    "--set", "roi_heads.weak_mask_loss=box_projection"]),
@@ -88,7 +90,7 @@ ROWS = [
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m opmask_fast.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--variants", default="baseline,opmask,opmask_range_boxproj",
+    p.add_argument("--variants", default="baseline,opmask,opmask_std_boxproj",
                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0", help="training seeds, comma separated (e.g. 0,1,2)")
     p.add_argument("--jobs", type=int, default=3,

@@ -51,7 +51,7 @@ def test_every_training_gets_compares_preset():
     args = compare.build_parser().parse_args(["--preset", "opmask_r18_tiny", "--", "--iters", "5"])
     cmd = compare.train_command("baseline", 2, args, "out")
     assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-3:] == ["--no-prior", "--iters", "5"]
-    default = compare.train_command("opmask_range_boxproj", 0, compare.build_parser().parse_args([]), "out")
+    default = compare.train_command("opmask_std_boxproj", 0, compare.build_parser().parse_args([]), "out")
     assert default[default.index("--preset") + 1] == "opmask_r18_lite"
     assert "roi_heads.weak_mask_loss=box_projection" in default
 
