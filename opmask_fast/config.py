@@ -216,8 +216,8 @@ def baseline_r18_tiny() -> ModelConfig:
 
 
 def _lite(use_prior: bool) -> ModelConfig:
-    # The main job's model: the tiny preset at 2.2x less CPU per training step, so three trainings fit the 15-minute
-    # budget on a slow 2-core machine. Half the trunk's channels (32 wide: no ImageNet weights fit it, it trains from
+    # The main job's model: the tiny preset at half the CPU per training step, for the main job's 15-minute budget on
+    # slow 2-core machines. Half the trunk's channels (32 wide: no ImageNet weights fit it, it trains from
     # scratch anyway), a 64-wide box head (the 4 box convs on every sampled RoI were the largest cost) and 32 RoIs per
     # image at half foreground: the box head sees half the RoIs, the mask head as many foreground RoIs as before.
     cfg = _tiny(use_prior)
