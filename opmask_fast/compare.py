@@ -11,11 +11,12 @@ Variants (default: baseline, opmask, opmask_std_boxproj): the Mask R-CNN baselin
 paper's recipe (the min-max normalised prior added as is), and the headline: OPMask with the prior weighted per RoI by
 the standard deviation of that RoI's own mask features (``--prior-scale feature_std``: the [0, 1] prior gets the
 features' scale, no constant tuned on any dataset; the paper's recipe is drowned at this scale, see the README's
-study) and the box-only RoIs' masks trained by BoxInst's projection term (``roi_heads.weak_mask_loss=box_projection``). The
-others are the study's: the feature-range prior with and without the projection term, fixed and learnable gains,
-feature-std weighting alone, standardised features, the prior at every mask conv, the class-vs-background CAM, the
-projection term without the prior, and the diagnostics that separate the prior's forward weight from the gradient it sends into the box head. Every training uses
-``--preset`` (default ``opmask_r18_lite``, the CPU model; ``opmask_r18_tiny`` is the wider one of the earlier studies).
+study) and the box-only RoIs' masks trained by BoxInst's projection term
+(``roi_heads.weak_mask_loss=box_projection``). The others are the study's: the feature-range prior with and without
+the projection term, fixed and learnable gains, feature-std weighting alone, standardised features, the prior at every
+mask conv, the class-vs-background CAM, the projection term without the prior, and the diagnostics that separate the
+prior's forward weight from the gradient it sends into the box head. Every training uses ``--preset`` (default
+``opmask_r18_lite``, the CPU model; ``opmask_r18_tiny`` is the wider one of the earlier studies).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ VARIANTS = {
                             ["--prior-scale", "feature_range", "--set", "prior_grad_scale=0.0"]),
 }
 
-# The main job trains the lite preset (the tiny one 2.2x cheaper per step) for the preset's 800 iterations of 4 images
+# The main job trains the lite preset (the tiny one at half the CPU per step) for the preset's 800 iterations of 4 images
 # (3.2 epochs of the 1000 training images); --preset and anything after -- change every training alike.
 
 ROWS = [
