@@ -99,6 +99,8 @@ def test_relative_improvements():
     assert [r[0] for r in rows] == ["person", "cat", "zero"]  # car got worse and is not listed
     assert math.isclose(rows[0][3], (22.72 - 0.99) / 1.0)  # base below the 1-point floor
     assert math.isclose(rows[1][3], (60.63 - 3.77) / 3.77)
+    # a gain that prints as no change (0.0 -> 0.0) is not an improvement; one that prints (0.0 -> 0.1) is
+    assert relative_improvements({"a": 0.0, "b": 0.0}, {"a": 0.03, "b": 0.06}) == [("b", 0.0, 0.06, 0.06)]
 
 
 def _overlaps(rects):

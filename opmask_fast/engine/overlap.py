@@ -149,10 +149,11 @@ def relative_improvements(base: dict[str, float], new: dict[str, float], *, floo
                           top: int = 5) -> list[tuple[str, float, float, float]]:
     """The classes whose AP grew most relative to ``base``: ``(name, base AP, new AP, relative change)``, best first.
 
-    Only classes that improved are listed. The relative change is (new - base) / max(base, floor): the floor (1 AP
-    point) keeps classes the baseline scores 0 on finite and comparable.
+    Only classes that improved at the precision reports print (0.1 AP) are listed: 0.00 -> 0.03 is noise, not "+3%".
+    The relative change is (new - base) / max(base, floor): the floor (1 AP point) keeps classes the baseline scores 0
+    on finite and comparable.
     """
     rows = [(k, base[k], new[k], (new[k] - base[k]) / max(base[k], floor))
-            for k in base if k in new and new[k] > base[k]]
+            for k in base if k in new and round(new[k], 1) > round(base[k], 1)]
     rows.sort(key=lambda r: (-r[3], r[0]))
     return rows[:top]
