@@ -3,25 +3,21 @@ giving the same metrics and predictions as one process."""
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from _torchrun import run_torchrun
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
 from opmask_fast.engine.checkpoint import load_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # Timings differ between runs; everything else must be identical.
 TIMINGS = {"seconds_per_image", "eval_seconds", "train_seconds"}
 
 
 def _run(cmd):
-    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_torchrun(cmd)
 
 
 @pytest.fixture(scope="module")

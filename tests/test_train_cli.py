@@ -3,11 +3,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from _torchrun import run_torchrun
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
 from opmask_fast.engine.checkpoint import load_checkpoint
 
@@ -31,11 +31,8 @@ def _train(args):
 
 def test_torchrun_two_cpu_processes(small_data, tmp_path):
     out = str(tmp_path / "ddp")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "opmask_fast.train", *small_data, *FAST, "--num-threads", "1", "--no-eval", "--output-dir", out],
-        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_torchrun([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                  "-m", "opmask_fast.train", *small_data, *FAST, "--num-threads", "1", "--no-eval", "--output-dir", out])
     ckpt = load_checkpoint(os.path.join(out, "checkpoint.pth"))
     assert ckpt["iteration"] == 2 and len(ckpt["rng"]) == 2  # one RNG state per process
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped, loadable without DDP
