@@ -70,9 +70,6 @@ VARIANTS = {
                             ["--prior-scale", "feature_range", "--set", "prior_grad_scale=0.0"]),
 }
 
-# The main job trains the lite preset (the tiny one at half the CPU per step) for the preset's 800 iterations of 4 images
-# (3.2 epochs of the 1000 training images); --preset and anything after -- change every training alike.
-
 ROWS = [
     ("mask AP weak", "mask_AP_weak"),
     ("mask AP strong", "mask_AP_strong"),
