@@ -181,8 +181,9 @@ def run_all(args) -> dict[str, list[dict]]:
     return results
 
 
-def time_inference(results: dict[str, list[dict]], args, num_images: int = 50) -> None:
-    """Times inference of each variant's first run alone on the machine (the trainings' own evaluations shared it).
+def time_inference(results: dict[str, list[dict]], args, num_images: int = 20) -> None:
+    """Times inference of each variant's first run alone on the machine (the trainings' own evaluations shared it),
+    over the first `num_images` validation images (the first one is the untimed warm-up).
 
     Adds ``seconds_per_image_alone`` to that run's metrics.
     """

@@ -135,6 +135,29 @@ def test_no_detections_and_empty_subset(tmp_path):
         evaluate(coco, [], "keypoints", image_ids=[1])
 
 
+def test_evaluate_leaves_the_results_as_given(tmp_path):
+    """The same results list serves box, mask and subset evaluations in turn: none may change it for the next."""
+    import copy
+
+    from pycocotools import mask as mask_utils
+
+    from opmask_fast.data import load_coco
+
+    coco = load_coco(_coco_json(tmp_path, [(1, (0, 0, 20, 20)), (2, (25, 25, 20, 20))]))
+    bitmap = np.zeros((50, 50), np.uint8, order="F")
+    bitmap[0:20, 0:20] = 1
+    rle = mask_utils.encode(bitmap)
+    rle["counts"] = rle["counts"].decode("ascii")
+    res = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [0.0, 0.0, 20.0, 20.0], "segmentation": rle},
+           {"image_id": 1, "category_id": 2, "score": 0.8, "bbox": [30.0, 30.0, 10.0, 10.0], "segmentation": rle}]
+    before = copy.deepcopy(res)
+    first = [subset_ap(evaluate(coco, res, t, image_ids=[1]))["AP"] for t in ("segm", "bbox", "segm")]
+    assert res == before
+    assert first[0] == first[2]
+    # mask AP scores the masks: both masks cover box 1 only, while the second box misses box 2 (IoU 0.25)
+    assert first[0] == pytest.approx(50.0) and first[1] == pytest.approx(50.0)
+
+
 def test_paste_maps():
     ones = torch.ones((2, 7, 7))
     boxes = torch.tensor([[2.0, 3.0, 10.0, 8.0], [-5.0, -5.0, 4.0, 4.0]])

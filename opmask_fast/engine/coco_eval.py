@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import math
 from typing import Iterable
@@ -50,7 +49,9 @@ def evaluate(coco_gt: COCO, results: list[dict], iou_type: str, *, image_ids: li
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if not results:
         return None
-    results = copy.deepcopy(results)
+    # loadRes and COCOeval add and replace keys of each result (area, id, iscrowd, segmentation) but never change the
+    # values inside: a copy of each dict keeps the caller's list intact without a deep copy of every RLE.
+    results = [dict(r) for r in results]
     if iou_type == "segm":
         # With a "bbox" key loadRes would take box areas for the area ranges; the mask's own area is the right one.
         for r in results:
