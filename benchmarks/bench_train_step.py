@@ -23,8 +23,9 @@ from opmask_fast.data.loader import train_loader
 from opmask_fast.engine.setup import apply_override, train_dataset
 from opmask_fast.engine.solver import TrainConfig, build_optimizer
 
-# provider -> (preset, ModelConfig fields, `--set` overrides). The first three are the main job's trainings; the tiny
-# ones are the model it trained before, kept so the speed-up is re-measured in every run. The summary's ratios are
+# provider -> (preset, ModelConfig fields, `--set` overrides). The first three are the main job's trainings; the others
+# are the models it trained before (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the
+# speed-ups are re-measured in every run. The summary's ratios are
 # against the first provider (the main job's headline), in the same run.
 _HEADLINE = dict(prior_scale="feature_std")
 _BOXPROJ = ["roi_heads.weak_mask_loss=box_projection"]
@@ -32,6 +33,7 @@ PROVIDERS = {
     "lite_std_boxproj": ("opmask_r18_lite", _HEADLINE, _BOXPROJ),
     "lite_baseline": ("opmask_r18_lite", dict(use_prior=False), []),
     "lite_opmask": ("opmask_r18_lite", dict(prior_scale="none"), []),
+    "lite7_std_boxproj": ("opmask_r18_lite", _HEADLINE, _BOXPROJ + ["roi_heads.mask_head_num_convs=7"]),
     "tiny_std_boxproj": ("opmask_r18_tiny", _HEADLINE, _BOXPROJ),
     "tiny_range": ("opmask_r18_tiny", dict(prior_scale="feature_range"), []),  # the main job's headline until 11-26
     "tiny_baseline": ("opmask_r18_tiny", dict(use_prior=False), []),

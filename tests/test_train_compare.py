@@ -66,6 +66,9 @@ def test_lite_preset_is_the_tiny_model_made_cheaper():
     assert sizes[1] < sizes[0] / 3  # half the channels: about a quarter of the trunk's weights
     assert lite.roi_heads.batch_size_per_image * lite.roi_heads.positive_fraction == \
         tiny.roi_heads.batch_size_per_image * tiny.roi_heads.positive_fraction  # as many foreground RoIs per image
+    # the README's lite-preset tables were trained with a 4-conv mask head (the tiny preset keeps OPMask's 7)
+    heads = [build_model(c).roi_heads.mask_head.convs for c in (tiny, lite)]
+    assert (len(heads[0]), len(heads[1])) == (7, 4)
 
 
 def test_training_options_are_checked_against_compares_preset(tmp_path):
