@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
+    p.add_argument("--time-inference", action="store_true",
+                   help="after the trainings, time each variant's inference alone on 20 validation images (the "
+                        "table's s/img row; the trainings' own evaluations share the machine and are not timings)")
     p.add_argument("train_args", nargs=argparse.REMAINDER,
                    help="after --: extra arguments for every opmask_fast.train run (e.g. -- --iters 600)")
     cli.add_debug_option(p)
@@ -213,6 +216,8 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
     head = "| metric | " + " | ".join(VARIANTS.get(v, (v,))[0] for v in names) + " |"
     lines = [head, "|---" * (len(names) + 1) + "|"]
     for label, key in ROWS:
+        if key == "seconds_per_image_alone" and not any(key in m for v in names for m in results[v]):
+            continue  # timed only with --time-inference
         cells = []
         for v in names:
             mean, std = _stats([m.get(key) for m in results[v]])
@@ -251,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
     paths = ensure_synthetic(spec, args.cache_dir)
     print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
     results = run_all(args)
-    time_inference(results, args)
+    if args.time_inference:
+        time_inference(results, args)
     table = format_comparison(results)
     wall = time.time() - start
     print()

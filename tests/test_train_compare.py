@@ -28,6 +28,9 @@ def test_table_shows_mean_spread_and_gain():
     assert "| mask AP ambiguous | - | - |" in table and "train minutes" not in table
     assert "OPMask + learnable gain +8.0" in table
     assert "seeds: baseline [0, 1]; opmask_gain [0, 1]" in table
+    assert "s/img" not in table  # not timed (compare --time-inference)
+    results["baseline"][0]["seconds_per_image_alone"] = 0.25
+    assert "| s/img (inference, alone) | 0.250 | - |" in compare.format_comparison(results)
 
 
 def test_reuse_reads_finished_runs(tmp_path):
