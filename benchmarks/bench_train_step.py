@@ -25,8 +25,8 @@ from opmask_fast.engine.solver import TrainConfig, build_optimizer
 
 # provider -> (preset, ModelConfig fields, `--set` overrides). The first three are the main job's trainings; the others
 # are the models it trained before (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the
-# speed-ups are re-measured in every run. The summary's ratios are
-# against the first provider (the main job's headline), in the same run.
+# speed-ups are re-measured in every run. The summary's ratios are against the first provider (the main job's
+# headline), in the same run.
 _HEADLINE = dict(prior_scale="feature_std")
 _BOXPROJ = ["roi_heads.weak_mask_loss=box_projection"]
 PROVIDERS = {

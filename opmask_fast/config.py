@@ -220,7 +220,7 @@ def _lite(use_prior: bool) -> ModelConfig:
     # slow 2-core machines. Half the trunk's channels (32 wide: no ImageNet weights fit it, it trains from
     # scratch anyway), a 64-wide box head (the 4 box convs on every sampled RoI were the largest cost) and 32 RoIs per
     # image at half foreground: the box head sees half the RoIs, the mask head as many foreground RoIs as before.
-    # Four mask-head convs instead of OPMask's seven (Mask R-CNN's depth): 9% less per step, and in 800 iterations
+    # Four mask-head convs instead of OPMask's seven (Mask R-CNN's depth): 3-9% less per step, and in 800 iterations
     # from scratch the shallower head did better (README: +1.4 strong mask AP for the baseline, +0.9 weak for OPMask).
     cfg = _tiny(use_prior)
     cfg.backbone.width = 32
