@@ -1,11 +1,12 @@
 """Cost per image of one training step and one inference step of the main job's models (CPU).
 
 The main job trains the lite preset (``opmask_r18_lite``: ResNet-18 32 wide, box head 64-64-64-64, 32 RoIs per image
-at half foreground) on batches of the embedded synthetic dataset (4 images of 128 px, generated into a temporary cache
-on first use), one torch thread per training. Providers: the main job's three variants (the headline, prior x feature
-std + box projection loss; the baseline; the paper's recipe), then the tiny preset that the main job trained before
-(``opmask_r18_tiny``: 64 wide, box head 64-64-128-128, 64 RoIs per image), so the lite preset's speed-up and the prior's
-share of a step are read off in one run (see ``PROVIDERS``).
+at half foreground, 4 mask-head convs) on batches of the embedded synthetic dataset (4 images of 128 px, generated
+into a temporary cache on first use), one torch thread per training. Providers: the main job's three variants (the
+headline, prior x feature std + box projection loss; the baseline; the paper's recipe), then the models the main job
+trained before: the lite preset with OPMask's 7 mask-head convs and the tiny preset (``opmask_r18_tiny``: 64 wide, box
+head 64-64-128-128, 64 RoIs per image, 7 mask-head convs), so each cut's speed-up and the prior's share of a step are
+read off in one run (see ``PROVIDERS``).
 
     python -m pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-timer=time.process_time
 

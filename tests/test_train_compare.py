@@ -65,13 +65,13 @@ def test_lite_preset_is_the_tiny_model_made_cheaper():
     tiny, lite = get_preset("opmask_r18_tiny"), get_preset("opmask_r18_lite")
     changed = {k for k, v in lite.to_dict().items() if v != tiny.to_dict()[k]}
     assert changed == {"backbone", "roi_heads"}
-    sizes = [sum(p.numel() for p in build_model(c).backbone.parameters()) for c in (tiny, lite)]
+    models = [build_model(c) for c in (tiny, lite)]
+    sizes = [sum(p.numel() for p in m.backbone.parameters()) for m in models]
     assert sizes[1] < sizes[0] / 3  # half the channels: about a quarter of the trunk's weights
     assert lite.roi_heads.batch_size_per_image * lite.roi_heads.positive_fraction == \
         tiny.roi_heads.batch_size_per_image * tiny.roi_heads.positive_fraction  # as many foreground RoIs per image
     # the README's lite-preset tables were trained with a 4-conv mask head (the tiny preset keeps OPMask's 7)
-    heads = [build_model(c).roi_heads.mask_head.convs for c in (tiny, lite)]
-    assert (len(heads[0]), len(heads[1])) == (7, 4)
+    assert [len(m.roi_heads.mask_head.convs) for m in models] == [7, 4]
 
 
 def test_training_options_are_checked_against_compares_preset(tmp_path):
