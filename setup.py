@@ -45,7 +45,8 @@ def _extension():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     with_cuda, reason = _want_cuda()
     # at::parallel_for expands OpenMP pragmas inline: without -fopenmp here the kernels would run single-threaded.
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function"]
+    # -g0: Python's build flags ask for debug info, which makes torch's headers compile about 1.5x slower.
+    cxx = ["-O3", "-g0", "-fopenmp", "-Wall", "-Wno-unused-function"]
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc")], extra_link_args=["-fopenmp"])
     if not with_cuda:
         print(f"opmask_fast: building CPU kernels only ({reason}): {len(sources)} C++ files", flush=True)

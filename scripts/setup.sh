@@ -30,7 +30,7 @@ echo "setup: installing requirements.txt"
 if [ -z "${CUDA_HOME:-}" ] && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDA_HOME=/usr/local/cuda
 fi
-if [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
+if [ "${FORCE_CUDA:-}" != 0 ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ] && [ -z "${TORCH_CUDA_ARCH_LIST:-}" ]; then
   if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
     export TORCH_CUDA_ARCH_LIST="9.0"  # compile check for H100; set it yourself for other GPUs
   fi

@@ -41,6 +41,19 @@ def test_deterministic_and_cached(generated, tmp_path):
     assert not [d for d in os.listdir(os.path.join(str(tmp_path), "synthetic")) if ".tmp" in d]
 
 
+@pytest.mark.parametrize("name", ["shapes", "shapes2"])
+def test_several_workers_write_the_same_files(name, tmp_path):
+    from opmask_fast.data import dataset_spec
+    from opmask_fast.data import synthetic
+
+    spec = dataset_spec(name, seed=3, num_train=2 * synthetic._CHUNK + 7, num_val=5)  # three chunks, a short one last
+    one = ensure_synthetic(spec, str(tmp_path / "one"))
+    two = ensure_synthetic(spec, str(tmp_path / "two"), workers=2)
+    assert _digest(os.path.dirname(one["train_images"])) == _digest(os.path.dirname(two["train_images"]))
+    ids = [a["id"] for a in load_coco(two["train_ann"]).dataset["annotations"]]
+    assert ids == list(range(1, len(ids) + 1))
+
+
 def test_valid_coco_with_consistent_boxes_and_masks(generated):
     coco = load_coco(generated["train_ann"])
     data = coco.dataset

@@ -20,9 +20,11 @@ from __future__ import annotations
 import colorsys
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, NamedTuple
 
@@ -123,11 +125,14 @@ def dataset_paths(root: str) -> dict[str, str]:
     }
 
 
-def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | None = None) -> dict[str, str]:
+def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | None = None, *,
+                     workers: int = 1) -> dict[str, str]:
     """Generates the dataset of ``spec`` once into the cache and returns its paths (see ``dataset_paths``).
 
     Generation goes to a temporary folder renamed into place at the end, so an interrupted run leaves no half dataset
-    and two processes racing to create it both end with the same complete one.
+    and two processes racing to create it both end with the same complete one. ``workers`` > 1 renders in that many
+    forked processes (same files, byte for byte: every image draws from its own generator); call it so only from a
+    process that has not started torch's thread pools yet (the main job does it first thing).
     """
     cache_root = cache_root or default_cache_root()
     key = cache_key(spec)
@@ -137,7 +142,7 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
     os.makedirs(os.path.dirname(root), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=key + ".tmp", dir=os.path.dirname(root))
     try:
-        write_dataset(spec, tmp)
+        write_dataset(spec, tmp, workers=workers)
         with open(os.path.join(tmp, "COMPLETE"), "w") as f:
             json.dump(spec_dict(spec), f)
         try:
@@ -150,7 +155,7 @@ def ensure_synthetic(spec: SyntheticSpec = SyntheticSpec(), cache_root: str | No
     return dataset_paths(root)
 
 
-def write_dataset(spec: SyntheticSpec, root: str) -> None:
+def write_dataset(spec: SyntheticSpec, root: str, *, workers: int = 1) -> None:
     style = get_style(spec.style)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
     categories = [
@@ -159,22 +164,20 @@ def write_dataset(spec: SyntheticSpec, root: str) -> None:
     ]
     for split, count, offset in (("train", spec.num_train, 0), ("val", spec.num_val, 1)):
         os.makedirs(os.path.join(root, split), exist_ok=True)
+        folder = os.path.join(root, split)
+        # Contiguous chunks, put back in order: the files and ids do not depend on the number of workers.
+        chunks = [(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
+        if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                parts = list(pool.map(_write_images, [(spec, folder, offset, a, b) for a, b in chunks]))
+        else:
+            parts = [_write_images((spec, folder, offset, a, b)) for a, b in chunks]
         images, anns = [], []
-        for i in range(count):
-            rng = np.random.default_rng([spec.seed, offset, i])
-            pixels, instances = style.render(rng, spec)
-            file_name = f"{i:06d}.png"
-            Image.fromarray(pixels).save(os.path.join(root, split, file_name))
-            image_id = i + 1
-            images.append({"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]})
-            for cls, mask in instances:
-                rle = mask_utils.encode(np.asfortranarray(mask))
-                x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
-                rle["counts"] = rle["counts"].decode("ascii")
-                anns.append({
-                    "id": len(anns) + 1, "image_id": image_id, "category_id": style.classes.index(cls) + 1,
-                    "iscrowd": 0, "bbox": [x, y, w, h], "area": float(mask_utils.area(rle)), "segmentation": rle,
-                })
+        for part in parts:
+            for image, instances in part:
+                images.append(image)
+                for ann in instances:
+                    anns.append({"id": len(anns) + 1, "image_id": image["id"], **ann})
         data = {
             "info": {"description": f"opmask_fast synthetic shapes ({style.version})", "spec": spec_dict(spec),
                      "strong_categories": list(style.strong_classes), **style.info},
@@ -182,6 +185,33 @@ def write_dataset(spec: SyntheticSpec, root: str) -> None:
         }
         with open(dataset_paths(root)[f"{split}_ann"], "w") as f:
             json.dump(data, f)
+
+
+_CHUNK = 50  # images per task when rendering in several processes
+
+
+def _write_images(task: tuple[SyntheticSpec, str, int, int, int]) -> list[tuple[dict, list[dict]]]:
+    """Renders images ``start..stop-1`` of a split into ``folder``: per image its COCO image entry and its annotations
+    (without ids)."""
+    spec, folder, offset, start, stop = task
+    style = get_style(spec.style)
+    out = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([spec.seed, offset, i])
+        pixels, instances = style.render(rng, spec)
+        file_name = f"{i:06d}.png"
+        Image.fromarray(pixels).save(os.path.join(folder, file_name))
+        image_id = i + 1
+        image = {"id": image_id, "file_name": file_name, "height": pixels.shape[0], "width": pixels.shape[1]}
+        anns = []
+        for cls, mask in instances:
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+            rle["counts"] = rle["counts"].decode("ascii")
+            anns.append({"category_id": style.classes.index(cls) + 1, "iscrowd": 0, "bbox": [x, y, w, h],
+                         "area": float(mask_utils.area(rle)), "segmentation": rle})
+        out.append((image, anns))
+    return out
 
 
 # ---- rendering ------------------------------------------------------------------------------------------------------
