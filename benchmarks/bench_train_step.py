@@ -22,7 +22,11 @@ from opmask_fast.config import build_model, get_preset
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
 from opmask_fast.data.loader import train_loader
 from opmask_fast.engine.setup import apply_override, train_dataset
+from opmask_fast.engine.host_memory import keep_freed_memory
 from opmask_fast.engine.solver import TrainConfig, build_optimizer
+
+# glibc malloc as the main job's processes set it (engine/host_memory.py); OPMASK_FAST_MALLOC=0 times glibc's defaults.
+keep_freed_memory()
 
 # provider -> (preset, ModelConfig fields, `--set` overrides). The first three are the main job's trainings; the others
 # are the models it trained before (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the
