@@ -23,7 +23,9 @@ if ! compgen -G ".venv/lib/python*/site-packages/torch/__init__.py" > /dev/null;
   fi
 fi
 echo "setup: installing requirements.txt"
-"$PY" -m pip install --disable-pip-version-check -q -r requirements.txt
+# --no-compile: pip would byte-compile every module of torch (about 30% of the install's time); Python compiles and
+# caches the ones a run imports instead.
+"$PY" -m pip install --disable-pip-version-check -q --no-compile -r requirements.txt
 
 # CUDA build settings (see the environment notes): torch guesses CUDA_HOME=/usr/local from `which nvcc` and finds
 # no headers; without a visible GPU it cannot pick architectures by itself.
