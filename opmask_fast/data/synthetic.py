@@ -163,8 +163,8 @@ def write_dataset(spec: SyntheticSpec, root: str, *, workers: int = 1) -> None:
         for i, n in enumerate(style.classes)
     ]
     for split, count, offset in (("train", spec.num_train, 0), ("val", spec.num_val, 1)):
-        os.makedirs(os.path.join(root, split), exist_ok=True)
         folder = os.path.join(root, split)
+        os.makedirs(folder, exist_ok=True)
         # Contiguous chunks, put back in order: the files and ids do not depend on the number of workers.
         chunks = [(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
         if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():

@@ -2,9 +2,9 @@
 
 With glibc's defaults a CPU training step hands its large activation buffers back to the kernel (they are mmap'ed, or
 trimmed off the top of the heap) and faults fresh zeroed pages in again on the next step: in the main job's layout
-(three one-thread trainings on two cores) 1.0-1.9 million page faults per 150 iterations and about 6-10% of the wall
-time. `keep_freed_memory` sets mmap threshold 32 MB (glibc's maximum), trim threshold 256 MB and top pad 64 MB: the
-faults drop about 10x and the peak RSS grows by about 10%. Only where memory comes from changes, never a number.
+(three one-thread trainings on two cores) 1.2-1.9 million page faults per 150 iterations, 8-12% of their wall time.
+`keep_freed_memory` sets mmap threshold 32 MB (glibc's maximum), trim threshold 256 MB and top pad 64 MB: the faults
+drop about 10x and the peak RSS grows by about 7%. Only where memory comes from changes, never a number.
 
 It does nothing when the C library is not glibc, when ``OPMASK_FAST_MALLOC=0``, or when the user set glibc's own
 ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` (theirs win).
