@@ -32,6 +32,7 @@ import time
 
 from . import cli
 from .data import DATASETS, dataset_spec, ensure_synthetic
+from .data.loader import available_cores
 from .engine.evaluation import write_metrics
 from .engine.setup import parse_image_counts
 
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     num_train, num_val = args.data_images or (None, None)
     spec = dataset_spec(args.dataset, seed=args.data_seed, num_train=num_train, num_val=num_val)
     # Rendered in one forked process per core: nothing here has started torch's thread pools yet.
-    paths = ensure_synthetic(spec, args.cache_dir, workers=_num_cpus())
+    paths = ensure_synthetic(spec, args.cache_dir, workers=available_cores())
     print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
     results = run_all(args)
     if args.time_inference:
@@ -271,13 +272,6 @@ def main(argv: list[str] | None = None) -> dict:
                   os.path.join(args.output_dir, "compare.json"))
     _write_report(results, args.output_dir)
     return results
-
-
-def _num_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _write_report(results: dict[str, list[dict]], output_dir: str) -> None:

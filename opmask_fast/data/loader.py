@@ -92,8 +92,12 @@ def default_num_workers(device: str | torch.device, *, processes_per_machine: in
     """
     if torch.device(device).type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores // max(processes_per_machine, 1) - 1))
+    return max(1, min(4, available_cores() // max(processes_per_machine, 1) - 1))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class InferenceSampler(Sampler):
