@@ -145,15 +145,19 @@ main() {
       BUILD_OK=0
       echo "build failed: nothing else can run"
     else
-      stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_roi_align.py tests/test_nms.py \
-        tests/test_multi_scale_roi_align.py
+      # pytest-xdist (in the GPU image) replaces a worker that crashes, so one segfault cannot hide the other tests.
+      local xdist=()
+      "$PY" -c "import xdist" 2> /dev/null && xdist=(-n 4)
+      stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
+        tests/test_nms.py tests/test_multi_scale_roi_align.py
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
         export -f memcheck; export CUDA_HOME
         stage "compute-sanitizer memcheck" 120 bash -c memcheck
       else
         skip "compute-sanitizer memcheck" "not installed"
       fi
-      stage "Triton prior tests (CUDA)" 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_object_prior_add.py
+      stage "Triton prior tests (CUDA)" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
+        tests/test_object_prior_add.py
     fi
   fi
   if [ "$BUILD_OK" = 1 ]; then

@@ -231,7 +231,8 @@ def cmd_summary(args) -> None:
     train = _load(os.path.join(args.out, "train_metrics.json"))
     log = os.path.join(args.out, "train_metrics.jsonl")
     if os.path.exists(log):
-        last = [json.loads(l) for l in open(log) if l.strip()][-1]
+        # the log ends with the evaluation's record; the last training record carries the step time
+        last = [r for r in (json.loads(l) for l in open(log) if l.strip()) if "seconds_per_iter" in r][-1]
         lines += ["", f"training: {last['iteration']} iterations, {last['seconds_per_iter']:.3f} s/iter, "
                       f"last loss {last['loss']:.3f}"]
     if train:

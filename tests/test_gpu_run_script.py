@@ -29,7 +29,10 @@ def test_summary_table(tmp_path):
            "x_floor": 2.0, "speedup_vs_unfused": 2.5}
     (tmp_path / "prior.json").write_text(json.dumps({"device": "GPU X", "copy_TBps": 3.0, "fused_provider": "triton",
                                                      "rows": [row]}))
-    (tmp_path / "train_metrics.jsonl").write_text(json.dumps({"iteration": 50, "seconds_per_iter": 0.5, "loss": 2.0}))
+    # as train writes it: training records, then the evaluation's record
+    (tmp_path / "train_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"iteration": 40, "seconds_per_iter": 0.7, "loss": 3.0}, {"iteration": 50, "seconds_per_iter": 0.5, "loss": 2.0},
+        {"iteration": 50, "eval": {"bbox_AP": 0.1}})) + "\n")
     (tmp_path / "train_metrics.json").write_text(json.dumps({"num_images": 50, "seconds_per_image": 0.07,
                                                              "bbox_AP": 0.1, "mask_AP": 0.0, "train_seconds": 40}))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_validate.py"), "summary", "--out",
@@ -39,5 +42,5 @@ def test_summary_table(tmp_path):
     assert "| CUDA op tests | FAILED (exit 1) | 40 |" in out
     assert "| fp32 | 0.0600 | 0.0500 | 0.0800 | 1.20 |" in out and "| bf16 | 0.0400 | 0.0300 | 0.0500 | 1.33 |" in out
     assert "| R=512 fp32 fwd | 0.500 | 0.200 | 0.100 | 2.0x | 2.50x |" in out
-    assert "training: 50 iterations, 0.500 s/iter" in out and "evaluation: 50 images" in out
+    assert "training: 50 iterations, 0.500 s/iter, last loss 2.000" in out and "evaluation: 50 images" in out
     assert (tmp_path / "summary.md").read_text().strip() == out.strip()

@@ -58,8 +58,8 @@ def oracle(case, **kw):
 
 
 def assert_close(actual, expected, dtype, what=""):
-    actual = actual.detach().double().cpu()
-    err = (actual - expected.detach()).abs().max().item() if expected.numel() else 0.0
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
     assert err <= TOL[dtype] * max(1.0, expected.abs().max().item() if expected.numel() else 0.0), (what, err)
 
 
@@ -113,9 +113,10 @@ def test_reference_explicit_backward_matches_autograd_with_ties():
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
 def test_opcheck(backend):
     c = make_case(R=2, D=2, C=4, rows=True)
-    args = (c["mask_features"].float(), c["box_features"].float().requires_grad_(),
-            c["cls_weight"].float().requires_grad_(), c["classes"], c["rows"], True, 1.0,
-            torch.ones(1, requires_grad=True), backend)
+    dev = DEVICE if backend == "triton" else "cpu"  # compiled Triton kernels take CUDA tensors only
+    args = (c["mask_features"].float().to(dev), c["box_features"].float().to(dev).requires_grad_(),
+            c["cls_weight"].float().to(dev).requires_grad_(), c["classes"].to(dev), c["rows"].to(dev), True, 1.0,
+            torch.ones(1, device=dev, requires_grad=True), backend)
     torch.library.opcheck(op_module._object_prior_add_op, args)
     torch.library.opcheck(op_module._object_prior_add_inplace_op, (args[0].clone(),) + args[1:],
                           test_utils=("test_schema", "test_faketensor"))
@@ -203,7 +204,7 @@ def test_triton_in_place_and_prior_alone(scale):
     assert_close(prior, ref.object_prior(*[a.double() for a in args[1:]], *idx), torch.float32)
     # Resized to the mask size (the fused-RoIAlign map): the prior term of object_prior_add alone.
     prior = object_prior(args[1], args[2], *idx, backend="triton", size=(14, 14), scale=scale)
-    zeros = torch.zeros(3, 1, 14, 14, dtype=torch.float64)
+    zeros = torch.zeros(3, 1, 14, 14, dtype=torch.float64, device=DEVICE)
     assert_close(prior, ref.object_prior_add(zeros, *[a.double() for a in args[1:]], *idx, True, scale)[:, 0],
                  torch.float32)
 
@@ -263,7 +264,10 @@ def test_bad_input_raises_before_any_kernel(backend, monkeypatch):
     mf, bf, w = c["mask_features"].float(), c["box_features"].float(), c["cls_weight"].float()
     cls, rows = c["classes"], c["rows"]
 
-    def call(*args, **kw):
+    def call(*args, **kw):  # compiled Triton kernels take CUDA tensors only
+        dev = DEVICE if backend == "triton" else "cpu"
+        args = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
+        kw = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         return object_prior_add(*args, backend=backend, **kw)
 
     with pytest.raises(IndexError, match="classes"):

@@ -231,6 +231,14 @@ def test_compiled_op_refuses_bad_batch_index_without_python_checks():
     rois = torch.tensor([[3.0, 1.0, 1.0, 4.0, 4.0]])
     with pytest.raises(RuntimeError, match="batch index"):
         torch.ops.opmask_fast.roi_align(x, rois, 1.0, 2, 2, 0, True, None)
+    many = torch.tensor([[0.0, 1.0, 1.0, 4.0, 4.0]]).repeat(64, 1)
+    many[-1, 0] = -1.0  # many RoIs: the kernel's threads start, one RoI is bad
+    with pytest.raises(RuntimeError, match="RoI 63 has batch index"):
+        torch.ops.opmask_fast.roi_align(x, many, 1.0, 2, 2, 0, True, None)
+    with pytest.raises(RuntimeError, match="batch index"):
+        torch.ops.opmask_fast.roi_align_backward(torch.ones(64, 2, 2, 2), many, 1.0, 2, 2, 1, 2, 8, 8, 0, True)
+    with pytest.raises(RuntimeError, match=r"Tensor\[K, 5\]"):
+        torch.ops.opmask_fast.roi_align(x, rois[:, :4], 1.0, 2, 2, 0, True, None)
     nan_box = torch.tensor([[0.0, float("nan"), 1.0, 4.0, 4.0]])
     assert torch.ops.opmask_fast.roi_align(x, nan_box, 1.0, 2, 2, 0, True, None).shape == (1, 2, 2, 2)
 
