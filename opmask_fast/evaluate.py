@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="diagnostic: evaluate with the prior set to 0, or with each RoI given another RoI's prior "
                         "(the priors reported for prior AP stay the model's own); metrics go to "
                         "OUTPUT_DIR/ablation_<mode>/ unless --output-dir is given")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a field of the checkpoint's model config for this evaluation, e.g. "
+                        "rpn.post_nms_topk_test=1000 or roi_heads.score_thresh=0.01 (repeatable; a change the "
+                        "checkpoint's weights do not fit is refused)")
     p.add_argument("--visualize", type=int, default=0, metavar="N", help="write pictures of N images")
     p.add_argument("--list-metrics", action="store_true", help="print the metrics.json keys and their meaning")
     cli.add_debug_option(p)
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def _evaluate(args, info, plan) -> dict | None:
     dataset, out = plan.dataset, plan.output_dir
-    model, meta = model_from_checkpoint(args.checkpoint, info.device, state=plan.state)
+    model, meta = model_from_checkpoint(args.checkpoint, info.device, state=plan.state, overrides=args.set)
     if args.prior_ablation:
         model.roi_heads.prior_ablation = args.prior_ablation
     start = time.time()
@@ -66,6 +70,8 @@ def _evaluate(args, info, plan) -> dict | None:
     if metrics is None:  # not rank 0
         return None
     metrics["data_dropped"] = dict(dataset.dropped)  # per reason, see opmask_fast.data.sanitize
+    if args.set:
+        metrics["config_overrides"] = list(args.set)
     write_metrics(metrics, os.path.join(out, "metrics.json"))
     print(f"{metrics['num_images']} images in {time.time() - start:.0f} s")
     print(format_table(metrics))

@@ -49,6 +49,15 @@ def test_presets_validate_and_roundtrip():
         get_preset("nope")
     with pytest.raises(ValueError, match="prior_scale"):
         ModelConfig(prior_scale="big").validate()
+    for section, field, value, message in (("rpn", "post_nms_topk_test", 0, ">= 1"),
+                                           ("rpn", "pre_nms_topk_train", -5, ">= 1"),
+                                           ("roi_heads", "detections_per_image", 0, ">= 1"),
+                                           ("roi_heads", "score_thresh", 1.5, r"in \[0, 1\]"),
+                                           ("rpn", "nms_thresh", float("nan"), r"in \[0, 1\]")):
+        cfg = get_preset("opmask_r18_lite")
+        setattr(getattr(cfg, section), field, value)
+        with pytest.raises(ValueError, match=f"{section}.{field} must be {message}"):
+            cfg.validate()
 
 
 def test_coco_preset_builds_frozen():

@@ -60,6 +60,22 @@ def test_train_evaluate_predict_on_synthetic(small_data, tmp_path, capsys, caplo
     ev = evaluate.main(["--checkpoint", os.path.join(out, "checkpoint.pth"), "--output-dir", str(tmp_path / "ev"),
                         "--max-images", "2", "--no-oracle"])
     assert ev["num_images"] == 2 and json.load(open(tmp_path / "ev" / "metrics.json"))["num_images"] == 2
+    # test-time changes of the checkpoint's config; changes its weights do not fit end as usage errors
+    sets = ["--set", "rpn.post_nms_topk_test=1", "--set", "roi_heads.detections_per_image=1"]
+    ev = evaluate.main(["--checkpoint", os.path.join(out, "checkpoint.pth"), "--output-dir", str(tmp_path / "ev1"),
+                        "--max-images", "2", "--no-oracle", *sets])
+    assert ev["num_detections"] <= 2 and ev["config_overrides"] == sets[1::2]
+    capsys.readouterr()
+    for item, message in (("roi_heads.mask_head_conv_dim=8", "weights do not fit"),
+                          ("rpn.post_nms_topk_test=0", "rpn.post_nms_topk_test must be >= 1"),
+                          ("rpn.no_such_field=1", "unknown config field")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["--checkpoint", os.path.join(out, "checkpoint.pth"), "--output-dir",
+                           str(tmp_path / "ev2"), "--set", item])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and err[-1].startswith("python -m opmask_fast.evaluate: error: --set") \
+            and message in err[-1], err
+    assert not os.path.exists(tmp_path / "ev2" / "metrics.json")
     images = small_data[small_data.index("--val-images") + 1]
     predict.main(["--checkpoint", os.path.join(out, "checkpoint.pth"), "--images", images, "--output-dir",
                   str(tmp_path / "pred"), "--visualize"])

@@ -64,7 +64,10 @@ def test_lite_preset_is_the_tiny_model_made_cheaper():
 
     tiny, lite = get_preset("opmask_r18_tiny"), get_preset("opmask_r18_lite")
     changed = {k for k, v in lite.to_dict().items() if v != tiny.to_dict()[k]}
-    assert changed == {"backbone", "roi_heads"}
+    assert changed == {"backbone", "roi_heads", "rpn"}
+    # at inference 100 proposals per image instead of 300 (README: same checkpoints, equal or higher mask AP)
+    rpn = {k: v for k, v in lite.to_dict()["rpn"].items() if v != tiny.to_dict()["rpn"][k]}
+    assert rpn == {"post_nms_topk_test": 100}
     models = [build_model(c) for c in (tiny, lite)]
     sizes = [sum(p.numel() for p in m.backbone.parameters()) for m in models]
     assert sizes[1] < sizes[0] / 3  # half the channels: about a quarter of the trunk's weights

@@ -17,7 +17,8 @@ from ..data import CocoInstances, load_coco, resolve_split
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint)
-from .setup import default_output_dir, resolve_data, train_dataset, val_dataset
+from .setup import (apply_override, default_output_dir, model_from_checkpoint, resolve_data, train_dataset,
+                    val_dataset)
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +187,14 @@ def check_evaluate(args) -> EvalPlan:
 
     with user_errors(f"--checkpoint {args.checkpoint}: its model config cannot be used"):
         cfg = ModelConfig.from_dict(meta["model_config"])
+    if getattr(args, "set", None):
+        with user_errors("--set"):
+            for item in args.set:
+                apply_override(cfg, item)
+            cfg.validate()
+            # A change of the model's shapes (a head's width, the class count) is refused here: one model build
+            # with the checkpoint's weights, seconds before the evaluation would find out.
+            model_from_checkpoint(args.checkpoint, "cpu", state=state, overrides=args.set)
     data = dict(meta.get("data") or {})
     if args.val_ann or args.val_images:
         if not (args.val_ann and args.val_images):

@@ -7,6 +7,7 @@ import ast
 import logging
 import math
 import os
+from collections.abc import Sequence
 
 import torch
 
@@ -138,11 +139,13 @@ def val_dataset(paths: dict, input_cfg, split, split_seed: int = 0, *, coco=None
                          transform=transform, masks="none", coco=coco)
 
 
-def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, state: dict | None = None):
+def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, state: dict | None = None,
+                          overrides: Sequence[str] = ()):
     """Rebuilds the model a checkpoint was trained with and loads its weights. Returns ``(model, meta)``.
 
     Args:
         state: the checkpoint's contents when already read (``checks.read_checkpoint``).
+        overrides: ``KEY=VALUE`` changes of its model config (``apply_override``), e.g. test-time proposal counts.
 
     Raises:
         CheckpointError: not a checkpoint of ``opmask_fast.train``, or weights that do not fit its own config.
@@ -157,11 +160,15 @@ def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, stat
         cfg = ModelConfig.from_dict(meta["model_config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
+    for item in overrides:
+        apply_override(cfg, item)
+    cfg.validate()
     cfg.backbone.weights = None  # the checkpoint holds every weight; the ImageNet file need not exist any more
     try:
         model = build_with_weights(cfg, state=state["model"], source=repr(path))
     except WeightsMismatchError as e:
-        raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
+        what = "its own model config" if not overrides else f"its model config with {', '.join(overrides)}"
+        raise CheckpointError(f"{path}: its weights do not fit {what} ({e})") from None
     model.to(device).eval()
     return model, meta
 
