@@ -245,8 +245,8 @@ def _lite(use_prior: bool) -> ModelConfig:
     cfg.roi_heads.positive_fraction = 0.5
     cfg.roi_heads.mask_head_num_convs = 4
     # 100 proposals per image at inference, not 300: the box head over every proposal was most of an image's
-    # inference; these images hold 2-16 objects. Same checkpoints, both ways: 1.7-1.9x less per image, mask AP equal
-    # or higher (README, the main job's tables).
+    # inference; these images hold 2-16 objects. Same checkpoints, both ways: 1.5-1.9x less per image, mask AP equal
+    # or higher on the embedded set, within the seeds' spread on shapes2 (benchmarks/RESULTS.md).
     cfg.rpn.post_nms_topk_test = 100
     return cfg.validate()
 
