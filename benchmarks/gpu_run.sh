@@ -2,7 +2,8 @@
 # The one-call GPU validation, bounded to under 10 minutes (BUDGET_S, default 560 s; a stage that would pass the
 # deadline is cut short or skipped, and the table says so):
 #   1. build the extension for the local GPU (FORCE_CUDA=1);
-#   2. the extension's tests on CUDA (roi_align, nms, multi_scale_roi_align) and a compute-sanitizer memcheck;
+#   2. the extension's C++ errors reach Python (cuda-gdb's stack of a process that dies), its tests on CUDA
+#      (roi_align, nms, multi_scale_roi_align; under pytest-xdist where installed) and a compute-sanitizer memcheck;
 #   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, compiled kernels, fp32/fp16/bf16);
 #   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
 #      1000 proposals, 100 detections with masks pasted);
@@ -63,6 +64,36 @@ build() {
   FORCE_CUDA=1 "$PY" setup.py build_ext --inplace > "$WORK/build.log" 2>&1 || { tail -n 60 "$WORK/build.log"; return 1; }
   grep -E "opmask_fast:|warning" "$WORK/build.log" | head -n 20
   "$PY" -c "import opmask_fast._extension as e; assert e.cuda_built(), e.load_error(); print('CUDA kernels loaded')"
+}
+
+error_paths() {  # the extension's own errors reach Python: each case in its own process; a crash gets a native stack
+  local rc=0 case
+  for case in plain formatted formatted_cuda; do
+    [ "$case" = formatted_cuda ] && ! "$PY" -c "import torch; assert torch.cuda.is_available()" 2> /dev/null && continue
+    cat > "$WORK/error_path.py" << PYEOF
+import torch, opmask_fast._extension as e
+assert e.has_C(), e.load_error()
+dev = "cuda" if "$case".endswith("cuda") else "cpu"
+x = torch.randn(1, 2, 8, 8, device=dev)
+rois = torch.tensor([[3.0, 1.0, 1.0, 4.0, 4.0]], device=dev)  # batch index 3 of a batch of 1
+try:  # plain: a one-string TORCH_CHECK; formatted: one with numbers in its message (c10::str)
+    torch.ops.opmask_fast.roi_align(x, rois[:, :4] if "$case" == "plain" else rois, 1.0, 2, 2, 0, True, None)
+    raise SystemExit("$case: no error raised")
+except RuntimeError as err:
+    print("$case: RuntimeError:", str(err).splitlines()[0])
+PYEOF
+    if ! "$PY" -X faulthandler "$WORK/error_path.py"; then
+      rc=1
+      echo "$case: the process died; its native stack:"
+      if command -v cuda-gdb > /dev/null || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/cuda-gdb" ]; then
+        timeout 120 "$(command -v cuda-gdb || echo "$CUDA_HOME/bin/cuda-gdb")" -batch -ex run -ex bt \
+          --args "$PY" "$WORK/error_path.py" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -n 40
+      else
+        echo "(no cuda-gdb here)"
+      fi
+    fi
+  done
+  return $rc
 }
 
 memcheck() {
@@ -130,6 +161,8 @@ main() {
     PRIOR_ARGS=(--device cpu --sizes 100 --dtypes fp32 --reps 1)
     WEIGHT_ARGS=(--device cpu --count 2 --side 128)
     stage "extension (CPU kernels)" 60 "$PY" -c "import opmask_fast._extension as e; assert e.has_C(), e.load_error()"
+    export -f error_paths
+    stage "C++ errors reach Python" 60 bash -c error_paths
     skip "CUDA op tests" "no GPU"
     skip "compute-sanitizer" "no GPU"
     stage "Triton prior tests (interpreter, a subset)" 150 "$PY" -m pytest -q -p no:cacheprovider \
@@ -150,6 +183,8 @@ main() {
       "$PY" -c "import xdist" 2> /dev/null && xdist=(-n 4)
       stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
         tests/test_nms.py tests/test_multi_scale_roi_align.py
+      export -f error_paths
+      stage "C++ errors reach Python" 150 bash -c error_paths
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
         export -f memcheck; export CUDA_HOME
         stage "compute-sanitizer memcheck" 120 bash -c memcheck
