@@ -85,9 +85,11 @@ PYEOF
     if ! "$PY" -X faulthandler "$WORK/error_path.py"; then
       rc=1
       echo "$case: the process died; its native stack:"
-      if command -v cuda-gdb > /dev/null || [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/cuda-gdb" ]; then
-        timeout 120 "$(command -v cuda-gdb || echo "$CUDA_HOME/bin/cuda-gdb")" -batch -ex run -ex bt \
-          --args "$PY" "$WORK/error_path.py" 2>&1 | grep -v "^\[New Thread\|^\[Thread" | tail -n 40
+      local gdb
+      gdb=$(command -v cuda-gdb || echo "${CUDA_HOME:-/usr/local/cuda}/bin/cuda-gdb")
+      if [ -x "$gdb" ]; then
+        timeout 120 "$gdb" -batch -ex run -ex bt --args "$PY" "$WORK/error_path.py" 2>&1 \
+          | grep -v "^\[New Thread\|^\[Thread" | tail -n 40
       else
         echo "(no cuda-gdb here)"
       fi
@@ -134,6 +136,7 @@ train_run() {
 main() {
   : > "$OUT/stages.tsv"
   BUILD_OK=1 LAST_RC=0
+  export -f error_paths
   echo "== environment"
   "$PY" -c "import sys, torch, torchvision; print('python', sys.version.split()[0], 'torch', torch.__version__,
 'torchvision', torchvision.__version__, 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
@@ -161,7 +164,6 @@ main() {
     PRIOR_ARGS=(--device cpu --sizes 100 --dtypes fp32 --reps 1)
     WEIGHT_ARGS=(--device cpu --count 2 --side 128)
     stage "extension (CPU kernels)" 60 "$PY" -c "import opmask_fast._extension as e; assert e.has_C(), e.load_error()"
-    export -f error_paths
     stage "C++ errors reach Python" 60 bash -c error_paths
     skip "CUDA op tests" "no GPU"
     skip "compute-sanitizer" "no GPU"
@@ -183,7 +185,6 @@ main() {
       "$PY" -c "import xdist" 2> /dev/null && xdist=(-n 4)
       stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
         tests/test_nms.py tests/test_multi_scale_roi_align.py
-      export -f error_paths
       stage "C++ errors reach Python" 150 bash -c error_paths
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
         export -f memcheck; export CUDA_HOME

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> dict | None:
 
 def _evaluate(args, info, plan) -> dict | None:
     dataset, out = plan.dataset, plan.output_dir
-    model, meta = model_from_checkpoint(args.checkpoint, info.device, state=plan.state, overrides=args.set)
+    if plan.model is not None:  # preflight built it to check evaluate's --set
+        model = plan.model.to(info.device)
+    else:
+        model, _ = model_from_checkpoint(args.checkpoint, info.device, state=plan.state)
     if args.prior_ablation:
         model.roi_heads.prior_ablation = args.prior_ablation
     start = time.time()

@@ -57,6 +57,11 @@ def oracle(case, **kw):
     return run(case, backend="reference", fn=ref.object_prior_add, **kw)
 
 
+def device_for(backend: str) -> str:
+    """Compiled Triton kernels take CUDA tensors only; the reference and the interpreter take CPU ones."""
+    return DEVICE if backend == "triton" else "cpu"
+
+
 def assert_close(actual, expected, dtype, what=""):
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
     err = (actual - expected).abs().max().item() if expected.numel() else 0.0
@@ -113,7 +118,7 @@ def test_reference_explicit_backward_matches_autograd_with_ties():
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
 def test_opcheck(backend):
     c = make_case(R=2, D=2, C=4, rows=True)
-    dev = DEVICE if backend == "triton" else "cpu"  # compiled Triton kernels take CUDA tensors only
+    dev = device_for(backend)
     args = (c["mask_features"].float().to(dev), c["box_features"].float().to(dev).requires_grad_(),
             c["cls_weight"].float().to(dev).requires_grad_(), c["classes"].to(dev), c["rows"].to(dev), True, 1.0,
             torch.ones(1, device=dev, requires_grad=True), backend)
@@ -151,7 +156,7 @@ def test_triton_tiny_batches(R, rows):
 def test_constant_cam_gives_zero_prior_and_zero_gradient(backend):
     c = make_case(R=3)
     c["box_features"][1] = 0.25  # every pixel of RoI 1's CAM is the same value
-    results = run(c, backend=backend, device=DEVICE if backend == "triton" else "cpu")
+    results = run(c, backend=backend, device=device_for(backend))
     expected = oracle(c)
     assert_all_close(results, expected, torch.float32)
     torch.testing.assert_close(results[0][1].double().cpu(), c["mask_features"][1])  # no prior, no NaN
@@ -264,8 +269,8 @@ def test_bad_input_raises_before_any_kernel(backend, monkeypatch):
     mf, bf, w = c["mask_features"].float(), c["box_features"].float(), c["cls_weight"].float()
     cls, rows = c["classes"], c["rows"]
 
-    def call(*args, **kw):  # compiled Triton kernels take CUDA tensors only
-        dev = DEVICE if backend == "triton" else "cpu"
+    def call(*args, **kw):
+        dev = device_for(backend)
         args = [a.to(dev) if isinstance(a, torch.Tensor) else a for a in args]
         kw = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
         return object_prior_add(*args, backend=backend, **kw)

@@ -186,19 +186,19 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     const scalar_t* map = roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t nbins = ph * pw;
-    // Refused before any work, outside the parallel region (as the backward does): nothing is half-written and
-    // the error does not have to travel out of an OpenMP region.
+    // Geometry first, serially, as the backward does: a bad batch index is refused before any work, and the error
+    // does not have to travel out of an OpenMP region.
+    std::vector<RoiGeometry<acc_t>> geo(k);
     for (int64_t r = 0; r < k; ++r) {
-      const acc_t b = roi[5 * r];
-      TORCH_CHECK(b >= 0 && b < static_cast<acc_t>(n), "opmask_fast::roi_align: RoI ", r, " has batch index ", b,
+      geo[r] = roi_geometry<acc_t>(roi + 5 * r, n, static_cast<acc_t>(spatial_scale), ph, pw, sampling_ratio, aligned);
+      TORCH_CHECK(geo[r].batch >= 0, "opmask_fast::roi_align: RoI ", r, " has batch index ", roi[5 * r],
                   " outside [0, ", n, ")");
     }
     at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
       RoiTaps<acc_t> taps;
       std::vector<acc_t> acc;
       for (int64_t r = begin; r < end; ++r) {
-        const auto g = roi_geometry<acc_t>(roi + 5 * r, n, static_cast<acc_t>(spatial_scale), ph, pw,
-                                           sampling_ratio, aligned);
+        const RoiGeometry<acc_t>& g = geo[r];
         build_taps(g, ph, pw, h, w, taps);
         const scalar_t* planes = in + g.batch * c * h * w;
         scalar_t* dst = o + r * c * nbins;

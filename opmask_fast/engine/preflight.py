@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..cli import UsageError, user_errors
 from ..config import PRESETS
@@ -17,8 +18,10 @@ from ..data import CocoInstances, load_coco, resolve_split
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint)
-from .setup import (apply_override, default_output_dir, model_from_checkpoint, resolve_data, train_dataset,
-                    val_dataset)
+from .setup import default_output_dir, model_from_checkpoint, resolve_data, train_dataset, val_dataset
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -173,6 +176,7 @@ class EvalPlan:
     dataset: CocoInstances
     split: str
     output_dir: str
+    model: torch.nn.Module | None = None  # on the CPU, built with evaluate's --set (None: build it from state)
 
 
 def check_evaluate(args) -> EvalPlan:
@@ -187,14 +191,13 @@ def check_evaluate(args) -> EvalPlan:
 
     with user_errors(f"--checkpoint {args.checkpoint}: its model config cannot be used"):
         cfg = ModelConfig.from_dict(meta["model_config"])
+    model = None
     if getattr(args, "set", None):
+        # Built here with the changed config, so a change the weights do not fit (a head's width, the class count)
+        # is refused before any data is read; the evaluation then uses this model.
         with user_errors("--set"):
-            for item in args.set:
-                apply_override(cfg, item)
-            cfg.validate()
-            # A change of the model's shapes (a head's width, the class count) is refused here: one model build
-            # with the checkpoint's weights, seconds before the evaluation would find out.
-            model_from_checkpoint(args.checkpoint, "cpu", state=state, overrides=args.set)
+            model, _ = model_from_checkpoint(args.checkpoint, "cpu", state=state, overrides=args.set)
+        cfg = model.cfg
     data = dict(meta.get("data") or {})
     if args.val_ann or args.val_images:
         if not (args.val_ann and args.val_images):
@@ -225,7 +228,7 @@ def check_evaluate(args) -> EvalPlan:
         if not args.output_dir:  # the model's own metrics stay where they are
             out = os.path.join(out, f"ablation_{args.prior_ablation}")
     out = check_output_dir(out)
-    return EvalPlan(state=state, dataset=dataset, split=split, output_dir=out)
+    return EvalPlan(state=state, dataset=dataset, split=split, output_dir=out, model=model)
 
 
 @dataclass
