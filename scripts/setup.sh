@@ -26,6 +26,12 @@ echo "setup: installing requirements.txt"
 # --no-compile: pip would byte-compile every module of torch (about 30% of the install's time); Python compiles and
 # caches the ones a run imports instead.
 "$PY" -m pip install --disable-pip-version-check -q --no-compile -r requirements.txt
+# ...but where PYTHONDONTWRITEBYTECODE is set (containers and CI images often set it), Python caches nothing and every
+# process compiles torch's sources again on import (import torch 4-5 s instead of 2 here; the main job starts 4 such
+# processes, the tests dozens). So one import of what the runs load writes the bytecode of just those modules into
+# the venv (pip's default would compile every module it installs).
+warm_up() { env -u PYTHONDONTWRITEBYTECODE "$PY" -c "$1" > /dev/null; }
+warm_up "import torch, torch._dynamo, torch.optim, torch.utils.data, numpy, scipy.stats, pycocotools.cocoeval, PIL.PngImagePlugin, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"
 
 # CUDA build settings (see the environment notes): torch guesses CUDA_HOME=/usr/local from `which nvcc` and finds
 # no headers; without a visible GPU it cannot pick architectures by itself.
@@ -61,4 +67,8 @@ if [ "$stale" = 1 ]; then
 else
   echo "setup: opmask_fast._C is up to date ($so)"
 fi
-"$PY" -c "import opmask_fast._extension as e; assert e.has_C(), e.load_error(); print('setup: opmask_fast._C loaded, CUDA kernels:', e.cuda_built())"
+env -u PYTHONDONTWRITEBYTECODE "$PY" -c "
+import opmask_fast._extension as e
+assert e.has_C(), e.load_error()
+print('setup: opmask_fast._C loaded, CUDA kernels:', e.cuda_built())
+import opmask_fast.train, opmask_fast.evaluate, opmask_fast.compare, opmask_fast.analyze, opmask_fast.engine.report"

@@ -54,18 +54,28 @@ def _unwrap(model):
 
 
 @torch.no_grad()
-def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *,
-                 device: torch.device | str = "cpu") -> list[dict]:
+def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, device: torch.device | str = "cpu",
+                 oracle: bool = False) -> list[dict]:
     """Runs ``model`` on the images ``indices`` (batch 1); one entry per image: ``index``, ``image_id``, COCO
-    ``results`` (bbox + segmentation), ``prior_results`` (each detection's prior pasted as a mask) and ``seconds``."""
+    ``results`` (bbox + segmentation), ``prior_results`` (each detection's prior pasted as a mask) and ``seconds``.
+
+    With ``oracle`` each entry also holds ``oracle``: ``oracle_images``' entry of that image (None without GT masks),
+    computed from the same backbone features when the model has ``extract``/``detect`` (one backbone pass per image
+    instead of two; ``seconds`` still times the detection alone).
+    """
     model = _unwrap(model)
     model.eval()
+    shared = oracle and hasattr(model, "extract") and hasattr(model, "detect")
     out_list = []
     for index in indices:
         image, target = dataset[index]
         h, w = target["orig_size"]
         start = time.perf_counter()
-        out = model([image.to(device)], output_sizes=[(h, w)])[0]
+        if shared:
+            extracted = model.extract([image.to(device)])
+            out = model.detect(extracted, output_sizes=[(h, w)])[0]
+        else:
+            out = model([image.to(device)], output_sizes=[(h, w)])[0]
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
@@ -83,8 +93,12 @@ def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *,
             for i in range(boxes.shape[0]):
                 prior_results.append({"image_id": target["image_id"], "category_id": cat_ids[i],
                                       "score": float(scores[i]), "segmentation": prior_rles[i]})
-        out_list.append({"index": index, "image_id": target["image_id"], "results": results,
-                         "prior_results": prior_results, "seconds": seconds})
+        entry = {"index": index, "image_id": target["image_id"], "results": results,
+                 "prior_results": prior_results, "seconds": seconds}
+        if oracle:
+            entry["oracle"] = _oracle_entry(model, dataset, index, image, target, device,
+                                            extracted if shared else None)
+        out_list.append(entry)
     return out_list
 
 
@@ -120,26 +134,38 @@ def oracle_images(model, dataset: CocoInstances, indices: Sequence[int], *,
     model.eval()
     entries = []
     for index in indices:
-        record = dataset.records[index]
-        keep = [i for i, a in enumerate(record["anns"]) if a["ann"].get("segmentation")]
-        if not keep:
+        if not _oracle_keep(dataset, index):
             continue
         image, target = dataset[index]
-        h, w = target["orig_size"]
-        boxes, labels = target["boxes"][keep], target["labels"][keep]
-        out = model.predict_masks_for_boxes([image.to(device)], [boxes.to(device)], [labels.to(device)],
-                                            output_sizes=[(h, w)])[0]
-        gt = torch.from_numpy(
-            np.stack([decode_segmentation(record["anns"][i]["ann"]["segmentation"], h, w) for i in keep])
-        )
-        cats = [record["anns"][i]["ann"]["category_id"] for i in keep]
-        entry = {"index": index, "mask": list(zip(cats, mask_iou(out["masks"].cpu(), gt).tolist())), "prior": []}
-        if out.get("priors") is not None:
-            orig_boxes = torch.tensor([record["anns"][i]["box"] for i in keep], dtype=torch.float32)
-            pm = paste_maps(out["priors"].cpu(), orig_boxes, (h, w), threshold=0.5)
-            entry["prior"] = list(zip(cats, mask_iou(pm, gt).tolist()))
-        entries.append(entry)
+        entries.append(_oracle_entry(model, dataset, index, image, target, device))
     return entries
+
+
+def _oracle_keep(dataset: CocoInstances, index: int) -> list[int]:
+    return [i for i, a in enumerate(dataset.records[index]["anns"]) if a["ann"].get("segmentation")]
+
+
+def _oracle_entry(model, dataset: CocoInstances, index: int, image, target, device, extracted=None) -> dict | None:
+    """``oracle_images``' entry of one image (None when none of its instances has a segmentation)."""
+    keep = _oracle_keep(dataset, index)
+    if not keep:
+        return None
+    record = dataset.records[index]
+    h, w = target["orig_size"]
+    boxes, labels = target["boxes"][keep], target["labels"][keep]
+    kw = {} if extracted is None else {"extracted": extracted}
+    out = model.predict_masks_for_boxes([image.to(device)], [boxes.to(device)], [labels.to(device)],
+                                        output_sizes=[(h, w)], **kw)[0]
+    gt = torch.from_numpy(
+        np.stack([decode_segmentation(record["anns"][i]["ann"]["segmentation"], h, w) for i in keep])
+    )
+    cats = [record["anns"][i]["ann"]["category_id"] for i in keep]
+    entry = {"index": index, "mask": list(zip(cats, mask_iou(out["masks"].cpu(), gt).tolist())), "prior": []}
+    if out.get("priors") is not None:
+        orig_boxes = torch.tensor([record["anns"][i]["box"] for i in keep], dtype=torch.float32)
+        pm = paste_maps(out["priors"].cpu(), orig_boxes, (h, w), threshold=0.5)
+        entry["prior"] = list(zip(cats, mask_iou(pm, gt).tolist()))
+    return entry
 
 
 def merge_oracle(shares: list[list[dict]]) -> dict[str, dict[int, list[float]]]:
@@ -219,12 +245,11 @@ def evaluate_model(model, dataset: CocoInstances, *, strong_ids, device="cpu", o
     weak_ids = set(dataset.category_ids) - set(strong_ids)
     rank, world = rank_and_world_size()
     mine = range(rank, _count(dataset, max_images), world)
-    shares = gather_objects((infer_images(model, dataset, mine, device=device),
-                             oracle_images(model, dataset, mine, device=device) if oracle else None))
+    shares = gather_objects(infer_images(model, dataset, mine, device=device, oracle=oracle))
     if shares is None:
         return None
-    inf = merge_inference([s[0] for s in shares])
-    ora = merge_oracle([s[1] for s in shares]) if oracle else None
+    inf = merge_inference(shares)
+    ora = merge_oracle([[e["oracle"] for e in share if e["oracle"]] for share in shares]) if oracle else None
     metrics = compute_metrics(dataset, inf, ora, strong_ids=strong_ids, weak_ids=weak_ids)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)

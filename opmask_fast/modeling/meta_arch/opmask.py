@@ -111,19 +111,33 @@ class OPMaskModel(nn.Module):
             proposals, losses = self.rpn(features, sizes, [t["boxes"] for t in targets])
             losses.update(self.roi_heads.forward_train(features, proposals, targets))
             return losses
-        features = self.backbone(batch)
+        return self.detect((self.backbone(batch), sizes), output_sizes)
+
+    def extract(self, images: list[Tensor]) -> tuple[dict[str, Tensor], list[tuple[int, int]]]:
+        """The FPN features of `images` and their unpadded sizes: pass them to `detect` and to
+        `predict_masks_for_boxes(extracted=...)` to run both on one backbone pass (the evaluation's oracle boxes)."""
+        batch, sizes = self.preprocess(images)
+        return self.backbone(batch), sizes
+
+    def detect(self, extracted: tuple[dict[str, Tensor], list[tuple[int, int]]],
+               output_sizes: list[tuple[int, int]] | None = None) -> list[dict]:
+        """Inference from `extract`'s output: what `model(images, output_sizes=...)` returns in eval mode."""
+        features, sizes = extracted
         proposals, _ = self.rpn(features, sizes)
         dets = self.roi_heads.forward_test(features, proposals, sizes)
         return self.postprocess(dets, sizes, output_sizes)
 
     @torch.no_grad()
     def predict_masks_for_boxes(self, images: list[Tensor], boxes: list[Tensor], labels: list[Tensor],
-                                output_sizes: list[tuple[int, int]] | None = None) -> list[dict]:
+                                output_sizes: list[tuple[int, int]] | None = None, *,
+                                extracted: tuple[dict[str, Tensor], list[tuple[int, int]]] | None = None
+                                ) -> list[dict]:
         """Masks for given boxes and classes (e.g. GT, for oracle mask quality and the prior's own AP).
 
         Args:
             boxes: per image `Tensor[M_i, 4]` xyxy in the coordinates of `images[i]`; labels: `Tensor[M_i]` in 0..K-1.
             output_sizes: (h, w) to paste into (boxes are scaled like detections); default the input size.
+            extracted: `extract(images)` of these images, computed before (in eval mode): the backbone is not run again.
         Returns:
             per image `boxes`, `labels`, `masks Tensor[M_i, h, w]` bool, `mask_probs Tensor[M_i, 28, 28]`,
             `priors Tensor[M_i, 7, 7]`.
@@ -131,18 +145,25 @@ class OPMaskModel(nn.Module):
         if len(boxes) != len(images) or len(labels) != len(images):
             raise ValueError("predict_masks_for_boxes needs one boxes and one labels tensor per image")
         was_training = self.training
-        self.eval()
+        if was_training:  # train()/eval() walk every module: ~1 ms a call, per image of an oracle pass
+            self.eval()
         try:
-            batch, sizes = self.preprocess(images)
-            dev = batch.device
-            features = self.backbone(batch)
+            if extracted is None:
+                batch, sizes = self.preprocess(images)
+                features = self.backbone(batch)
+            else:
+                features, sizes = extracted
+                if len(sizes) != len(images):
+                    raise ValueError(f"extracted holds {len(sizes)} images' features for {len(images)} images")
+            dev = self.pixel_mean.device
             dets = self.roi_heads.predict_for_boxes(features, [b.to(dev, torch.float32) for b in boxes],
                                                     [l.to(dev) for l in labels])
             for d in dets:
                 d["scores"] = torch.ones(d["labels"].shape, device=dev)
             return self.postprocess(dets, sizes, output_sizes)
         finally:
-            self.train(was_training)
+            if was_training:
+                self.train()
 
     def postprocess(self, dets: list[dict], sizes: list[tuple[int, int]],
                     output_sizes: list[tuple[int, int]] | None) -> list[dict]:
