@@ -255,27 +255,3 @@ def test_no_detections_gives_empty_outputs():
     out = model([img], output_sizes=[(50, 60)])[0]
     assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 50, 60) and out["priors"].shape == (0, 7, 7)
     assert out["mask_probs"].shape == (0, 28, 28) and out["labels"].dtype == torch.int64
-
-
-@pytest.mark.parametrize("r, c, co, h, w, bias", [(5, 8, 6, 14, 14, True), (1, 3, 4, 3, 5, False), (0, 4, 4, 14, 14, True)])
-def test_mask_head_upsampling_equals_the_conv_modules(r, c, co, h, w, bias):
-    """upsample_logits (two matrix products) against ConvTranspose2d -> ReLU -> Conv2d with the same parameters,
-    float64, forward and every gradient (input, both weights and biases)."""
-    from opmask_fast.modeling.roi_heads.mask_head import upsample_logits
-
-    deconv = torch.nn.ConvTranspose2d(c, co, kernel_size=2, stride=2, bias=bias).double()
-    predictor = torch.nn.Conv2d(co, 1, kernel_size=1, bias=bias).double()
-    with torch.no_grad():  # weights large enough that ReLU cuts some outputs
-        for p in [*deconv.parameters(), *predictor.parameters()]:
-            p.normal_()
-    x = torch.randn(r, c, h, w, dtype=torch.float64, requires_grad=True)
-    params = [x, *deconv.parameters(), *predictor.parameters()]
-    ref = predictor(torch.nn.functional.relu(deconv(x)))[:, 0]
-    out = upsample_logits(x, deconv, predictor)
-    assert out.shape == (r, 2 * h, 2 * w)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
-    g = torch.randn_like(ref)
-    grads_ref = torch.autograd.grad(ref, params, g, allow_unused=True)
-    grads = torch.autograd.grad(out, params, g, allow_unused=True)
-    for a, b in zip(grads, grads_ref):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -163,14 +163,3 @@ def test_every_conv_option_changes_masks_and_a_zero_prior_removes_it():
             torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
                                        ["mask_probs"], zero)
     assert not torch.allclose(outs[False], outs[True])
-
-
-@pytest.mark.parametrize("shape", [(7, 12544), (3, 2), (4, 1), (0, 5), (1, 333)])
-def test_row_std_is_tensor_std(shape):
-    from opmask_fast.modeling.roi_heads.prior import row_std
-
-    x = torch.randn(shape, dtype=torch.float64) * torch.rand(shape[0], 1, dtype=torch.float64) * 50 + 1e3
-    ref = x.std(dim=1) if shape[1] > 1 else torch.full((shape[0],), float("nan"), dtype=torch.float64)
-    torch.testing.assert_close(row_std(x), ref, rtol=1e-12, atol=0, equal_nan=True)
-    # float32 (what the model feeds it) within float32 rounding of the float64 value
-    torch.testing.assert_close(row_std(x.float()), ref.float(), rtol=2e-5, atol=0, equal_nan=True)

@@ -33,30 +33,8 @@ class MaskHead(nn.Module):
         that conv reads: the prior added again at every depth, so a deep head cannot wash it out."""
         for i, conv in enumerate(self.convs):
             x = conv(x if inject is None or i == 0 else inject(x))
-        return upsample_logits(x, self.deconv, self.predictor)
-
-
-def upsample_logits(x: Tensor, deconv: nn.ConvTranspose2d, predictor: nn.Conv2d) -> Tensor:
-    """`predictor(relu(deconv(x)))[:, 0]` for the 2x2 stride-2 transposed conv and the 1x1 one-channel predictor,
-    computed as two matrix products over channels: `Tensor[R, C, H, W]` -> `Tensor[R, 2H, 2W]`.
-
-    Each input pixel owns a disjoint 2x2 output block, so the transposed conv is one `[R*H*W, C] @ [C, 2*2*Co]`
-    product, and the predictor a product with its `[Co]` weight; only the `[R, H, W, 2, 2]` logits are put back in
-    image order. On a CPU the conv modules spent most of the time here in layout conversions around a 1x1 conv with
-    one output channel (3-5x the cost of these products); the parameters are the modules' own, so checkpoints and the
-    plain modules stay interchangeable (tests/test_model.py compares the two, forward and backward).
-    """
-    r, c, h, w = x.shape
-    co = deconv.out_channels
-    # columns ordered (ky, kx, out channel): the predictor then reduces contiguous rows of Co
-    weight = deconv.weight.permute(0, 2, 3, 1).reshape(c, 4 * co)
-    bias = deconv.bias.repeat(4) if deconv.bias is not None else None
-    rows = x.permute(0, 2, 3, 1).reshape(r * h * w, c)
-    up = F.relu(rows @ weight if bias is None else torch.addmm(bias, rows, weight))
-    logits = up.view(-1, co) @ predictor.weight.view(co)
-    if predictor.bias is not None:
-        logits = logits + predictor.bias
-    return logits.view(r, h, w, 2, 2).permute(0, 1, 3, 2, 4).reshape(r, 2 * h, 2 * w)
+        x = F.relu(self.deconv(x))
+        return self.predictor(x)[:, 0]
 
 
 def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -> Tensor:
