@@ -30,8 +30,7 @@ echo "setup: installing requirements.txt"
 # process compiles torch's sources again on import (import torch 4-5 s instead of 2 here; the main job starts 4 such
 # processes, the tests dozens). So one import of what the runs load writes the bytecode of just those modules into
 # the venv (pip's default would compile every module it installs).
-warm_up() { env -u PYTHONDONTWRITEBYTECODE "$PY" -c "$1" > /dev/null; }
-warm_up "import torch, torch._dynamo, torch.optim, torch.utils.data, numpy, scipy.stats, pycocotools.cocoeval, PIL.PngImagePlugin, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot"
+env -u PYTHONDONTWRITEBYTECODE "$PY" -c "import torch, torch._dynamo, torch.optim, torch.utils.data, numpy, scipy.stats, pycocotools.cocoeval, PIL.PngImagePlugin, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot" > /dev/null
 
 # CUDA build settings (see the environment notes): torch guesses CUDA_HOME=/usr/local from `which nvcc` and finds
 # no headers; without a visible GPU it cannot pick architectures by itself.

@@ -96,8 +96,9 @@ def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, devic
         entry = {"index": index, "image_id": target["image_id"], "results": results,
                  "prior_results": prior_results, "seconds": seconds}
         if oracle:
-            entry["oracle"] = _oracle_entry(model, dataset, index, image, target, device,
-                                            extracted if shared else None)
+            keep = _oracle_keep(dataset, index)
+            entry["oracle"] = _oracle_entry(model, dataset, index, keep, image, target, device,
+                                            extracted if shared else None) if keep else None
         out_list.append(entry)
     return out_list
 
@@ -134,22 +135,21 @@ def oracle_images(model, dataset: CocoInstances, indices: Sequence[int], *,
     model.eval()
     entries = []
     for index in indices:
-        if not _oracle_keep(dataset, index):
-            continue
-        image, target = dataset[index]
-        entries.append(_oracle_entry(model, dataset, index, image, target, device))
+        keep = _oracle_keep(dataset, index)
+        if keep:
+            image, target = dataset[index]
+            entries.append(_oracle_entry(model, dataset, index, keep, image, target, device))
     return entries
 
 
 def _oracle_keep(dataset: CocoInstances, index: int) -> list[int]:
+    """The instances of image ``index`` with a segmentation (the ones the oracle pass scores)."""
     return [i for i, a in enumerate(dataset.records[index]["anns"]) if a["ann"].get("segmentation")]
 
 
-def _oracle_entry(model, dataset: CocoInstances, index: int, image, target, device, extracted=None) -> dict | None:
-    """``oracle_images``' entry of one image (None when none of its instances has a segmentation)."""
-    keep = _oracle_keep(dataset, index)
-    if not keep:
-        return None
+def _oracle_entry(model, dataset: CocoInstances, index: int, keep: list[int], image, target, device,
+                  extracted=None) -> dict:
+    """``oracle_images``' entry of one image for its instances ``keep`` (``_oracle_keep``, not empty)."""
     record = dataset.records[index]
     h, w = target["orig_size"]
     boxes, labels = target["boxes"][keep], target["labels"][keep]
