@@ -74,6 +74,14 @@ def _extension():
     )
 
 
+# What the package and its commands import (requirements.txt pins the development environment of scripts/setup.sh).
+INSTALL_REQUIRES = ["torch>=2.4", "numpy>=1.23", "pycocotools>=2.0.6", "Pillow>=9.1", "matplotlib>=3.6", "scipy>=1.9"]
+EXTRAS_REQUIRE = {
+    "triton": ["triton>=3.0"],  # the fused prior kernels on CUDA tensors (the reference runs without it)
+    "torchvision": ["torchvision>=0.19"],  # opmask_fast.ops.swap_in: the prior in torchvision's Mask R-CNN
+}
+COMMANDS = ("train", "evaluate", "predict", "compare", "analyze")
+
 packages = find_packages(include=["opmask_fast", "opmask_fast.*"])
 if os.path.isdir(os.path.join(ROOT, "kernels")):
     # The Triton kernels live in the top-level kernels/ folder but import as opmask_fast.kernels: a top-level
@@ -85,7 +93,10 @@ setup(
     version="0.1.0",
     description="OPMask instance segmentation with C++/CUDA RoIAlign and NMS and fused Triton prior kernels",
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    # opmask-train ... opmask-analyze, the same as python -m opmask_fast.<command>
+    entry_points={"console_scripts": [f"opmask-{c}=opmask_fast.cli.{c}:main" for c in COMMANDS]},
     packages=packages,
     package_dir={"opmask_fast.kernels": "kernels"},
     ext_modules=[_extension()],

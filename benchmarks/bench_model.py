@@ -23,7 +23,9 @@ import warnings
 import pytest
 import torch
 
-from opmask_fast.config import build_model, get_preset
+from opmask_fast.config import get_preset
+
+from opmask_fast.modeling import build_model
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

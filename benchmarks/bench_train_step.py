@@ -18,30 +18,29 @@ from __future__ import annotations
 import pytest
 import torch
 
-from opmask_fast.config import build_model, get_preset
-from opmask_fast.data import SyntheticSpec, ensure_synthetic
+from opmask_fast.config import apply_override, get_preset
+from opmask_fast.data import SyntheticSpec, ensure_synthetic, train_dataset
 from opmask_fast.data.loader import train_loader
-from opmask_fast.engine.setup import apply_override, train_dataset
-from opmask_fast.engine.host_memory import keep_freed_memory
-from opmask_fast.engine.solver import TrainConfig, build_optimizer
+from opmask_fast.modeling import build_model
+from opmask_fast.training.host_memory import keep_freed_memory
+from opmask_fast.training.solver import TrainConfig, build_optimizer
+from opmask_fast.variants import apply_variant
 
-# glibc malloc as the main job's processes set it (engine/host_memory.py); OPMASK_FAST_MALLOC=0 times glibc's defaults.
+# glibc malloc as the main job's processes set it (opmask_fast/training/host_memory.py); OPMASK_FAST_MALLOC=0 times glibc's defaults.
 keep_freed_memory()
 
-# provider -> (preset, ModelConfig fields, `--set` overrides). The first three are the main job's trainings; the others
-# are the models it trained before (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the
-# speed-ups are re-measured in every run. The summary's ratios are against the first provider (the main job's
-# headline), in the same run.
-_HEADLINE = dict(prior_scale="feature_std")
-_BOXPROJ = ["roi_heads.weak_mask_loss=box_projection"]
+# provider -> (preset, variant of opmask_fast.variants, `--set` overrides). The first three are the main job's trainings;
+# the others are the other models of docs/study.md (the lite preset with OPMask's 7-conv mask head, the tiny preset),
+# kept so the ratios between them are measured in every run. The summary's ratios are against the first provider (the
+# main job's headline), in the same run.
 PROVIDERS = {
-    "lite_std_boxproj": ("opmask_r18_lite", _HEADLINE, _BOXPROJ),
-    "lite_baseline": ("opmask_r18_lite", dict(use_prior=False), []),
-    "lite_opmask": ("opmask_r18_lite", dict(prior_scale="none"), []),
-    "lite7_std_boxproj": ("opmask_r18_lite", _HEADLINE, _BOXPROJ + ["roi_heads.mask_head_num_convs=7"]),
-    "tiny_std_boxproj": ("opmask_r18_tiny", _HEADLINE, _BOXPROJ),
-    "tiny_range": ("opmask_r18_tiny", dict(prior_scale="feature_range"), []),  # the main job's headline until 11-26
-    "tiny_baseline": ("opmask_r18_tiny", dict(use_prior=False), []),
+    "lite_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", []),
+    "lite_baseline": ("opmask_r18_lite", "baseline", []),
+    "lite_opmask": ("opmask_r18_lite", "opmask", []),
+    "lite7_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", ["roi_heads.mask_head_num_convs=7"]),
+    "tiny_std_boxproj": ("opmask_r18_tiny", "opmask_std_boxproj", []),
+    "tiny_range": ("opmask_r18_tiny", "opmask_range", []),
+    "tiny_baseline": ("opmask_r18_tiny", "baseline", []),
 }
 BATCH, STEPS = 4, 6
 
@@ -55,13 +54,11 @@ def batches(tmp_path_factory):
 
 
 def _model(provider: str):
-    preset, fields, extra = PROVIDERS[provider]
-    cfg = get_preset(preset)
+    preset, variant, extra = PROVIDERS[provider]
+    cfg = apply_variant(get_preset(preset), variant)
     cfg.num_classes = 6
     for item in extra:
         apply_override(cfg, item)
-    for k, v in fields.items():
-        setattr(cfg, k, v)
     torch.manual_seed(0)
     return build_model(cfg.validate())
 

@@ -62,7 +62,8 @@ def _make_model(provider: str, case, weights: str | None):
     import bench_model as bm
     import torch
 
-    from opmask_fast.config import build_model, get_preset, with_torchvision_weights
+    from opmask_fast.config import get_preset, with_torchvision_weights
+    from opmask_fast.modeling import build_model
 
     torch.manual_seed(0)
     if provider == "torchvision":

@@ -9,7 +9,7 @@ __all__ = ["Predictor"]
 def __getattr__(name: str):
     # Lazy, so `import opmask_fast` stays cheap (no torch, no pycocotools) until the API is used.
     if name == "Predictor":
-        from .engine.predictor import Predictor
+        from .predictor import Predictor
 
         return Predictor
     raise AttributeError(f"module 'opmask_fast' has no attribute {name!r}")

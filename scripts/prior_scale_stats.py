@@ -20,25 +20,21 @@ import sys
 import torch
 
 from opmask_fast.config import get_preset
-from opmask_fast.data import CocoInstances
-from opmask_fast.engine.initial_weights import build_with_weights, configure_weights
-from opmask_fast.engine.setup import model_from_checkpoint, val_dataset
+from opmask_fast.data import CocoInstances, val_dataset
+from opmask_fast.modeling.roi_heads.prior import prior_statistics
+from opmask_fast.training.checkpoint import model_from_checkpoint
+from opmask_fast.training.initial_weights import build_with_weights, configure_weights
 
 
 def measure(model, dataset: CocoInstances, num_images: int) -> dict[str, float]:
     """Median per-RoI statistics over the GT boxes of the first `num_images` images of `dataset`."""
-    heads = model.roi_heads
-    heads.prior_stats = []
     model.eval()
-    try:
+    with prior_statistics(model) as records:
         for index in range(min(num_images, len(dataset))):
             image, target = dataset[index]
             if target["boxes"].shape[0]:
                 model.predict_masks_for_boxes([image], [target["boxes"]], [target["labels"]])
-        stats = {k: torch.cat([s[k] for s in heads.prior_stats]) for k in ("feature_std", "feature_range",
-                                                                            "prior_std")}
-    finally:
-        heads.prior_stats = None
+    stats = {k: torch.cat([s[k] for s in records]) for k in ("feature_std", "feature_range", "prior_std")}
     if stats["prior_std"].numel() == 0:
         raise ValueError("no ground-truth box in the images measured")
     med = lambda t: float(t.median())  # noqa: E731

@@ -70,4 +70,4 @@ env -u PYTHONDONTWRITEBYTECODE "$PY" -c "
 import opmask_fast._extension as e
 assert e.has_C(), e.load_error()
 print('setup: opmask_fast._C loaded, CUDA kernels:', e.cuda_built())
-import opmask_fast.train, opmask_fast.evaluate, opmask_fast.compare, opmask_fast.analyze, opmask_fast.engine.report"
+import opmask_fast.train, opmask_fast.evaluate, opmask_fast.compare, opmask_fast.analyze, opmask_fast.predict"

@@ -23,7 +23,7 @@ from pycocotools import mask as mask_utils
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from opmask_fast.data import dataset_spec, ensure_synthetic, load_coco  # noqa: E402
-from opmask_fast.engine.coco_eval import ambiguous_ann_ids  # noqa: E402
+from opmask_fast.evaluation.coco_eval import ambiguous_ann_ids  # noqa: E402
 
 
 def _inside(a, b) -> bool:

@@ -331,7 +331,8 @@ def test_dataset_with_own_files_and_foreign_weights(data, tmp_path, capsys):
 
 
 def test_prior_ablation_needs_a_prior(data, tmp_path, capsys):
-    from opmask_fast.config import build_model, get_preset
+    from opmask_fast.config import get_preset
+    from opmask_fast.modeling import build_model
 
     cfg = get_preset("opmask_r18_tiny")
     cfg.use_prior, cfg.num_classes = False, 6

@@ -11,8 +11,8 @@ from pycocotools import mask as mu
 
 from opmask_fast.data import CocoInstances, is_coco_categories, resolve_split
 from opmask_fast.data.sanitize import check_box, check_segmentation, compressed_counts
-from opmask_fast.engine.checkpoint import CheckpointError, check_model_checkpoint, load_checkpoint
-from opmask_fast.engine.coco_eval import evaluate, subset_ap
+from opmask_fast.training.checkpoint import CheckpointError, check_model_checkpoint, load_checkpoint
+from opmask_fast.evaluation.coco_eval import evaluate, subset_ap
 
 H, W = 40, 60
 CATS = [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}, {"id": 10, "name": "traffic light"}]
@@ -201,7 +201,7 @@ def test_weights_checkpoint_or_backbone_else_an_error(tmp_path):
     import torchvision
 
     from opmask_fast.config import get_preset
-    from opmask_fast.engine.initial_weights import build_with_weights, configure_weights
+    from opmask_fast.training.initial_weights import build_with_weights, configure_weights
     from opmask_fast.modeling.weights import WeightsMismatchError
 
     cfg = get_preset("opmask_r18_tiny")

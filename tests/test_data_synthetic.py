@@ -9,7 +9,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from opmask_fast.data import CocoInstances, STRONG_CLASSES, SyntheticSpec, ensure_synthetic, load_coco
-from opmask_fast.engine.coco_eval import ambiguous_ann_ids, box_iou_xywh
+from opmask_fast.evaluation.coco_eval import ambiguous_ann_ids, box_iou_xywh
 
 SPEC = SyntheticSpec(seed=11, num_train=40, num_val=4)
 

@@ -14,13 +14,13 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from opmask_fast import compare
+from opmask_fast.cli import compare
 from opmask_fast.data import CocoInstances, DATASETS, SyntheticSpec, dataset_spec, ensure_synthetic, load_coco
 from opmask_fast.data import synthetic_shapes2 as s2
 from opmask_fast.data.synthetic import cache_key
-from opmask_fast.engine.checkpoint import load_checkpoint
-from opmask_fast.engine.coco_eval import ambiguous_ann_ids
-from opmask_fast.engine.setup import resolve_data
+from opmask_fast.training.checkpoint import load_checkpoint
+from opmask_fast.evaluation.coco_eval import ambiguous_ann_ids
+from opmask_fast.cli.options import resolve_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = dataset_spec("shapes2", seed=7, num_train=40, num_val=4)

@@ -9,7 +9,7 @@ import pytest
 
 from _torchrun import run_torchrun as _run  # also for the one-process evaluate
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
-from opmask_fast.engine.checkpoint import load_checkpoint
+from opmask_fast.training.checkpoint import load_checkpoint
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 # Timings differ between runs; everything else must be identical.

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from opmask_fast.data import CocoInstances, ResizeFlip, SyntheticSpec, decode_segmentation, ensure_synthetic
-from opmask_fast.engine.coco_eval import ambiguous_ann_ids, evaluate, subset_ap
-from opmask_fast.engine.evaluation import compute_metrics, evaluate_model, format_table, oracle_ious, run_inference
-from opmask_fast.engine.paste import mask_iou, paste_maps
+from opmask_fast.evaluation.coco_eval import ambiguous_ann_ids, evaluate, subset_ap
+from opmask_fast.evaluation import compute_metrics, evaluate_model, format_table, oracle_ious, run_inference
+from opmask_fast.evaluation.mask_encoding import mask_iou, paste_maps
 
 
 class GroundTruthModel(torch.nn.Module):
@@ -164,7 +164,7 @@ def test_evaluate_leaves_the_results_as_given(tmp_path):
 def test_one_backbone_pass_gives_the_two_pass_results(val_set, tmp_path):
     """evaluate_model computes detections and oracle masks from one backbone pass per image (extract/detect): the
     same detections, oracle IoUs and metrics as model(images) and a separate predict_masks_for_boxes pass."""
-    from opmask_fast.engine.evaluation import infer_images, oracle_images
+    from opmask_fast.evaluation.inference import infer_images, oracle_images
 
     from test_model import _cfg, _model
 

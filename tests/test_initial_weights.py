@@ -8,10 +8,11 @@ import pytest
 import torch
 import torchvision
 
-from opmask_fast.config import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, MSRA_BGR_MEAN, build_model, get_preset
+from opmask_fast.config import IMAGENET_RGB_MEAN, IMAGENET_RGB_STD, MSRA_BGR_MEAN, get_preset
+from opmask_fast.modeling import build_model
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
-from opmask_fast.engine.checkpoint import load_checkpoint, save_atomic
-from opmask_fast.engine.initial_weights import build_with_weights, configure_weights
+from opmask_fast.training.checkpoint import load_checkpoint, save_atomic
+from opmask_fast.training.initial_weights import build_with_weights, configure_weights
 from opmask_fast.modeling.weights import WeightsMismatchError, inspect_weights_file
 
 

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from opmask_fast.config import PRESETS, ModelConfig, build_model, get_preset
+from opmask_fast.config import PRESETS, ModelConfig, get_preset
+from opmask_fast.modeling import build_model
 
 
 def _cfg(use_prior=True, **kw):

@@ -3,7 +3,9 @@
 import pytest
 import torch
 
-from opmask_fast.config import build_model, get_preset
+from opmask_fast.config import get_preset
+
+from opmask_fast.modeling import build_model
 
 
 def _scene(h=80, w=96):

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torchvision
 
-from opmask_fast.config import build_model, get_preset, with_torchvision_weights
+from opmask_fast.config import get_preset, with_torchvision_weights
+from opmask_fast.modeling import build_model
 from opmask_fast.modeling.backbone import ResNet
 from opmask_fast.modeling.weights import WeightsMismatchError, load_backbone_weights
 
@@ -151,7 +152,7 @@ def test_narrow_trunk_channels_and_strides(depth, width):
 
 
 def test_weights_for_a_wider_trunk_name_the_width(tmp_path):
-    from opmask_fast.engine.initial_weights import _check_backbone
+    from opmask_fast.training.initial_weights import _check_backbone
 
     _, path = _tv_resnet_to_file(tmp_path, 18)
     cfg = get_preset("baseline_r18_tiny")

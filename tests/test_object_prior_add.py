@@ -311,6 +311,23 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
         object_prior_add(c["mask_features"], c["box_features"], c["cls_weight"], c["classes"], backend="triton")
 
 
+def test_object_mask_prior_adaptive_weight_is_the_models():
+    """The swap-in module and the model share one definition of the prior's weight: with feature_std the module adds
+    the resized prior times each RoI's std(features) / std(prior) (fails if the module ignored the adaptive mode and
+    added the prior as is)."""
+    classifier = torch.nn.Linear(24, K)
+    c = make_case(R=4, rows=True)
+    mf, bf = c["mask_features"].float(), c["box_features"].float()
+    module = ObjectMaskPrior(classifier=classifier, scale="feature_std")
+    resized = object_prior(bf, classifier.weight, c["classes"], c["rows"], size=tuple(mf.shape[-2:]),
+                           backend="reference")
+    gain = mf.flatten(1).std(dim=1) / resized.flatten(1).std(dim=1)
+    expected = mf + gain.view(-1, 1, 1, 1) * resized[:, None]
+    torch.testing.assert_close(module(mf, bf, c["classes"], c["rows"]), expected)
+    assert not torch.allclose(module(mf, bf, c["classes"], c["rows"]),
+                              ObjectMaskPrior(classifier=classifier)(mf, bf, c["classes"], c["rows"]))
+
+
 def test_object_mask_prior_module():
     classifier = torch.nn.Linear(24, K)
     c = make_case(R=3, rows=True)
@@ -323,9 +340,9 @@ def test_object_mask_prior_module():
     out.square().sum().backward()
     assert classifier.weight.grad is None and bf.grad.abs().sum() > 0  # the weight is detached, the features are not
     learnable = ObjectMaskPrior(classifier=classifier, scale="learnable", detach_weight=False)
-    assert list(learnable.state_dict()) == ["scale"]
+    assert list(learnable.state_dict()) == ["prior_weight.gain", "prior_weight.initialized"]
     learnable(mf, bf, c["classes"], c["rows"]).square().sum().backward()
-    assert learnable.scale.grad is not None and classifier.weight.grad is not None
+    assert learnable.prior_weight.gain.grad is not None and classifier.weight.grad is not None
     torch.testing.assert_close(ObjectMaskPrior(classifier=classifier, scale=3.0).prior(bf, c["classes"], c["rows"]),
                                ref.object_prior(bf, classifier.weight, c["classes"], c["rows"]))
     with pytest.raises(ValueError, match="scale"):

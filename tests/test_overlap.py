@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from opmask_fast.data.coco import load_coco
-from opmask_fast.engine.labels import around_box, around_point, place_labels
-from opmask_fast.engine.overlap import class_overlap, format_p, pool_weak_ap, regress, relative_improvements
+from opmask_fast.analysis.label_placement import around_box, around_point, place_labels
+from opmask_fast.analysis.figure3 import class_overlap, format_p, pool_weak_ap, regress, relative_improvements
 
 
 @pytest.fixture

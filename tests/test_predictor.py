@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from opmask_fast.config import build_model, get_preset
-from opmask_fast.engine.checkpoint import save_atomic
+from opmask_fast.config import get_preset
+
+from opmask_fast.modeling import build_model
+from opmask_fast.training.checkpoint import save_atomic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CATEGORY_IDS = [3, 5, 8, 13, 21, 34]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from opmask_fast.config import ModelConfig
-from opmask_fast.modeling.roi_heads.prior import PriorGain, ablate_prior, add_prior
+from opmask_fast.modeling.roi_heads.prior import ablate_prior, prior_ablation, prior_statistics
+from opmask_fast.ops.prior_weight import PriorWeight, add_prior
 
 from test_model import _cfg, _model, _sample
 
@@ -12,16 +13,16 @@ from test_model import _cfg, _model, _sample
 def test_adaptive_gains_follow_each_rois_features():
     feats = torch.randn(5, 8, 14, 14, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 10.0, 2.0]).view(5, 1, 1, 1)
     prior = torch.rand(5, 14, 14, dtype=torch.float64)
-    g = PriorGain(scale="feature_std").per_roi(feats, prior)
+    g = PriorWeight(scale="feature_std").per_roi(feats, prior)
     assert g.shape == (5, 1, 1, 1)
     torch.testing.assert_close((g[:, 0] * prior).flatten(1).std(dim=1), feats.flatten(1).std(dim=1),
                                rtol=1e-5, atol=1e-6)
-    g = PriorGain(scale="feature_range").per_roi(feats, prior)
+    g = PriorWeight(scale="feature_range").per_roi(feats, prior)
     torch.testing.assert_close(g.flatten(), feats.flatten(1).amax(1) - feats.flatten(1).amin(1))
     # a constant prior (std 0) or constant features give a finite gain
-    g = PriorGain(scale="feature_std").per_roi(feats, torch.zeros(5, 14, 14))
+    g = PriorWeight(scale="feature_std").per_roi(feats, torch.zeros(5, 14, 14))
     assert torch.isfinite(g).all()
-    assert PriorGain(scale="feature_range").per_roi(torch.ones(2, 3, 4, 4), torch.rand(2, 4, 4)).eq(0).all()
+    assert PriorWeight(scale="feature_range").per_roi(torch.ones(2, 3, 4, 4), torch.rand(2, 4, 4)).eq(0).all()
 
 
 @pytest.mark.parametrize("gain", [None, 3.0, "tensor", "per_roi"])
@@ -91,17 +92,26 @@ def test_inference_ablation_changes_masks_not_priors():
     own = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
     outs = {}
     for mode in ("zero", "shuffle"):
-        model.roi_heads.prior_ablation = mode
-        outs[mode] = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+        with prior_ablation(model, mode):
+            outs[mode] = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
         torch.testing.assert_close(outs[mode]["priors"], own["priors"])  # the reported prior is the model's own
         assert not torch.allclose(outs[mode]["mask_probs"], own["mask_probs"])
-    model.roi_heads.prior_ablation = None
+    assert not model.roi_heads.prior_tap._forward_hooks  # the probe is gone after its block
     torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"],
                                own["mask_probs"])
     # a zero prior is exactly the model without its prior
     model.roi_heads.prior_gain.fixed = 0.0
     torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"],
                                outs["zero"]["mask_probs"])
+
+
+def test_probes_need_a_prior_and_a_known_ablation():
+    with pytest.raises(ValueError, match="no object prior"):
+        with prior_ablation(_model(_cfg(use_prior=False)), "zero"):
+            pass
+    with pytest.raises(ValueError, match="ablation"):
+        with prior_ablation(_model(_cfg()), "flip"):
+            pass
 
 
 def test_config_checks():
@@ -116,11 +126,11 @@ def test_config_checks():
 def test_prior_statistics_hook_records_each_rois_spread():
     model = _model(_cfg()).eval()
     img, t = _sample()
-    heads = model.roi_heads
     plain = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
-    heads.prior_stats = records = []
-    hooked = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
-    heads.prior_stats = None
+    with prior_statistics(model) as records:
+        hooked = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+    model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])
+    assert len(records) == 1  # one mask pass inside the block, none recorded after it
     torch.testing.assert_close(hooked["mask_probs"], plain["mask_probs"])  # recording does not change the output
     (stats,) = records
     assert {k: v.shape for k, v in stats.items()} == {k: (2,) for k in ("feature_std", "feature_range", "prior_std")}
@@ -156,10 +166,9 @@ def test_every_conv_option_changes_masks_and_a_zero_prior_removes_it():
         model = _model(_cfg(prior_scale=5.0, prior_every_conv=deep)).eval()
         outs[deep] = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"]
         if deep:
-            model.roi_heads.prior_ablation = "zero"
-            zero = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"]
+            with prior_ablation(model, "zero"):
+                zero = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]["mask_probs"]
             model.roi_heads.prior_gain.fixed = 0.0
-            model.roi_heads.prior_ablation = None
             torch.testing.assert_close(model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
                                        ["mask_probs"], zero)
     assert not torch.allclose(outs[False], outs[True])

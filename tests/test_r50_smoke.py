@@ -13,7 +13,7 @@ import torch
 import torchvision
 
 from opmask_fast.config import IMAGENET_RGB_MEAN
-from opmask_fast.engine.checkpoint import load_checkpoint
+from opmask_fast.training.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_COCO = os.path.join(ROOT, "..", "shared", "data", "tiny_coco")

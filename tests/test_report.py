@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     data = ["--train-ann", paths["train_ann"], "--train-images", paths["train_images"], "--val-ann",
             paths["val_ann"], "--val-images", paths["val_images"], "--split", "circle,triangle,cross"]
     train.main([*data, *FAST, "--no-prior", "--output-dir", str(root / "baseline_s0")])
-    train.main([*data, *FAST, "--prior-scale", "40", "--output-dir", str(root / "opmask_s0")])
+    train.main([*data, *FAST, "--variant", "opmask_gain40", "--output-dir", str(root / "opmask_s0")])
     return root
 
 
@@ -67,7 +67,7 @@ def test_analyze_two_trained_runs(trained, tmp_path):
 
 
 def test_compare_ends_with_the_report(trained, capsys):
-    from opmask_fast import compare
+    from opmask_fast.cli import compare
 
     compare._write_report({"baseline": [{"seed": 0}], "opmask": [{"seed": 0}]}, str(trained))
     out = capsys.readouterr().out
@@ -101,7 +101,7 @@ def _run(folder, weak, ap):
 
 
 def test_complementary_splits_pooled_per_kind(tmp_path):
-    from opmask_fast.engine.overlap import regress
+    from opmask_fast.analysis.figure3 import regress
 
     ann = str(tmp_path / "train.json")
     _coco(ann)
@@ -167,7 +167,7 @@ def test_errors_before_any_work(tmp_path, capsys):
 
 
 def test_render_overview_and_crops_grid():
-    from opmask_fast.engine.visualize import render
+    from opmask_fast.analysis.pictures import render
 
     h, w = 96, 128
     image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)

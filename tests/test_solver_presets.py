@@ -7,8 +7,9 @@ import sys
 import pytest
 
 from opmask_fast.config import PRESETS
-from opmask_fast.engine.solver import SOLVER_PRESETS, TrainConfig, get_solver_preset
-from opmask_fast.train import build_parser, train_config_from_args
+from opmask_fast.training.solver import SOLVER_PRESETS, TrainConfig, get_solver_preset
+from opmask_fast.cli.options import train_config_from_args
+from opmask_fast.train import build_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

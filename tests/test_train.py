@@ -12,9 +12,9 @@ from PIL import Image
 from torch import nn
 
 from opmask_fast.data import CocoInstances, ResizeFlip, SyntheticSpec, ensure_synthetic
-from opmask_fast.engine.checkpoint import load_checkpoint, save_atomic
-from opmask_fast.engine.solver import TrainConfig, build_optimizer, lr_factor
-from opmask_fast.engine.trainer import CHECKPOINT_NAME, train
+from opmask_fast.training.checkpoint import load_checkpoint, save_atomic
+from opmask_fast.training.solver import TrainConfig, build_optimizer, lr_factor
+from opmask_fast.training.trainer import CHECKPOINT_NAME, train
 
 
 class StandIn(nn.Module):
@@ -117,7 +117,7 @@ def test_lr_schedule_and_param_groups():
 
 
 def test_batch_not_divisible_by_processes(dataset, tmp_path):
-    from opmask_fast.engine.distributed import DistInfo
+    from opmask_fast.training.distributed import DistInfo
 
     with pytest.raises(ValueError, match="not divisible"):
         train(StandIn(), dataset, _cfg(batch_size=3), output_dir=str(tmp_path), dist_info=DistInfo(world_size=2))
@@ -191,7 +191,8 @@ def test_resume_is_exact_with_workers_and_aspect_grouping(hard_data, tmp_path):
 
 @pytest.mark.parametrize("variant", ["opmask", "learnable", "baseline"])
 def test_every_parameter_gets_a_gradient_on_hard_batches(hard_data, variant):
-    from opmask_fast.config import build_model, get_preset
+    from opmask_fast.config import get_preset
+    from opmask_fast.modeling import build_model
 
     ds = _hard_set(hard_data, filter_empty=False)
     cfg = get_preset("baseline_r18_tiny" if variant == "baseline" else "opmask_r18_tiny")

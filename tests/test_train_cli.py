@@ -9,7 +9,7 @@ import pytest
 
 from _torchrun import run_torchrun
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
-from opmask_fast.engine.checkpoint import load_checkpoint
+from opmask_fast.training.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_COCO = os.path.join(ROOT, "..", "shared", "data", "tiny_coco")

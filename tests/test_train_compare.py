@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from opmask_fast import compare
+from opmask_fast.cli import compare
 
 
 def _metrics(weak, strong, seconds=100.0):
@@ -53,16 +53,17 @@ def test_unknown_variant(tmp_path):
 def test_every_training_gets_compares_preset():
     args = compare.build_parser().parse_args(["--preset", "opmask_r18_tiny", "--", "--iters", "5"])
     cmd = compare.train_command("baseline", 2, args, "out")
-    assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-3:] == ["--no-prior", "--iters", "5"]
+    assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-4:] == ["--variant", "baseline", "--iters", "5"]
     default = compare.train_command("opmask_std_boxproj", 0, compare.build_parser().parse_args([]), "out")
     assert default[default.index("--preset") + 1] == "opmask_r18_lite"
-    assert "roi_heads.weak_mask_loss=box_projection" in default
+    assert default[-2:] == ["--variant", "opmask_std_boxproj"]
 
 
 def test_lite_preset_is_the_tiny_model_made_cheaper():
-    from opmask_fast.config import build_model, get_preset
+    from opmask_fast.config import get_preset
+    from opmask_fast.modeling import build_model
 
-    tiny, lite = get_preset("opmask_r18_tiny"), get_preset("opmask_r18_lite")
+    tiny, lite = get_preset("opmask_r18_tiny"), get_preset("opmask_r18_lite_paper")
     changed = {k for k, v in lite.to_dict().items() if v != tiny.to_dict()[k]}
     assert changed == {"backbone", "roi_heads", "rpn"}
     # at inference 100 proposals per image instead of 300 (README: same checkpoints, equal or higher mask AP)
@@ -77,19 +78,58 @@ def test_lite_preset_is_the_tiny_model_made_cheaper():
     assert [len(m.roi_heads.mask_head.convs) for m in models] == [7, 4]
 
 
-def test_training_options_are_checked_against_compares_preset(tmp_path):
+def test_lite_preset_is_the_recommended_recipe_and_the_paper_one_preset_away():
+    """The default preset trains what the README recommends; the paper recipe and the baseline are one preset away,
+    and compare's variants give the same models whatever the preset's own recipe (fails if a variant left a study
+    field to the preset: the main job's paper-recipe run would then train with the box projection term)."""
+    from opmask_fast.config import get_preset
+    from opmask_fast.train import build_parser
+    from opmask_fast.cli.options import model_config_from_args
+    from opmask_fast.variants import apply_variant
+
+    lite, paper = get_preset("opmask_r18_lite"), get_preset("opmask_r18_lite_paper")
+    assert (lite.prior_scale, lite.roi_heads.weak_mask_loss) == ("feature_std", "box_projection")
+    assert (paper.prior_scale, paper.roi_heads.weak_mask_loss) == ("none", "none")
+    default, _ = model_config_from_args(build_parser().parse_args([]))
+    assert default.to_dict() == lite.to_dict()
+    for variant, preset in (("opmask", "opmask_r18_lite_paper"), ("baseline", "baseline_r18_lite"),
+                            ("opmask_std_boxproj", "opmask_r18_lite")):
+        for start in ("opmask_r18_lite", "opmask_r18_lite_paper", "baseline_r18_lite"):
+            assert apply_variant(get_preset(start), variant).to_dict() == get_preset(preset).to_dict(), (variant, start)
+    no_prior, _ = model_config_from_args(build_parser().parse_args(["--no-prior"]))
+    assert no_prior.to_dict() == get_preset("baseline_r18_lite").to_dict()
+
+
+def test_training_options_are_checked_against_compares_preset(tmp_path, monkeypatch):
     from opmask_fast import train
-    from opmask_fast.engine.preflight import check_compare
+    from opmask_fast.cli import options, preflight
 
     seen = []
+    model_config_from_args = options.model_config_from_args
 
     def model_config(targs):
         seen.append(targs.preset)
-        return train.model_config_from_args(targs)
+        return model_config_from_args(targs)
+
+    monkeypatch.setattr(preflight, "model_config_from_args", model_config)
 
     for argv, preset in ((["--preset", "baseline_r18_tiny"], "baseline_r18_tiny"), ([], "opmask_r18_lite"),
                          (["--preset", "baseline_r18_tiny", "--", "--preset", "opmask_r18_tiny"], "opmask_r18_tiny")):
         args = compare.build_parser().parse_args(["--output-dir", str(tmp_path), *argv])
-        check_compare(args, variants=compare.VARIANTS, train_parser=train.build_parser(),
-                      train_config=train.train_config_from_args, model_config=model_config)
+        preflight.check_compare(args, train_parser=train.build_parser())
         assert seen[-1] == preset  # as each training will parse it: a --preset after -- wins
+
+
+def test_every_variant_is_named_again_from_its_stored_config():
+    """One definition of the variants and their labels: a run's stored config gives back its variant's label (what the
+    analyses and compare print); a config no variant names gets a label of its differing fields."""
+    from opmask_fast.config import get_preset
+    from opmask_fast.variants import VARIANTS, apply_variant, label_of
+
+    for name, variant in VARIANTS.items():
+        for preset in ("opmask_r18_lite", "opmask_r18_tiny", "baseline_r18_lite"):
+            assert label_of(apply_variant(get_preset(preset), name).to_dict()) == variant.label
+    odd = apply_variant(get_preset("opmask_r18_lite"), "opmask")
+    odd.prior_scale, odd.prior_cam = 3.0, "class_vs_background"
+    assert label_of(odd.to_dict()) == "OPMask (prior_scale=3.0, prior_cam=class_vs_background)"
+    assert len({v.label for v in VARIANTS.values()}) == len(VARIANTS)  # no two variants share a label

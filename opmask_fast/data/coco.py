@@ -126,7 +126,7 @@ class CocoInstances(torch.utils.data.Dataset):
         Masks are checked where they are used: the strong classes' in training (``masks="strong"``; weak-class
         segmentations are never looked at), every class's for evaluation (``masks="none"``: the ground truth of mask
         AP). ``self.coco`` is rebuilt without dropped annotations; box-only ones are flagged ``box_only`` and get their
-        box as the region mask AP ignores (see ``engine.coco_eval``).
+        box as the region mask AP ignores (see ``evaluation.coco_eval``).
         """
         training = self.masks == "strong"
         mask_ids = self.strong_ids if training else set(self.category_ids)

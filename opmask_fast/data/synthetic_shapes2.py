@@ -24,7 +24,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .synthetic import _rgb, polygon_mask, visible_instances
+from .synthetic_draw import polygon_mask, rgb, visible_instances
 
 VERSION = "shapes2-v1"
 CLASSES = ("ellipse", "hexring", "lshape", "bar", "diamond", "frame", "heart", "arrow")
@@ -138,7 +138,7 @@ def shape_mask(cls: str, cx: float, cy: float, size: float, angle: float, aspect
 
 def _fill(rng: np.random.Generator, hue: float, h: int, w: int) -> np.ndarray:
     """An ``[h, w, 3]`` fill of one hue: flat, darkened along a gradient across it or dotted, plus pixel noise."""
-    c1 = _rgb(hue, float(rng.uniform(0.45, 1.0)), float(rng.uniform(0.5, 1.0)))
+    c1 = rgb(hue, float(rng.uniform(0.45, 1.0)), float(rng.uniform(0.5, 1.0)))
     kind = int(rng.integers(0, 3))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if kind == 0:
@@ -156,7 +156,7 @@ def _fill(rng: np.random.Generator, hue: float, h: int, w: int) -> np.ndarray:
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A gradient between two low-saturation colours, pixel noise and 3-8 unannotated thin lines."""
-    c1, c2 = (_rgb(float(rng.uniform(0, 360)), float(rng.uniform(0, 0.2)), float(rng.uniform(0.25, 0.85)))
+    c1, c2 = (rgb(float(rng.uniform(0, 360)), float(rng.uniform(0, 0.2)), float(rng.uniform(0.25, 0.85)))
               for _ in range(2))
     a = float(rng.uniform(0, 2 * math.pi))
     yy, xx = np.mgrid[0:h, 0:w]
@@ -165,7 +165,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     im = Image.fromarray(np.clip(c1 * (1 - t) + c2 * t, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(3, 9))):
-        colour = _rgb(float(rng.uniform(0, 360)), float(rng.uniform(0, 0.2)), float(rng.uniform(0.2, 0.9)))
+        colour = rgb(float(rng.uniform(0, 360)), float(rng.uniform(0, 0.2)), float(rng.uniform(0.2, 0.9)))
         ends = [float(v) for v in (rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h))]
         draw.line(ends, fill=tuple(int(c) for c in colour), width=int(rng.integers(1, 3)))
     return np.clip(np.asarray(im, dtype=np.float64) + rng.normal(0, 6, (h, w, 3)), 0, 255)

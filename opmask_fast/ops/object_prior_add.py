@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from opmask_fast.ops.prior_weight import PriorWeight
 from opmask_fast.ops.reference import object_prior_add as _ref
 
 BACKENDS = ("auto", "triton", "reference")
@@ -303,25 +304,20 @@ class ObjectMaskPrior(nn.Module):
     Args:
         classifier: the box classifier (nn.Linear over the global-average-pooled box features, weight Tensor[K, C]).
             It is referenced, not registered: it stays a parameter of the box head only.
-        scale: "none" (gain 1, the paper), "learnable" (a gain parameter initialised at 1) or a fixed float.
+        scale: the prior's weight, as the model's (`opmask_fast.ops.prior_weight`): "none" (gain 1, the paper),
+            "learnable", "feature_std", "feature_range" or a fixed float.
+        init: start of the learnable gain (None: std(mask features) / std(prior) of the first training batch).
         normalize: per-RoI min-max normalisation of the CAM.
         detach_weight: use the classifier weight detached (OPMask: mask gradients reach the box features only).
         backend: "auto", "triton" or "reference".
     """
 
-    def __init__(self, *, classifier: nn.Linear, scale: str | float = "none", normalize: bool = True,
-                 detach_weight: bool = True, backend: str = "auto"):
+    def __init__(self, *, classifier: nn.Linear, scale: str | float = "none", init: float | None = 1.0,
+                 normalize: bool = True, detach_weight: bool = True, backend: str = "auto"):
         super().__init__()
         self._classifier = (classifier,)  # a tuple keeps nn.Module from registering it (no duplicate state_dict keys)
         self.normalize, self.detach_weight, self.backend = normalize, detach_weight, backend
-        if scale == "learnable":
-            self.scale = nn.Parameter(torch.ones(1))
-        elif scale == "none" or scale is None:
-            self.scale = None
-        elif isinstance(scale, (int, float)):
-            self.scale = float(scale)
-        else:
-            raise ValueError(f"scale must be 'none', 'learnable' or a float, got {scale!r}")
+        self.prior_weight = PriorWeight(scale="none" if scale is None else scale, init=init)
 
     @property
     def cls_weight(self) -> Tensor:
@@ -331,13 +327,18 @@ class ObjectMaskPrior(nn.Module):
     def forward(self, mask_features: Tensor, box_features: Tensor, classes: Tensor,
                 rows: Tensor | None = None) -> Tensor:
         """Tensor[R, D, Hm, Wm] mask features + prior; box_features Tensor[N, C, Hb, Wb], classes/rows Tensor[R]."""
-        return object_prior_add(mask_features, box_features, self.cls_weight, classes, rows, self.normalize,
-                                self.scale, self.backend)
+        if self.prior_weight.needs_init():
+            self.prior_weight.initialize(mask_features, self.prior(box_features, classes, rows))
+        if self.prior_weight.fusable:  # one fused pass: the prior is weighted and added as the output is written
+            return object_prior_add(mask_features, box_features, self.cls_weight, classes, rows, self.normalize,
+                                    self.prior_weight.value(), self.backend)
+        prior_map = object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend,
+                                 size=tuple(mask_features.shape[-2:]))
+        return self.prior_weight(mask_features, prior_map)
 
     def prior(self, box_features: Tensor, classes: Tensor, rows: Tensor | None = None) -> Tensor:
         """Each RoI's normalised CAM, Tensor[R, Hb, Wb]."""
         return object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend)
 
     def extra_repr(self) -> str:
-        scale = "learnable" if isinstance(self.scale, nn.Parameter) else self.scale
-        return f"scale={scale}, normalize={self.normalize}, detach_weight={self.detach_weight}, backend={self.backend}"
+        return f"normalize={self.normalize}, detach_weight={self.detach_weight}, backend={self.backend}"

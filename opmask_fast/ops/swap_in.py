@@ -141,7 +141,8 @@ def add_object_mask_prior(model: nn.Module, *, box_channels: Sequence[int] = (25
     """Put the object mask prior into a torchvision MaskRCNN (in place; returns it).
 
     The box head becomes ConvGAPBoxHead(box_channels) with a new FastRCNNPredictor (to be trained); `scale` is the
-    prior's gain ("none": 1 as in the paper, "learnable", or a float).
+    prior's weight (`opmask_fast.ops.prior_weight`: "none" = 1 as in the paper, "learnable", "feature_std",
+    "feature_range" or a float).
     """
     heads = model.roi_heads
     num_classes = heads.box_predictor.cls_score.out_features

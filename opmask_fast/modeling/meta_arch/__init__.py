@@ -1,3 +1,5 @@
+"""The whole detector: backbone -> RPN -> RoI heads, losses in training, detections with pasted masks and priors."""
+
 from .opmask import OPMaskModel
 
 __all__ = ["OPMaskModel"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opmask_fast.ops import batched_nms, multi_scale_roi_align, object_prior, object_prior_add
+from opmask_fast.ops import PriorWeight, batched_nms, multi_scale_roi_align, object_prior, object_prior_add
 
 from ..box_coder import BoxCoder
 from ..box_ops import clip_boxes, pairwise_iou
@@ -14,7 +14,7 @@ from ..matcher import Matcher
 from ..sampler import subsample_labels
 from .box_head import BoxHead, box_losses
 from .mask_head import MaskHead, box_projection_loss, mask_loss, mask_targets
-from .prior import PriorGain, ablate_prior, add_prior, prior_statistics
+from .prior import PriorTap
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
 
@@ -33,13 +33,13 @@ class RoIHeads(nn.Module):
                                 num_classes=cfg.num_classes)
         self.mask_head = MaskHead(in_channels=in_channels, conv_dim=rc.mask_head_conv_dim,
                                   num_convs=rc.mask_head_num_convs, norm=rc.mask_head_norm)
-        self.prior_gain = PriorGain(scale=cfg.prior_scale, init=cfg.prior_gain_init) if cfg.use_prior else None
-        self.prior_feature_norm, self.prior_grad_scale = cfg.prior_feature_norm, cfg.prior_grad_scale
-        self.prior_every_conv, self.prior_cam = cfg.prior_every_conv, cfg.prior_cam
-        # Test-time diagnostic, set by evaluation and never saved: None, "zero" or "shuffle" (see `ablate_prior`).
-        self.prior_ablation: str | None = None
-        # Diagnostic: when a list, every mask pass appends its RoIs' feature and prior statistics (`prior_statistics`).
-        self.prior_stats: list | None = None
+        # The prior's weight (ops.prior_weight; named prior_gain in checkpoints) and the point where the prior map meets
+        # the mask features, which the test-time probes of `prior.py` hook (ablations, statistics).
+        self.prior_gain = PriorWeight(scale=cfg.prior_scale, init=cfg.prior_gain_init,
+                                      grad_scale=cfg.prior_grad_scale) if cfg.use_prior else None
+        self.prior_tap = PriorTap() if cfg.use_prior else None
+        self.prior_feature_norm, self.prior_every_conv = cfg.prior_feature_norm, cfg.prior_every_conv
+        self.prior_cam = cfg.prior_cam
         self.box_coder = BoxCoder(weights=tuple(rc.box_reg_weights))
         self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
 
@@ -133,42 +133,36 @@ class RoIHeads(nn.Module):
         cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
         if self.prior_cam == "class_vs_background":
             cls_w = cls_w - cls_w[-1:]  # the map of the class-vs-background logit (background is the last row)
-        init = self.use_prior and self.prior_gain.needs_init()
+        weight = self.prior_gain
+        init = self.use_prior and weight.needs_init()
+        # The baseline reports the prior too (its prior AP), it just does not add it.
         prior = object_prior(box_feats, cls_w, classes, rows) if (return_prior or init) else None
-        inject = None
         if not self.use_prior:
-            feats = self.pool(features, boxes, res)
-        elif init or (self.prior_gain.adaptive or self.prior_feature_norm or self.prior_grad_scale is not None
-                      or self.prior_every_conv or (self.prior_ablation is not None and not self.training)
-                      or self.prior_stats is not None):
-            # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
-            # prior_every_conv, again before every later mask-head conv).
-            feats = self.pool(features, boxes, res)
-            if self.prior_feature_norm:
-                feats = F.layer_norm(feats, feats.shape[1:])
-            roi_map = ablate_prior(object_prior(box_feats, cls_w, classes, rows, size=(res, res)),
-                                   None if self.training else self.prior_ablation)
-            if init:
-                self.prior_gain.initialize(feats, prior)
-            if self.prior_stats is not None:
-                self.prior_stats.append(prior_statistics(feats, roi_map))
-            feats = self._add_prior(feats, roi_map)
-            if self.prior_every_conv:
-                inject = lambda x: self._add_prior(x, roi_map)  # noqa: E731
-        elif self.prior_impl == "roi_align":
+            return self.mask_head(self.pool(features, boxes, res)), prior
+        if self._fused():
             # The prior, resized and weighted in one op, rides on RoIAlign's output write: no extra pass over the
             # mask features.
-            roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=self.prior_gain.value())
-            feats = self.pool(features, boxes, res, roi_map=roi_map)
-        else:
-            feats = object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
-                                     normalize=True, scale=self.prior_gain.value())
-        return self.mask_head(feats, inject), prior
+            if self.prior_impl == "roi_align":
+                roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=weight.value())
+                return self.mask_head(self.pool(features, boxes, res, roi_map=roi_map)), prior
+            return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
+                                                   normalize=True, scale=weight.value())), prior
+        # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
+        # prior_every_conv, again before every later mask-head conv).
+        feats = self.pool(features, boxes, res)
+        if self.prior_feature_norm:
+            feats = F.layer_norm(feats, feats.shape[1:])
+        roi_map = self.prior_tap(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res)))
+        if init:
+            weight.initialize(feats, prior)
+        inject = (lambda x: weight(x, roi_map)) if self.prior_every_conv else None  # noqa: E731
+        return self.mask_head(weight(feats, roi_map), inject), prior
 
-    def _add_prior(self, feats: Tensor, roi_map: Tensor) -> Tensor:
-        """`feats Tensor[R, C, H, W]` + the prior `roi_map Tensor[R, H, W]` with its weight (per RoI when adaptive)."""
-        gain = self.prior_gain.per_roi(feats, roi_map) if self.prior_gain.adaptive else self.prior_gain.value()
-        return add_prior(feats, roi_map, gain, grad_scale=self.prior_grad_scale)
+    def _fused(self) -> bool:
+        """Whether the weighted prior can be added as RoIAlign writes its output: a weight that does not read the
+        features, nothing done to the features first, and no probe attached to the prior map."""
+        probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
+        return self.prior_gain.fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
 
     # ----------------------------------------------------------------------------------------------------- inference
     @torch.no_grad()

@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data.transforms import resize, resized_shape
-from .paste import encode_masks
-from .setup import model_from_checkpoint
+from .data.transforms import resize, resized_shape
+from .evaluation.mask_encoding import encode_masks
+from .training.checkpoint import model_from_checkpoint
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, Tensor]
 
@@ -60,7 +60,7 @@ class Predictor:
         score_thresh: detections scoring below this are dropped (before NMS and the top-k); default the model's
             (0.05).
         batch_size: images per forward pass in `predict`.
-        state: the checkpoint's contents when already read (``engine.checks.read_checkpoint``), so it is not read
+        state: the checkpoint's contents when already read (``cli.checks.read_checkpoint``), so it is not read
             twice.
 
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):

@@ -1,8 +1,8 @@
 """Checks of the entry points' inputs, each failing with a one-line ``UsageError`` that names the option or file.
 
 Options and devices, paths (all missing ones in one message), output folders, checkpoints (what a --weights file holds
-is decided by ``engine.initial_weights``), the
-strong/weak split and the datasets. ``engine.preflight`` runs them for each command before any model is built.
+is decided by ``training.initial_weights``), the
+strong/weak split and the datasets. ``cli.preflight`` runs them for each command before any model is built.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Sequence
 
 import torch
 
-from ..cli import UsageError, option_name, user_errors
 from ..data import CocoInstances, is_coco_categories
 from ..data.splits import VOC_SPLITS
-from .checkpoint import check_model_checkpoint, load_checkpoint
+from ..training.checkpoint import check_model_checkpoint, load_checkpoint
+from .errors import UsageError, option_name, user_errors
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ matplotlib.use("Agg")  # files only: no display needed, and the same pixels on e
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .labels import around_point, place_labels  # noqa: E402
-from .overlap import Regression, format_p  # noqa: E402
+from .figure3 import Regression, format_p  # noqa: E402
+from .label_placement import around_point, place_labels  # noqa: E402
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 HIGHLIGHT = "black"  # the highlighted classes' labels: bold black beside the grey ones

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import textwrap
 
-import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from .coco_eval import box_iou_xywh  # noqa: E402
-from .visualize import PRIOR_CMAP, figure_to_image  # noqa: E402
+from ..evaluation.coco_eval import box_iou_xywh
+from .drawing import PRIOR_CMAP, figure_to_image, plt
 
 MASK_RGB = np.array([0.1, 0.85, 0.3])
 

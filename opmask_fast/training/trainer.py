@@ -15,7 +15,6 @@ from torch import nn
 from ..data.loader import train_loader
 from .checkpoint import get_rng_state, load_checkpoint, save_atomic, set_rng_state
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers
-from .evaluation import format_table, json_safe
 from .progress import MetricsLog, Progress
 from .solver import TrainConfig, build_optimizer, build_scheduler
 
@@ -41,7 +40,7 @@ def train(
     resume: bool = False,
     meta: dict | None = None,
     show_progress: bool = True,
-    evaluate: Callable[[nn.Module], dict | None] | None = None,
+    evaluate: Callable[[nn.Module, int], object] | None = None,
     eval_period: int = 0,
 ) -> nn.Module:
     """Trains ``model`` on ``dataset`` for ``cfg.max_iter`` iterations and returns the (unwrapped) model.
@@ -54,9 +53,9 @@ def train(
         resume: continue from ``output_dir/checkpoint.pth`` when it exists: weights, optimizer, LR schedule, iteration
             and RNG state, with the data stream positioned where it stopped.
         meta: stored in each checkpoint (model config, categories, split) so evaluation can rebuild the model.
-        evaluate: called by every process with the (unwrapped) model every ``eval_period`` iterations before the last
-            one (the caller evaluates the final model); returns metrics on rank 0 (logged and written to
-            ``metrics.jsonl``) and None elsewhere, e.g. ``evaluation.evaluate_model``.
+        evaluate: called by every process as ``evaluate(model, iteration)`` with the (unwrapped) model every
+            ``eval_period`` iterations before the last one (the caller evaluates the final model) and logs what it
+            measures, e.g. ``evaluation.evaluate_model`` then ``evaluation.log_evaluation`` on rank 0.
 
     Raises:
         FloatingPointError: a loss became NaN or infinite; names the iteration, the last good checkpoint stays in place.
@@ -137,22 +136,11 @@ def train(
         if evaluate is not None and eval_period > 0 and done % eval_period == 0 and done < cfg.max_iter:
             eval_start = time.perf_counter()
             broadcast_buffers(model)
-            metrics = evaluate(model)
+            evaluate(model, done)
             net.train()
             progress.t0 += time.perf_counter() - eval_start  # s/it and ETA count training only
-            if log is not None:
-                log_evaluation(log, done, metrics)
     broadcast_buffers(model)  # every process returns the checkpoint's model
     return model
-
-
-def log_evaluation(log: MetricsLog | str, iteration: int, metrics: dict) -> None:
-    """Logs the headline metrics and appends ``{"iteration", "eval": {scalar metrics}, "time"}`` to the metrics log
-    (a ``MetricsLog`` or the path of ``metrics.jsonl``)."""
-    logger.info("evaluation at iteration %d:\n%s", iteration, format_table(metrics))
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    log = MetricsLog(log) if isinstance(log, str) else log
-    log.write({"iteration": iteration, "eval": json_safe(scalars), "time": time.time()})
 
 
 def save_checkpoint(model, optimizer, scheduler, iteration: int, path: str, *, dist_info: DistInfo,

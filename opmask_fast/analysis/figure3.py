@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools.coco import COCO
 
-from .coco_eval import box_iou_xywh
+from ..evaluation.coco_eval import box_iou_xywh
 
 # Below this many classes the regression is reported as not meaningful: with n classes the slope's t-test has n - 2
 # degrees of freedom, and with n < 5 one class alone can flip the sign of the slope (the paper regresses 80 classes).

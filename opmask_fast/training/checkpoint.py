@@ -1,12 +1,19 @@
-"""Atomic checkpoints and the RNG state that makes a resumed run continue exactly."""
+"""Checkpoints: atomic writes, the RNG state that makes a resumed run continue exactly, and the model rebuilt from a
+checkpoint (`model_from_checkpoint`, what evaluation, the reports and the `Predictor` load)."""
 
 from __future__ import annotations
 
 import os
 import random
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+
+from ..config import ModelConfig, apply_override
+from ..modeling.weights import WeightsMismatchError
+from .initial_weights import build_with_weights
 
 
 def save_atomic(obj: dict, path: str) -> None:
@@ -104,3 +111,33 @@ def _to_lists(x):
 
 def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, state: dict | None = None,
+                          overrides: Sequence[str] = ()):
+    """Rebuilds the model a checkpoint was trained with and loads its weights. Returns ``(model, meta)``.
+
+    Args:
+        state: the checkpoint's contents when already read (``cli.checks.read_checkpoint``).
+        overrides: ``KEY=VALUE`` changes of its model config (``config.apply_override``), e.g. test-time proposal counts.
+
+    Raises:
+        CheckpointError: not a checkpoint of ``opmask_fast.train``, or weights that do not fit its own config.
+    """
+    state = check_model_checkpoint(load_checkpoint(path) if state is None else state, path)
+    meta = state["meta"]
+    try:
+        cfg = ModelConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
+    for item in overrides:
+        apply_override(cfg, item)
+    cfg.validate()
+    cfg.backbone.weights = None  # the checkpoint holds every weight; the ImageNet file need not exist any more
+    try:
+        model = build_with_weights(cfg, state=state["model"], source=repr(path))
+    except WeightsMismatchError as e:
+        what = "its own model config" if not overrides else f"its model config with {', '.join(overrides)}"
+        raise CheckpointError(f"{path}: its weights do not fit {what} ({e})") from None
+    model.to(device).eval()
+    return model, meta

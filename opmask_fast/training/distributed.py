@@ -112,7 +112,7 @@ def run_in_process_group(body, args, plan):
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if str(args.device).startswith("cpu"):
-        keep_freed_memory()  # 8-12% of a CPU training's wall time went to page faults (engine/host_memory.py)
+        keep_freed_memory()  # 8-12% of a CPU training's wall time went to page faults (training/host_memory.py)
     info = init_distributed(args.device)
     try:
         return body(args, info, plan)

@@ -1,4 +1,4 @@
-"""What each command checks before it builds a model or spends a training step (see ``engine.checks``).
+"""What each command checks before it builds a model or spends a training step (see ``cli.checks``).
 
 Every function raises ``cli.UsageError`` (one line, exit code 2 at the command line) naming the option, file or
 annotation at fault, and returns what it read so that nothing is read twice.
@@ -12,13 +12,15 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..cli import UsageError, user_errors
-from ..config import PRESETS
-from ..data import CocoInstances, load_coco, resolve_split
+from ..config import PRESETS, ModelConfig
+from ..data import CocoInstances, load_coco, resolve_split, train_dataset, val_dataset
 from ..data.synthetic import DATASETS, default_cache_root, get_style
+from ..training.checkpoint import model_from_checkpoint
+from ..variants import VARIANTS
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint)
-from .setup import default_output_dir, model_from_checkpoint, resolve_data, train_dataset, val_dataset
+from .errors import UsageError, user_errors
+from .options import default_output_dir, model_config_from_args, resolve_data, train_config_from_args
 
 if TYPE_CHECKING:
     import torch
@@ -45,10 +47,10 @@ class TrainPlan:
     data: TrainData | None = None  # user data, checked; None: a synthetic dataset, prepared after its generation
 
 
-def check_train_options(args, *, train_config, model_config) -> tuple:
+def check_train_options(args) -> tuple:
     """Options and the ``--weights`` file: numbers, --steps, --preset, --prior-scale, --set, then what --weights holds
-    (``engine.initial_weights.configure_weights``, the file read once). Returns ``(model_config, weights,
-    train_config)`` as ``model_config(args)`` and ``train_config(args)`` give them."""
+    (``training.initial_weights.configure_weights``, the file read once). Returns ``(model_config, weights,
+    train_config)`` as ``cli.options`` builds them."""
     for dest in ("iters", "batch_size", "checkpoint_period", "log_period", "num_threads", "eval_max_images"):
         check_number(args, dest, minimum=1)
     for dest in ("warmup", "visualize", "num_workers", "eval_period", "clip", "seed", "data_seed", "split_seed"):
@@ -61,14 +63,14 @@ def check_train_options(args, *, train_config, model_config) -> tuple:
             raise UsageError(f"--steps must be iterations (integers >= 1) separated by commas, got {steps!r}")
     weights_file = getattr(args, "weights", None)
     with user_errors():
-        tcfg = train_config(args)
+        tcfg = train_config_from_args(args)
         if not weights_file:
-            cfg, weights = model_config(args)
+            cfg, weights = model_config_from_args(args)
             return cfg, weights, tcfg
-        model_config(argparse.Namespace(**{**vars(args), "weights": None}))  # every option but --weights
+        model_config_from_args(argparse.Namespace(**{**vars(args), "weights": None}))  # every option but --weights
     check_paths(files={"--weights": weights_file})
     with user_errors("--weights"):  # what the file is: backbone weights, a whole model, or an error
-        cfg, weights = model_config(args)
+        cfg, weights = model_config_from_args(args)
     return cfg, weights, tcfg
 
 
@@ -81,9 +83,9 @@ def _synthetic_name(args) -> str:
     return getattr(args, "dataset", None) or "shapes"
 
 
-def check_train(args, *, train_config, model_config) -> TrainPlan:
+def check_train(args) -> TrainPlan:
     """Everything ``opmask_fast.train`` needs: options, --weights, device, output folder, --resume, data and split."""
-    cfg, weights, tcfg = check_train_options(args, train_config=train_config, model_config=model_config)
+    cfg, weights, tcfg = check_train_options(args)
     check_device(args.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if tcfg.batch_size % world:
@@ -159,8 +161,6 @@ def check_run(cfg, train_set: CocoInstances, resume: str | None) -> None:
     if list(meta["category_ids"]) != list(train_set.category_ids):
         raise UsageError(f"--resume: {resume} was trained on other categories ({len(meta['category_ids'])} vs "
                          f"{len(train_set.category_ids)}); use another --output-dir or drop --resume")
-    from ..config import ModelConfig
-
     with user_errors(f"--resume: {resume}"):
         theirs = ModelConfig.from_dict(meta["model_config"]).to_dict()
     ours = cfg.to_dict()
@@ -187,8 +187,6 @@ def check_evaluate(args) -> EvalPlan:
     check_device(args.device)
     state = read_checkpoint(args.checkpoint)
     meta = state["meta"]
-    from ..config import ModelConfig
-
     with user_errors(f"--checkpoint {args.checkpoint}: its model config cannot be used"):
         cfg = ModelConfig.from_dict(meta["model_config"])
     model = None
@@ -252,12 +250,12 @@ def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
     return PredictPlan(state=state, files=files)
 
 
-def check_compare(args, *, variants: dict, train_parser, train_config, model_config) -> tuple[list[str], list[int]]:
+def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     """``opmask_fast.compare``'s options and the training options after ``--``. Returns (variants, seeds)."""
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in names if v not in variants]
+    unknown = [v for v in names if v not in VARIANTS]
     if unknown or not names:
-        raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(variants)}")
+        raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(VARIANTS)}")
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
     if not parts or not all(p.isdigit() for p in parts):
         raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {args.seeds!r}")
@@ -282,7 +280,7 @@ def check_compare(args, *, variants: dict, train_parser, train_config, model_con
         if given:
             raise UsageError(f"{', '.join(given)}: compare trains on a synthetic dataset; give --dataset and "
                              "--data-images to compare itself, before --")
-        check_train_options(targs, train_config=train_config, model_config=model_config)
+        check_train_options(targs)
     except UsageError as e:
         raise UsageError(f"training options after --: {e}") from e
     return names, [int(p) for p in parts]

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .overlap import MIN_CLASSES, ClassOverlap, Regression, pool_weak_ap, regress, relative_improvements
+from ..variants import BASELINE, label_of
+from .figure3 import MIN_CLASSES, ClassOverlap, Regression, pool_weak_ap, regress, relative_improvements
 
-BASELINE = "Mask R-CNN baseline"
 
 
 @dataclass
@@ -45,19 +45,8 @@ class Run:
 
 
 def model_kind(model_config: dict) -> str:
-    """A readable model kind from a stored model config (the same names as ``opmask_fast.compare``)."""
-    box_loss = ["box projection loss"] if model_config.get("roi_heads", {}).get("weak_mask_loss", "none") != "none" else []
-    if not model_config.get("use_prior", True):
-        return BASELINE + (f" + {box_loss[0]}" if box_loss else "")
-    scale = model_config.get("prior_scale", "none")
-    names = {"none": "OPMask (paper recipe)", None: "OPMask (paper recipe)", "learnable": "OPMask + learnable gain",
-             "feature_std": "OPMask + prior x feature std", "feature_range": "OPMask + prior x feature range"}
-    name = names[scale] if scale in names else f"OPMask + prior x{float(scale):g}"
-    extras = (["standardised features"] if model_config.get("prior_feature_norm") else []) + (
-        ["at every mask conv"] if model_config.get("prior_every_conv") else []) + (
-        [] if model_config.get("prior_grad_scale") is None else [f"gradient x{model_config['prior_grad_scale']:g}"]) + (
-        ["class-vs-background CAM"] if model_config.get("prior_cam", "class") != "class" else []) + box_loss
-    return name + (f" ({', '.join(extras)})" if extras else "")
+    """A readable model kind from a stored model config: the label of the variant it is (``opmask_fast.variants``)."""
+    return label_of(model_config)
 
 
 def load_run(arg: str) -> Run:
@@ -129,7 +118,7 @@ def analyze(runs: list[Run], overlap: dict[str, ClassOverlap], *, min_classes: i
             top: int = 5) -> Analysis:
     """Figure 3 over ``runs``: pooled weak-class AP and the regression per model kind (baseline first), and the
     classes with the largest relative improvement of every other kind over the baseline (or over the first kind)."""
-    labels = sorted(dict.fromkeys(r.label for r in runs), key=lambda lab: lab != BASELINE)
+    labels = sorted(dict.fromkeys(r.label for r in runs), key=lambda lab: lab != BASELINE.label)
     groups = []
     for lab in labels:
         members = [r for r in runs if r.label == lab]

@@ -8,6 +8,12 @@ import math
 import os
 import shutil
 
+from ..config import ModelConfig
+from ..data.datasets import val_dataset
+from ..training.checkpoint import model_from_checkpoint
+from .crops import detection_grid
+from .pictures import visualize
+from .plots import plot_losses
 from .runs import Analysis, Run, format_analysis, read_log
 
 METRIC_ROWS = [
@@ -52,9 +58,6 @@ def per_class_table(run: Run, mean_iou: dict[str, float] | None = None) -> str:
 
 def load_model_and_data(run: Run, device="cpu"):
     """The run's model and its validation dataset (the split it was trained with). Raises when either is missing."""
-    from ..config import ModelConfig
-    from .setup import model_from_checkpoint, val_dataset
-
     if run.checkpoint is None:
         raise FileNotFoundError(f"no checkpoint.pth in {run.folder}")
     model, meta = model_from_checkpoint(run.checkpoint, device)
@@ -69,8 +72,6 @@ def load_model_and_data(run: Run, device="cpu"):
 
 def _pictures(run: Run, folder: str, images: int, device) -> tuple[list[str], str | None]:
     """Visualises ``images`` validation images and the crops grid; returns (paths, why not)."""
-    from .visualize import visualize
-
     try:
         model, dataset = load_model_and_data(run, device)
     except (FileNotFoundError, ValueError, OSError) as e:
@@ -89,8 +90,6 @@ def write_run_report(run: Run, *, analysis: Analysis | None = None, figure3: str
         figure3: a Figure 3 PNG to include (copied into ``report/`` when it is elsewhere).
         images: validation images to visualise with the run's model (0: none, the model is not loaded).
     """
-    from .plots import plot_losses
-
     pics = os.path.join(run.folder, "report")
     os.makedirs(pics, exist_ok=True)
     m = run.metrics
@@ -162,9 +161,6 @@ def write_comparison_report(runs: list[Run], analysis: Analysis, folder: str, *,
                             device="cpu", docs_picture: str | None = None, run_reports: list[str] = ()) -> str:
     """Writes ``folder/report.md``: metrics side by side, Figure 3 with its numbers, losses of every run, and the
     crops grid of each model kind on the same ground-truth boxes. Returns the path."""
-    from .crops import detection_grid
-    from .plots import plot_losses
-
     pics = os.path.join(folder, "report")
     os.makedirs(pics, exist_ok=True)
     rel = os.path.relpath(figure3, folder)

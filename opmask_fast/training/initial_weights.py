@@ -13,7 +13,9 @@ import warnings
 
 import torch
 
-from ..config import ModelConfig, build_model, with_msra_weights, with_torchvision_weights
+from ..config import ModelConfig, with_msra_weights, with_torchvision_weights
+from ..modeling import build_model
+from ..modeling.backbone import ResNet
 from ..modeling.weights import (WeightsFile, WeightsMismatchError, check_backbone_weights, inspect_weights_file,
                                load_model_state, read_model_state)
 
@@ -51,8 +53,6 @@ def configure_weights(cfg: ModelConfig, path: str) -> tuple[ModelConfig, Weights
 
 
 def _check_backbone(cfg: ModelConfig, path: str) -> None:
-    from ..modeling.backbone import ResNet
-
     bc = cfg.backbone
     with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
         target = ResNet(depth=bc.depth, norm=bc.norm, freeze_at=bc.freeze_at, stride_in_1x1=bc.stride_in_1x1,

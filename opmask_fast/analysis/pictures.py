@@ -1,39 +1,19 @@
 """Pictures of predictions (matplotlib, Agg): per image, the masks with numbered boxes and labels that avoid each
 other, and beside them each detection's prior inside its own box with a colour bar (the OPMask paper's Figure 7);
-per detection, a grid of crops (:mod:`opmask_fast.engine.crops`, the paper's Figures 1 and 4)."""
+per detection, a grid of crops (:mod:`opmask_fast.analysis.crops`, the paper's Figures 1 and 4)."""
 
 from __future__ import annotations
 
-import colorsys
 import os
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from .labels import around_box, place_labels  # noqa: E402
-from .paste import paste_maps  # noqa: E402
-
-PRIOR_CMAP = "inferno"
-
-
-def colour(i: int) -> np.ndarray:
-    """A distinct saturated RGB colour in [0, 1] for detection ``i``."""
-    return np.array(colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95))
-
-
-def figure_to_image(fig) -> Image.Image:
-    """Renders a matplotlib figure to an RGB PIL image and closes the figure."""
-    fig.canvas.draw()
-    arr = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return Image.fromarray(arr)
-
+from ..evaluation.mask_encoding import paste_maps
+from .crops import detection_grid
+from .drawing import PRIOR_CMAP, Image, colour, figure_to_image, plt
+from .label_placement import around_box, place_labels
 
 def draw_box_labels(ax, boxes: list, texts: list[str], colours: list, *, bounds: tuple[int, int], fontsize=8) -> None:
     """Boxes ``(x0, y0, x1, y1)`` in image pixels (an ``imshow`` axes) with their labels, placed so that they avoid
@@ -133,8 +113,6 @@ def visualize(model, dataset, *, num_images: int, output_dir: str, strong_ids, d
         pic.save(path)
         files.append(path)
     if crops and num_images > 0:
-        from .crops import detection_grid
-
         grid = detection_grid([("model", model)], dataset, strong_ids=strong_ids, device=device)
         if grid is not None:
             files.append(os.path.join(output_dir, "crops.png"))

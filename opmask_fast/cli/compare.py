@@ -1,0 +1,250 @@
+"""The main job: OPMask against its Mask R-CNN baseline on the embedded synthetic dataset, side by side.
+
+``python -m opmask_fast.compare`` generates the dataset (once), trains each variant with the same data, schedule and
+seed as separate one-thread processes (all three at once by default: they share a 2-core CPU without idle time),
+evaluates them and prints one table: weak- and strong-class mask AP, ambiguous vs other mask AP, prior AP, oracle-box
+mask IoU and seconds per image. ``--seeds 0,1,2`` repeats every variant per seed and reports mean +- standard deviation.
+``--dataset shapes2`` runs the same study on the second synthetic dataset (other rules, see
+``opmask_fast.data.synthetic_shapes2``), into ``outputs/compare_shapes2`` by default.
+
+Variants (``opmask_fast.variants``; default the main three): the Mask R-CNN baseline (no prior), OPMask with the
+paper's recipe (the min-max normalised prior added as is), and the recommended recipe: the prior weighted per RoI by
+the standard deviation of that RoI's own mask features (no constant tuned on any dataset) with the box-only RoIs'
+masks trained by BoxInst's projection term. The study's other variants reproduce docs/study.md. Every training uses
+``--preset`` (default ``opmask_r18_lite``) with the variant's fields on top (``opmask_fast.train --variant``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from ..data import DATASETS, dataset_spec, ensure_synthetic
+from ..data.loader import available_cores
+from ..evaluation.metrics import write_metrics
+from ..variants import MAIN_VARIANTS, VARIANTS
+from . import errors, preflight
+from . import train as train_command_line
+from .analyze import report_runs
+from .options import parse_image_counts
+
+ROWS = [
+    ("mask AP weak", "mask_AP_weak"),
+    ("mask AP strong", "mask_AP_strong"),
+    ("mask AP50 weak", "mask_AP50_weak"),
+    ("box AP weak", "box_AP_weak"),
+    ("mask AP ambiguous", "mask_AP_ambiguous"),
+    ("mask AP non-ambiguous", "mask_AP_unambiguous"),
+    ("prior AP weak", "prior_AP_weak"),
+    ("prior AP strong", "prior_AP_strong"),
+    ("oracle mIoU weak", "oracle_mIoU_weak"),
+    ("oracle mIoU strong", "oracle_mIoU_strong"),
+    ("s/img (inference, alone)", "seconds_per_image_alone"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m opmask_fast.compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", default=",".join(MAIN_VARIANTS),
+                   help=f"comma-separated, from {', '.join(VARIANTS)}")
+    p.add_argument("--seeds", default="0", help="training seeds, comma separated (e.g. 0,1,2)")
+    p.add_argument("--jobs", type=int, default=3,
+                   help="trainings run at the same time (3 one-thread runs share 2 cores without idle time)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--preset", default="opmask_r18_lite",
+                   help="model preset of every training (opmask_r18_tiny: the wider model of the earlier studies)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="shapes",
+                   help="synthetic dataset: shapes (the embedded one) or shapes2 (other rules)")
+    p.add_argument("--data-images", type=parse_image_counts, default=None, metavar="N_TRAIN,N_VAL",
+                   help="image counts of the synthetic dataset (default 1000,200)")
+    p.add_argument("--output-dir", default=None, help="default: outputs/compare, or outputs/compare_<dataset>")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic dataset")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--reuse", action="store_true", help="keep runs whose metrics.json already exists")
+    p.add_argument("--time-inference", action="store_true",
+                   help="after the trainings, time each variant's inference alone on 20 validation images (the "
+                        "table's s/img row; the trainings' own evaluations share the machine and are not timings)")
+    p.add_argument("train_args", nargs=argparse.REMAINDER,
+                   help="after --: extra arguments for every opmask_fast.train run (e.g. -- --iters 600)")
+    errors.add_debug_option(p)
+    return p
+
+
+def train_command(variant: str, seed: int, args, out: str) -> list[str]:
+    extra = [a for a in args.train_args if a != "--"]
+    cmd = [sys.executable, "-m", "opmask_fast.train", "--quiet", "--preset", args.preset, "--seed", str(seed),
+           "--dataset", args.dataset, "--data-seed", str(args.data_seed), "--num-threads", str(args.threads),
+           "--output-dir", out]
+    if args.data_images:
+        cmd += ["--data-images", ",".join(str(n) for n in args.data_images)]
+    if args.cache_dir:
+        cmd += ["--cache-dir", args.cache_dir]
+    return cmd + ["--variant", variant, *extra]
+
+
+def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
+    cmd = train_command(variant, seed, args, out)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    os.makedirs(out, exist_ok=True)
+    log = open(os.path.join(out, "log.txt"), "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def output_root(args) -> str:
+    """``--output-dir``, or outputs/compare (embedded dataset) / outputs/compare_<dataset>."""
+    if args.output_dir:
+        return args.output_dir
+    return os.path.join("outputs", "compare" if args.dataset == "shapes" else f"compare_{args.dataset}")
+
+
+def run_all(args) -> dict[str, list[dict]]:
+    args.output_dir = output_root(args)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    # Seed-major order: with two jobs the first seed of every variant finishes first.
+    queue = [(v, s) for s in seeds for v in variants]
+    running: dict[tuple, tuple] = {}
+    failed = []
+    start = time.time()
+    while queue or running:
+        while queue and len(running) < max(args.jobs, 1):
+            v, s = queue.pop(0)
+            out = os.path.join(args.output_dir, f"{v}_s{s}")
+            if args.reuse and os.path.isfile(os.path.join(out, "metrics.json")):
+                continue
+            running[(v, s)] = (_launch(v, s, args, out), time.time(), out)
+            print(f"[{time.time() - start:5.0f} s] started {v} seed {s}", flush=True)
+        time.sleep(1.0)
+        for key, (proc, t0, out) in list(running.items()):
+            if proc.poll() is not None:
+                del running[key]
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {out}/log.txt)"
+                if proc.returncode != 0:
+                    failed.append(key)
+                print(f"[{time.time() - start:5.0f} s] {key[0]} seed {key[1]} {status} in {time.time() - t0:.0f} s",
+                      flush=True)
+    results: dict[str, list[dict]] = {v: [] for v in variants}
+    for v in variants:
+        for s in seeds:
+            path = os.path.join(args.output_dir, f"{v}_s{s}", "metrics.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    m = json.load(f)
+                m["seed"] = s
+                m["train_minutes"] = (m.get("train_seconds") or math.nan) / 60
+                results[v].append(m)
+    if failed:
+        print(f"failed runs: {failed}", file=sys.stderr)
+    return results
+
+
+def time_inference(results: dict[str, list[dict]], args, num_images: int = 20) -> None:
+    """Times inference of each variant's first run alone on the machine (the trainings' own evaluations shared it),
+    over the first `num_images` validation images (the first one is the untimed warm-up).
+
+    Adds ``seconds_per_image_alone`` to that run's metrics.
+    """
+    for v, runs in results.items():
+        if not runs:
+            continue
+        run_dir = os.path.join(args.output_dir, f"{v}_s{runs[0]['seed']}")
+        out = os.path.join(run_dir, "timing")
+        cmd = [sys.executable, "-m", "opmask_fast.evaluate", "--checkpoint", os.path.join(run_dir, "checkpoint.pth"),
+               "--output-dir", out, "--max-images", str(num_images), "--no-oracle", "--num-threads", str(args.threads)]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        if subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 0:
+            with open(os.path.join(out, "metrics.json")) as f:
+                runs[0]["seconds_per_image_alone"] = json.load(f)["seconds_per_image"]
+
+
+def _label(variant: str) -> str:
+    return VARIANTS[variant].label if variant in VARIANTS else variant
+
+
+def _stats(values: list) -> tuple[float, float]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
+
+
+def format_comparison(results: dict[str, list[dict]]) -> str:
+    """A Markdown table: one column per variant, mean (+- std over seeds when there are several) per metric."""
+    names = [v for v in results if results[v]]
+    head = "| metric | " + " | ".join(_label(v) for v in names) + " |"
+    lines = [head, "|---" * (len(names) + 1) + "|"]
+    for label, key in ROWS:
+        if key == "seconds_per_image_alone" and not any(key in m for v in names for m in results[v]):
+            continue  # timed only with --time-inference
+        cells = []
+        for v in names:
+            mean, std = _stats([m.get(key) for m in results[v]])
+            digits = 3 if key.startswith("seconds") else 1
+            cell = "-" if math.isnan(mean) else f"{mean:.{digits}f}"
+            if not math.isnan(std):
+                cell += f" ± {std:.{digits}f}"
+            cells.append(cell)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = {v: [m["seed"] for m in results[v]] for v in names}
+    lines.append("")
+    lines.append("seeds: " + "; ".join(f"{v} {s}" for v, s in seeds.items()) +
+                 (" (mean ± sample std over seeds)" if any(len(s) > 1 for s in seeds.values()) else ""))
+    if "baseline" in names:
+        base = _stats([m.get("mask_AP_weak") for m in results["baseline"]])[0]
+        for v in names:
+            if v != "baseline":
+                gain = _stats([m.get("mask_AP_weak") for m in results[v]])[0] - base
+                lines.append(f"weak mask AP vs baseline: {_label(v)} {gain:+.1f}")
+    return "\n".join(lines)
+
+
+@errors.entry_point("python -m opmask_fast.compare")
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    args.output_dir = output_root(args)
+    # The options of compare and of the trainings after -- are checked before any dataset or training.
+    preflight.check_compare(args, train_parser=train_command_line.build_parser())
+    start = time.time()
+    num_train, num_val = args.data_images or (None, None)
+    spec = dataset_spec(args.dataset, seed=args.data_seed, num_train=num_train, num_val=num_val)
+    # Rendered in one forked process per core: nothing here has started torch's thread pools yet.
+    paths = ensure_synthetic(spec, args.cache_dir, workers=available_cores())
+    print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
+    results = run_all(args)
+    if args.time_inference:
+        time_inference(results, args)
+    table = format_comparison(results)
+    wall = time.time() - start
+    print()
+    print(table)
+    print(f"\nwall time {wall / 60:.1f} min; runs in {args.output_dir}")
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "compare.md"), "w") as f:
+        f.write(table + f"\n\nwall time {wall / 60:.1f} min\n")
+    write_metrics({"wall_seconds": wall, "runs": {v: rs for v, rs in results.items()}},
+                  os.path.join(args.output_dir, "compare.json"))
+    _write_report(results, args.output_dir)
+    return results
+
+
+def _write_report(results: dict[str, list[dict]], output_dir: str) -> None:
+    """The comparison report (metrics, the paper's Figure 3, crops of each variant); a failure here keeps the table."""
+    folders = [os.path.join(output_dir, f"{v}_s{m['seed']}") for v, runs in results.items() for m in runs]
+    try:
+        print(f"report: {report_runs(folders, output_dir)}")
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the trainings are done; say why the report is missing
+        print(f"report not written: {e!r}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Predict instance masks for a folder of images with a trained checkpoint.
+
+``python -m opmask_fast.predict --checkpoint outputs/opmask_r18_lite/checkpoint.pth --images DIR --output-dir OUT``
+writes ``OUT/predictions.json`` (COCO results format: image_id, category_id, bbox xywh, score, segmentation RLE, plus
+file_name) and ``OUT/images.json`` (the COCO ``images`` list the ids refer to); ``--visualize`` adds pictures.
+The same from Python: ``opmask_fast.Predictor`` (opmask_fast/predictor.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import torch
+from PIL import Image
+
+from ..analysis.pictures import render
+from ..predictor import Predictor, read_image
+from . import errors, preflight
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+EXIT_SKIPPED = 3  # some images were unreadable and skipped; the others were written
+EPILOG = """exit codes: 0 every image predicted; 2 usage error (nothing written); 3 some images could not be read and were
+skipped (each named in a warning), the others' predictions are written; 1 internal error."""
+
+logger = logging.getLogger("opmask_fast.predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m opmask_fast.predict", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="folder of images (jpg, png, ...)")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--score-thresh", type=float, default=0.05, help="drop detections below this score")
+    p.add_argument("--visualize", action="store_true", help="also write a picture per image")
+    p.add_argument("--num-threads", type=int, default=None)
+    errors.add_debug_option(p)
+    return p
+
+
+@errors.entry_point("python -m opmask_fast.predict")
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    plan = preflight.check_predict(args, IMAGE_EXTENSIONS)  # options, image folder, checkpoint, output folder
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)
+    results, images, skipped = [], [], []
+    for image_id, name in enumerate(plan.files, start=1):
+        path = os.path.join(args.images, name)
+        try:
+            arr = read_image(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # one bad file must not cost the others
+            logger.warning("skipped unreadable image %s: %s", path, errors.one_line(str(e)))
+            skipped.append(name)
+            continue
+        inst = predictor(arr)
+        for r, cat_name in zip(predictor.coco_results(inst, image_id), inst["category_names"]):
+            results.append({**r, "file_name": name, "category_name": cat_name})
+        h, w = inst["image_size"]
+        images.append({"id": image_id, "file_name": name, "height": h, "width": w})
+        if args.visualize:
+            pic = render(arr, inst, predictor.category_names, predictor.weak_labels)
+            pic.save(os.path.join(args.output_dir, os.path.splitext(name)[0] + "_pred.png"))
+    with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
+        json.dump(results, f)
+    with open(os.path.join(args.output_dir, "images.json"), "w") as f:
+        json.dump(images, f)
+    print(f"{len(results)} detections on {len(images)} images -> {os.path.join(args.output_dir, 'predictions.json')}")
+    if skipped:
+        print(f"python -m opmask_fast.predict: warning: skipped {len(skipped)} unreadable images: {', '.join(skipped)}",
+              file=sys.stderr)
+        raise SystemExit(EXIT_SKIPPED)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The object mask prior's weight: how the [0, 1] prior is scaled before it is added to the RoI mask features.
+
+One definition, shared by the model (`modeling.roi_heads.RoIHeads`) and the swap-in module (`ObjectMaskPrior`):
+
+- "none": added as is (the paper's recipe);
+- a float: a fixed gain;
+- "learnable": a learnable scalar gain. At small scale the prior's spread is ~30x smaller than the mask features' and
+  the mask head learns to ignore it, so by default the gain starts at std(mask features) / std(prior) measured on the
+  first training batch (stored, so a resumed run does not re-measure), or at `init` when one is given;
+- "feature_std" / "feature_range": a gain per RoI read off that RoI's own (detached) mask features, so the prior is
+  commensurate with whatever scale the features have on a given dataset and backbone, with no constant to tune:
+  std(features) / std(prior) (the prior gets the features' spread) or max(features) - min(features) (the [0, 1] prior
+  spans the features' range, the min-max normalisation carried over to the features' units).
+
+`grad_scale` sets the factor on the gradient that reaches the box head through the prior, apart from the forward
+gain (0 detaches the box features: no "refinement" of the prior by the mask loss); a diagnostic of the study.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+PRIOR_SCALE_MODES = ("none", "learnable", "feature_std", "feature_range")  # or a finite float: a fixed gain
+ADAPTIVE_MODES = ("feature_std", "feature_range")
+
+
+def parse_prior_scale(value: str | float, name: str = "the prior scale") -> str | float:
+    """A prior scale from text or a number: one of `PRIOR_SCALE_MODES` or a finite float gain (a ValueError naming
+    `name`, e.g. the option, otherwise)."""
+    if isinstance(value, str) and value in PRIOR_SCALE_MODES:
+        return value
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be one of {', '.join(PRIOR_SCALE_MODES)} or a finite number, "
+                         f"got {value!r}")
+    return number
+
+
+def add_prior(features: Tensor, prior_map: Tensor, gain: float | Tensor | None, *,
+              grad_scale: float | None = None) -> Tensor:
+    """`features Tensor[R, C, H, W]` + gain * `prior_map Tensor[R, H, W]` broadcast over the channels.
+
+    Args:
+        gain: None (1), a float, a `Tensor[1]` (learnable) or a per-RoI `Tensor[R, 1, 1, 1]`.
+        grad_scale: the gradient that reaches `prior_map` is the features' gradient times this (instead of times the
+            gain); 0 stops it. A learnable gain keeps its own gradient.
+    """
+    p = prior_map[:, None].to(features.dtype)
+    if grad_scale is None:
+        return features + (p if gain is None else p * gain)
+    pd = p.detach()
+    # Forward value gain * p; backward d/dp = grad_scale.
+    return features + (pd if gain is None else pd * gain) + grad_scale * (p - pd)
+
+
+class PriorWeight(nn.Module):
+    """Weights the normalised prior and adds it to the mask features: ``forward(features, prior_map)``.
+
+    Args:
+        scale: "none", "learnable", "feature_std", "feature_range" or a float (see the module docstring).
+        init: start value of the learnable gain; None measures it on the first training batch (`initialize`).
+        grad_scale: factor on the gradient that reaches the prior (None: the forward gain, as autograd gives it).
+    """
+
+    def __init__(self, *, scale: str | float = "none", init: float | None = None, grad_scale: float | None = None):
+        super().__init__()
+        scale = parse_prior_scale(scale)
+        self.mode = scale if isinstance(scale, str) else "fixed"
+        self.fixed = float(scale) if self.mode == "fixed" else None
+        self.grad_scale = grad_scale
+        if self.mode == "learnable":
+            self.gain = nn.Parameter(torch.tensor([1.0 if init is None else float(init)]))
+            self.register_buffer("initialized", torch.tensor(init is not None))
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the gain is read per RoI off the features (then it cannot be fused into RoIAlign's write)."""
+        return self.mode in ADAPTIVE_MODES
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the weighted prior is a function of the prior alone (a constant or learnable gain, plain
+        gradient): then it can ride on RoIAlign's output write instead of a second pass over the features."""
+        return not self.adaptive and self.grad_scale is None and not self.needs_init()
+
+    def value(self) -> float | Tensor | None:
+        """What multiplies the normalised prior when it does not depend on the features: None (1), a float, or the
+        `Tensor[1]` learnable gain (for the adaptive modes see `per_roi`)."""
+        return self.gain if self.mode == "learnable" else self.fixed
+
+    @torch.no_grad()
+    def per_roi(self, mask_features: Tensor, prior: Tensor) -> Tensor:
+        """Adaptive gain `Tensor[R, 1, 1, 1]` from `mask_features Tensor[R, C, H, W]` and `prior Tensor[R, H, W]`."""
+        wide = torch.promote_types(mask_features.dtype, torch.float32)  # statistics of half-precision maps in fp32
+        f = mask_features.detach().to(wide).flatten(1)
+        if self.mode == "feature_std":
+            gain = f.std(dim=1) / prior.detach().to(wide).flatten(1).std(dim=1).clamp(min=1e-6)
+        else:
+            gain = f.amax(dim=1) - f.amin(dim=1)
+        return torch.nan_to_num(gain, nan=0.0, posinf=0.0).view(-1, 1, 1, 1).to(mask_features.dtype)
+
+    def forward(self, features: Tensor, prior_map: Tensor) -> Tensor:
+        """`features Tensor[R, C, H, W]` + weight * `prior_map Tensor[R, H, W]`, broadcast over the channels."""
+        gain = self.per_roi(features, prior_map) if self.adaptive else self.value()
+        return add_prior(features, prior_map, gain, grad_scale=self.grad_scale)
+
+    def needs_init(self) -> bool:
+        return self.mode == "learnable" and self.training and not bool(self.initialized)
+
+    @torch.no_grad()
+    def initialize(self, mask_features: Tensor | None, prior: Tensor | None) -> None:
+        """Set the gain to std(mask features) / std(prior) of one batch, averaged over the processes that had RoIs.
+
+        When distributed, every process must call it in the same step (a collective): one without mask RoIs passes
+        None for both. If no process had any, the gain stays uninitialised and the next step measures it.
+        """
+        stats = torch.zeros(2, device=self.gain.device)  # (sum of ratios, number of processes with RoIs)
+        if mask_features is not None and prior is not None and prior.numel() > 0:
+            ratio = mask_features.float().std() / prior.float().std().clamp(min=1e-6)
+            stats[0], stats[1] = torch.nan_to_num(ratio, nan=1.0, posinf=1.0), 1.0
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(stats)
+        if float(stats[1]) == 0:
+            return
+        self.gain.fill_(float(stats[0] / stats[1]))
+        self.initialized.fill_(True)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}" + (f", value={self.fixed}" if self.fixed is not None else "") + (
+            f", grad_scale={self.grad_scale}" if self.grad_scale is not None else "")
+
+
+__all__ = ["ADAPTIVE_MODES", "PRIOR_SCALE_MODES", "PriorWeight", "add_prior", "parse_prior_scale"]

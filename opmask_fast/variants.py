@@ -1,0 +1,111 @@
+"""The study's model variants, defined once: what `compare` trains and the label a finished run is shown under.
+
+A variant sets every model config field the study varies (`STUDY_FIELDS`) on top of a preset, so it names the same
+model whatever the preset's own recipe is: ``python -m opmask_fast.train --variant NAME`` and ``compare --variants``
+apply it, and the analyses recognise it again from a checkpoint's stored config (`label_of`). `MAIN_VARIANTS` are the
+three the main job compares; the others reproduce docs/study.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The fields a variant sets, with their value in the paper's OPMask.
+STUDY_FIELDS = {
+    "use_prior": True,
+    "prior_scale": "none",
+    "prior_feature_norm": False,
+    "prior_cam": "class",
+    "prior_every_conv": False,
+    "prior_grad_scale": None,
+    "roi_heads.weak_mask_loss": "none",
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    changes: tuple[tuple[str, object], ...] = ()  # fields that differ from STUDY_FIELDS
+
+    @property
+    def fields(self) -> dict[str, object]:
+        """Every study field's value in this variant."""
+        return {**STUDY_FIELDS, **dict(self.changes)}
+
+
+def _v(name: str, label: str, **changes) -> Variant:
+    return Variant(name, label, tuple((k.replace("__", "."), v) for k, v in changes.items()))
+
+
+_PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
+_ALL = [
+    _v("baseline", "Mask R-CNN baseline", use_prior=False),
+    _v("opmask", "OPMask (paper recipe)"),
+    _v("opmask_std_boxproj", "OPMask + prior x feature std + box projection loss", prior_scale="feature_std", **_PROJ),
+    # The study (docs/study.md): weights of the prior, what is done to the features, the CAM, box supervision alone.
+    _v("opmask_gain", "OPMask + learnable gain", prior_scale="learnable"),
+    _v("opmask_range", "OPMask + prior x feature range", prior_scale="feature_range"),
+    _v("opmask_gain40", "OPMask + prior x40", prior_scale=40.0),
+    _v("opmask_std", "OPMask + prior x feature std", prior_scale="feature_std"),
+    _v("opmask_norm", "OPMask + standardised features", prior_feature_norm=True),
+    _v("opmask_norm_range", "OPMask + standardised features + prior x range", prior_scale="feature_range",
+       prior_feature_norm=True),
+    _v("opmask_range_deep", "OPMask + prior x feature range at every mask conv", prior_scale="feature_range",
+       prior_every_conv=True),
+    _v("opmask_range_cambg", "OPMask + class-vs-background CAM x range", prior_scale="feature_range",
+       prior_cam="class_vs_background"),
+    _v("opmask_norm_range_cambg", "OPMask + standardised features + class-vs-background CAM x range",
+       prior_scale="feature_range", prior_feature_norm=True, prior_cam="class_vs_background"),
+    _v("baseline_boxproj", "Mask R-CNN + box projection loss", use_prior=False, **_PROJ),
+    _v("opmask_range_boxproj", "OPMask + prior x range + box projection loss", prior_scale="feature_range", **_PROJ),
+    _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
+       prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
+    # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
+    _v("opmask_fwd40_grad1", "OPMask x40 forward, x1 gradient", prior_scale=40.0, prior_grad_scale=1.0),
+    _v("opmask_fwd1_grad40", "OPMask x1 forward, x40 gradient", prior_grad_scale=40.0),
+    _v("opmask_range_detach", "OPMask + prior x feature range, detached", prior_scale="feature_range",
+       prior_grad_scale=0.0),
+]
+VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
+MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj")
+BASELINE = VARIANTS["baseline"]
+
+
+def get_variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise KeyError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def apply_variant(cfg, name: str):
+    """Sets every study field of `cfg` (a `ModelConfig`) to the variant's value; returns `cfg`."""
+    for key, value in get_variant(name).fields.items():
+        *parents, leaf = key.split(".")
+        obj = cfg
+        for p in parents:
+            obj = getattr(obj, p)
+        setattr(obj, leaf, value)
+    return cfg
+
+
+def _stored(model_config: dict, key: str):
+    obj = model_config
+    for p in key.split("."):
+        obj = (obj or {}).get(p, STUDY_FIELDS[key])
+    return obj
+
+
+def label_of(model_config: dict) -> str:
+    """The variant label of a stored model config (`ModelConfig.to_dict()`), or for a model no variant names, a
+    label listing its study fields that differ from the paper's OPMask."""
+    stored = {k: _stored(model_config, k) for k in STUDY_FIELDS}
+    if not stored["use_prior"]:  # the prior's own options do not change a model without one
+        stored.update({k: v for k, v in STUDY_FIELDS.items() if k.startswith("prior_")})
+    for v in _ALL:
+        if stored == v.fields:
+            return v.label
+    diff = [f"{k.split('.')[-1]}={stored[k]}" for k in STUDY_FIELDS
+            if k != "use_prior" and stored[k] != STUDY_FIELDS[k]]
+    base = "OPMask" if stored["use_prior"] else BASELINE.label
+    return f"{base} ({', '.join(diff)})" if diff else base

@@ -1,0 +1,72 @@
+"""What `pip install .` brings: every third-party module the package imports is a dependency in setup.py's metadata
+(required, or an extra for the optional parts), and every console script points at a command's `main`."""
+
+import ast
+import importlib
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMPORT_TO_DIST = {"PIL": "Pillow"}  # import names that differ from the distribution's
+
+
+def _setup_constants() -> dict:
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py")).read())
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def _dist(requirement: str) -> str:
+    for sep in "<>=!~[; ":
+        requirement = requirement.split(sep)[0]
+    return requirement.strip().lower()
+
+
+def _third_party_imports() -> dict[str, str]:
+    """Top-level module name -> one file importing it, over opmask_fast/ and kernels/."""
+    found = {}
+    for folder in ("opmask_fast", "kernels"):
+        for root, _, files in os.walk(os.path.join(ROOT, folder)):
+            for f in files:
+                if not f.endswith(".py"):
+                    continue
+                path = os.path.join(root, f)
+                for node in ast.walk(ast.parse(open(path).read(), path)):
+                    if isinstance(node, ast.Import):
+                        names = [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom) and not node.level:
+                        names = [node.module]
+                    else:
+                        continue
+                    for n in names:
+                        top = n.split(".")[0]
+                        if top not in sys.stdlib_module_names and top != "opmask_fast":
+                            found.setdefault(top, os.path.relpath(path, ROOT))
+    return found
+
+
+def test_every_imported_package_is_a_dependency():
+    consts = _setup_constants()
+    required = {_dist(r) for r in consts["INSTALL_REQUIRES"]}
+    extras = {_dist(r) for reqs in consts["EXTRAS_REQUIRE"].values() for r in reqs}
+    imports = _third_party_imports()
+    assert {"torch", "pycocotools", "matplotlib"} <= set(imports)  # the scan sees the package's imports
+    missing = {m: where for m, where in imports.items() if IMPORT_TO_DIST.get(m, m).lower() not in required | extras}
+    assert not missing, f"imported but not in setup.py's INSTALL_REQUIRES or EXTRAS_REQUIRE: {missing}"
+    # the commands themselves need no extra: only the Triton kernels and the torchvision swap-in are optional
+    assert extras == {"triton", "torchvision"}
+
+
+def test_console_scripts_are_the_commands():
+    consts = _setup_constants()
+    for command in consts["COMMANDS"]:
+        module = importlib.import_module(f"opmask_fast.cli.{command}")
+        assert callable(module.main)
+        shim = importlib.import_module(f"opmask_fast.{command}")  # python -m opmask_fast.<command>
+        assert shim.main is module.main
