@@ -96,7 +96,7 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     # opmask-train ... opmask-analyze, the same as python -m opmask_fast.<command>
-    entry_points={"console_scripts": [f"opmask-{c}=opmask_fast.cli.{c}:main" for c in COMMANDS]},
+    entry_points={"console_scripts": [f"opmask-{c}=opmask_fast.{c}:console" for c in COMMANDS]},
     packages=packages,
     package_dir={"opmask_fast.kernels": "kernels"},
     ext_modules=[_extension()],

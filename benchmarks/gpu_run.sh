@@ -95,6 +95,8 @@ PYEOF
       fi
     fi
   done
+  # Controls built the same way, each in its own process, tell the candidate causes apart (benchmarks/error_controls.py).
+  "$PY" benchmarks/error_controls.py || rc=1
   return $rc
 }
 

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "error_message.h"
+
 namespace opmask_fast {
 
 inline void check_roi_align_rois(const at::Tensor& rois, const at::Tensor& ref, int64_t ph, int64_t pw) {
@@ -11,8 +13,9 @@ inline void check_roi_align_rois(const at::Tensor& rois, const at::Tensor& ref, 
   TORCH_CHECK(ph > 0 && pw > 0, "opmask_fast::roi_align: output size must be positive");
   TORCH_CHECK(rois.device() == ref.device(), "opmask_fast::roi_align: rois and input must be on the same device");
   const auto want = ref.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  TORCH_CHECK(rois.scalar_type() == want, "opmask_fast::roi_align: rois must be ", want, " for ", ref.scalar_type(),
-              " input, got ", rois.scalar_type());
+  TORCH_CHECK(rois.scalar_type() == want,
+              format_message("opmask_fast::roi_align: rois must be %s for %s input, got %s", c10::toString(want),
+                             c10::toString(ref.scalar_type()), c10::toString(rois.scalar_type())));
 }
 
 inline void check_roi_align_grad(const at::Tensor& grad, const at::Tensor& rois, int64_t ph, int64_t pw,

@@ -1,8 +1,14 @@
-"""``python -m opmask_fast.train``: the command lives in `opmask_fast.cli.train`."""
+"""``python -m opmask_fast.train`` and the console script ``opmask-train``: the command lives in `opmask_fast.cli.train`."""
 
 from .cli.train import build_parser, main
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "console", "main"]
+
+
+def console() -> None:
+    """The console script: the command with its Python return value dropped (a script would print it and exit 1)."""
+    main()
+
 
 if __name__ == "__main__":
-    main()
+    console()

@@ -39,9 +39,44 @@ def test_reuse_reads_finished_runs(tmp_path):
         json.dump(_metrics(weak, 20.0), open(tmp_path / f"{v}_s0" / "metrics.json", "w"))
     args = compare.build_parser().parse_args(["--variants", "baseline,opmask", "--output-dir", str(tmp_path),
                                               "--reuse"])
-    results = compare.run_all(args)
+    results, failed = compare.run_all(args)
+    assert failed == []
     assert [m["mask_AP_weak"] for m in results["baseline"]] == [1.0]
     assert results["opmask"][0]["seed"] == 0 and math.isclose(results["opmask"][0]["train_minutes"], 100 / 60)
+
+
+def test_compare_exits_1_naming_each_failed_run_and_still_prints_the_table(tmp_path, monkeypatch, capsys):
+    """A training that fails (exit 3), one killed by a signal and one that exits 0 without metrics.json: compare prints
+    the table of the run that finished, names each failed run with its log, and exits 1, never 0. A stale
+    metrics.json from an earlier run in the same folder is not taken for a failed run's result."""
+    import sys
+
+    behaviour = {"baseline": "import json, os; json.dump({'mask_AP_weak': 1.5, 'mask_AP_strong': 20.0}, "
+                             "open(os.path.join(OUT, 'metrics.json'), 'w'))",
+                 "opmask": "import sys; sys.exit(3)",
+                 "opmask_std_boxproj": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+                 "opmask_gain": "pass"}
+
+    def fake_command(variant, seed, args, out):
+        return [sys.executable, "-c", f"OUT = {out!r}\n" + behaviour[variant]]
+
+    monkeypatch.setattr(compare, "train_command", fake_command)
+    monkeypatch.setattr(compare, "report_runs", lambda folders, out: os.path.join(out, "report.md"))
+    os.makedirs(tmp_path / "out" / "opmask_s0")
+    json.dump(_metrics(99.0, 99.0), open(tmp_path / "out" / "opmask_s0" / "metrics.json", "w"))  # a stale result
+    argv = ["--variants", "baseline,opmask,opmask_std_boxproj,opmask_gain", "--output-dir", str(tmp_path / "out"),
+            "--data-images", "4,2", "--cache-dir", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(argv)
+    assert exit_info.value.code == 1
+    out, err = capsys.readouterr()
+    assert "| mask AP weak | 1.5 |" in out and "99.0" not in out  # the finished run's table, not the stale one
+    line = [l for l in err.splitlines() if l.startswith("python -m opmask_fast.compare: error:")]
+    assert len(line) == 1 and "3 failed" in line[0], err
+    for what in ("opmask seed 0 (exit 3", "opmask_std_boxproj seed 0 (killed by signal 9",
+                 "opmask_gain seed 0 (finished without metrics.json"):
+        assert what in line[0], line[0]
+    assert os.path.join(str(tmp_path / "out"), "opmask_s0", "log.txt") in line[0]
 
 
 def test_unknown_variant(tmp_path):

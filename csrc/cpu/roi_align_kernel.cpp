@@ -20,6 +20,18 @@
 namespace opmask_fast {
 namespace {
 
+// The first RoI whose batch index is outside the batch, found inside a dispatch and reported after it.
+struct BadRoi {
+  int64_t roi = -1;
+  double batch_index = 0.0;
+
+  void check(const char* op, int64_t batch_size) const {
+    TORCH_CHECK(roi < 0, format_message("%s: RoI %lld has batch index %g outside [0, %lld)", op,
+                                        static_cast<long long>(roi), batch_index,
+                                        static_cast<long long>(batch_size)));
+  }
+};
+
 // Taps of one RoI: bin b owns entries [bin_begin[b], bin_begin[b + 1]) of offset/weight.
 template <typename acc_t>
 struct RoiTaps {
@@ -179,6 +191,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
   }
   at::Tensor out = at::zeros({k, c, ph, pw}, input.options());
   if (k == 0 || c == 0) return out;
+  BadRoi bad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* in = input.const_data_ptr<scalar_t>();
@@ -187,12 +200,14 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     const int64_t nbins = ph * pw;
     // Geometry first, serially, as the backward does: a bad batch index is refused before any work, and the error
-    // does not have to travel out of an OpenMP region.
+    // is raised after the dispatch (error_message.h).
     std::vector<RoiGeometry<acc_t>> geo(k);
     for (int64_t r = 0; r < k; ++r) {
       geo[r] = roi_geometry<acc_t>(roi + 5 * r, n, static_cast<acc_t>(spatial_scale), ph, pw, sampling_ratio, aligned);
-      TORCH_CHECK(geo[r].batch >= 0, "opmask_fast::roi_align: RoI ", r, " has batch index ", roi[5 * r],
-                  " outside [0, ", n, ")");
+      if (geo[r].batch < 0) {
+        bad = {r, static_cast<double>(roi[5 * r])};
+        return;
+      }
     }
     at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
       RoiTaps<acc_t> taps;
@@ -214,6 +229,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
       }
     });
   });
+  bad.check("opmask_fast::roi_align", n);
   return out;
 }
 
@@ -229,6 +245,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
   // Half/bfloat16 gradients are summed in float32 and rounded once at the end.
   at::Tensor grad_in = at::zeros({batch_size, channels, height, width}, grad.options().dtype(acc_type));
   if (k == 0 || channels == 0) return grad_in.to(grad.scalar_type());
+  BadRoi bad;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "roi_align_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* go = grad.const_data_ptr<scalar_t>();
@@ -241,8 +258,10 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
     for (int64_t r = 0; r < k; ++r) {
       geo[r] = roi_geometry<acc_t>(roi + 5 * r, batch_size, static_cast<acc_t>(spatial_scale), ph, pw,
                                    sampling_ratio, aligned);
-      TORCH_CHECK(geo[r].batch >= 0, "opmask_fast::roi_align_backward: RoI ", r, " has batch index ",
-                  roi[5 * r], " outside [0, ", batch_size, ")");
+      if (geo[r].batch < 0) {
+        bad = {r, static_cast<double>(roi[5 * r])};
+        return;
+      }
     }
     std::vector<RoiTaps<acc_t>> taps;
     for (int64_t r0 = 0; r0 < k;) {
@@ -274,6 +293,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
       r0 = r1;
     }
   });
+  bad.check("opmask_fast::roi_align_backward", batch_size);
   return grad_in.scalar_type() == grad.scalar_type() ? grad_in : grad_in.to(grad.scalar_type());
 }
 

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../error_message.h"
 #include "../nms_common.h"
 
 namespace opmask_fast {
@@ -86,8 +87,9 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   const int64_t col_blocks = (n + kBoxesPerWord - 1) / kBoxesPerWord;
-  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes, "opmask_fast::nms: at most ", kMaxSharedBytes * 8,
-              " boxes per call on CUDA, got ", n);
+  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes,
+              format_message("opmask_fast::nms: at most %lld boxes per call on CUDA, got %lld",
+                             static_cast<long long>(kMaxSharedBytes) * 8, static_cast<long long>(n)));
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const auto acc_type = at::toOpMathType(boxes.scalar_type());
   const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).contiguous();

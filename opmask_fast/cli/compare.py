@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 from ..data import DATASETS, dataset_spec, ensure_synthetic
 from ..data.loader import available_cores
@@ -33,6 +34,8 @@ from . import errors, preflight
 from . import train as train_command_line
 from .analyze import report_runs
 from .options import parse_image_counts
+
+PROG = "python -m opmask_fast.compare"
 
 ROWS = [
     ("mask AP weak", "mask_AP_weak"),
@@ -104,7 +107,26 @@ def output_root(args) -> str:
     return os.path.join("outputs", "compare" if args.dataset == "shapes" else f"compare_{args.dataset}")
 
 
-def run_all(args) -> dict[str, list[dict]]:
+@dataclass
+class Failure:
+    """A child of compare that did not give what it should: a training (with its evaluation), an inference timing or
+    the report."""
+
+    what: str  # e.g. "baseline seed 0"
+    reason: str  # e.g. "exit 3", "killed by signal 9", "no metrics.json"
+    log: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.what} ({self.reason}" + (f", see {self.log})" if self.log else ")")
+
+
+def _exit_reason(returncode: int) -> str:
+    return f"killed by signal {-returncode}" if returncode < 0 else f"exit {returncode}"
+
+
+def run_all(args) -> tuple[dict[str, list[dict]], list[Failure]]:
+    """Trains every (variant, seed) not reused; returns the metrics of the runs that finished, per variant, and the
+    failures (a training that exited non-zero or wrote no metrics.json)."""
     args.output_dir = output_root(args)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -122,15 +144,20 @@ def run_all(args) -> dict[str, list[dict]]:
             out = os.path.join(args.output_dir, f"{v}_s{s}")
             if args.reuse and os.path.isfile(os.path.join(out, "metrics.json")):
                 continue
+            if os.path.isfile(os.path.join(out, "metrics.json")):  # a failed run must not show an older one's numbers
+                os.remove(os.path.join(out, "metrics.json"))
             running[(v, s)] = (_launch(v, s, args, out), time.time(), out)
             print(f"[{time.time() - start:5.0f} s] started {v} seed {s}", flush=True)
         time.sleep(1.0)
         for key, (proc, t0, out) in list(running.items()):
             if proc.poll() is not None:
                 del running[key]
-                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}, see {out}/log.txt)"
+                log = os.path.join(out, "log.txt")
                 if proc.returncode != 0:
-                    failed.append(key)
+                    failed.append(Failure(f"{key[0]} seed {key[1]}", _exit_reason(proc.returncode), log))
+                elif not os.path.isfile(os.path.join(out, "metrics.json")):
+                    failed.append(Failure(f"{key[0]} seed {key[1]}", "finished without metrics.json", log))
+                status = "done" if proc.returncode == 0 else f"FAILED ({failed[-1]})"
                 print(f"[{time.time() - start:5.0f} s] {key[0]} seed {key[1]} {status} in {time.time() - t0:.0f} s",
                       flush=True)
     results: dict[str, list[dict]] = {v: [] for v in variants}
@@ -143,17 +170,16 @@ def run_all(args) -> dict[str, list[dict]]:
                 m["seed"] = s
                 m["train_minutes"] = (m.get("train_seconds") or math.nan) / 60
                 results[v].append(m)
-    if failed:
-        print(f"failed runs: {failed}", file=sys.stderr)
-    return results
+    return results, failed
 
 
-def time_inference(results: dict[str, list[dict]], args, num_images: int = 20) -> None:
+def time_inference(results: dict[str, list[dict]], args, num_images: int = 20) -> list[Failure]:
     """Times inference of each variant's first run alone on the machine (the trainings' own evaluations shared it),
     over the first `num_images` validation images (the first one is the untimed warm-up).
 
-    Adds ``seconds_per_image_alone`` to that run's metrics.
+    Adds ``seconds_per_image_alone`` to that run's metrics; returns the evaluations that failed.
     """
+    failed = []
     for v, runs in results.items():
         if not runs:
             continue
@@ -162,9 +188,16 @@ def time_inference(results: dict[str, list[dict]], args, num_images: int = 20) -
         cmd = [sys.executable, "-m", "opmask_fast.evaluate", "--checkpoint", os.path.join(run_dir, "checkpoint.pth"),
                "--output-dir", out, "--max-images", str(num_images), "--no-oracle", "--num-threads", str(args.threads)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        if subprocess.run(cmd, env=env, capture_output=True, text=True).returncode == 0:
-            with open(os.path.join(out, "metrics.json")) as f:
-                runs[0]["seconds_per_image_alone"] = json.load(f)["seconds_per_image"]
+        os.makedirs(out, exist_ok=True)
+        log = os.path.join(out, "log.txt")
+        with open(log, "w") as f:
+            code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            failed.append(Failure(f"{v} seed {runs[0]['seed']} inference timing", _exit_reason(code), log))
+            continue
+        with open(os.path.join(out, "metrics.json")) as f:
+            runs[0]["seconds_per_image_alone"] = json.load(f)["seconds_per_image"]
+    return failed
 
 
 def _label(variant: str) -> str:
@@ -208,7 +241,7 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-@errors.entry_point("python -m opmask_fast.compare")
+@errors.entry_point(PROG)
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     args.output_dir = output_root(args)
@@ -220,9 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Rendered in one forked process per core: nothing here has started torch's thread pools yet.
     paths = ensure_synthetic(spec, args.cache_dir, workers=available_cores())
     print(f"dataset: {os.path.dirname(paths['train_images'])} ({time.time() - start:.0f} s)", flush=True)
-    results = run_all(args)
+    results, failed = run_all(args)
     if args.time_inference:
-        time_inference(results, args)
+        failed += time_inference(results, args)
     table = format_comparison(results)
     wall = time.time() - start
     print()
@@ -233,17 +266,26 @@ def main(argv: list[str] | None = None) -> dict:
         f.write(table + f"\n\nwall time {wall / 60:.1f} min\n")
     write_metrics({"wall_seconds": wall, "runs": {v: rs for v, rs in results.items()}},
                   os.path.join(args.output_dir, "compare.json"))
-    _write_report(results, args.output_dir)
+    failed += _write_report(results, args.output_dir)
+    if failed:
+        # The table above holds the runs that finished; the job as a whole failed.
+        sys.stdout.flush()
+        print(f"{PROG}: error: {len(failed)} failed: " + "; ".join(str(f) for f in failed), file=sys.stderr)
+        raise SystemExit(1)
     return results
 
 
-def _write_report(results: dict[str, list[dict]], output_dir: str) -> None:
-    """The comparison report (metrics, the paper's Figure 3, crops of each variant); a failure here keeps the table."""
+def _write_report(results: dict[str, list[dict]], output_dir: str) -> list[Failure]:
+    """The comparison report (metrics, the paper's Figure 3, crops of each variant); a failure here keeps the table
+    and is returned."""
     folders = [os.path.join(output_dir, f"{v}_s{m['seed']}") for v, runs in results.items() for m in runs]
+    if not folders:
+        return [Failure("report", "no run finished")]
     try:
         print(f"report: {report_runs(folders, output_dir)}")
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the trainings are done; say why the report is missing
-        print(f"report not written: {e!r}", file=sys.stderr)
+        return [Failure("report", f"not written: {e!r}")]
+    return []
 
 
 if __name__ == "__main__":

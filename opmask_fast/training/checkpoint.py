@@ -36,6 +36,18 @@ def save_atomic(obj: dict, path: str) -> None:
             os.remove(tmp)
 
 
+def remove_stale_temporaries(path: str) -> list[str]:
+    """Removes the temporary files ``save_atomic`` leaves beside ``path`` when its process is killed mid-write (the
+    file at ``path`` itself is always whole). Call it before writing ``path`` again; returns what was removed."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.tmp-"
+    removed = [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith(prefix)] if os.path.isdir(folder) \
+        else []
+    for f in removed:
+        os.remove(f)
+    return removed
+
+
 class CheckpointError(ValueError):
     """A file that is not a checkpoint of opmask_fast (or not one that fits its use); the message names it."""
 

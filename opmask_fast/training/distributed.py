@@ -48,6 +48,21 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
+def ddp_process_group():
+    """A process group of its own for DistributedDataParallel (a collective: every process calls it).
+
+    DDP keeps its process group referenced until the interpreter exits, so the group's worker threads outlive
+    `destroy_process_group`. A gloo worker that then drops the last reference of a tensor Python created (the
+    buffers `broadcast_buffers` sends, held by a finished barrier) needs the GIL while the interpreter finalises: the
+    thread is forced to exit inside a noexcept destructor and the process aborts with "terminate called without an
+    active exception" (the native stack of such a rank: ProcessGroupGloo::runLoop -> ~AsyncBarrierWork ->
+    ~AsyncBroadcastWork -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit -> std::terminate). DDP's own
+    group only ever carries tensors DDP makes in C++ (gradient buckets, flattened states), and the default group,
+    which carries ours, is destroyed with its threads joined in `run_in_process_group`.
+    """
+    return dist.new_group(backend=dist.get_backend())
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -61,6 +61,26 @@ class MetricsLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def keep_until(self, iteration: int) -> None:
+        """Drops the records after `iteration` (0: all of them): a run resumed from its checkpoint at `iteration`, or
+        started afresh, writes those iterations again, and a crashed run's lines past its checkpoint or a finished
+        earlier run's lines must not stand beside them. A line cut short by a crash is dropped too."""
+        if not os.path.isfile(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if iteration > 0 and record.get("iteration", 0) <= iteration:
+                    kept.append(json.dumps(record) + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
 
 def json_safe(v):
     """``v`` with every non-finite float (nested in dicts and lists too) replaced by None."""

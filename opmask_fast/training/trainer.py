@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..data.loader import train_loader
-from .checkpoint import get_rng_state, load_checkpoint, save_atomic, set_rng_state
-from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers
+from .checkpoint import get_rng_state, load_checkpoint, remove_stale_temporaries, save_atomic, set_rng_state
+from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers,
+                          ddp_process_group)
 from .progress import MetricsLog, Progress
 from .solver import TrainConfig, build_optimizer, build_scheduler
 
@@ -88,7 +89,8 @@ def train(
         # Every parameter gets a gradient in every step (losses without a target are exact zeros that keep the graph,
         # pyramid levels without RoIs get zero gradients), so DDP need not search the graph for unused parameters.
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False,
+            process_group=ddp_process_group(),
         )
     use_amp = cfg.amp and device.type == "cuda"
     batches = train_loader(dataset, batch_size=cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world,
@@ -96,6 +98,9 @@ def train(
                            aspect_ratio_grouping=cfg.aspect_ratio_grouping, pin_memory=device.type == "cuda")
     progress = Progress(total=cfg.max_iter, start=start_iter, enabled=show_progress and dist_info.is_main)
     log = MetricsLog(os.path.join(output_dir, "metrics.jsonl")) if dist_info.is_main else None
+    if log is not None:
+        log.keep_until(start_iter)
+        remove_stale_temporaries(ckpt_path)  # a process killed while writing a checkpoint leaves its temporary file
     net.train()
     window: dict[str, list[float]] = {}
     for iteration in range(start_iter, cfg.max_iter):
