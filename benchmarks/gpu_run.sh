@@ -7,6 +7,8 @@
 #   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, compiled kernels, fp32/fp16/bf16);
 #   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
 #      1000 proposals, 100 detections with masks pasted);
+#   4b. the static-shape inference path: host syncs under the sync debug mode, s/img dynamic vs static vs CUDA graph
+#      (fp32, bf16; batch 1 and 8), benchmarks/gpu_static.py;
 #   5. object_prior_add at R = 100/512/1024 (fp32, bf16; fwd, fwd+bwd) against the unfused PyTorch path and the memory
 #      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md);
 #   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
@@ -165,6 +167,7 @@ main() {
     MODEL_ARGS=(--device cpu --size 96x128 --proposals 10 --rounds 1 --warmup 1 --dtypes fp32)
     PRIOR_ARGS=(--device cpu --sizes 100 --dtypes fp32 --reps 1)
     WEIGHT_ARGS=(--device cpu --count 2 --side 128)
+    STATIC_ARGS=(--device cpu --size 128x128 --batches 1 --rounds 1 --proposals 10)
     stage "extension (CPU kernels)" 60 "$PY" -c "import opmask_fast._extension as e; assert e.has_C(), e.load_error()"
     stage "C++ errors reach Python" 60 bash -c error_paths
     skip "CUDA op tests" "no GPU"
@@ -176,6 +179,7 @@ main() {
     MODEL_ARGS=(--device cuda)
     PRIOR_ARGS=(--device cuda)
     WEIGHT_ARGS=(--device cuda)
+    STATIC_ARGS=(--device cuda)
     export -f build
     stage "build" 300 bash -c build
     if [ "$LAST_RC" != 0 ]; then
@@ -203,6 +207,8 @@ main() {
       ${TINY:+--images "$TINY/train2017"} "${WEIGHT_ARGS[@]}"
     stage "s/img: OPMask, baseline, torchvision" 150 "$PY" benchmarks/gpu_validate.py model --weights "$WORK/r50.pth" \
       --json "$OUT/model.json" "${MODEL_ARGS[@]}"
+    stage "static path: host syncs, s/img, CUDA graph" 150 "$PY" benchmarks/gpu_static.py --json "$OUT/static.json" \
+      ${STATIC_ARGS[@]+"${STATIC_ARGS[@]}"} $( [ "$DRY" = 0 ] && echo --weights "$WORK/r50.pth" )
     stage "object_prior_add vs unfused vs floor" 120 "$PY" benchmarks/gpu_validate.py prior --json "$OUT/prior.json" \
       "${PRIOR_ARGS[@]}"
     if [ -n "$TINY" ]; then

@@ -3,18 +3,40 @@
 Importing ``_C`` runs the ``TORCH_LIBRARY_FRAGMENT(opmask_fast, ...)`` registrations, after which the kernels are
 reachable as ``torch.ops.opmask_fast.<op>``. When the extension was not built (a plain checkout, an unsupported
 platform) the public ops fall back to the pure-PyTorch references in ``opmask_fast.ops.reference`` and say so once.
+
+``OPMASK_FAST_NO_EXTENSION=1`` in the environment hides a built extension on purpose (``_C`` is never imported, so
+its ops are not registered either): the ops then run the references exactly as on a machine without the build, which
+is how CI tests the fallback (``.ci/run``'s second pytest leg).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 _state: dict[str, object] = {"loaded": None, "error": None, "warned": False}
 
+NO_EXTENSION_ENV = "OPMASK_FAST_NO_EXTENSION"
+
+
+def hidden() -> bool:
+    """Whether ``OPMASK_FAST_NO_EXTENSION`` asks to run without the extension (any value but unset, empty or 0)."""
+    return os.environ.get(NO_EXTENSION_ENV, "").strip() not in ("", "0")
+
 
 def has_C() -> bool:
-    """Whether ``opmask_fast._C`` imports; the import is tried once per process."""
+    """Whether ``opmask_fast._C`` imports; the import is tried once per process.
+
+    False without trying the import when ``OPMASK_FAST_NO_EXTENSION`` is set (see :func:`hidden`).
+    """
     if _state["loaded"] is None:
+        if hidden():
+            _state["loaded"] = False
+            _state["error"] = ImportError(
+                f"opmask_fast._C hidden on purpose: {NO_EXTENSION_ENV}={os.environ[NO_EXTENSION_ENV]} is set "
+                "(unset it to use the compiled kernels)"
+            )
+            return False
         try:
             import torch  # noqa: F401  (loads libc10/libtorch, which _C links against)
             from opmask_fast import _C  # noqa: F401  (import runs the op registrations)

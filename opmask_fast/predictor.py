@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .data.transforms import resize, resized_shape
 from .evaluation.mask_encoding import encode_masks
+from .modeling.meta_arch import StaticInference
 from .training.checkpoint import model_from_checkpoint
 
 ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, Tensor]
@@ -62,6 +63,9 @@ class Predictor:
         batch_size: images per forward pass in `predict`.
         state: the checkpoint's contents when already read (``cli.checks.read_checkpoint``), so it is not read
             twice.
+        static: run the static-shape inference path (`modeling.meta_arch.StaticInference`: the same detections, no
+            host synchronisation until the results are read) one image at a time; False runs the model's dynamic
+            path on `batch_size` images at once.
 
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):
         boxes ``Tensor[M, 4]`` xyxy float32, scores ``Tensor[M]``, labels ``Tensor[M]`` int64 (0..K-1),
@@ -71,7 +75,7 @@ class Predictor:
     """
 
     def __init__(self, checkpoint: str, *, device: str | torch.device = "cpu", score_thresh: float | None = None,
-                 batch_size: int = 1, state: dict | None = None):
+                 batch_size: int = 1, state: dict | None = None, static: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
@@ -85,6 +89,7 @@ class Predictor:
             self.cfg.roi_heads.score_thresh = float(score_thresh)
         self.score_thresh = self.cfg.roi_heads.score_thresh
         self.batch_size = batch_size
+        self.static = StaticInference(self.model) if static else None
 
     def __call__(self, image: ImageInput) -> dict[str, Any]:
         """Instances of one image (see the class docstring)."""
@@ -106,9 +111,19 @@ class Predictor:
                 t, _ = resize(t, None, resized_shape(h, w, self.cfg.input.min_size_test, self.cfg.input.max_size))
                 tensors.append(t.to(self.device))
                 sizes.append((h, w))
-            for det, size in zip(self.model(tensors, output_sizes=sizes), sizes):
+            dets = self._static_detections(tensors, sizes) if self.static is not None else \
+                self.model(tensors, output_sizes=sizes)
+            for det, size in zip(dets, sizes):
                 out.append(self._instances(det, size))
         return out
+
+    def _static_detections(self, tensors: list[Tensor], sizes: list[tuple[int, int]]) -> list[dict]:
+        dets = []
+        for t in tensors:
+            out = self.static(t[None])
+            n = int(out["count"][0])  # the one read of the device's results
+            dets.append({k: v[0, :n] for k, v in out.items() if k != "count"})
+        return self.model.postprocess(dets, [tuple(t.shape[1:]) for t in tensors], sizes)
 
     def _instances(self, det: dict, size: tuple[int, int]) -> dict[str, Any]:
         keep = (det["scores"] >= self.score_thresh).nonzero().flatten()

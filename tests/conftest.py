@@ -11,3 +11,12 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_report_header(config):
+    """Say which implementation the ops run: the compiled kernels, or the references (and why)."""
+    from opmask_fast import _extension
+
+    if _extension.has_C():
+        return f"opmask_fast._C: loaded (CUDA kernels: {_extension.cuda_built()})"
+    return f"opmask_fast._C: not used, the ops run the pure-PyTorch references ({_extension.load_error()})"

@@ -63,6 +63,7 @@ def test_multi_scale_pooler_matches_torchvision():
 
 
 def test_fpn_shapes_and_p6():
+    torch.manual_seed(0)
     fpn = FPN(bottom_up=ResNet(depth=18, norm="BN", freeze_at=0, stride_in_1x1=False), out_channels=16)
     outs = fpn(torch.randn(1, 3, 128, 192))
     assert [tuple(o.shape) for o in outs] == [(1, 16, 128 // s, 192 // s) for s in STRIDES]

@@ -17,8 +17,9 @@ def _scene(h=80, w=96):
     masks[1] = (((yy - 50) ** 2 + (xx - 65) ** 2) <= 20**2).to(torch.uint8)
     img[:, masks[0].bool()] = torch.tensor([230.0, 40.0, 40.0])[:, None]
     img[:, masks[1].bool()] = torch.tensor([40.0, 60.0, 220.0])[:, None]
+    masks[1] = 0  # box only: drawn in the image, no mask in the target (a zero row, as the datasets give it)
     target = {"boxes": torch.tensor([[8.0, 10.0, 40.0, 50.0], [45.0, 30.0, 86.0, 71.0]]),
-              "labels": torch.tensor([0, 1]), "masks": masks, "has_mask": torch.tensor([True, True])}
+              "labels": torch.tensor([0, 1]), "masks": masks, "has_mask": torch.tensor([True, False])}
     return img, target
 
 

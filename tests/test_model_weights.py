@@ -143,6 +143,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
 
 @pytest.mark.parametrize("depth,width", [(18, 32), (34, 16), (50, 24)])
 def test_narrow_trunk_channels_and_strides(depth, width):
+    torch.manual_seed(0)
     net = ResNet(depth=depth, norm="BN", freeze_at=0, stride_in_1x1=False, width=width)
     expansion = 1 if depth < 50 else 4
     assert net.out_channels == [width * 2**i * expansion for i in range(4)]

@@ -11,6 +11,7 @@ from test_model import _cfg, _model, _sample
 
 
 def test_adaptive_gains_follow_each_rois_features():
+    torch.manual_seed(0)
     feats = torch.randn(5, 8, 14, 14, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.5, 10.0, 2.0]).view(5, 1, 1, 1)
     prior = torch.rand(5, 14, 14, dtype=torch.float64)
     g = PriorWeight(scale="feature_std").per_roi(feats, prior)
@@ -27,6 +28,7 @@ def test_adaptive_gains_follow_each_rois_features():
 
 @pytest.mark.parametrize("gain", [None, 3.0, "tensor", "per_roi"])
 def test_grad_scale_changes_only_the_gradient(gain):
+    torch.manual_seed(0)
     r, c = 4, 3
     feats = torch.randn(r, c, 6, 6, dtype=torch.float64, requires_grad=True)
     prior = torch.rand(r, 6, 6, dtype=torch.float64, requires_grad=True)

@@ -55,7 +55,7 @@ def test_box_projection_loss_edges():
     assert float(box_projection_loss(perfect, rois, gts, torch.ones(3, dtype=torch.bool))) == pytest.approx(0, abs=1e-6)
     # a filled RoI over-covers both projections: the loss is positive
     assert float(box_projection_loss(torch.full((3, 28, 28), 60.0), rois, gts, torch.ones(3, dtype=torch.bool))) > 0.5
-    logits = torch.randn(3, 28, 28, requires_grad=True)
+    logits = torch.randn(3, 28, 28, generator=torch.Generator().manual_seed(0), requires_grad=True)
     none = box_projection_loss(logits, rois, gts, torch.zeros(3, dtype=torch.bool))
     assert float(none.detach()) == 0 and none.requires_grad  # exact zero that keeps the graph
     empty = box_projection_loss(logits[:0], rois[:0], gts[:0], torch.zeros(0, dtype=torch.bool))

@@ -15,6 +15,8 @@
 #include <limits>
 #include <type_traits>
 #include <numeric>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 #include "../nms_common.h"
@@ -151,11 +153,35 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
   return nms_impl(boxes.contiguous(), scores.contiguous(), &cls, iou_threshold);
 }
 
+// The valid candidates (score > -inf; NaN is not) through nms_impl, truncated to max_keep and padded with -1.
+std::tuple<at::Tensor, at::Tensor> nms_topk_cpu(const at::Tensor& boxes, const at::Tensor& scores,
+                                                const std::optional<at::Tensor>& idxs, double iou_threshold,
+                                                int64_t max_keep) {
+  check_inputs(boxes, scores);
+  TORCH_CHECK(max_keep >= 0, "opmask_fast::nms_topk: max_keep must be >= 0");
+  if (idxs.has_value()) {
+    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), "opmask_fast::nms_topk: idxs must be a Tensor[N]");
+    TORCH_CHECK(!idxs->is_floating_point(), "opmask_fast::nms_topk: idxs must be an integer tensor");
+  }
+  const at::Tensor valid = scores.gt(-std::numeric_limits<double>::infinity());
+  const at::Tensor where = valid.nonzero().squeeze(1);
+  const at::Tensor sub_boxes = boxes.index_select(0, where).contiguous();
+  const at::Tensor sub_scores = scores.index_select(0, where).contiguous();
+  at::Tensor sub_cls;
+  if (idxs.has_value()) sub_cls = idxs->index_select(0, where).contiguous();
+  const at::Tensor kept = nms_impl(sub_boxes, sub_scores, idxs.has_value() ? &sub_cls : nullptr, iou_threshold);
+  const int64_t count = std::min<int64_t>(kept.size(0), max_keep);
+  at::Tensor out = at::full({max_keep}, -1, scores.options().dtype(at::kLong));
+  if (count > 0) out.narrow(0, 0, count).copy_(where.index_select(0, kept.narrow(0, 0, count)));
+  return {out, at::scalar_tensor(count, scores.options().dtype(at::kLong))};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(opmask_fast, CPU, m) {
   m.impl("nms", &nms_cpu);
   m.impl("batched_nms", &batched_nms_cpu);
+  m.impl("nms_topk", &nms_topk_cpu);
 }
 
 }  // namespace opmask_fast

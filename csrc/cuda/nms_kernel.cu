@@ -4,13 +4,17 @@
 // order) overlaps box i above the threshold - and, for batched_nms, has the same category, so categories never
 // interact and no coordinate-offset trick is needed. nms_gather_kernel then walks the boxes in order in a single
 // block, OR-ing the rows of kept boxes into a shared "removed" bitmap; only the boolean keep flags leave the kernel
-// (the N x N/64 mask is never copied to the host). One host sync remains: the number of kept boxes.
+// (the N x N/64 mask is never copied to the host). One host sync remains in nms/batched_nms: the number of kept
+// boxes. nms_topk has none: it writes a fixed-size, padded result and its count on the device.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <optional>
+#include <tuple>
 
 #include "../error_message.h"
 #include "../nms_common.h"
@@ -129,11 +133,91 @@ at::Tensor batched_nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, c
   return nms_cuda_impl(boxes, scores, &idxs, iou_threshold);
 }
 
+// nms_topk's walk: as nms_gather_kernel, but it writes the kept boxes' input indices in score order, skips invalid
+// candidates (score -inf or NaN: they keep nothing and suppress nothing), stops once max_keep are kept and writes
+// the count; nothing is read back to the host. Control flow is the same in every thread (kept is uniform).
+template <typename acc_t>
+__global__ void nms_topk_gather_kernel(int64_t n, int64_t col_blocks, const unsigned long long* __restrict__ mask,
+                                       const int64_t* __restrict__ order, const acc_t* __restrict__ sorted_scores,
+                                       int64_t max_keep, int64_t* __restrict__ out, int64_t* __restrict__ count) {
+  extern __shared__ unsigned long long removed[];
+  for (int64_t i = threadIdx.x; i < col_blocks; i += blockDim.x) removed[i] = 0;
+  __syncthreads();
+  int64_t kept = 0;
+  for (int64_t block = 0; block < col_blocks && kept < max_keep; ++block) {
+    unsigned long long removed_here = removed[block];
+    __syncthreads();
+    for (int bit = 0; bit < kBoxesPerWord && kept < max_keep; ++bit) {
+      const int64_t i = block * kBoxesPerWord + bit;
+      if (i >= n) break;
+      if (removed_here & (1ULL << bit)) continue;
+      const acc_t s = sorted_scores[i];
+      if (!(s > -INFINITY)) continue;  // an invalid candidate
+      if (threadIdx.x == 0) out[kept] = order[i];
+      ++kept;
+      const unsigned long long* row = mask + i * col_blocks;
+      for (int64_t j = block + threadIdx.x; j < col_blocks; j += blockDim.x) removed[j] |= row[j];
+      __syncthreads();
+      removed_here = removed[block];
+    }
+  }
+  if (threadIdx.x == 0) *count = kept;
+}
+
+std::tuple<at::Tensor, at::Tensor> nms_topk_cuda(const at::Tensor& boxes_, const at::Tensor& scores_,
+                                                 const std::optional<at::Tensor>& idxs, double iou_threshold,
+                                                 int64_t max_keep) {
+  TORCH_CHECK(boxes_.dim() == 2 && boxes_.size(1) == 4, "opmask_fast::nms_topk: boxes must be a Tensor[N, 4]");
+  TORCH_CHECK(scores_.dim() == 1 && scores_.size(0) == boxes_.size(0), "opmask_fast::nms_topk: scores must be a Tensor[N]");
+  TORCH_CHECK(scores_.device() == boxes_.device(), "opmask_fast::nms_topk: boxes and scores must be on the same device");
+  TORCH_CHECK(max_keep >= 0, "opmask_fast::nms_topk: max_keep must be >= 0");
+  const c10::cuda::CUDAGuard guard(boxes_.device());
+  const at::Tensor boxes = boxes_.contiguous(), scores = scores_.contiguous();
+  const int64_t n = boxes.size(0);
+  at::Tensor out = at::full({max_keep}, -1, boxes.options().dtype(at::kLong));
+  at::Tensor count = at::zeros({}, boxes.options().dtype(at::kLong));
+  if (n == 0 || max_keep == 0) return {out, count};
+  const int64_t col_blocks = (n + kBoxesPerWord - 1) / kBoxesPerWord;
+  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes,
+              format_message("opmask_fast::nms_topk: at most %lld boxes per call on CUDA, got %lld",
+                             static_cast<long long>(kMaxSharedBytes) * 8, static_cast<long long>(n)));
+  const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
+  const auto acc_type = at::toOpMathType(boxes.scalar_type());
+  const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).contiguous();
+  const at::Tensor sorted_scores = scores.index_select(0, order).to(acc_type).contiguous();
+  at::Tensor cls;
+  if (idxs.has_value()) {
+    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == n, "opmask_fast::nms_topk: idxs must be a Tensor[N]");
+    TORCH_CHECK(!idxs->is_floating_point(), "opmask_fast::nms_topk: idxs must be an integer tensor");
+    TORCH_CHECK(idxs->device() == boxes.device(), "opmask_fast::nms_topk: idxs must be on the boxes' device");
+    cls = idxs->index_select(0, order).to(at::kLong).contiguous();
+  }
+  at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));
+  int threads = static_cast<int>(col_blocks < 1024 ? col_blocks : 1024);
+  threads = ((threads + 31) / 32) * 32;
+  AT_DISPATCH_FLOATING_TYPES(acc_type, "nms_topk_cuda", [&] {
+    nms_mask_kernel<scalar_t><<<grid, kBoxesPerWord, 0, stream>>>(
+        n, static_cast<float>(iou_threshold), sorted.const_data_ptr<scalar_t>(),
+        cls.defined() ? cls.const_data_ptr<int64_t>() : nullptr,
+        reinterpret_cast<unsigned long long*>(mask.mutable_data_ptr<int64_t>()), col_blocks);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    nms_topk_gather_kernel<scalar_t><<<1, threads, col_blocks * sizeof(unsigned long long), stream>>>(
+        n, col_blocks, reinterpret_cast<const unsigned long long*>(mask.const_data_ptr<int64_t>()),
+        order.const_data_ptr<int64_t>(), sorted_scores.const_data_ptr<scalar_t>(), max_keep,
+        out.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, count};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(opmask_fast, CUDA, m) {
   m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
+  m.impl("nms_topk", &nms_topk_cuda);
 }
 
 }  // namespace opmask_fast

@@ -3,6 +3,7 @@ and the swap-in module that adds the prior to other detectors. The lowest layer:
 
 from opmask_fast.ops.multi_scale_roi_align import multi_scale_roi_align
 from opmask_fast.ops.nms import batched_nms, nms
+from opmask_fast.ops.nms_topk import nms_topk
 from opmask_fast.ops.object_prior_add import ObjectMaskPrior, object_prior, object_prior_add
 from opmask_fast.ops.prior_weight import PRIOR_SCALE_MODES, PriorWeight, parse_prior_scale
 from opmask_fast.ops.roi_align import roi_align
@@ -12,6 +13,7 @@ __all__ = [
     "multi_scale_roi_align",
     "nms",
     "batched_nms",
+    "nms_topk",
     "object_prior_add",
     "object_prior",
     "ObjectMaskPrior",

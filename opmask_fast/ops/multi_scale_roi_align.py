@@ -1,8 +1,10 @@
-"""Multi-scale RoIAlign: the FPN pooler (each box pooled from the pyramid level that matches its size)."""
+"""Multi-scale RoIAlign: the FPN pooler (each box pooled from the pyramid level that matches its size), differentiable,
+or as one opaque custom op for traced inference (`static=True`)."""
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -62,6 +64,7 @@ def multi_scale_roi_align(
     canonical_level: int = 4,
     canonical_scale: int = 224,
     roi_map: Tensor | None = None,
+    static: bool = False,
 ) -> Tensor:
     """RoIAlign each box on its FPN level; results in the input box order.
 
@@ -73,6 +76,9 @@ def multi_scale_roi_align(
         sampling_ratio, aligned: as in :func:`opmask_fast.ops.roi_align` (detectron2: 0 and True).
         canonical_level, canonical_scale: a box of sqrt(area) = canonical_scale goes to level canonical_level.
         roi_map: Tensor[sum L_i, Ho, Wo] added to every channel of the output.
+        static: run as one opaque op, `opmask_fast::multi_scale_roi_align` (inference only, no autograd): its output
+            shape is known without looking at the boxes, so torch.export and torch.compile(fullgraph=True) trace
+            through the per-level selection that makes the plain form data-dependent.
 
     Returns:
         Tensor[sum L_i, C, Ho, Wo].
@@ -85,14 +91,26 @@ def multi_scale_roi_align(
         round(b) - round(a) != 1 for a, b in zip(levels, levels[1:])
     ):
         raise ValueError(f"spatial_scales must be consecutive powers of 1/2 (finest first), got {spatial_scales}")
-    min_level, max_level = round(levels[0]), round(levels[-1])
     rois = convert_boxes_to_roi_format(list(boxes))  # (K, 5); validation happens in roi_align
+    ho, wo = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    if static:
+        return _multi_scale_roi_align_op(list(features), rois, [ho, wo], list(spatial_scales), sampling_ratio, aligned,
+                                         canonical_level, canonical_scale, roi_map)
+    return _pool(features, rois, (ho, wo), spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale,
+                 roi_map)
+
+
+def _pool(features: list[Tensor], rois: Tensor, output_size: tuple[int, int], spatial_scales: list[float],
+          sampling_ratio: int, aligned: bool, canonical_level: int, canonical_scale: int,
+          roi_map: Tensor | None) -> Tensor:
+    levels = [-math.log2(s) for s in spatial_scales]
+    min_level, max_level = round(levels[0]), round(levels[-1])
+    ho, wo = output_size
     first = features[0]
     if len(features) == 1:
-        return roi_align(first, rois, output_size, spatial_scales[0], sampling_ratio, aligned, roi_map=roi_map)
+        return roi_align(first, rois, (ho, wo), spatial_scales[0], sampling_ratio, aligned, roi_map=roi_map)
     level = assign_levels(rois[:, 1:], min_level=min_level, max_level=max_level,
                           canonical_level=canonical_level, canonical_scale=canonical_scale)
-    ho, wo = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     out = first.new_zeros((rois.shape[0], first.shape[1], ho, wo))
     # One pooling call per level over that level's boxes, scattered back to input order (index_put is
     # differentiable). Levels without boxes are skipped and joined to the graph with a zero gradient.
@@ -111,3 +129,18 @@ def multi_scale_roi_align(
     if unused and torch.is_grad_enabled():
         out = _ZeroGradTo.apply(out, *unused)
     return out
+
+
+@torch.library.custom_op("opmask_fast::multi_scale_roi_align", mutates_args=())
+def _multi_scale_roi_align_op(features: list[Tensor], rois: Tensor, output_size: list[int],
+                              spatial_scales: list[float], sampling_ratio: int, aligned: bool, canonical_level: int,
+                              canonical_scale: int, roi_map: Optional[Tensor]) -> Tensor:
+    with torch.no_grad():
+        return _pool(features, rois, (output_size[0], output_size[1]), spatial_scales, sampling_ratio, aligned,
+                     canonical_level, canonical_scale, roi_map)
+
+
+@_multi_scale_roi_align_op.register_fake
+def _(features, rois, output_size, spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale,
+      roi_map):
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], output_size[0], output_size[1]))

@@ -41,7 +41,8 @@ class AnchorGenerator(nn.Module):
         self._cache: dict[tuple, list[Tensor]] = {}
 
     def grid_anchors(self, shapes: list[tuple[int, int]], device: torch.device) -> list[Tensor]:
-        key = (tuple(shapes), str(device))
+        tracing = torch.compiler.is_compiling()  # symbolic sizes under torch.export / torch.compile: no cache
+        key = None if tracing else (tuple(shapes), str(device))
         if key in self._cache:
             return self._cache[key]
         out = []
@@ -52,6 +53,8 @@ class AnchorGenerator(nn.Module):
             sy, sx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
             out.append((shifts + cell[None]).reshape(-1, 4))
+        if tracing:
+            return out
         if len(self._cache) > 16:  # image sizes vary with multi-scale training: keep the cache small
             self._cache.clear()
         self._cache[key] = out

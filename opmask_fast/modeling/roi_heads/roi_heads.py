@@ -44,8 +44,10 @@ class RoIHeads(nn.Module):
         self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
 
     def pool(self, features: list[Tensor], boxes: list[Tensor], size: int, roi_map: Tensor | None = None) -> Tensor:
+        # Without autograd (inference) the pooler runs as one opaque op: the same numbers, and a graph that traces.
         return multi_scale_roi_align(features[:4], boxes, size, spatial_scales=_SCALES,
-                                     sampling_ratio=self.rc.pooler_sampling_ratio, aligned=True, roi_map=roi_map)
+                                     sampling_ratio=self.rc.pooler_sampling_ratio, aligned=True, roi_map=roi_map,
+                                     static=not torch.is_grad_enabled())
 
     # ------------------------------------------------------------------------------------------------------ training
     @torch.no_grad()

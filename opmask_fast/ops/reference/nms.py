@@ -6,8 +6,29 @@ boxes in one vectorised IoU row, so the cost is O(kept x N) tensor work and no N
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
+
+
+def _threshold(iou_threshold: float, cdtype: torch.dtype, device: torch.device) -> float:
+    """The threshold to compare IoUs of dtype ``cdtype`` with, so that the comparison is torchvision's.
+
+    torchvision (and the C++ kernel) compare a float32 IoU with the *double* threshold on the CPU; a float32 tensor
+    compared with a Python float would round the threshold to float32 instead and disagree for an IoU between the
+    two (e.g. IoU = float32(0.3) > 0.3 in double, but not > float32(0.3)). For a float32 IoU r, r > t in double
+    exactly when r > the largest float32 <= t, which is what this returns. On CUDA torchvision (and the CUDA kernel)
+    round the threshold to the nearest float32 for every box dtype, so that is what the reference does there.
+    """
+    t32 = torch.tensor(iou_threshold, dtype=torch.float64).to(torch.float32)  # nearest float32 (inf beyond its range)
+    if device.type == "cuda":
+        return float(t32)
+    if cdtype == torch.float64 or math.isnan(iou_threshold):
+        return iou_threshold
+    if float(t32) > iou_threshold:
+        t32 = torch.nextafter(t32, torch.tensor(-math.inf))
+    return float(t32)
 
 
 def _iou_row(box: Tensor, boxes: Tensor, area: Tensor, areas: Tensor) -> Tensor:
@@ -35,6 +56,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshol
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     # IoU in float32 at least (float16 areas overflow) and the kernels' precision for float64.
     cdtype = torch.promote_types(boxes.dtype, torch.float32)
+    threshold = _threshold(iou_threshold, cdtype, boxes.device)
     order = torch.sort(scores, descending=True, stable=True).indices
     b = boxes.to(cdtype)[order]
     cls = idxs[order] if idxs is not None else None
@@ -48,7 +70,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshol
         keep.append(i)
         if i + 1 == n:
             break
-        over = _iou_row(b[i], b[i + 1 :], areas[i], areas[i + 1 :]) > iou_threshold
+        over = _iou_row(b[i], b[i + 1 :], areas[i], areas[i + 1 :]) > threshold
         if cls is not None:
             over &= cls[i + 1 :] == cls[i]
         if bool(over.any()):

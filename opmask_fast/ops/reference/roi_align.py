@@ -4,7 +4,8 @@ Vectorised over RoIs, bins and samples (no Python loop over boxes) and different
 ``input`` and ``roi_map``. Every bilinear sample of a bin becomes four (pixel, weight) pairs; one
 ``embedding_bag`` over the channels-last input sums them, so memory grows with the number of samples, never with
 RoIs x channels x samples. Semantics are torchvision's (``aligned`` half-pixel shift, adaptive sampling when
-``sampling_ratio <= 0``, samples beyond one pixel outside the map read zero).
+``sampling_ratio <= 0``, samples beyond one pixel outside the map read zero). As in torchvision and the compiled op,
+the boxes get no gradient, and the backward is differentiable again (double backward), see :class:`_Pool`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,50 @@ def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, si
     coord = torch.where(at_edge, low, coord)
     frac = coord - low
     return low.long(), high.long(), 1.0 - frac, frac, valid
+
+
+class _Pool(torch.autograd.Function):
+    """``embedding_bag(index, table, weight)``: the pooling, a fixed sparse linear map P of ``table``.
+
+    Its own autograd because aten's embedding_bag backward has no derivative (no double backward, which the compiled
+    op has) and would send gradients to ``weight``, i.e. to the boxes (which neither torchvision nor the compiled op
+    does). The backward P^T grad is :class:`_PoolAdjoint`, whose backward is this pooling again.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(index, weight)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, weight = ctx.saved_tensors
+        return _PoolAdjoint.apply(grad, index, weight, ctx.rows), None, None
+
+
+class _PoolAdjoint(torch.autograd.Function):
+    """P^T grad: every table row sums weight x grad over the (bag, sample) pairs that read it.
+
+    One ``embedding_bag`` over ``grad`` with the pairs grouped by table row (a CSR form of P^T): memory grows with the
+    samples, never with samples x channels, and the sums run in a fixed order (deterministic on any thread count).
+    """
+
+    @staticmethod
+    def forward(ctx, grad: Tensor, index: Tensor, weight: Tensor, rows: int) -> Tensor:
+        ctx.save_for_backward(index, weight)
+        flat = index.reshape(-1)
+        order = torch.sort(flat, stable=True).indices
+        bags = order // index.shape[1]  # the output row (bag) of each pair, grouped by the table row it reads
+        counts = torch.bincount(flat, minlength=rows)
+        offsets = torch.cumsum(counts, 0) - counts
+        return F.embedding_bag(bags, grad.contiguous(), offsets, per_sample_weights=weight.reshape(-1)[order],
+                               mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_grad: Tensor):
+        index, weight = ctx.saved_tensors
+        return _Pool.apply(grad_grad, index, weight), None, None, None
 
 
 def roi_align(
@@ -117,12 +162,12 @@ def roi_align(
     table = input.permute(0, 2, 3, 1).reshape(n * h * w, c).to(cdtype)  # (N*H*W, C)
     if table.shape[0] == 0:  # empty batch (only legal with K == 0): give embedding_bag one zero row to index
         table = torch.cat([table, table.new_zeros(1, c)])
-    pooled = F.embedding_bag(
-        index.reshape(k * ph * pw, gh * gw * 4),
-        table,
-        per_sample_weights=weight.reshape(k * ph * pw, gh * gw * 4),
-        mode="sum",
-    )  # (K*ph*pw, C)
+    if c == 0:  # embedding_bag rejects a zero-width table ("Expected i < index_size"): nothing to pool
+        pooled = table.sum(0, keepdim=True).expand(k * ph * pw, 0)  # (K*ph*pw, 0), still in input's graph
+    else:
+        pooled = _Pool.apply(
+            table, index.reshape(k * ph * pw, gh * gw * 4), weight.detach().reshape(k * ph * pw, gh * gw * 4)
+        )  # (K*ph*pw, C)
     out = pooled.reshape(k, ph, pw, c).permute(0, 3, 1, 2)
     if roi_map is not None:
         out = out + roi_map.to(cdtype)[:, None]

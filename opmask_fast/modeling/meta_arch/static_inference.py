@@ -1,0 +1,126 @@
+"""OPMask inference with static shapes: one image batch in, padded detections and their count out, no host sync.
+
+`OPMaskModel.detect` filters candidates and keeps lists of data-dependent length, so the host waits for the device
+at every step. `StaticInference` computes the same detections with every shape known before the data is seen:
+
+- the RPN takes a per-level top-k, gives invalid boxes (not finite, empty) the score -inf instead of dropping them,
+  and keeps exactly `post_nms_topk_test` proposals per image with `nms_topk` (padded, with a count);
+- the box head runs on all of them; class candidates below the score threshold (or from padded proposals) get -inf,
+  and `nms_topk` per class keeps exactly `detections_per_image` detections, padded;
+- the pooler is one opaque op (`multi_scale_roi_align(static=True)`), so the per-level selection stays inside it.
+
+The module exports with `torch.export` (image height and width dynamic) and compiles with
+`torch.compile(fullgraph=True)`; on a GPU it can be captured as one CUDA graph. Masks are returned at 28x28 (and the
+priors at 7x7): pasting them into an image is the caller's (`OPMaskModel.postprocess`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from opmask_fast.ops import nms_topk
+
+from ..box_ops import clip_boxes, nonempty
+
+
+class StaticInference(nn.Module):
+    """Args:
+        model: a built `OPMaskModel` (in eval mode: BatchNorm statistics are used, not measured).
+
+    `forward(images)` with `images Tensor[B, 3, H, W]` float RGB in 0..255 (one size for the batch) returns, with
+    M = `cfg.roi_heads.detections_per_image`: `boxes Tensor[B, M, 4]` in input pixels, `scores Tensor[B, M]`,
+    `labels Tensor[B, M]` int64 (0..K-1), `mask_probs Tensor[B, M, 28, 28]`, `priors Tensor[B, M, 7, 7]` and
+    `count Tensor[B]` int64: rows at and after `count[b]` are padding (score 0, label 0).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval()
+        self.cfg = model.cfg
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        m, cfg = self.model, self.cfg
+        b, _, h, w = images.shape
+        x = images.float()
+        if cfg.input_format == "BGR":
+            x = x.flip(1)
+        x = (x - m.pixel_mean) / m.pixel_std
+        # Zeros after normalisation, as `preprocess`. The padded size written as a multiple of d lets the tracer prove
+        # that every FPN level halves exactly.
+        d = cfg.size_divisibility
+        x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
+        features = m.backbone(x)
+        proposals, proposal_valid = self._proposals(features, b, h, w)
+        heads = m.roi_heads
+        box_feats, logits, deltas = heads.box_head(heads.pool(features, list(proposals.unbind(0)),
+                                                              heads.rc.box_pooler_resolution))
+        dets = self._detections(logits, deltas, proposals, proposal_valid, h, w)
+        k = cfg.num_classes
+        # Each detection's prior comes from the box features of the proposal it was decoded from.
+        offsets = (torch.arange(b, device=x.device) * proposals.shape[1])[:, None]
+        rows = (dets["keep"].clamp(min=0) // k + offsets).reshape(-1)
+        mask_logits, priors = heads.mask_forward(features, list(dets["boxes"].unbind(0)), box_feats,
+                                                 dets["labels"].reshape(-1), rows, return_prior=True)
+        mm = dets["boxes"].shape[1]
+        return {"boxes": dets["boxes"], "scores": dets["scores"], "labels": dets["labels"],
+                "mask_probs": mask_logits.float().sigmoid().view(b, mm, *mask_logits.shape[1:]),
+                "priors": priors.float().view(b, mm, *priors.shape[1:]), "count": dets["count"]}
+
+    def _proposals(self, features: list[Tensor], b: int, h, w) -> tuple[Tensor, Tensor]:
+        """`Tensor[B, P, 4]` proposals (P = post_nms_topk_test) by objectness and `Tensor[B, P]` bool validity."""
+        rpn = self.model.rpn
+        rc = rpn.cfg
+        anchors = rpn.anchor_generator(features)
+        logits, deltas = rpn.head(features)
+        boxes_l, scores_l, level_l = [], [], []
+        for lvl, (anc, lg, dl) in enumerate(zip(anchors, logits, deltas)):
+            k = torch.sym_min(rc.pre_nms_topk_test, lg.shape[1])
+            scores, idx = lg.float().topk(k, dim=1)  # (B, k), sorted
+            sel = dl.gather(1, idx[..., None].expand(b, k, 4)).reshape(-1, 4)
+            boxes_l.append(rpn.box_coder.decode(sel, anc[idx.reshape(-1)]).view(b, k, 4))
+            scores_l.append(scores)
+            level_l.append(torch.full((k,), lvl, dtype=torch.int64, device=lg.device))
+        boxes, scores, levels = torch.cat(boxes_l, 1), torch.cat(scores_l, 1), torch.cat(level_l)
+        out_boxes, out_valid = [], []
+        for i in range(b):
+            bx, sc = boxes[i], scores[i]
+            valid = torch.isfinite(bx).all(dim=1) & torch.isfinite(sc)
+            bx = clip_boxes(torch.where(valid[:, None], bx, torch.zeros_like(bx)), h, w)
+            valid = valid & nonempty(bx, rc.min_box_size)
+            keep, count = nms_topk(bx, sc.masked_fill(~valid, float("-inf")), rc.nms_thresh, rc.post_nms_topk_test,
+                                   levels, validate=False)
+            out_boxes.append(bx[keep.clamp(min=0)])
+            out_valid.append(torch.arange(keep.shape[0], device=keep.device) < count)
+        return torch.stack(out_boxes), torch.stack(out_valid)
+
+    def _detections(self, logits: Tensor, deltas: Tensor, proposals: Tensor, proposal_valid: Tensor, h,
+                    w) -> dict[str, Tensor]:
+        heads = self.model.roi_heads
+        rc, k = heads.rc, heads.num_classes
+        b, p = proposal_valid.shape
+        probs = torch.softmax(logits.float(), dim=1)[:, :k].view(b, p, k)
+        boxes = clip_boxes(heads.box_coder.decode(deltas, proposals.reshape(-1, 4)).view(b, p, k, 4), h, w)
+        valid = (probs > rc.score_thresh) & torch.isfinite(boxes).all(dim=3) & torch.isfinite(probs) & \
+            proposal_valid[:, :, None]
+        # Candidates in (proposal, class) row-major order, as the dynamic path's nonzero lists them.
+        cand_boxes = torch.where(valid[..., None], boxes, torch.zeros_like(boxes)).view(b, p * k, 4)
+        cand_scores = probs.masked_fill(~valid, float("-inf")).view(b, p * k)
+        classes = torch.arange(k, device=probs.device).repeat(p)
+        out = {"boxes": [], "scores": [], "labels": [], "keep": [], "count": []}
+        for i in range(b):
+            keep, count = nms_topk(cand_boxes[i], cand_scores[i], rc.nms_thresh, rc.detections_per_image, classes,
+                                   validate=False)
+            real = torch.arange(keep.shape[0], device=keep.device) < count
+            sel = keep.clamp(min=0)
+            out["boxes"].append(cand_boxes[i][sel] * real[:, None])
+            out["scores"].append(torch.where(real, cand_scores[i][sel], torch.zeros_like(cand_scores[i][sel])))
+            out["labels"].append(torch.where(real, sel % k, torch.zeros_like(sel)))
+            out["keep"].append(keep)
+            out["count"].append(count)
+        return {key: torch.stack(v) for key, v in out.items()}
+
+
+__all__ = ["StaticInference"]

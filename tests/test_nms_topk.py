@@ -1,0 +1,97 @@
+"""nms_topk, the fixed-size NMS of the static inference path: the same indices as batched_nms truncated, padded with
+-1, invalid (-inf / NaN score) candidates ignored, on the compiled kernel and the reference; schema, fake kernel
+and autograd registration checked by opcheck; traceable by torch.export with a fixed result shape."""
+
+import pytest
+import torch
+
+from opmask_fast import _extension
+from opmask_fast.ops import batched_nms, nms, nms_topk, reference
+from opmask_fast.ops.nms_topk import nms_topk_reference
+
+needs_c = pytest.mark.skipif(not _extension.has_C(), reason="needs the compiled extension")
+
+
+def _case(n, seed, classes=3, ties=False):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 50
+    wh = torch.rand(n, 2, generator=g) * 30 + 1
+    boxes = torch.cat([xy, xy + wh], 1)
+    scores = torch.rand(n, generator=g)
+    if ties:
+        scores = (scores * 4).floor() / 4  # many equal scores: the tie order matters
+    idxs = torch.randint(0, classes, (n,), generator=g)
+    return boxes, scores, idxs
+
+
+@pytest.mark.parametrize("impl", ["op", "reference"])
+@pytest.mark.parametrize("n,max_keep,ties", [(0, 5, False), (1, 5, False), (37, 10, False), (200, 300, False),
+                                             (150, 20, True), (64, 64, False), (65, 1, True)])
+def test_equals_batched_nms_truncated_and_padded(impl, n, max_keep, ties):
+    """Fails if the fixed-size result drifts from batched_nms (other order, other ties, a missing pad or count)."""
+    if impl == "op" and not _extension.has_C():
+        pytest.skip("needs the compiled extension")
+    boxes, scores, idxs = _case(n, seed=n + max_keep, ties=ties)
+    invalid = torch.rand(n, generator=torch.Generator().manual_seed(7)) < 0.3
+    masked = scores.masked_fill(invalid, float("-inf"))
+    if n > 2:
+        masked[1] = float("nan")
+    fn = nms_topk if impl == "op" else (lambda b, s, t, k, i: nms_topk_reference(b, s, i, t, k))
+    for cls in (idxs, None):
+        keep, count = fn(boxes, masked, 0.5, max_keep, cls)
+        valid = torch.nonzero(masked > float("-inf")).squeeze(1)
+        if cls is None:
+            expected = valid[reference.nms(boxes[valid].double(), masked[valid].double(), 0.5)][:max_keep]
+        else:
+            expected = valid[reference.batched_nms(boxes[valid].double(), masked[valid].double(), cls[valid], 0.5)]
+            expected = expected[:max_keep]
+        assert keep.shape == (max_keep,) and keep.dtype == torch.int64 and count.shape == ()
+        assert int(count) == expected.numel()
+        assert torch.equal(keep[:int(count)], expected)
+        assert (keep[int(count):] == -1).all()
+
+
+@needs_c
+def test_agrees_with_the_dynamic_ops_on_valid_candidates():
+    boxes, scores, idxs = _case(300, seed=3)
+    keep, count = nms_topk(boxes, scores, 0.6, 1000, idxs)
+    assert torch.equal(keep[:int(count)], batched_nms(boxes, scores, idxs, 0.6))
+    keep, count = nms_topk(boxes, scores, 0.6, 7)
+    assert torch.equal(keep[:int(count)], nms(boxes, scores, 0.6)[:7])
+
+
+@needs_c
+def test_opcheck():
+    boxes, scores, idxs = _case(40, seed=1)
+    scores[::5] = float("-inf")
+    for args in ((boxes, scores, idxs, 0.5, 10), (boxes, scores, None, 0.3, 60), (boxes[:0], scores[:0], None, 0.5, 4)):
+        torch.library.opcheck(torch.ops.opmask_fast.nms_topk.default, args)
+
+
+@needs_c
+def test_exports_with_a_fixed_result_shape():
+    class M(torch.nn.Module):
+        def forward(self, boxes, scores, idxs):
+            keep, count = nms_topk(boxes, scores, 0.5, 16, idxs, validate=False)
+            return boxes[keep.clamp(min=0)], count
+
+    boxes, scores, idxs = _case(50, seed=2)
+    n = torch.export.Dim("n", min=2, max=4096)
+    ep = torch.export.export(M(), (boxes, scores, idxs), dynamic_shapes=({0: n}, {0: n}, {0: n}))
+    out, count = ep.module()(boxes, scores, idxs)
+    ref_out, ref_count = M()(boxes, scores, idxs)
+    assert out.shape == (16, 4) and torch.equal(out, ref_out) and int(count) == int(ref_count)
+
+
+def test_bad_arguments_are_refused():
+    boxes, scores, idxs = _case(5, seed=0)
+    with pytest.raises(ValueError, match="max_keep"):
+        nms_topk(boxes, scores, 0.5, -1)
+    bad = boxes.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        nms_topk(bad, scores, 0.5, 3)
+    scores_masked = scores.clone()
+    scores_masked[0] = float("-inf")  # the NaN box is an invalid candidate: allowed
+    keep, count = nms_topk(bad, scores_masked, 0.5, 3)
+    assert 0 not in keep[:int(count)].tolist()

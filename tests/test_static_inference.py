@@ -1,0 +1,124 @@
+"""The static-shape inference path: the same detections as the dynamic path on a trained checkpoint, torch.export with
+the image size dynamic (which fails on any data-dependent operation: no host synchronisation), the exported program
+equal to eager, and torch.compile(fullgraph=True) without a graph break."""
+
+import os
+
+import pytest
+import torch
+
+from opmask_fast.data import SyntheticSpec, ensure_synthetic, val_dataset
+from opmask_fast.modeling.meta_arch import StaticInference
+from opmask_fast.training.checkpoint import model_from_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+_TRAINED: dict = {}
+
+
+def _train(preset: str, root) -> tuple:
+    """A lite model of `preset` trained for 12 iterations on a small synthetic set, and its validation images."""
+    if preset in _TRAINED:
+        return _TRAINED[preset]
+    from opmask_fast import train
+
+    paths = ensure_synthetic(SyntheticSpec(seed=5, num_train=12, num_val=4), str(root / "cache"))
+    torch.manual_seed(0)
+    train.main(["--train-ann", paths["train_ann"], "--train-images", paths["train_images"], "--val-ann",
+                paths["val_ann"], "--val-images", paths["val_images"], "--split", "circle,triangle,cross",
+                "--preset", preset, "--iters", "12", "--batch-size", "2", "--no-eval", "--quiet",
+                "--num-threads", "2", "--output-dir", str(root / preset)])
+    model, _ = model_from_checkpoint(str(root / preset / "checkpoint.pth"))
+    ds = val_dataset(paths, model.cfg.input, "circle,triangle,cross")
+    _TRAINED[preset] = model, [ds[i][0] for i in range(len(ds))], str(root / preset / "checkpoint.pth")
+    return _TRAINED[preset]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("static")
+
+
+@pytest.fixture(scope="module", params=["opmask_r18_lite", "opmask_r18_lite_paper", "baseline_r18_lite"])
+def trained(request, root):
+    """Each of the main job's three recipes (the headline's general prior path, the paper's fused one, none)."""
+    return _train(request.param, root)
+
+
+@pytest.fixture(scope="module")
+def headline(root):
+    return _train("opmask_r18_lite", root)
+
+
+def _compare(dynamic: dict, static: dict, b: int) -> int:
+    n = int(static["count"][b])
+    assert n == dynamic["boxes"].shape[0]
+    torch.testing.assert_close(static["boxes"][b, :n], dynamic["boxes"])
+    torch.testing.assert_close(static["scores"][b, :n], dynamic["scores"])
+    assert torch.equal(static["labels"][b, :n], dynamic["labels"])
+    torch.testing.assert_close(static["mask_probs"][b, :n], dynamic["mask_probs"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(static["priors"][b, :n], dynamic["priors"], atol=1e-5, rtol=1e-4)
+    assert (static["scores"][b, n:] == 0).all() and (static["labels"][b, n:] == 0).all()
+    return n
+
+
+def test_same_detections_as_the_dynamic_path(trained):
+    """Fails if a candidate the dynamic path drops were kept (or the reverse), or if NMS order, the detection's source
+    proposal (its prior) or the padding drifted."""
+    model, images, _ = trained
+    static = StaticInference(model)
+    seen = 0
+    with torch.no_grad():
+        for img in images:
+            dyn = model([img])[0]
+            seen += _compare(dyn, static(img[None]), 0)
+        # a batch of two images of one size gives each image its own detections
+        same = [im for im in images if im.shape == images[0].shape][:2]
+        out = static(torch.stack(same))
+        for b, img in enumerate(same):
+            _compare(model([img])[0], out, b)
+    assert seen > 0  # the checkpoint detects something: the comparison is not between empty lists
+
+
+def test_exports_with_a_dynamic_image_size_and_matches_eager(headline):
+    """torch.export fails on any data-dependent shape or value read on the host (a .tolist(), nonzero, a Python
+    branch on a tensor): exporting the whole path proves it has no host synchronisation."""
+    model, images, _ = headline
+    static = StaticInference(model)
+    img = images[0][None]
+    # From 96 px up, every FPN level of a padded image has at least 2 rows and columns (export specialises 1s).
+    h, w = torch.export.Dim("h", min=96, max=2048), torch.export.Dim("w", min=96, max=2048)
+    ep = torch.export.export(static, (img,), dynamic_shapes=({2: h, 3: w},))
+    run = ep.module()
+    for x in (img, torch.nn.functional.interpolate(img, size=(96, 160)), torch.rand(1, 3, 200, 136) * 255):
+        got, want = run(x), static(x)
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+
+
+def test_compiles_without_a_graph_break(headline):
+    model, images, _ = headline
+    static = StaticInference(model)
+    compiled = torch.compile(static, fullgraph=True, backend="aot_eager", dynamic=True)
+    got, want = compiled(images[0][None]), static(images[0][None])
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+
+
+def test_predictor_uses_the_static_path_with_the_same_answers(headline):
+    """The Predictor runs the static path by default: its instances (pasted masks included, images of other sizes
+    than the model's input) equal the dynamic path's."""
+    from opmask_fast import Predictor
+
+    _, images, ckpt = headline
+    arrays = [(im.permute(1, 2, 0).numpy()).astype("uint8") for im in images[:2]]
+    arrays.append(arrays[0][:90, :150])  # another size: resized to the test size, pasted back into 90 x 150
+    static, dynamic = Predictor(ckpt), Predictor(ckpt, static=False)
+    assert static.static is not None and dynamic.static is None
+    for a, b in zip(static.predict(arrays), dynamic.predict(arrays)):
+        assert a["image_size"] == b["image_size"] and a["category_ids"] == b["category_ids"]
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+        assert a["masks"].shape == b["masks"].shape and (a["masks"] != b["masks"]).float().mean() < 1e-3
+
