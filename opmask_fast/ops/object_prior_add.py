@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from opmask_fast.ops.prior_weight import PriorWeight
+from opmask_fast.ops.roi_align import _is_compiling
 from opmask_fast.ops.reference import object_prior_add as _ref
 
 BACKENDS = ("auto", "triton", "reference")
@@ -107,9 +108,17 @@ def _check_shapes(mask_features: Tensor, box_features: Tensor, cls_weight: Tenso
 def _check_ranges(classes: Tensor, rows: Optional[Tensor], num_classes: int, num_rows: int) -> None:
     """Index range checks before any kernel runs (an out-of-range index would read outside the tensors).
 
-    One host sync for all four bounds; skipped for R = 0.
+    One host sync for all four bounds; skipped for R = 0. CUDA tensors are checked on the device instead
+    (`torch._assert_async`, no sync): the Python wrappers have already raised the readable IndexError for a direct
+    call (`validate=True`), and the model's static path must not wait for the host.
     """
     if classes.numel() == 0:
+        return
+    if classes.is_cuda:
+        ok = (classes >= 0).all() & (classes < num_classes).all()
+        if rows is not None:
+            ok = ok & (rows >= 0).all() & (rows < num_rows).all()
+        torch._assert_async(ok, "opmask_fast::object_prior_add: a class or row index is out of range")
         return
     idx = [classes] if rows is None else [classes, rows]
     lo_hi = torch.stack([v for t in idx for v in (t.min(), t.max())]).tolist()
@@ -239,7 +248,7 @@ def _split_scale(scale: float | Tensor | None) -> tuple[float, Optional[Tensor]]
 
 def object_prior_add(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
                      rows: Tensor | None = None, normalize: bool = True, scale: float | Tensor | None = None,
-                     backend: str = "auto") -> Tensor:
+                     backend: str = "auto", *, validate: bool = True) -> Tensor:
     """Add each RoI's object mask prior to every channel of its mask features.
 
     Args:
@@ -252,12 +261,18 @@ def object_prior_add(mask_features: Tensor, box_features: Tensor, cls_weight: Te
         normalize: per-RoI min-max normalisation of the CAM to [0, 1] (a CAM whose spread is below 1e-6 gives 0).
         scale: the prior's gain: None (1, the paper), a float, or a one-element tensor that may require grad.
         backend: "auto", "triton" or "reference".
+        validate: check the class and row indices on the host first (an IndexError naming the range; one sync on
+            CUDA). The model passes False: its indices are in range by construction, and CUDA tensors are still
+            checked on the device.
 
     Returns:
         Tensor[R, D, Hm, Wm]: mask_features + scale * bilinear_resize(prior), a new tensor.
     """
     scale_value, scale_t = _split_scale(scale)
     _check_shapes(mask_features, box_features, cls_weight, classes, rows, scale_t)
+    if validate and classes.is_cuda and not _is_compiling():
+        _check_ranges(classes.cpu(), None if rows is None else rows.cpu(), cls_weight.shape[0],
+                      box_features.shape[0])
     backend = _resolve_backend(backend, mask_features, box_features)
     out, _ = _object_prior_add_op(mask_features, box_features, cls_weight, classes, rows, normalize, scale_value,
                                   scale_t, backend)
@@ -281,7 +296,7 @@ def object_prior_add_(mask_features: Tensor, box_features: Tensor, cls_weight: T
 
 def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows: Tensor | None = None,
                  normalize: bool = True, backend: str = "auto", *, size: tuple[int, int] | None = None,
-                 scale: float | Tensor | None = None) -> Tensor:
+                 scale: float | Tensor | None = None, validate: bool = True) -> Tensor:
     """The prior alone: each RoI's (normalised) CAM, Tensor[R, Hb, Wb], differentiable like `object_prior_add`.
 
     With `size=(Hm, Wm)` it comes resized bilinearly to Tensor[R, Hm, Wm] (and times `scale`): the per-RoI map that
@@ -295,7 +310,8 @@ def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows
     # The op applied to zero mask features of one channel: out = resize(prior). Without size the resize is exact
     # identity (source index = destination index, weight 1).
     zeros = box_features.new_zeros((classes.shape[0], 1, Hm, Wm))
-    return object_prior_add(zeros, box_features, cls_weight, classes, rows, normalize, scale, backend).squeeze(1)
+    return object_prior_add(zeros, box_features, cls_weight, classes, rows, normalize, scale, backend,
+                            validate=validate).squeeze(1)
 
 
 class ObjectMaskPrior(nn.Module):

@@ -138,23 +138,24 @@ class RoIHeads(nn.Module):
         weight = self.prior_gain
         init = self.use_prior and weight.needs_init()
         # The baseline reports the prior too (its prior AP), it just does not add it.
-        prior = object_prior(box_feats, cls_w, classes, rows) if (return_prior or init) else None
+        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) if (return_prior or init) else None
         if not self.use_prior:
             return self.mask_head(self.pool(features, boxes, res)), prior
         if self._fused():
             # The prior, resized and weighted in one op, rides on RoIAlign's output write: no extra pass over the
             # mask features.
             if self.prior_impl == "roi_align":
-                roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=weight.value())
+                roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=weight.value(),
+                                       validate=False)
                 return self.mask_head(self.pool(features, boxes, res, roi_map=roi_map)), prior
             return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
-                                                   normalize=True, scale=weight.value())), prior
+                                                   normalize=True, scale=weight.value(), validate=False)), prior
         # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
         # prior_every_conv, again before every later mask-head conv).
         feats = self.pool(features, boxes, res)
         if self.prior_feature_norm:
             feats = F.layer_norm(feats, feats.shape[1:])
-        roi_map = self.prior_tap(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res)))
+        roi_map = self.prior_tap(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res), validate=False))
         if init:
             weight.initialize(feats, prior)
         inject = (lambda x: weight(x, roi_map)) if self.prior_every_conv else None  # noqa: E731
