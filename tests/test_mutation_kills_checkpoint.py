@@ -1,0 +1,86 @@
+"""Tests that kill mutants of resume / checkpoint loading (opmask_fast/training/checkpoint.py) which survived the
+other tests in scripts/mutation.py's run (docs/mutation.md). Each docstring names the mutant(s): ``file:line
+cosmic-ray operator``, and the mutated code."""
+
+import pytest
+import torch
+
+from opmask_fast.config import get_preset
+from opmask_fast.modeling import build_model
+from opmask_fast.training import checkpoint
+from opmask_fast.training.checkpoint import (CheckpointError, check_model_checkpoint, get_rng_state,
+                                             load_checkpoint, model_from_checkpoint, save_atomic, set_rng_state)
+
+
+def test_an_unreadable_file_is_called_empty_only_when_it_is(tmp_path):
+    """checkpoint.py:68 ReplaceComparisonOperator_Eq_GtE: ``os.path.getsize(path) == 0`` -> ``>= 0`` (every
+    unreadable file would be reported as empty)."""
+    empty, junk = tmp_path / "empty.pth", tmp_path / "junk.pth"
+    empty.write_bytes(b"")
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="the file is empty"):
+        load_checkpoint(str(empty))
+    with pytest.raises(CheckpointError, match="not written by torch.save") as e:
+        load_checkpoint(str(junk))
+    assert "empty" not in str(e.value)
+
+
+def test_a_dict_without_model_and_meta_names_its_keys():
+    """checkpoint.py:87 ReplaceBinaryOperator_Add_Div (``", ".join(...) + (...)`` -> ``/``: a TypeError instead of
+    the message) and ReplaceComparisonOperator_Gt_NotEq (``len(state) > 8`` -> ``!= 8``: "..." after a short list)."""
+    with pytest.raises(CheckpointError, match=r"\(its keys: a, b, c\)$"):
+        check_model_checkpoint({"c": 1, "a": 2, "b": 3}, "x.pth")
+    nine = {f"k{i}": i for i in range(9)}
+    with pytest.raises(CheckpointError, match=r"its keys: k0, k1, k2, k3, k4, k5, k6, k7 \.\.\.\)$"):
+        check_model_checkpoint(nine, "x.pth")
+    with pytest.raises(CheckpointError, match=r"its keys: none\)$"):
+        check_model_checkpoint({}, "x.pth")
+
+
+def test_rng_state_touches_cuda_only_when_it_is_initialised(monkeypatch):
+    """checkpoint.py:106 ReplaceAndWithOr: ``torch.cuda.is_available() and torch.cuda.is_initialized()`` -> ``or``
+    (saving a checkpoint would initialise CUDA in a process that never used it). With CUDA available but not
+    initialised, the CUDA generators are neither read nor written."""
+    def refuse(*args):
+        raise AssertionError("the CUDA RNG state must not be touched")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", refuse)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    state = get_rng_state()
+    assert "cuda" not in state
+
+
+def test_rng_state_restores_cuda_only_when_saved(monkeypatch):
+    """checkpoint.py:116 AddNot: ``if "cuda" in state and torch.cuda.is_available()`` -> ``if not "cuda" in state
+    ...`` (a CPU run's state, resumed where CUDA is available, would look up the missing CUDA entry; a CUDA run's
+    would not be restored)."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: calls.append(s))
+    state = {"torch": torch.get_rng_state(), "numpy": get_rng_state()["numpy"], "python": get_rng_state()["python"]}
+    set_rng_state(state)
+    assert calls == []
+    set_rng_state({**state, "cuda": ["the saved CUDA states"]})
+    assert calls == [["the saved CUDA states"]]
+
+
+def test_model_from_checkpoint_reads_the_file_unless_given_its_state(tmp_path, monkeypatch):
+    """checkpoint.py:139 AddNot: ``load_checkpoint(path) if state is None else state`` -> ``if not state is None``
+    (the file would be read when its state is given, and None checked when it is not)."""
+    cfg = get_preset("opmask_r18_tiny")
+    torch.manual_seed(3)
+    model = build_model(cfg)
+    state = {"model": model.state_dict(), "iteration": 1,
+             "meta": {"model_config": cfg.to_dict(), "category_ids": [1], "category_names": ["a"]}}
+    path = str(tmp_path / "ckpt.pth")
+    save_atomic(state, path)
+    loaded, meta = model_from_checkpoint(path)
+    assert meta["category_names"] == ["a"]
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    # given its state, the file is not read again
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: pytest.fail("read the file although given its state"))
+    _, meta = model_from_checkpoint(str(tmp_path / "gone.pth"), state=state)
+    assert meta["category_ids"] == [1]
