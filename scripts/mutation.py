@@ -342,7 +342,7 @@ def print_report(results: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--modules", default=",".join(MODULES),
                    help=f"comma-separated module names, each optionally NAME:CAP (a cap of its own) (default: all; "
@@ -365,7 +365,7 @@ def main(argv=None) -> int:
         p.error("--shift must be in [0, 1)")
 
     specs = [n.strip() for n in args.modules.split(",") if n.strip()]
-    specs = [x for n in specs for x in (PRIORITY if n == "core" else (n,))]
+    specs = [x for n in specs for x in ([m + n[4:] for m in PRIORITY] if n.partition(":")[0] == "core" else [n])]
     caps = {n.partition(":")[0]: int(n.partition(":")[2]) if n.partition(":")[2] else args.max_mutants for n in specs}
     names = list(caps)
     unknown = [n for n in names if n not in MODULES]
