@@ -33,13 +33,15 @@ cosmic-ray's core operators runs (arithmetic among + - * /, bitwise among themse
 not, True/False, numbers +-1, unary operators, break/continue, exception handlers, decorators, zero-iteration loops).
 
 Each module's tests are a fast subset that covers it (``MODULES``); a mutant is killed when that subset fails (``-x``:
-the first failure ends the run) or runs past the timeout. One run at a time per ``--workdir`` (it is recreated).
+the first failure ends the run) or runs past the timeout. One run at a time per ``--workdir`` (its copy is recreated;
+a lock file refuses a second run there).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import fcntl
 import json
 import os
 import shlex
@@ -354,7 +356,8 @@ def main(argv=None) -> int:
                         "mutants half-way between those of the default sample)")
     p.add_argument("--all-operators", action="store_true", help="every cosmic-ray operator, not the focused set")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="per-mutant timeout = factor x baseline + 10 s")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/opmask_mutation"), help="scratch folder (recreated)")
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/opmask_mutation"),
+                   help="scratch folder (its copy recreated; one run at a time, locked)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--list", action="store_true", help="list the modules, their tests and mutant counts; run nothing")
     p.add_argument("--dry-run", action="store_true", help="init, filter and cap the sessions but run no mutant")
@@ -373,6 +376,12 @@ def main(argv=None) -> int:
         p.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
 
     args.workdir.mkdir(parents=True, exist_ok=True)
+    lock = open(args.workdir / ".lock", "w")  # held until the process exits
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(f"another mutation run is using {args.workdir} (it recreates the copy there): wait for it, or pass "
+                 "another --workdir")
     tree = copy_tree(args.workdir)
     log_dir = args.workdir / "sessions"
     log_dir.mkdir(exist_ok=True)
