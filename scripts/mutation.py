@@ -48,6 +48,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -356,7 +357,7 @@ def main(argv=None) -> int:
                         "mutants half-way between those of the default sample)")
     p.add_argument("--all-operators", action="store_true", help="every cosmic-ray operator, not the focused set")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="per-mutant timeout = factor x baseline + 10 s")
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/opmask_mutation"),
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "opmask_mutation",
                    help="scratch folder (its copy recreated; one run at a time, locked)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--list", action="store_true", help="list the modules, their tests and mutant counts; run nothing")
