@@ -1,7 +1,7 @@
 """Runs a torchrun command for the tests: any failure fails at once, with the command's output.
 
-There is no retry: a rank that aborts at exit is a defect to see (training/distributed.py `ddp_process_group` says
-which one was found and fixed; scripts/torchrun_stress.py reproduces such aborts under load).
+There is no retry: a rank that aborts at exit is a defect to see (training/distributed.py `_import_group_defaults`
+says which one was found and fixed; scripts/torchrun_stress.py reproduces such aborts under load).
 """
 
 import os

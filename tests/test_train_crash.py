@@ -43,21 +43,43 @@ def _env():
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
 
 
+def _logged_iteration(out: str) -> int:
+    """The last iteration in the run's metrics.jsonl (0 before the first; a line still being written is skipped)."""
+    last = 0
+    try:
+        with open(os.path.join(out, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    last = max(last, json.loads(line)["iteration"])
+                except (ValueError, KeyError):
+                    pass
+    except FileNotFoundError:
+        pass
+    return last
+
+
 def test_killed_training_resumes_to_the_same_weights(data, tmp_path):
     reference = str(tmp_path / "reference")
     start = time.time()
     subprocess.run(_command(data, reference), env=_env(), check=True, capture_output=True, timeout=600)
-    duration = time.time() - start
+    step = (time.time() - start) / ITERS
 
     out = str(tmp_path / "killed")
-    rng = random.Random(0)  # kill moments: anywhere from the start-up to the last steps of an uninterrupted run
+    # Kill moments follow the run's own progress, not the clock of another run (machines and loads differ): after a
+    # random logged iteration, at once for the first kill (the run has iterations left, so the kill lands), then up to
+    # a step and a half later (inside a step, a checkpoint write or the start-up of the next attempt).
+    rng = random.Random(0)
     kills = 0
     for attempt in range(12):
+        done = _logged_iteration(out)
         proc = subprocess.Popen(_command(data, out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 4:
-            deadline = time.time() + rng.uniform(0.3, 0.95) * duration
+        if kills < 4 and done < ITERS - 1:
+            target = rng.randint(max(done, 1), ITERS - 2) if kills == 0 else rng.randint(done, ITERS - 2)
+            while proc.poll() is None and _logged_iteration(out) < target:
+                time.sleep(0.02)
+            deadline = time.time() + (0.0 if kills == 0 else rng.uniform(0.0, 1.5) * step)
             while proc.poll() is None and time.time() < deadline:
-                time.sleep(0.05)
+                time.sleep(0.02)
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1

@@ -64,7 +64,7 @@ def load_checkpoint(path: str) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}" + (" (it is a folder)" if os.path.isdir(path) else ""))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch's own message is many lines of advice about weights_only; say what matters
+    except Exception:  # torch's own message is many lines of advice about weights_only; say what matters
         kind = "the file is empty" if os.path.getsize(path) == 0 else \
             "not written by torch.save, truncated, or holding objects other than tensors and plain values"
         raise CheckpointError(f"cannot read checkpoint {path}: it is not a checkpoint ({kind}); expected a "

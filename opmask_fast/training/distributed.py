@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -42,25 +43,30 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     else:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
+        _import_group_defaults()
         # Evaluation keeps the other processes waiting while rank 0 runs COCOeval (minutes on COCO val); NCCL's
         # default 10-minute timeout would abort them.
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=60))
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 
-def ddp_process_group():
-    """A process group of its own for DistributedDataParallel (a collective: every process calls it).
+def _import_group_defaults() -> None:
+    """Imports, before the default group exists, the torch modules whose functions take ``group=group.WORLD`` as a
+    default argument.
 
-    DDP keeps its process group referenced until the interpreter exits, so the group's worker threads outlive
-    `destroy_process_group`. A gloo worker that then drops the last reference of a tensor Python created (the
-    buffers `broadcast_buffers` sends, held by a finished barrier) needs the GIL while the interpreter finalises: the
-    thread is forced to exit inside a noexcept destructor and the process aborts with "terminate called without an
-    active exception" (the native stack of such a rank: ProcessGroupGloo::runLoop -> ~AsyncBarrierWork ->
-    ~AsyncBroadcastWork -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit -> std::terminate). DDP's own
-    group only ever carries tensors DDP makes in C++ (gradient buckets, flattened states), and the default group,
-    which carries ours, is destroyed with its threads joined in `run_in_process_group`.
+    Such a default is evaluated at import: a module first imported after `init_process_group` keeps the default group
+    referenced for good, so `destroy_process_group` cannot free it and its gloo worker threads live on into the
+    interpreter's finalisation. A worker that then drops the last C++ reference of a tensor Python made (a finished
+    collective's input) needs the GIL and is forced to exit inside a noexcept destructor: the rank aborts with
+    "terminate called without an active exception" (native stack: ProcessGroupGloo::runLoop -> ~AsyncWork ->
+    TensorImpl::decref_pyobject -> take_gil -> pthread_exit -> std::terminate), rarely, after all its work is written.
+    torch._dynamo is imported by the first call of any custom op (ours included) and pulls in
+    torch.distributed.nn.functional and FSDP's grad scaler; torch.distributed.optim holds another. `cleanup` checks
+    that the default group is freed, so a new such module fails every run at once instead of one run in a hundred.
     """
-    return dist.new_group(backend=dist.get_backend())
+    import torch._dynamo  # noqa: F401
+    import torch.distributed.nn  # noqa: F401
+    import torch.distributed.optim  # noqa: F401
 
 
 def is_distributed() -> bool:
@@ -117,8 +123,17 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Destroys every process group, and checks that nothing else still holds the default one (its worker threads are
+    joined only when it is freed; `_import_group_defaults` says why a survivor would abort the process at exit)."""
     if dist.is_available() and dist.is_initialized():
+        default = dist.group.WORLD
         dist.destroy_process_group()
+        holders = sys.getrefcount(default) - 2  # the local name and getrefcount's argument
+        del default
+        if holders > 0:
+            raise RuntimeError(f"the default process group is still referenced {holders} time(s) after "
+                               "destroy_process_group: its worker threads would outlive the interpreter (a module "
+                               "imported after init_process_group holding group.WORLD as a default argument?)")
 
 
 def run_in_process_group(body, args, plan):

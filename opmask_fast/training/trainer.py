@@ -14,8 +14,7 @@ from torch import nn
 
 from ..data.loader import train_loader
 from .checkpoint import get_rng_state, load_checkpoint, remove_stale_temporaries, save_atomic, set_rng_state
-from .distributed import (DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers,
-                          ddp_process_group)
+from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers
 from .progress import MetricsLog, Progress
 from .solver import TrainConfig, build_optimizer, build_scheduler
 
@@ -89,9 +88,7 @@ def train(
         # Every parameter gets a gradient in every step (losses without a target are exact zeros that keep the graph,
         # pyramid levels without RoIs get zero gradients), so DDP need not search the graph for unused parameters.
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False,
-            process_group=ddp_process_group(),
-        )
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
     use_amp = cfg.amp and device.type == "cuda"
     batches = train_loader(dataset, batch_size=cfg.batch_size // world, seed=cfg.seed, rank=rank, world_size=world,
                            start_iter=start_iter, num_workers=cfg.num_workers,
