@@ -190,7 +190,7 @@ main() {
       local xdist=()
       "$PY" -c "import xdist" 2> /dev/null && xdist=(-n 4)
       stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
-        tests/test_nms.py tests/test_multi_scale_roi_align.py
+        tests/test_nms.py tests/test_multi_scale_roi_align.py tests/test_multi_level_roi_align.py tests/test_nms_topk.py
       stage "C++ errors reach Python" 150 bash -c error_paths
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
         export -f memcheck; export CUDA_HOME

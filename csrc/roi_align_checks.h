@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "error_message.h"
 
 namespace opmask_fast {
@@ -24,6 +26,40 @@ inline void check_roi_align_grad(const at::Tensor& grad, const at::Tensor& rois,
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels && grad.size(2) == ph &&
                   grad.size(3) == pw,
               "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
+}
+
+// Pyramid levels one multi-level launch accepts (FPN uses 4 or 5).
+constexpr int64_t kMaxLevels = 8;
+
+// Everything of a multi-level RoIAlign call that can be checked without reading data; the levels' values are
+// checked by the kernels (CPU: before any work; CUDA: a device-side assert).
+inline void check_multi_level_roi_align(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
+                                        at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                                        const std::optional<at::Tensor>& roi_map) {
+  const char* op = "opmask_fast::multi_level_roi_align";
+  TORCH_CHECK(!features.empty() && static_cast<int64_t>(features.size()) <= kMaxLevels,
+              format_message("%s: needs 1 to %lld feature levels, got %lld", op, static_cast<long long>(kMaxLevels),
+                             static_cast<long long>(features.size())));
+  TORCH_CHECK(scales.size() == features.size(), format_message("%s: %lld feature levels but %lld spatial scales", op,
+                                                               static_cast<long long>(features.size()),
+                                                               static_cast<long long>(scales.size())));
+  const at::Tensor& f0 = features[0];
+  for (const at::Tensor& f : features) {
+    TORCH_CHECK(f.dim() == 4, format_message("%s: every feature level must be a Tensor[N, C, H, W]", op));
+    TORCH_CHECK(f.size(0) == f0.size(0) && f.size(1) == f0.size(1) && f.scalar_type() == f0.scalar_type() &&
+                    f.device() == f0.device(),
+                format_message("%s: feature levels must share batch size, channels, dtype and device", op));
+    TORCH_CHECK(f.size(2) * f.size(3) < (int64_t(1) << 31), format_message("%s: H * W must be < 2^31", op));
+  }
+  check_roi_align_rois(rois, f0, ph, pw);
+  TORCH_CHECK(levels.dim() == 1 && levels.size(0) == rois.size(0) && levels.scalar_type() == at::kLong &&
+                  levels.device() == f0.device(),
+              format_message("%s: levels must be an int64 Tensor[K] on the features' device", op));
+  if (roi_map.has_value()) {
+    TORCH_CHECK(roi_map->dim() == 3 && roi_map->size(0) == rois.size(0) && roi_map->size(1) == ph &&
+                    roi_map->size(2) == pw && roi_map->device() == f0.device(),
+                format_message("%s: roi_map must be a Tensor[K, Ho, Wo] on the features' device", op));
+  }
 }
 
 }  // namespace opmask_fast

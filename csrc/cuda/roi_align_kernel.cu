@@ -16,24 +16,10 @@
 
 #include "../roi_align_checks.h"
 #include "../roi_align_common.h"
+#include "roi_align_device.cuh"
 
 namespace opmask_fast {
 namespace {
-
-constexpr int kThreads = 256;
-// Axis taps cached per block (per axis). A RoI needing more (a huge adaptive grid) recomputes them per sample.
-constexpr int kMaxAxisTaps = 512;
-// Target number of (channel, bin) outputs per block.
-constexpr int64_t kOutputsPerBlock = 1024;
-
-template <typename acc_t>
-__device__ inline void load_axis_taps(const RoiGeometry<acc_t>& g, int64_t ph, int64_t pw, int64_t h, int64_t w,
-                                      AxisTap<acc_t>* ytaps, AxisTap<acc_t>* xtaps) {
-  for (int64_t i = threadIdx.x; i < ph * g.grid_h; i += blockDim.x)
-    ytaps[i] = axis_tap(g.start_h, g.bin_h, i / g.grid_h, i % g.grid_h, g.grid_h, h);
-  for (int64_t i = threadIdx.x; i < pw * g.grid_w; i += blockDim.x)
-    xtaps[i] = axis_tap(g.start_w, g.bin_w, i / g.grid_w, i % g.grid_w, g.grid_w, w);
-}
 
 template <typename scalar_t, typename acc_t>
 __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois,
@@ -44,37 +30,9 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
   __shared__ AxisTap<acc_t> ytaps[kMaxAxisTaps];
   __shared__ AxisTap<acc_t> xtaps[kMaxAxisTaps];
   const int64_t r = blockIdx.x;
-  const int64_t c0 = blockIdx.y * channels_per_block;
   const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
-  const bool cached = ph * g.grid_h <= kMaxAxisTaps && pw * g.grid_w <= kMaxAxisTaps;
-  if (cached) load_axis_taps(g, ph, pw, h, w, ytaps, xtaps);
-  __syncthreads();
-  const int64_t nbins = ph * pw;
-  const int64_t c1 = c0 + channels_per_block < c ? c0 + channels_per_block : c;
-  for (int64_t e = threadIdx.x; e < (c1 - c0) * nbins; e += blockDim.x) {
-    const int64_t ch = c0 + e / nbins, bin = e % nbins, p = bin / pw, q = bin % pw;
-    acc_t sum = 0;
-    if (g.batch >= 0) {  // an invalid batch index (refused in Python) reads nothing
-      const scalar_t* plane = input + (g.batch * c + ch) * h * w;
-      for (int64_t iy = 0; iy < g.grid_h; ++iy) {
-        const AxisTap<acc_t> ty =
-            cached ? ytaps[p * g.grid_h + iy] : axis_tap(g.start_h, g.bin_h, p, iy, g.grid_h, h);
-        if (ty.w_lo == 0 && ty.w_hi == 0) continue;
-        const scalar_t* row_lo = plane + ty.lo * w;
-        const scalar_t* row_hi = plane + ty.hi * w;
-        for (int64_t ix = 0; ix < g.grid_w; ++ix) {
-          const AxisTap<acc_t> tx =
-              cached ? xtaps[q * g.grid_w + ix] : axis_tap(g.start_w, g.bin_w, q, ix, g.grid_w, w);
-          if (tx.w_lo == 0 && tx.w_hi == 0) continue;
-          sum += ty.w_lo * (tx.w_lo * static_cast<acc_t>(row_lo[tx.lo]) + tx.w_hi * static_cast<acc_t>(row_lo[tx.hi])) +
-                 ty.w_hi * (tx.w_lo * static_cast<acc_t>(row_hi[tx.lo]) + tx.w_hi * static_cast<acc_t>(row_hi[tx.hi]));
-        }
-      }
-    }
-    sum *= g.inv_count;
-    if (roi_map != nullptr) sum += static_cast<acc_t>(roi_map[r * nbins + bin]);
-    out[(r * c + ch) * nbins + bin] = static_cast<scalar_t>(sum);
-  }
+  pool_roi_block(input, g, r, blockIdx.y * channels_per_block, channels_per_block, c, h, w, ph, pw, roi_map, out,
+                 ytaps, xtaps);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -88,9 +46,7 @@ __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, con
   const int64_t c0 = blockIdx.y * channels_per_block;
   const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
   if (g.batch < 0) return;  // uniform across the block, so no thread is left waiting at the barrier
-  const bool cached = ph * g.grid_h <= kMaxAxisTaps && pw * g.grid_w <= kMaxAxisTaps;
-  if (cached) load_axis_taps(g, ph, pw, h, w, ytaps, xtaps);
-  __syncthreads();
+  const bool cached = cache_axis_taps(g, ph, pw, h, w, ytaps, xtaps);
   const int64_t nbins = ph * pw;
   const int64_t c1 = c0 + channels_per_block < c ? c0 + channels_per_block : c;
   for (int64_t e = threadIdx.x; e < (c1 - c0) * nbins; e += blockDim.x) {
@@ -112,15 +68,6 @@ __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, con
       }
     }
   }
-}
-
-dim3 grid_for(int64_t k, int64_t c, int64_t nbins, int64_t* channels_per_block) {
-  int64_t cpb = (kOutputsPerBlock + nbins - 1) / nbins;
-  cpb = cpb < c ? cpb : c;
-  const int64_t groups = (c + cpb - 1) / cpb;
-  TORCH_CHECK(groups <= 65535 && k < (int64_t(1) << 31), "opmask_fast::roi_align: too many RoIs or channels");
-  *channels_per_block = cpb;
-  return dim3(static_cast<unsigned>(k), static_cast<unsigned>(groups));
 }
 
 at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,

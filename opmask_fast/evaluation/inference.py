@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..data.coco import CocoInstances, decode_segmentation
+from ..modeling.meta_arch import StaticInference
 from .mask_encoding import encode_masks, mask_iou, paste_maps
 
 
@@ -20,17 +21,20 @@ def _unwrap(model):
 
 @torch.no_grad()
 def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, device: torch.device | str = "cpu",
-                 oracle: bool = False) -> list[dict]:
+                 oracle: bool = False, static: bool = True) -> list[dict]:
     """Runs ``model`` on the images ``indices`` (batch 1); one entry per image: ``index``, ``image_id``, COCO
     ``results`` (bbox + segmentation), ``prior_results`` (each detection's prior pasted as a mask) and ``seconds``.
 
-    With ``oracle`` each entry also holds ``oracle``: ``oracle_images``' entry of that image (None without GT masks),
-    computed from the same backbone features when the model has ``extract``/``detect`` (one backbone pass per image
-    instead of two; ``seconds`` still times the detection alone).
+    ``static`` runs the static-shape path (`StaticInference`: the same detections without a host sync until the
+    count is read) on models that have one, else ``OPMaskModel.detect``. With ``oracle`` each entry also holds
+    ``oracle``: ``oracle_images``' entry of that image (None without GT masks), computed from the same backbone
+    features when the model has ``extract`` (one backbone pass per image instead of two; ``seconds`` still times
+    the detection alone).
     """
     model = _unwrap(model)
     model.eval()
-    shared = oracle and hasattr(model, "extract") and hasattr(model, "detect")
+    shared = hasattr(model, "extract") and hasattr(model, "detect")
+    fixed = StaticInference(model) if static and shared else None
     out_list = []
     for index in indices:
         image, target = dataset[index]
@@ -38,7 +42,14 @@ def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, devic
         start = time.perf_counter()
         if shared:
             extracted = model.extract([image.to(device)])
-            out = model.detect(extracted, output_sizes=[(h, w)])[0]
+            if fixed is not None:
+                (ih, iw), = extracted[1]
+                padded = fixed.detect(extracted[0], 1, ih, iw)
+                n = int(padded["count"][0])  # the one read of the device's results
+                det = {k: v[0, :n] for k, v in padded.items() if k != "count"}
+                out = model.postprocess([det], extracted[1], [(h, w)])[0]
+            else:
+                out = model.detect(extracted, output_sizes=[(h, w)])[0]
         else:
             out = model([image.to(device)], output_sizes=[(h, w)])[0]
         if str(device).startswith("cuda"):

@@ -94,7 +94,7 @@ def compute_metrics(dataset: CocoInstances, inference: dict, oracle: dict | None
 
 
 def evaluate_model(model, dataset: CocoInstances, *, strong_ids, device="cpu", output_dir: str | None = None,
-                   oracle: bool = True, max_images: int | None = None) -> dict | None:
+                   oracle: bool = True, max_images: int | None = None, static: bool = True) -> dict | None:
     """Inference + metrics; writes ``predictions.json``, ``prior_predictions.json`` and ``metrics.json`` when
     ``output_dir`` is given.
 
@@ -105,7 +105,7 @@ def evaluate_model(model, dataset: CocoInstances, *, strong_ids, device="cpu", o
     weak_ids = set(dataset.category_ids) - set(strong_ids)
     rank, world = rank_and_world_size()
     mine = range(rank, item_count(dataset, max_images), world)
-    shares = gather_objects(infer_images(model, dataset, mine, device=device, oracle=oracle))
+    shares = gather_objects(infer_images(model, dataset, mine, device=device, oracle=oracle, static=static))
     if shares is None:
         return None
     inf = merge_inference(shares)

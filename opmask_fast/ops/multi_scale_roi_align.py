@@ -1,14 +1,13 @@
-"""Multi-scale RoIAlign: the FPN pooler (each box pooled from the pyramid level that matches its size), differentiable,
-or as one opaque custom op for traced inference (`static=True`)."""
+"""Multi-scale RoIAlign: the FPN pooler (each box pooled from the pyramid level that matches its size), differentiable
+with one RoIAlign per level, or for inference as one multi-level launch (`static=True`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
-
 import torch
 from torch import Tensor
 
+from opmask_fast.ops.multi_level_roi_align import multi_level_roi_align
 from opmask_fast.ops.roi_align import convert_boxes_to_roi_format, roi_align
 
 __all__ = ["multi_scale_roi_align", "assign_levels"]
@@ -76,9 +75,11 @@ def multi_scale_roi_align(
         sampling_ratio, aligned: as in :func:`opmask_fast.ops.roi_align` (detectron2: 0 and True).
         canonical_level, canonical_scale: a box of sqrt(area) = canonical_scale goes to level canonical_level.
         roi_map: Tensor[sum L_i, Ho, Wo] added to every channel of the output.
-        static: run as one opaque op, `opmask_fast::multi_scale_roi_align` (inference only, no autograd): its output
-            shape is known without looking at the boxes, so torch.export and torch.compile(fullgraph=True) trace
-            through the per-level selection that makes the plain form data-dependent.
+        static: levels assigned on the device and all levels pooled in one launch of
+            :func:`opmask_fast.ops.multi_level_roi_align` (inference only, no autograd): no per-level selection, so no
+            host sync, and an output shape known without looking at the boxes (torch.export and
+            torch.compile(fullgraph=True) trace through it). The boxes' values are not checked (the model's are
+            clipped to the image).
 
     Returns:
         Tensor[sum L_i, C, Ho, Wo].
@@ -94,8 +95,13 @@ def multi_scale_roi_align(
     rois = convert_boxes_to_roi_format(list(boxes))  # (K, 5); validation happens in roi_align
     ho, wo = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if static:
-        return _multi_scale_roi_align_op(list(features), rois, [ho, wo], list(spatial_scales), sampling_ratio, aligned,
-                                         canonical_level, canonical_scale, roi_map)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [*features, roi_map]):
+            raise ValueError("static=True pools without autograd (inference); call it under torch.no_grad() or "
+                             "use static=False to train")
+        level = assign_levels(rois[:, 1:], min_level=round(levels[0]), max_level=round(levels[-1]),
+                              canonical_level=canonical_level, canonical_scale=canonical_scale)
+        return multi_level_roi_align(list(features), rois, level, (ho, wo), list(spatial_scales), sampling_ratio,
+                                     aligned, roi_map=roi_map, validate=False)
     return _pool(features, rois, (ho, wo), spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale,
                  roi_map)
 
@@ -129,18 +135,3 @@ def _pool(features: list[Tensor], rois: Tensor, output_size: tuple[int, int], sp
     if unused and torch.is_grad_enabled():
         out = _ZeroGradTo.apply(out, *unused)
     return out
-
-
-@torch.library.custom_op("opmask_fast::multi_scale_roi_align", mutates_args=())
-def _multi_scale_roi_align_op(features: list[Tensor], rois: Tensor, output_size: list[int],
-                              spatial_scales: list[float], sampling_ratio: int, aligned: bool, canonical_level: int,
-                              canonical_scale: int, roi_map: Optional[Tensor]) -> Tensor:
-    with torch.no_grad():
-        return _pool(features, rois, (output_size[0], output_size[1]), spatial_scales, sampling_ratio, aligned,
-                     canonical_level, canonical_scale, roi_map)
-
-
-@_multi_scale_roi_align_op.register_fake
-def _(features, rois, output_size, spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale,
-      roi_map):
-    return features[0].new_empty((rois.shape[0], features[0].shape[1], output_size[0], output_size[1]))

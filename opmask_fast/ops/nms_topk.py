@@ -9,6 +9,8 @@ stops once `max_keep` boxes are kept: nothing is read back to the host.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -44,10 +46,9 @@ def nms_topk(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int,
         valid = scores > float("-inf")
         _check(boxes[valid], scores[valid], None if idxs is None else idxs[valid], iou_threshold)
     idxs = None if idxs is None else idxs.to(torch.int64)
-    if _extension.has_C():
-        return torch.ops.opmask_fast.nms_topk(boxes, scores, idxs, float(iou_threshold), max_keep)
-    _extension.warn_fallback("nms_topk")
-    return nms_topk_reference(boxes, scores, idxs, float(iou_threshold), max_keep)
+    if not _extension.has_C():
+        _extension.warn_fallback("nms_topk")
+    return torch.ops.opmask_fast.nms_topk(boxes, scores, idxs, float(iou_threshold), max_keep)
 
 
 def nms_topk_reference(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float,
@@ -64,7 +65,18 @@ def nms_topk_reference(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_t
     return out, torch.tensor(kept.numel(), dtype=torch.int64, device=boxes.device)
 
 
+def _fake(boxes, scores, idxs, iou_threshold, max_keep):
+    return boxes.new_empty((max_keep,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
+
+
 if _extension.has_C():
-    @torch.library.register_fake("opmask_fast::nms_topk")
-    def _(boxes, scores, idxs, iou_threshold, max_keep):
-        return (boxes.new_empty((max_keep,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64))
+    torch.library.register_fake("opmask_fast::nms_topk")(_fake)
+else:
+    # Without the kernels the same op wraps the reference, opaque to tracing (its selection depends on the data), so
+    # the static path exports either way.
+    @torch.library.custom_op("opmask_fast::nms_topk", mutates_args=())
+    def _fallback(boxes: Tensor, scores: Tensor, idxs: Optional[Tensor], iou_threshold: float,
+                  max_keep: int) -> tuple[Tensor, Tensor]:
+        return nms_topk_reference(boxes, scores, idxs, iou_threshold, max_keep)
+
+    _fallback.register_fake(_fake)

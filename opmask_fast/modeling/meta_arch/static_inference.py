@@ -7,7 +7,7 @@ at every step. `StaticInference` computes the same detections with every shape k
   and keeps exactly `post_nms_topk_test` proposals per image with `nms_topk` (padded, with a count);
 - the box head runs on all of them; class candidates below the score threshold (or from padded proposals) get -inf,
   and `nms_topk` per class keeps exactly `detections_per_image` detections, padded;
-- the pooler is one opaque op (`multi_scale_roi_align(static=True)`), so the per-level selection stays inside it.
+- the pooler assigns levels on the device and pools all of them in one launch (`multi_scale_roi_align(static=True)`).
 
 The module exports with `torch.export` (image height and width dynamic) and compiles with
 `torch.compile(fullgraph=True)`; on a GPU it can be captured as one CUDA graph. Masks are returned at 28x28 (and the
@@ -52,7 +52,14 @@ class StaticInference(nn.Module):
         # that every FPN level halves exactly.
         d = cfg.size_divisibility
         x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
-        features = m.backbone(x)
+        return self.detect(m.backbone(x), b, h, w)
+
+    @torch.no_grad()
+    def detect(self, features, b: int, h, w) -> dict[str, Tensor]:
+        """`forward`'s padded outputs from the FPN features of B images of unpadded size (h, w). `forward` computes
+        the features as `OPMaskModel.extract` does, so an evaluation that also needs them (the oracle pass) can run
+        the backbone once and call this."""
+        m, cfg = self.model, self.cfg
         proposals, proposal_valid = self._proposals(features, b, h, w)
         heads = m.roi_heads
         box_feats, logits, deltas = heads.box_head(heads.pool(features, list(proposals.unbind(0)),
@@ -60,7 +67,7 @@ class StaticInference(nn.Module):
         dets = self._detections(logits, deltas, proposals, proposal_valid, h, w)
         k = cfg.num_classes
         # Each detection's prior comes from the box features of the proposal it was decoded from.
-        offsets = (torch.arange(b, device=x.device) * proposals.shape[1])[:, None]
+        offsets = (torch.arange(b, device=box_feats.device) * proposals.shape[1])[:, None]
         rows = (dets["keep"].clamp(min=0) // k + offsets).reshape(-1)
         mask_logits, priors = heads.mask_forward(features, list(dets["boxes"].unbind(0)), box_feats,
                                                  dets["labels"].reshape(-1), rows, return_prior=True)

@@ -1,6 +1,7 @@
 """Plain PyTorch references of the compiled ops (CPU fallback and test oracle; run them in float64 for tests)."""
 
+from .multi_level_roi_align import multi_level_roi_align
 from .nms import batched_nms, nms
 from .roi_align import roi_align
 
-__all__ = ["roi_align", "nms", "batched_nms"]
+__all__ = ["roi_align", "multi_level_roi_align", "nms", "batched_nms"]

@@ -1,0 +1,113 @@
+// Per-RoI bilinear taps of the CPU RoIAlign kernels (roi_align_kernel.cpp, multi_level_roi_align_kernel.cpp): each
+// RoI's taps (pixel offset within a channel plane, weight already divided by the bin's sample count) are built once
+// and reused for every channel.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "../roi_align_common.h"
+
+namespace opmask_fast {
+namespace cpu {
+
+// Taps of one RoI: bin b owns entries [bin_begin[b], bin_begin[b + 1]) of offset/weight.
+template <typename acc_t>
+struct RoiTaps {
+  std::vector<AxisTap<acc_t>> ytaps, xtaps;
+  std::vector<int64_t> bin_begin;
+  std::vector<int32_t> offset;  // y * W + x within one channel plane (H * W < 2^31 is checked)
+  std::vector<acc_t> weight;
+};
+
+// Samples of a bin narrower than a pixel share pixels: summing their weights per pixel once per RoI saves a load
+// and a multiply-add per channel for every duplicate. Small bins only (the quadratic scan stays cheap).
+template <typename acc_t>
+void merge_duplicates(RoiTaps<acc_t>& t, int64_t begin) {
+  const int64_t end = static_cast<int64_t>(t.offset.size());
+  if (end - begin > 64) return;
+  int64_t out = begin;
+  for (int64_t i = begin; i < end; ++i) {
+    int64_t j = begin;
+    while (j < out && t.offset[j] != t.offset[i]) ++j;
+    if (j < out) {
+      t.weight[j] += t.weight[i];
+    } else {
+      t.offset[out] = t.offset[i];
+      t.weight[out] = t.weight[i];
+      ++out;
+    }
+  }
+  t.offset.resize(out);
+  t.weight.resize(out);
+}
+
+// Fills taps for one RoI; zero-weight taps (samples outside the map, exact pixel hits) are dropped and taps on
+// the same pixel merged.
+template <typename acc_t>
+void build_taps(const RoiGeometry<acc_t>& g, int64_t ph, int64_t pw, int64_t height, int64_t width,
+                RoiTaps<acc_t>& t) {
+  const int64_t gh = g.grid_h, gw = g.grid_w;
+  t.ytaps.resize(ph * gh);
+  t.xtaps.resize(pw * gw);
+  for (int64_t p = 0; p < ph; ++p)
+    for (int64_t i = 0; i < gh; ++i) t.ytaps[p * gh + i] = axis_tap(g.start_h, g.bin_h, p, i, gh, height);
+  for (int64_t q = 0; q < pw; ++q)
+    for (int64_t i = 0; i < gw; ++i) t.xtaps[q * gw + i] = axis_tap(g.start_w, g.bin_w, q, i, gw, width);
+  t.bin_begin.resize(ph * pw + 1);
+  t.offset.clear();
+  t.weight.clear();
+  auto push = [&](int64_t y, int64_t x, acc_t w) {
+    if (w != 0) {
+      t.offset.push_back(static_cast<int32_t>(y * width + x));
+      t.weight.push_back(w);
+    }
+  };
+  for (int64_t p = 0; p < ph; ++p) {
+    for (int64_t q = 0; q < pw; ++q) {
+      t.bin_begin[p * pw + q] = static_cast<int64_t>(t.offset.size());
+      for (int64_t iy = 0; iy < gh; ++iy) {
+        const AxisTap<acc_t>& ty = t.ytaps[p * gh + iy];
+        if (ty.w_lo == 0 && ty.w_hi == 0) continue;
+        for (int64_t ix = 0; ix < gw; ++ix) {
+          const AxisTap<acc_t>& tx = t.xtaps[q * gw + ix];
+          push(ty.lo, tx.lo, ty.w_lo * tx.w_lo * g.inv_count);
+          push(ty.lo, tx.hi, ty.w_lo * tx.w_hi * g.inv_count);
+          push(ty.hi, tx.lo, ty.w_hi * tx.w_lo * g.inv_count);
+          push(ty.hi, tx.hi, ty.w_hi * tx.w_hi * g.inv_count);
+        }
+      }
+      merge_duplicates(t, t.bin_begin[p * pw + q]);
+    }
+  }
+  t.bin_begin[ph * pw] = static_cast<int64_t>(t.offset.size());
+}
+
+// Channels handled together: each tap's offset and weight are loaded once and applied to this many planes, and
+// the independent accumulators keep the FPU busy while the scattered loads are in flight.
+constexpr int64_t kChannelBlock = 8;
+
+// Output bins of channels [c0, c0 + count) of one RoI. BLOCK > 1 processes exactly BLOCK channels per step with
+// the accumulators in registers; BLOCK == 1 handles a remainder of any size.
+template <typename scalar_t, typename acc_t, int64_t BLOCK>
+inline void pool_channels(const RoiTaps<acc_t>& t, const scalar_t* planes, scalar_t* dst, const scalar_t* map,
+                          int64_t c0, int64_t count, int64_t plane, int64_t nbins) {
+  const int32_t* off = t.offset.data();
+  const acc_t* wt = t.weight.data();
+  for (int64_t cs = c0; cs < c0 + count; cs += BLOCK) {
+    const scalar_t* src = planes + cs * plane;
+    for (int64_t b = 0; b < nbins; ++b) {
+      acc_t acc[BLOCK] = {};
+      for (int64_t i = t.bin_begin[b]; i < t.bin_begin[b + 1]; ++i) {
+        const acc_t wi = wt[i];
+        const scalar_t* p = src + off[i];
+        for (int64_t j = 0; j < BLOCK; ++j) acc[j] += wi * static_cast<acc_t>(p[j * plane]);
+      }
+      const acc_t add = map ? static_cast<acc_t>(map[b]) : acc_t(0);
+      for (int64_t j = 0; j < BLOCK; ++j) dst[(cs + j) * nbins + b] = static_cast<scalar_t>(acc[j] + add);
+    }
+  }
+}
+
+}  // namespace cpu
+}  // namespace opmask_fast

@@ -1,0 +1,92 @@
+"""Multi-level RoIAlign: the FPN pooler as one op, each RoI pooled from the pyramid level ``levels`` names.
+
+One launch for all levels (CPU and CUDA kernels in csrc/), where the plain pooler runs one RoIAlign per level over
+that level's RoIs, found with ``nonzero`` (a host sync per level on a GPU, and a shape that depends on the data).
+The op's output shape is known from its inputs' shapes, so torch.export and torch.compile(fullgraph=True) trace
+through it. Forward only: the inference path runs it with autograd off; training pools through
+:func:`opmask_fast.ops.roi_align` per level. Without ``opmask_fast._C`` the same op is a Python custom op around the
+float64-exact reference (``ops/reference/multi_level_roi_align.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from opmask_fast import _extension
+from opmask_fast.ops import reference
+from opmask_fast.ops.roi_align import check_roi_align_inputs
+
+__all__ = ["multi_level_roi_align"]
+
+MAX_LEVELS = 8  # csrc/roi_align_checks.h kMaxLevels
+
+
+def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, output_size: int | tuple[int, int],
+                          spatial_scales: list[float], sampling_ratio: int = 0, aligned: bool = True, *,
+                          roi_map: Tensor | None = None, validate: bool = True) -> Tensor:
+    """RoIAlign of RoI k on ``features[levels[k]]`` with ``spatial_scales[levels[k]]``, all levels in one launch.
+
+    Args:
+        features: L <= 8 Tensor[N, C, H_l, W_l] (one dtype and device).
+        rois: Tensor[K, 5] (batch index, x1, y1, x2, y2) in image coordinates.
+        levels: int64 Tensor[K] with values in [0, L) (see :func:`opmask_fast.ops.multi_scale_roi_align.assign_levels`).
+        output_size: int or (Ho, Wo); sampling_ratio, aligned: as in :func:`opmask_fast.ops.roi_align`.
+        roi_map: Tensor[K, Ho, Wo] added to every channel of the output.
+        validate: check the values of ``rois`` and ``levels`` (one host sync). The model passes False: its boxes are
+            clipped to the image and its levels clamped, and a level out of range still stops the kernel (CPU: an
+            error; CUDA: a device-side assert).
+
+    Returns:
+        Tensor[K, C, Ho, Wo] in the features' dtype.
+    """
+    if not isinstance(features, (list, tuple)) or not 1 <= len(features) <= MAX_LEVELS:
+        raise ValueError(f"features must be a list of 1 to {MAX_LEVELS} Tensor[N, C, H, W]")
+    if len(spatial_scales) != len(features):
+        raise ValueError(f"{len(features)} feature levels but {len(spatial_scales)} spatial scales")
+    first = features[0]
+    for i, f in enumerate(features):
+        if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[:2] != first.shape[:2] or f.dtype != first.dtype \
+                or f.device != first.device:
+            raise ValueError(f"features[{i}] must be a Tensor[{first.shape[0]}, {first.shape[1]}, H, W] of "
+                             f"{first.dtype} on {first.device}, got {getattr(f, 'shape', type(f))}")
+    if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64 \
+            or levels.device != first.device:
+        raise ValueError(f"levels must be an int64 Tensor[K] on {first.device}, got {getattr(levels, 'shape', levels)}")
+    if validate:
+        # The finest level has the largest scale: its sample count bounds every level's.
+        scale = max(spatial_scales)
+        rois, (ph, pw), roi_map = check_roi_align_inputs(first, rois, output_size, scale, sampling_ratio, roi_map)
+        if levels.shape[0] != rois.shape[0]:
+            raise ValueError(f"levels has {levels.shape[0]} entries for {rois.shape[0]} boxes")
+        if rois.shape[0] > 0 and not bool(((levels >= 0) & (levels < len(features))).all()):
+            bad = int(((levels < 0) | (levels >= len(features))).nonzero()[0, 0])
+            raise ValueError(f"box {bad} has level {int(levels[bad])}; levels must be in [0, {len(features)})")
+    else:
+        ph, pw = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        rois = rois.to(torch.promote_types(first.dtype, torch.float32))
+        roi_map = roi_map.to(first.dtype) if roi_map is not None else None
+    if not _extension.has_C():
+        _extension.warn_fallback("multi_level_roi_align")
+    return torch.ops.opmask_fast.multi_level_roi_align(list(features), rois, levels, [float(s) for s in spatial_scales],
+                                                      ph, pw, int(sampling_ratio), bool(aligned), roi_map)
+
+
+def _fake(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, roi_map=None):
+    return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+
+
+if _extension.has_C():
+    torch.library.register_fake("opmask_fast::multi_level_roi_align")(_fake)
+else:
+    @torch.library.custom_op("opmask_fast::multi_level_roi_align", mutates_args=())
+    def _fallback(features: list[Tensor], rois: Tensor, levels: Tensor, spatial_scales: list[float],
+                  pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool,
+                  roi_map: Optional[Tensor] = None) -> Tensor:
+        with torch.no_grad():
+            return reference.multi_level_roi_align(features, rois, levels, (pooled_height, pooled_width),
+                                                   spatial_scales, sampling_ratio, aligned, roi_map)
+
+    _fallback.register_fake(_fake)
