@@ -1,5 +1,6 @@
 """The object mask prior swapped into torchvision's Mask R-CNN: training forward + backward and inference (CPU)."""
 
+import copy
 from collections import OrderedDict
 
 import pytest
@@ -95,3 +96,62 @@ def test_inference_masks_and_detection_rows():
         assert torch.equal(labels[i], ref_labels[i])
         expected = decoded[rows[i], labels[i]].clamp(0, 64)
         torch.testing.assert_close(boxes[i], expected)
+
+
+class _MaskBranch(nn.Module):
+    """The swapped-in mask branch from pooled features to mask logits: torchvision's pooler, our prior, the mask head."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = heads
+
+    def forward(self, features, boxes, box_map, classes, rows):
+        h = self.heads
+        mask_features = h.mask_roi_pool(features, [boxes], [(64, 64)])
+        return h.mask_predictor(h.mask_head(h.prior(mask_features, box_map, classes, rows)))
+
+
+class _OurOps(nn.Module):
+    """Our ops called from another module (not where they are defined): pooler, RoIAlign, NMS."""
+
+    def forward(self, p2, p3, boxes, scores):
+        from opmask_fast.ops import batched_nms, multi_scale_roi_align, nms, roi_align
+
+        pooled = multi_scale_roi_align([p2, p3], [boxes], 5, spatial_scales=[0.25, 0.125])
+        direct = roi_align(p2, [boxes], 3, 0.25, 0, True)
+        keep = nms(boxes, scores, 0.5)
+        per_class = batched_nms(boxes, scores, (scores * 3).long(), 0.5)
+        return pooled.sum((2, 3)), direct.mean(), keep, per_class
+
+
+def test_fx_traces_and_exports_with_our_ops():
+    """torch.fx.symbolic_trace traces the swapped-in mask branch (torchvision's fx-wrapped pooler, our prior) and a
+    module calling our ops from elsewhere, each op one graph node; the GraphModule and a torch.export of the branch
+    give the eager outputs. Fails if an op's value checks run on fx Proxies (the ops are not leaves)."""
+    model = tiny_model().eval()
+    heads = model.roi_heads
+    g = torch.Generator().manual_seed(2)
+    features = OrderedDict([("0", torch.randn(1, 8, 16, 16, generator=g))])
+    boxes = torch.tensor([[2.0, 2, 30, 30], [10, 10, 50, 60], [0, 5, 20, 40]])
+    box_map = torch.randn(5, 32, 7, 7, generator=g)
+    classes, rows = torch.tensor([1, 3, 2]), torch.tensor([4, 0, 2])
+    branch = _MaskBranch(heads)
+    # torchvision's pooler caches its scales at its first call (a Proxy when traced): trace a fresh copy.
+    traced = torch.fx.symbolic_trace(copy.deepcopy(branch))
+    with torch.no_grad():
+        eager = branch(features, boxes, box_map, classes, rows)
+    targets = {getattr(n.target, "__name__", str(n.target)) for n in traced.graph.nodes if n.op == "call_function"}
+    assert {"object_prior_add", "object_prior"} & targets
+    with torch.no_grad():
+        torch.testing.assert_close(traced(features, boxes, box_map, classes, rows), eager)
+        ep = torch.export.export(branch, (features, boxes, box_map, classes, rows), strict=False)
+        torch.testing.assert_close(ep.module()(features, boxes, box_map, classes, rows), eager)
+
+    ops = _OurOps()
+    p2, p3 = torch.randn(1, 4, 16, 16, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    scores = torch.rand(3, generator=g)
+    traced_ops = torch.fx.symbolic_trace(ops)
+    names = [getattr(n.target, "__name__", "") for n in traced_ops.graph.nodes if n.op == "call_function"]
+    assert {"multi_scale_roi_align", "roi_align", "nms", "batched_nms"} <= set(names)
+    for got, want in zip(traced_ops(p2, p3, boxes, scores), ops(p2, p3, boxes, scores)):
+        assert torch.equal(got, want)

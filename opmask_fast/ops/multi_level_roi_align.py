@@ -18,12 +18,14 @@ from torch import Tensor
 from opmask_fast import _extension
 from opmask_fast.ops import reference
 from opmask_fast.ops.roi_align import check_roi_align_inputs
+from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["multi_level_roi_align"]
 
 MAX_LEVELS = 8  # csrc/roi_align_checks.h kMaxLevels
 
 
+@fx_leaf
 def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, output_size: int | tuple[int, int],
                           spatial_scales: list[float], sampling_ratio: int = 0, aligned: bool = True, *,
                           roi_map: Tensor | None = None, validate: bool = True) -> Tensor:

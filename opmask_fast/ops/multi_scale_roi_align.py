@@ -9,6 +9,7 @@ from torch import Tensor
 
 from opmask_fast.ops.multi_level_roi_align import multi_level_roi_align
 from opmask_fast.ops.roi_align import convert_boxes_to_roi_format, roi_align
+from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["multi_scale_roi_align", "assign_levels"]
 
@@ -52,6 +53,7 @@ def assign_levels(
     return level.clamp(min=min_level, max=max_level).to(torch.int64) - min_level
 
 
+@fx_leaf
 def multi_scale_roi_align(
     features: list[Tensor],
     boxes: list[Tensor],

@@ -9,6 +9,7 @@ from torch import Tensor
 from opmask_fast import _extension
 from opmask_fast.ops import reference
 from opmask_fast.ops.roi_align import _is_compiling
+from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["nms", "batched_nms"]
 
@@ -54,6 +55,7 @@ def _finite(boxes: Tensor, scores: Tensor) -> tuple[bool, bool]:
     return bool(ok[0]), bool(ok[1])
 
 
+@fx_leaf
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS: keep the highest-scoring box, drop later boxes with IoU > iou_threshold, repeat.
 
@@ -72,6 +74,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return reference.nms(boxes, scores, float(iou_threshold))
 
 
+@fx_leaf
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     """NMS within each category: boxes of different ``idxs`` never suppress each other.
 

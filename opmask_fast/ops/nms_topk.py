@@ -18,10 +18,12 @@ from opmask_fast import _extension
 from opmask_fast.ops import reference
 from opmask_fast.ops.nms import _check
 from opmask_fast.ops.roi_align import _is_compiling
+from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["nms_topk"]
 
 
+@fx_leaf
 def nms_topk(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int, idxs: Tensor | None = None, *,
              validate: bool = True) -> tuple[Tensor, Tensor]:
     """Greedy NMS (per category when `idxs` is given) with a fixed-size result.

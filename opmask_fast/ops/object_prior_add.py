@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from opmask_fast.ops.prior_weight import PriorWeight
 from opmask_fast.ops.roi_align import _is_compiling
 from opmask_fast.ops.reference import object_prior_add as _ref
+from opmask_fast.ops._tracing import fx_leaf
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -246,6 +247,7 @@ def _split_scale(scale: float | Tensor | None) -> tuple[float, Optional[Tensor]]
     return float(scale), None
 
 
+@fx_leaf
 def object_prior_add(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
                      rows: Tensor | None = None, normalize: bool = True, scale: float | Tensor | None = None,
                      backend: str = "auto", *, validate: bool = True) -> Tensor:
@@ -294,6 +296,7 @@ def object_prior_add_(mask_features: Tensor, box_features: Tensor, cls_weight: T
     return mask_features
 
 
+@fx_leaf
 def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows: Tensor | None = None,
                  normalize: bool = True, backend: str = "auto", *, size: tuple[int, int] | None = None,
                  scale: float | Tensor | None = None, validate: bool = True) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
+from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["roi_align", "convert_boxes_to_roi_format"]
 
@@ -136,6 +137,7 @@ def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: fl
         )
 
 
+@fx_leaf
 def roi_align(
     input: Tensor,
     boxes: Tensor | list[Tensor],
