@@ -3,7 +3,9 @@
 A variant sets every model config field the study varies (`STUDY_FIELDS`) on top of a preset, so it names the same
 model whatever the preset's own recipe is: ``python -m opmask_fast.train --variant NAME`` and ``compare --variants``
 apply it, and the analyses recognise it again from a checkpoint's stored config (`label_of`). `MAIN_VARIANTS` are the
-three the main job compares; the others reproduce docs/study.md.
+three the main job compares; the others reproduce docs/study.md. A variant with a `train_split` trains with those
+classes mask-supervised but is evaluated on the study's split (`upper_bound`: every class has masks, so its weak mask
+AP is what the weak classes reach with full supervision, the paper's upper bound).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class Variant:
     name: str
     label: str
     changes: tuple[tuple[str, object], ...] = ()  # fields that differ from STUDY_FIELDS
+    train_split: str | None = None  # the training's strong classes, when not the study's split (e.g. "all")
 
     @property
     def fields(self) -> dict[str, object]:
@@ -34,8 +37,8 @@ class Variant:
         return {**STUDY_FIELDS, **dict(self.changes)}
 
 
-def _v(name: str, label: str, **changes) -> Variant:
-    return Variant(name, label, tuple((k.replace("__", "."), v) for k, v in changes.items()))
+def _v(name: str, label: str, train_split: str | None = None, **changes) -> Variant:
+    return Variant(name, label, tuple((k.replace("__", "."), v) for k, v in changes.items()), train_split)
 
 
 _PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
@@ -43,6 +46,9 @@ _ALL = [
     _v("baseline", "Mask R-CNN baseline", use_prior=False),
     _v("opmask", "OPMask (paper recipe)"),
     _v("opmask_std_boxproj", "OPMask + prior x feature std + box projection loss", prior_scale="feature_std", **_PROJ),
+    # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
+    _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all",
+       prior_scale="feature_std", **_PROJ),
     # The study (docs/study.md): weights of the prior, what is done to the features, the CAM, box supervision alone.
     _v("opmask_gain", "OPMask + learnable gain", prior_scale="learnable"),
     _v("opmask_range", "OPMask + prior x feature range", prior_scale="feature_range"),
@@ -96,16 +102,19 @@ def _stored(model_config: dict, key: str):
     return obj
 
 
-def label_of(model_config: dict) -> str:
-    """The variant label of a stored model config (`ModelConfig.to_dict()`), or for a model no variant names, a
-    label listing its study fields that differ from the paper's OPMask."""
+def label_of(model_config: dict, train_split: str | None = None) -> str:
+    """The variant label of a stored model config (`ModelConfig.to_dict()`) and the checkpoint's `train_split` (None
+    when it trained on the study's split), or for a model no variant names, a label listing its study fields that
+    differ from the paper's OPMask."""
     stored = {k: _stored(model_config, k) for k in STUDY_FIELDS}
     if not stored["use_prior"]:  # the prior's own options do not change a model without one
         stored.update({k: v for k, v in STUDY_FIELDS.items() if k.startswith("prior_")})
     for v in _ALL:
-        if stored == v.fields:
+        if stored == v.fields and v.train_split == train_split:
             return v.label
     diff = [f"{k.split('.')[-1]}={stored[k]}" for k in STUDY_FIELDS
             if k != "use_prior" and stored[k] != STUDY_FIELDS[k]]
+    if train_split:
+        diff.append(f"trained with split {train_split}")
     base = "OPMask" if stored["use_prior"] else BASELINE.label
     return f"{base} ({', '.join(diff)})" if diff else base

@@ -163,8 +163,42 @@ def test_every_variant_is_named_again_from_its_stored_config():
 
     for name, variant in VARIANTS.items():
         for preset in ("opmask_r18_lite", "opmask_r18_tiny", "baseline_r18_lite"):
-            assert label_of(apply_variant(get_preset(preset), name).to_dict()) == variant.label
+            stored = apply_variant(get_preset(preset), name).to_dict()
+            assert label_of(stored, variant.train_split) == variant.label
+    # the upper bound is the headline's model trained on another split: told apart by the split alone
+    assert VARIANTS["upper_bound"].fields == VARIANTS["opmask_std_boxproj"].fields
+    assert label_of(apply_variant(get_preset("opmask_r18_lite"), "upper_bound").to_dict()) == \
+        VARIANTS["opmask_std_boxproj"].label
     odd = apply_variant(get_preset("opmask_r18_lite"), "opmask")
     odd.prior_scale, odd.prior_cam = 3.0, "class_vs_background"
     assert label_of(odd.to_dict()) == "OPMask (prior_scale=3.0, prior_cam=class_vs_background)"
     assert len({v.label for v in VARIANTS.values()}) == len(VARIANTS)  # no two variants share a label
+
+
+def test_upper_bound_trains_every_class_with_masks_and_is_evaluated_on_the_study_split(tmp_path):
+    """--variant upper_bound: the training set has every class mask-supervised, the validation set and the stored
+    strong classes are the study's split (so its weak mask AP is measured on the same classes as the other runs'),
+    and compare prints each variant's weak mask AP as a share of the upper bound's."""
+    import argparse
+
+    from opmask_fast.cli import preflight
+    from opmask_fast.config import get_preset
+    from opmask_fast.data import SyntheticSpec, ensure_synthetic
+
+    paths = ensure_synthetic(SyntheticSpec(seed=4, num_train=6, num_val=3), str(tmp_path / "cache"))
+    paths["default_split"] = "circle,triangle,cross"
+    args = argparse.Namespace(split=None, split_seed=0, variant="upper_bound")
+    data = preflight.prepare_train_data(args, paths, get_preset("opmask_r18_lite").input)
+    assert data.train_split == "all" and data.split == "circle,triangle,cross"
+    assert not data.train_set.weak_ids and data.val_set.weak_ids
+    assert data.strong_ids == data.val_set.strong_ids and data.strong_ids < set(data.train_set.category_ids)
+    args.variant = "opmask_std_boxproj"
+    same = preflight.prepare_train_data(args, paths, get_preset("opmask_r18_lite").input)
+    assert same.train_split == same.split and same.train_set.strong_ids == data.strong_ids
+
+    results = {"baseline": [dict(_metrics(1.0, 30.0), seed=0)], "upper_bound": [dict(_metrics(40.0, 31.0), seed=0)],
+               "opmask_std_boxproj": [dict(_metrics(30.0, 30.0), seed=0)]}
+    table = compare.format_comparison(results)
+    assert "weak mask AP as a share of the upper bound's (40.0): " \
+           "OPMask + prior x feature std + box projection loss 75%" in table
+    assert "share of the upper bound's (40.0): Mask R-CNN baseline 2%" in table

@@ -44,9 +44,10 @@ class Run:
         return (self.meta.get("data") or {}).get("train_ann")
 
 
-def model_kind(model_config: dict) -> str:
-    """A readable model kind from a stored model config: the label of the variant it is (``opmask_fast.variants``)."""
-    return label_of(model_config)
+def model_kind(model_config: dict, train_split: str | None = None) -> str:
+    """A readable model kind from a stored model config (and the split it trained with, when not the study's): the
+    label of the variant it is (``opmask_fast.variants``)."""
+    return label_of(model_config, train_split)
 
 
 def load_run(arg: str) -> Run:
@@ -80,7 +81,7 @@ def load_run(arg: str) -> Run:
         except Exception as e:
             raise ValueError(f"cannot read checkpoint {ckpt}: {e}") from None
     if label is None:
-        label = model_kind(meta["model_config"]) if "model_config" in meta else os.path.basename(folder)
+        label = model_kind(meta["model_config"], meta.get("train_split")) if "model_config" in meta else os.path.basename(folder)
     return Run(folder=folder, metrics_path=path, metrics=metrics, meta=meta, label=label)
 
 

@@ -238,6 +238,12 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
             if v != "baseline":
                 gain = _stats([m.get("mask_AP_weak") for m in results[v]])[0] - base
                 lines.append(f"weak mask AP vs baseline: {_label(v)} {gain:+.1f}")
+    if "upper_bound" in names:  # the same weak classes with masks in training (variants.py)
+        bound = _stats([m.get("mask_AP_weak") for m in results["upper_bound"]])[0]
+        for v in names:
+            if v != "upper_bound" and bound > 0:
+                share = _stats([m.get("mask_AP_weak") for m in results[v]])[0] / bound
+                lines.append(f"weak mask AP as a share of the upper bound's ({bound:.1f}): {_label(v)} {share:.0%}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from ..config import PRESETS, ModelConfig
 from ..data import CocoInstances, load_coco, resolve_split, train_dataset, val_dataset
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from ..training.checkpoint import model_from_checkpoint
-from ..variants import VARIANTS
+from ..variants import VARIANTS, get_variant
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint)
 from .errors import UsageError, user_errors
@@ -35,7 +35,9 @@ DATA_OPTIONS = {"train_ann": "--train-ann", "train_images": "--train-images", "v
 class TrainData:
     train_set: CocoInstances
     val_set: CocoInstances | None  # None with --no-eval and no --eval-period
-    split: str
+    split: str  # the study's split: the evaluation's strong classes
+    train_split: str  # the training's strong classes (the split, or a variant's own, e.g. all)
+    strong_ids: set  # the split's strong category ids
 
 
 @dataclass
@@ -133,9 +135,14 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
         coco = load_coco(paths["train_ann"])
     split = choose_split(args.split, coco.dataset["categories"], ann_file=paths["train_ann"],
                          default=paths.get("default_split"))
-    train_set = build_dataset(lambda: train_dataset(paths, input_cfg, split, args.split_seed, coco=coco),
+    # A variant with its own training split (upper_bound: all) is still evaluated on the study's split.
+    variant = getattr(args, "variant", None)
+    train_split = (get_variant(variant).train_split if variant else None) or split
+    with user_errors():
+        strong_ids = resolve_split(split, coco.dataset["categories"], seed=args.split_seed)
+    train_set = build_dataset(lambda: train_dataset(paths, input_cfg, train_split, args.split_seed, coco=coco),
                               role="training")
-    check_groups(split, train_set)
+    check_groups(train_split, train_set)
     check_strong_masks(train_set)
     val_set = None
     if need_val:
@@ -146,7 +153,8 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
                               train_set.category_names, paths["train_ann"])
         val_set = build_dataset(lambda: val_dataset(paths, input_cfg, split, args.split_seed, coco=val_coco),
                                 role="validation")
-    return TrainData(train_set=train_set, val_set=val_set, split=split)
+    return TrainData(train_set=train_set, val_set=val_set, split=split, train_split=train_split,
+                     strong_ids=strong_ids)
 
 
 def check_run(cfg, train_set: CocoInstances, resume: str | None) -> None:

@@ -127,6 +127,7 @@ def _run(args, info, plan) -> dict | None:
         paths = resolve_data(args, need_val=need_val)
     data = plan.data or preflight.prepare_train_data(args, paths, cfg.input, need_val=need_val)
     train_set, split, val_set = data.train_set, data.split, data.val_set
+    strong_ids = data.strong_ids  # the study split's, which the evaluation reports weak and strong metrics by
     tcfg.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(
         info.device, processes_per_machine=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if not preflight.sets_num_classes(args):  # a --set one is checked against the data by check_run
@@ -144,12 +145,12 @@ def _run(args, info, plan) -> dict | None:
     torch.manual_seed(tcfg.seed)
     model = build_with_weights(cfg, weights)
     meta = {"model_config": cfg.to_dict(), "train_config": tcfg.to_dict(), "preset": args.preset, "split": split,
-            "split_seed": args.split_seed,
-            "strong_ids": sorted(train_set.strong_ids), "category_ids": train_set.category_ids,
+            "split_seed": args.split_seed, "train_split": None if data.train_split == split else data.train_split,
+            "strong_ids": sorted(strong_ids), "category_ids": train_set.category_ids,
             "category_names": train_set.category_names, "data": {k: v for k, v in paths.items()}}
 
     def periodic(m, iteration: int) -> None:  # every process infers its share; rank 0 logs the metrics
-        metrics = evaluate_model(m, val_set, strong_ids=train_set.strong_ids, device=info.device,
+        metrics = evaluate_model(m, val_set, strong_ids=strong_ids, device=info.device,
                                  max_images=args.eval_max_images)
         if metrics is not None:
             log_evaluation(os.path.join(out, "metrics.jsonl"), iteration, metrics)
@@ -162,7 +163,7 @@ def _run(args, info, plan) -> dict | None:
     if info.is_main:
         logger.info("trained in %.0f s; checkpoint %s", train_seconds, os.path.join(out, CHECKPOINT_NAME))
     if not args.no_eval:  # every process infers its share of the validation images
-        metrics = run_evaluation(model, val_set, args, out, info, strong_ids=train_set.strong_ids)
+        metrics = run_evaluation(model, val_set, args, out, info, strong_ids=strong_ids)
         if metrics is not None:
             metrics["train_seconds"] = train_seconds
             metrics["data_dropped"] = dict(train_set.dropped)  # per reason, see opmask_fast.data.sanitize
