@@ -31,7 +31,7 @@ IMAGENET_RGB_STD = (58.395, 57.120, 57.375)
 
 PriorScale = Union[str, float]  # one of PRIOR_SCALE_MODES or a fixed float gain (opmask_fast.ops.prior_weight)
 PRIOR_CAMS = ("class", "class_vs_background")
-WEAK_MASK_LOSSES = ("none", "box_projection")
+WEAK_MASK_LOSSES = ("none", "box_projection", "box_projection_pairwise")
 
 
 @dataclass
@@ -77,7 +77,9 @@ class RoIHeadsConfig:
     mask_head_num_convs: int = 7  # seven 3x3 convs give a receptive field spanning the whole 14x14 RoI
     mask_head_norm: str = "BN"  # BatchNorm in the mask head, as in OPMask and its baseline
     mask_head_on_supervised_only: bool = False  # True runs the mask head only on RoIs with masks (faster, BN stats differ)
-    weak_mask_loss: str = "none"  # "box_projection": box-only RoIs train the mask head through their box's x/y extent
+    # "box_projection": box-only RoIs train the mask head through their box's x/y extent; "box_projection_pairwise":
+    # also BoxInst's pairwise term (neighbouring RoI cells of similar colour take the same label)
+    weak_mask_loss: str = "none"
     smooth_l1_beta: float = 0.0  # 0 gives the L1 box loss detectron2 uses
     score_thresh: float = 0.05  # detections below this score are dropped at inference
     nms_thresh: float = 0.5  # per-class NMS IoU threshold at inference

@@ -65,6 +65,8 @@ _ALL = [
        prior_scale="feature_range", prior_feature_norm=True, prior_cam="class_vs_background"),
     _v("baseline_boxproj", "Mask R-CNN + box projection loss", use_prior=False, **_PROJ),
     _v("opmask_range_boxproj", "OPMask + prior x range + box projection loss", prior_scale="feature_range", **_PROJ),
+    _v("opmask_std_boxproj_pairwise", "OPMask + prior x feature std + box projection + pairwise colour loss",
+       prior_scale="feature_std", roi_heads__weak_mask_loss="box_projection_pairwise"),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

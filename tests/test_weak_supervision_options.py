@@ -109,3 +109,62 @@ def test_option_checks():
     cfg.roi_heads.weak_mask_loss, cfg.roi_heads.mask_head_on_supervised_only = "box_projection", True
     with pytest.raises(ValueError, match="mask_head_on_supervised_only"):
         cfg.validate()
+
+
+def test_rgb_to_lab_matches_known_colours():
+    """sRGB -> CIE Lab (D65) as skimage.color.rgb2lab gives it (BoxInst's colour space)."""
+    from opmask_fast.modeling.roi_heads.mask_head import rgb_to_lab
+
+    rgb = torch.tensor([[255.0, 255, 255], [0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [128, 128, 128]])
+    lab = rgb_to_lab(rgb.T.reshape(1, 3, 6, 1))[0, :, :, 0].T
+    want = torch.tensor([[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [87.73, -86.18, 83.18],
+                         [32.30, 79.19, -107.86], [53.59, 0.0, 0.0]])
+    torch.testing.assert_close(lab, want, atol=0.02, rtol=0)
+
+
+def _two_colour_rois():
+    """One 12x12 RoI over [0, 12]^2 whose left half is red and right half green (Lab, per cell), its GT box the RoI."""
+    from opmask_fast.modeling.roi_heads.mask_head import rgb_to_lab
+
+    rgb = torch.zeros(1, 3, 12, 12)
+    rgb[:, 0, :, :6] = 255.0
+    rgb[:, 1, :, 6:] = 255.0
+    return rgb_to_lab(rgb), torch.tensor([[0.0, 0, 12, 12]])
+
+
+def test_pairwise_term_counts_only_similar_neighbours_inside_the_box():
+    """Fails if edges across a colour border counted (the split along the border would cost as much as one inside a
+    colour), if cells outside the GT box counted, or if strong RoIs got the term."""
+    from opmask_fast.modeling.roi_heads.mask_head import pairwise_color_loss
+
+    lab, box = _two_colour_rois()
+    weak = torch.tensor([True])
+    along_border = torch.full((1, 12, 12), -8.0)
+    along_border[:, :, :6] = 8.0  # foreground exactly on the red half: no counted edge disagrees
+    across = torch.full((1, 12, 12), -8.0)
+    across[:, :6, :] = 8.0  # split through both colours: every vertical edge at the split disagrees
+    low = float(pairwise_color_loss(along_border, lab, box, box, weak))
+    high = float(pairwise_color_loss(across, lab, box, box, weak))
+    assert low < 1e-3 < 0.1 < high
+    # Only cells inside the GT box count: a box over the left half sees a uniform red region.
+    left = torch.tensor([[0.0, 0, 5.5, 12]])
+    assert float(pairwise_color_loss(along_border, lab, box, left, weak)) < 1e-3
+    none = pairwise_color_loss(across.requires_grad_(), lab, box, box, torch.tensor([False]))
+    assert float(none.detach()) == 0 and none.requires_grad
+    # An uncertain mask (p = 0.5) pays log 2 on every counted edge.
+    torch.testing.assert_close(pairwise_color_loss(torch.zeros(1, 12, 12), lab, box, box, weak),
+                               torch.tensor(0.6931), atol=1e-4, rtol=0)
+
+
+def test_pairwise_option_trains_the_mask_head_from_box_only_rois():
+    img, t = _sample(has_mask=(False, False))
+    model = _model(_cfg()).train()
+    model.roi_heads.rc.weak_mask_loss = "box_projection_pairwise"
+    model.cfg.roi_heads.weak_mask_loss = "box_projection_pairwise"
+    losses = model([img], [t])
+    assert set(losses) >= {"loss_mask", "loss_mask_box", "loss_mask_pairwise"}
+    assert torch.isfinite(losses["loss_mask_pairwise"]) and float(losses["loss_mask_pairwise"]) > 0
+    losses["loss_mask_pairwise"].backward()
+    assert model.roi_heads.mask_head.predictor.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs the images"):
+        model.roi_heads.forward_train([], [], [])

@@ -109,7 +109,12 @@ class OPMaskModel(nn.Module):
             targets = self._check_targets(targets, sizes)
             features = self.backbone(batch)
             proposals, losses = self.rpn(features, sizes, [t["boxes"] for t in targets])
-            losses.update(self.roi_heads.forward_train(features, proposals, targets))
+            images_rgb = None
+            if self.cfg.roi_heads.weak_mask_loss == "box_projection_pairwise":  # the pairwise term reads colours
+                images_rgb = batch * self.pixel_std + self.pixel_mean
+                if self.cfg.input_format == "BGR":
+                    images_rgb = images_rgb.flip(1)
+            losses.update(self.roi_heads.forward_train(features, proposals, targets, images=images_rgb))
             return losses
         return self.detect((self.backbone(batch), sizes), output_sizes)
 

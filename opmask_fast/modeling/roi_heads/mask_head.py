@@ -1,5 +1,5 @@
-"""Class-agnostic mask head (7 x conv 256 + BN, 2x transposed conv, 1x1 predictor -> 28x28 logits), its targets and the
-partially supervised loss."""
+"""Class-agnostic mask head (7 x conv 256 + BN, 2x transposed conv, 1x1 predictor -> 28x28 logits), its targets, the
+partially supervised loss and the box-supervised terms for box-only RoIs (BoxInst's projection and pairwise terms)."""
 
 from __future__ import annotations
 
@@ -93,3 +93,55 @@ def box_projection_loss(logits: Tensor, rois: Tensor, gt_boxes: Tensor, weak: Te
 def _dice(p: Tensor, t: Tensor) -> Tensor:
     """Per-row Dice loss 1 - 2 sum(p t) / (sum(p^2) + sum(t^2)) of `Tensor[N, S]` pairs -> `Tensor[N]`."""
     return 1.0 - 2.0 * (p * t).sum(1) / ((p * p).sum(1) + (t * t).sum(1)).clamp_min(1e-6)
+
+
+# BoxInst's pairwise term (Tian et al. 2021) with its own settings, not tuned here: neighbours at dilation 2 in a 3x3
+# window, an edge counts when the colour similarity exp(-||Lab_i - Lab_j|| / 2) is at least 0.3, only at cells inside
+# the GT box, loss weight 1. BoxInst's linear warm-up of the term over its first 10k of 90k iterations is left out.
+PAIRWISE_DILATION = 2
+PAIRWISE_COLOR_THRESHOLD = 0.3
+
+
+def rgb_to_lab(rgb: Tensor) -> Tensor:
+    """`Tensor[N, 3, H, W]` sRGB in 0..255 -> CIE Lab (D65 white, as skimage's rgb2lab that BoxInst uses)."""
+    c = (rgb.float() / 255.0).clamp(0.0, 1.0)
+    lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = lin.new_tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+                        [0.019334, 0.119193, 0.950227]])
+    xyz = torch.einsum("ij,njhw->nihw", m, lin) / lin.new_tensor([0.95047, 1.0, 1.08883]).view(1, 3, 1, 1)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
+    return torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
+
+
+def pairwise_color_loss(logits: Tensor, lab: Tensor, rois: Tensor, gt_boxes: Tensor, weak: Tensor) -> Tensor:
+    """BoxInst's pairwise term for RoIs whose GT has a box only: two neighbouring cells of similar colour should take
+    the same label, scored by -log P(same) = -log(p_i p_j + (1 - p_i)(1 - p_j)).
+
+    Args:
+        logits: `Tensor[R, S, S]` mask logits; lab: `Tensor[R, 3, S, S]` the image's Lab colour at the same cells
+        (RoIAlign of `rgb_to_lab(image)`); rois, gt_boxes: `Tensor[R, 4]` RoI boxes and matched GT boxes;
+        weak: `Tensor[R]` bool, the RoIs to supervise this way.
+    Returns:
+        scalar, the mean over the counted edges (each neighbour pair once); an exact zero that keeps the graph when no
+        RoI is weak or no edge counts.
+    """
+    if not bool(weak.any()):
+        return logits.sum() * 0.0
+    x, c, r, g = logits[weak].float(), lab[weak].float(), rois[weak].float(), gt_boxes[weak].float()
+    s, d = x.shape[-1], PAIRWISE_DILATION
+    frac = (torch.arange(s, device=x.device, dtype=torch.float32) + 0.5) / s
+    cx = r[:, 0:1] + frac * (r[:, 2:3] - r[:, 0:1])
+    cy = r[:, 1:2] + frac * (r[:, 3:4] - r[:, 1:2])
+    inside = ((cy >= g[:, 1:2]) & (cy <= g[:, 3:4]))[:, :, None] & ((cx >= g[:, 0:1]) & (cx <= g[:, 2:3]))[:, None, :]
+    log_fg, log_bg = F.logsigmoid(x), F.logsigmoid(-x)
+    total, count = x.sum() * 0.0, x.new_zeros(())
+    # The 8 neighbours of BoxInst's 3x3 window visit each pair twice; these 4 offsets visit it once (same mean).
+    for dy, dx in ((0, d), (d, 0), (d, d), (d, -d)):
+        ya, yb = slice(0, s - dy), slice(dy, s)
+        xa, xb = (slice(0, s - dx), slice(dx, s)) if dx >= 0 else (slice(-dx, s), slice(0, s + dx))
+        sim = torch.exp(-torch.linalg.vector_norm(c[:, :, ya, xa] - c[:, :, yb, xb], dim=1) * 0.5)
+        w = ((sim >= PAIRWISE_COLOR_THRESHOLD) & inside[:, ya, xa]).float()
+        same = torch.logaddexp(log_fg[:, ya, xa] + log_fg[:, yb, xb], log_bg[:, ya, xa] + log_bg[:, yb, xb])
+        total = total - (same * w).sum()
+        count = count + w.sum()
+    return total / count.clamp(min=1.0)

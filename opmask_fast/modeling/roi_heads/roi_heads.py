@@ -6,14 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opmask_fast.ops import PriorWeight, batched_nms, multi_scale_roi_align, object_prior, object_prior_add
+from opmask_fast.ops import (PriorWeight, batched_nms, multi_scale_roi_align, object_prior, object_prior_add,
+                             roi_align)
 
 from ..box_coder import BoxCoder
 from ..box_ops import clip_boxes, pairwise_iou
 from ..matcher import Matcher
 from ..sampler import subsample_labels
 from .box_head import BoxHead, box_losses
-from .mask_head import MaskHead, box_projection_loss, mask_loss, mask_targets
+from .mask_head import MaskHead, box_projection_loss, mask_loss, mask_targets, pairwise_color_loss, rgb_to_lab
 from .prior import PriorTap
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
@@ -71,7 +72,13 @@ class RoIHeads(nn.Module):
             out.append({"boxes": props[idx], "classes": classes[idx], "gt_index": matches[idx], "num_fg": pos.numel()})
         return out
 
-    def forward_train(self, features: list[Tensor], proposals: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+    def forward_train(self, features: list[Tensor], proposals: list[Tensor], targets: list[dict], *,
+                      images: Tensor | None = None) -> dict[str, Tensor]:
+        """Box and mask losses. `images Tensor[N, 3, H, W]` (RGB 0..255, the padded batch) is read only by the pairwise
+        term (`weak_mask_loss="box_projection_pairwise"`), which needs the image's colours in each RoI."""
+        pairwise = self.rc.weak_mask_loss == "box_projection_pairwise"
+        if pairwise and images is None:
+            raise ValueError('weak_mask_loss="box_projection_pairwise" needs the images (forward_train(..., images=))')
         samples = self.label_and_sample(proposals, targets)
         rois = [s["boxes"] for s in samples]
         box_feats, logits, deltas = self.box_head(self.pool(features, rois, self.rc.box_pooler_resolution))
@@ -111,15 +118,22 @@ class RoIHeads(nn.Module):
             params = list(self.mask_head.parameters()) + ([] if self.prior_gain is None else
                                                            list(self.prior_gain.parameters()))
             losses["loss_mask"] = sum(p.sum() for p in params) * 0.0
-            if self.rc.weak_mask_loss == "box_projection":  # same keys in every step (ranks reduce them as one vector)
+            if self.rc.weak_mask_loss != "none":  # same keys in every step (ranks reduce them as one vector)
                 losses["loss_mask_box"] = losses["loss_mask"].clone()
+            if pairwise:
+                losses["loss_mask_pairwise"] = losses["loss_mask"].clone()
             return losses
         mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t)
         supervised_t = torch.cat(supervised)
         losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), supervised_t)
-        if self.rc.weak_mask_loss == "box_projection":
+        if self.rc.weak_mask_loss != "none":
             losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), torch.cat(gt_boxes),
                                                           ~supervised_t)
+        if pairwise:
+            # The image's Lab colour at the mask's cells, by the same RoIAlign convention as the mask targets.
+            lab = roi_align(rgb_to_lab(images), mask_boxes, mask_logits.shape[-1], 1.0, 0, True)
+            losses["loss_mask_pairwise"] = pairwise_color_loss(mask_logits, lab, torch.cat(mask_boxes),
+                                                               torch.cat(gt_boxes), ~supervised_t)
         return losses
 
     @property
