@@ -84,3 +84,43 @@ def test_model_from_checkpoint_reads_the_file_unless_given_its_state(tmp_path, m
     monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: pytest.fail("read the file although given its state"))
     _, meta = model_from_checkpoint(str(tmp_path / "gone.pth"), state=state)
     assert meta["category_ids"] == [1]
+
+
+class _NotATensor:
+    pass
+
+
+def test_a_pickle_of_arbitrary_objects_is_refused(tmp_path):
+    """checkpoint.py:66 ReplaceTrueWithFalse: ``torch.load(..., weights_only=True)`` -> ``False`` (a checkpoint
+    holding arbitrary pickled objects, which runs code on load, would be read)."""
+    path = str(tmp_path / "evil.pth")
+    torch.save({"model": {}, "meta": {}, "payload": _NotATensor()}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        checkpoint.load_checkpoint(path)
+
+
+def test_stale_temporaries_are_deleted_from_disk(tmp_path):
+    """checkpoint.py:46 ZeroIterationForLoop: ``for f in removed`` -> ``for f in []`` (the temporaries would be
+    reported but left on disk)."""
+    target = tmp_path / "checkpoint.pth"
+    stale = [tmp_path / ".checkpoint.pth.tmp-1", tmp_path / ".checkpoint.pth.tmp-2"]
+    for f in stale:
+        f.write_bytes(b"half")
+    (tmp_path / "other.tmp-1").write_bytes(b"keep")
+    assert sorted(checkpoint.remove_stale_temporaries(str(target))) == sorted(str(f) for f in stale)
+    assert not any(f.exists() for f in stale) and (tmp_path / "other.tmp-1").exists()
+
+
+def test_model_from_checkpoint_applies_the_overrides(tmp_path):
+    """checkpoint.py:145 ZeroIterationForLoop: ``for item in overrides`` -> ``for item in []`` (test-time overrides such
+    as ``rpn.post_nms_topk_test=300`` would be ignored)."""
+    cfg = get_preset("opmask_r18_tiny")
+    cfg.backbone.weights = None
+    model = build_model(cfg)
+    path = str(tmp_path / "c.pth")
+    names = [f"c{i}" for i in range(cfg.num_classes)]
+    meta = {"model_config": cfg.to_dict(), "category_ids": list(range(1, cfg.num_classes + 1)),
+            "category_names": names}
+    torch.save({"model": model.state_dict(), "meta": meta, "iteration": 1}, path)
+    loaded, _ = checkpoint.model_from_checkpoint(path, overrides=["rpn.post_nms_topk_test=37"])
+    assert loaded.cfg.rpn.post_nms_topk_test == 37

@@ -163,3 +163,12 @@ def test_ground_truth_without_an_iscrowd_key_is_not_a_crowd():
             {"id": 3, "image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 10]},
             {"id": 4, "image_id": 1, "category_id": 1, "bbox": [0, 0, 60, 60], "iscrowd": 1}]
     assert ambiguous_ann_ids(_coco(anns), [1]) == ({1, 2}, {3})
+
+
+def test_evaluate_model_takes_its_options_by_keyword_only():
+    """metrics.py:96 ReplaceBinaryOperator_Mul_Div: ``def evaluate_model(model, dataset, *, strong_ids, ...)`` -> ``/``
+    (the class groups and the device would be accepted positionally)."""
+    import inspect
+
+    params = inspect.signature(evaluate_model).parameters
+    assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("strong_ids", "device", "static"))

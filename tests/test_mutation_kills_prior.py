@@ -107,3 +107,43 @@ def test_the_default_shuffle_is_seed_0s():
     prior = torch.arange(6 * 2 * 2, dtype=torch.float32).view(6, 2, 2)
     assert torch.equal(ablate_prior(prior, "shuffle"), ablate_prior(prior, "shuffle", seed=0))
     assert not torch.equal(ablate_prior(prior, "shuffle"), ablate_prior(prior, "shuffle", seed=1))
+
+
+def test_options_are_keyword_only():
+    """prior_weight.py:72 and prior.py:35 ReplaceBinaryOperator_Mul_Div: ``*,`` -> ``/,`` (the options become
+    positional: ``PriorWeight("feature_std")`` or ``ablate_prior(p, "shuffle", 3)`` would be accepted)."""
+    import inspect
+
+    from opmask_fast.modeling.roi_heads.prior import ablate_prior
+
+    kinds = inspect.signature(PriorWeight.__init__).parameters
+    assert all(kinds[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("scale", "init", "grad_scale"))
+    assert inspect.signature(ablate_prior).parameters["seed"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_shuffle_gives_each_roi_the_prior_of_the_next_in_the_drawn_order():
+    """prior.py:48 ReplaceUnaryOperator_USub_UAdd: ``order.roll(-1)`` -> ``roll(+1)`` (another derangement than the
+    documented one: RoI order[i] takes the prior of order[i + 1])."""
+    from opmask_fast.modeling.roi_heads.prior import ablate_prior
+
+    prior = torch.arange(6, dtype=torch.float32).view(6, 1, 1).expand(6, 2, 2).contiguous()
+    order = torch.randperm(6, generator=torch.Generator().manual_seed(4))
+    out = ablate_prior(prior, "shuffle", seed=4)
+    for i in range(6):
+        assert torch.equal(out[order[i]], prior[order[(i + 1) % 6]])
+
+
+def test_prior_statistics_read_the_mask_features_and_the_prior_map():
+    """prior.py:92 NumberReplacer: ``roi_statistics(args[0], prior_map)`` -> ``args[1]`` (the feature statistics
+    would be the prior map's)."""
+    from types import SimpleNamespace
+
+    from opmask_fast.modeling.roi_heads.prior import PriorTap, prior_statistics
+
+    tap = PriorTap()
+    features = torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(0)) * 7.0
+    prior_map = torch.rand(3, 5, 5, generator=torch.Generator().manual_seed(1))
+    with prior_statistics(SimpleNamespace(prior_tap=tap)) as records:
+        tap(features, prior_map)
+    torch.testing.assert_close(records[0]["feature_std"], features.flatten(1).std(dim=1))
+    torch.testing.assert_close(records[0]["prior_std"], prior_map.flatten(1).std(dim=1))

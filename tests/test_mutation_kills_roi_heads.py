@@ -23,3 +23,28 @@ def test_a_single_foreground_roi_gets_its_mask_loss():
     assert samples[0]["num_fg"] == 1
     losses = heads.forward_train(feats, [torch.tensor([[50.0, 50.0, 62.0, 62.0]])], [target])
     assert float(losses["loss_mask"].detach()) > 0.1  # BCE of near-zero logits against a real target: about log 2
+
+
+def test_the_heads_options_are_keyword_only():
+    """roi_heads.py:28 ReplaceBinaryOperator_Mul_Div: ``def __init__(self, *, cfg, ...)`` -> ``/`` (positional)."""
+    import inspect
+
+    from opmask_fast.modeling.roi_heads.roi_heads import RoIHeads
+
+    params = inspect.signature(RoIHeads.__init__).parameters
+    assert params["cfg"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_an_image_without_any_gt_box_trains_with_exact_zero_mask_loss():
+    """roi_heads.py:64 ReplaceComparisonOperator_Gt_GtE: ``if gt.shape[0] > 0`` -> ``>= 0`` (an image without GT boxes
+    would index its empty label list), and roi_heads.py:113 ReplaceBinaryOperator_Mul_Div: ``* 0.0`` -> ``/ 0.0`` (the
+    mask loss of a batch without foreground RoIs would be inf or NaN instead of an exact zero)."""
+    model = _model(_cfg()).train()
+    heads = model.roi_heads
+    torch.manual_seed(0)
+    feats = [torch.randn(1, 32, 64 // s, 64 // s) for s in (4, 8, 16, 32, 64)]
+    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+              "masks": torch.zeros(0, 64, 64, dtype=torch.uint8), "has_mask": torch.zeros(0, dtype=torch.bool)}
+    losses = heads.forward_train(feats, [torch.tensor([[5.0, 5.0, 30.0, 30.0], [20.0, 10.0, 60.0, 50.0]])], [target])
+    assert float(losses["loss_mask"].detach()) == 0.0
+    assert all(torch.isfinite(v).all() for v in losses.values())
