@@ -172,3 +172,30 @@ def test_evaluate_model_takes_its_options_by_keyword_only():
 
     params = inspect.signature(evaluate_model).parameters
     assert all(params[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ("strong_ids", "device", "static"))
+
+
+def test_box_iou_of_the_ambiguity_split_matches_a_plain_definition():
+    """coco_eval.py:103 / :104 NumberReplacer: the overlap clipped at 1 instead of 0 (disjoint boxes would overlap),
+    :108 NumberReplacer: ``union > 0`` -> ``union > 1`` and ``np.maximum(union, 1e-12)`` -> ``1.000000000001`` (boxes
+    smaller than a pixel, as a downscaled dataset has, would get IoU 0 or a wrong one). Boxes: sub-pixel, disjoint,
+    touching, nested, zero-area, random."""
+    import numpy as np
+
+    from opmask_fast.evaluation.coco_eval import box_iou_xywh
+
+    def plain(a, b):
+        iw = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+        ih = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+        union = a[2] * a[3] + b[2] * b[3] - iw * ih
+        return iw * ih / union if union > 0 else 0.0
+
+    rng = np.random.default_rng(0)
+    boxes = np.concatenate([
+        np.array([[0.0, 0.0, 0.5, 0.4], [0.1, 0.1, 0.3, 0.2], [5.0, 5.0, 2.0, 2.0], [7.0, 5.0, 2.0, 2.0],
+                  [5.5, 5.5, 1.0, 1.0], [3.0, 3.0, 0.0, 2.0]]),
+        np.column_stack([rng.uniform(0, 4, (10, 2)), rng.uniform(0.05, 3, (10, 2))]),
+    ])
+    got = box_iou_xywh(boxes)
+    want = np.array([[plain(a, b) for b in boxes] for a in boxes])
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    assert got[0, 1] > 0.2 and got[2, 3] == 0.0  # a sub-pixel pair overlaps; touching boxes do not
