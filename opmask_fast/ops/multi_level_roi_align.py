@@ -17,7 +17,7 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
-from opmask_fast.ops.roi_align import check_roi_align_inputs
+from opmask_fast.ops.roi_align import _pair, check_roi_align_inputs
 from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["multi_level_roi_align"]
@@ -67,7 +67,7 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
             bad = int(((levels < 0) | (levels >= len(features))).nonzero()[0, 0])
             raise ValueError(f"box {bad} has level {int(levels[bad])}; levels must be in [0, {len(features)})")
     else:
-        ph, pw = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        ph, pw = _pair(output_size)
         rois = rois.to(torch.promote_types(first.dtype, torch.float32))
         roi_map = roi_map.to(first.dtype) if roi_map is not None else None
     if not _extension.has_C():
