@@ -10,7 +10,9 @@
 #   4b. the static-shape inference path: host syncs under the sync debug mode, s/img dynamic vs static vs CUDA graph
 #      (fp32, bf16; batch 1 and 8), benchmarks/gpu_static.py;
 #   5. object_prior_add at R = 100/512/1024 (fp32, bf16; fwd, fwd+bwd) against the unfused PyTorch path and the memory
-#      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md);
+#      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md); then the model's
+#      own prior path (benchmarks/bench_prior_path.py: RoIAlign + prior, paper recipe and feature_std, fused vs general
+#      vs unfused, kernel time from the profiler beside the host time);
 #   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
 #      its evaluation on tiny_coco's validation images.
 # The backbones of 4 and 6 are a torchvision ResNet-50 file with random weights and BatchNorm statistics measured on
@@ -190,7 +192,8 @@ main() {
       local xdist=()
       "$PY" -c "import xdist" 2> /dev/null && xdist=(-n 4)
       stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
-        tests/test_nms.py tests/test_multi_scale_roi_align.py tests/test_multi_level_roi_align.py tests/test_nms_topk.py
+        tests/test_nms.py tests/test_multi_scale_roi_align.py tests/test_multi_level_roi_align.py tests/test_nms_topk.py \
+        tests/test_roi_align_weighted.py
       stage "C++ errors reach Python" 150 bash -c error_paths
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
         export -f memcheck; export CUDA_HOME
@@ -211,6 +214,9 @@ main() {
       ${STATIC_ARGS[@]+"${STATIC_ARGS[@]}"} $( [ "$DRY" = 0 ] && echo --weights "$WORK/r50.pth" )
     stage "object_prior_add vs unfused vs floor" 120 "$PY" benchmarks/gpu_validate.py prior --json "$OUT/prior.json" \
       "${PRIOR_ARGS[@]}"
+    stage "the model's prior path: fused vs general vs unfused" 120 "$PY" -m pytest -q -p no:cacheprovider \
+      benchmarks/bench_prior_path.py --benchmark-only --benchmark-json "$OUT/prior_path.json" \
+      $( [ "$DRY" = 1 ] && echo -k 100-float32 )
     if [ -n "$TINY" ]; then
       export -f train_run; export DEVICE TRAIN_ITERS TRAIN_BATCH LOG_PERIOD EVAL_MAX TINY DRY OUT
       stage "train R-50 ${TRAIN_ITERS} its (AMP) + eval" 300 bash -c train_run

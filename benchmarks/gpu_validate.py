@@ -229,6 +229,18 @@ def cmd_summary(args) -> None:
         for row in prior["rows"]:
             lines.append(f"| R={row['R']} {row['dtype']} {row['mode']} | {row['unfused']:.3f} | {row[p]:.3f} | "
                          f"{row['floor_ms_measured_bw']:.3f} | {row['x_floor']:.1f}x | {row['speedup_vs_unfused']:.2f}x |")
+    path = _load(os.path.join(args.out, "prior_path.json"))
+    if path:
+        lines += ["", "the model's prior path (benchmarks/bench_prior_path.py): host ms (median, with a sync) and the "
+                      "kernels' ms (profiler), their floor bytes per second over the datasheet HBM bandwidth", "",
+                  "| case | provider | host ms | kernel ms | floor fraction |", "|---|---|---|---|---|"]
+        for b in sorted(path["benchmarks"], key=lambda b: (b["group"], b["params"]["provider"])):
+            extra = b.get("extra_info", {})
+            kernel = f"{extra['kernel_ms']:.3f}" if "kernel_ms" in extra else "-"
+            sheet = next((v for k, v in DATASHEET_TBS.items() if k in extra.get("device", "")), None)
+            floor = f"{extra['floor_GBps'] / (sheet * 1e3):.2f}" if sheet and "floor_GBps" in extra else "-"
+            lines.append(f"| {b['group']} | {b['params']['provider']} | {b['stats']['median'] * 1e3:.3f} | {kernel} | "
+                         f"{floor} |")
     train = _load(os.path.join(args.out, "train_metrics.json"))
     log = os.path.join(args.out, "train_metrics.jsonl")
     if os.path.exists(log):

@@ -8,6 +8,12 @@ TORCH_LIBRARY_FRAGMENT(opmask_fast, m) {
   m.def(
       "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
       "int sampling_ratio, bool aligned, Tensor? roi_map=None) -> Tensor");
+  // roi_align with roi_map weighted per RoI by that RoI's own pooled features (map_weight.h: 1 feature std, 2 feature
+  // range), added as the output is written; also returns the weights, Tensor[K] (float32; float64 for float64).
+  // Its backward is roi_align_backward and weight x the channel sum for roi_map (the weight is a constant).
+  m.def(
+      "roi_align_weighted(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+      "int sampling_ratio, bool aligned, Tensor roi_map, int map_weight) -> (Tensor, Tensor)");
   m.def(
       "roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, "
       "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, "

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "error_message.h"
+#include "map_weight.h"
 
 namespace opmask_fast {
 
@@ -35,8 +36,11 @@ constexpr int64_t kMaxLevels = 8;
 // checked by the kernels (CPU: before any work; CUDA: a device-side assert).
 inline void check_multi_level_roi_align(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
                                         at::ArrayRef<double> scales, int64_t ph, int64_t pw,
-                                        const std::optional<at::Tensor>& roi_map) {
+                                        const std::optional<at::Tensor>& roi_map, int64_t map_weight) {
   const char* op = "opmask_fast::multi_level_roi_align";
+  check_map_weight(map_weight, op);
+  TORCH_CHECK(map_weight == kMapWeightNone || roi_map.has_value(),
+              format_message("%s: map_weight %lld needs a roi_map", op, static_cast<long long>(map_weight)));
   TORCH_CHECK(!features.empty() && static_cast<int64_t>(features.size()) <= kMaxLevels,
               format_message("%s: needs 1 to %lld feature levels, got %lld", op, static_cast<long long>(kMaxLevels),
                              static_cast<long long>(features.size())));

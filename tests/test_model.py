@@ -170,6 +170,40 @@ def test_fused_roi_align_prior_equals_object_prior_add():
     torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("scale", ["feature_std", "feature_range"])
+def test_adaptive_prior_on_roi_align_equals_the_general_path(scale):
+    """The headline's fused path (RoIAlign reads each RoI's weight off its own output and adds the prior as it writes
+    it) gives the general path's losses, gradients and inference masks, in float64. A probe on the prior map forces
+    the general path. Fails if the fused path weighted the prior differently (another statistic, the weight taken
+    after the add, a gradient through the weight) or were not taken at all."""
+    from opmask_fast.modeling.roi_heads.prior import prior_statistics
+    model = _model(_cfg(prior_scale=scale)).double()
+    img, t = _sample(has_mask=(True, False))
+    img = img.double()
+    assert model.roi_heads._fused()
+    params = [model.roi_heads.box_head.convs[-1][0].weight, *model.roi_heads.mask_head.parameters()]
+    torch.manual_seed(5)
+    fused = model.train()([img], [t])
+    g_fused = torch.autograd.grad(fused["loss_mask"], params)
+    with prior_statistics(model) as records:
+        assert not model.roi_heads._fused()
+        torch.manual_seed(5)
+        general = model([img], [t])
+        g_general = torch.autograd.grad(general["loss_mask"], params)
+        model.eval()
+        with torch.no_grad():
+            det_general = model([img])[0]
+    assert len(records) == 2  # the general path ran once per pass
+    with torch.no_grad():
+        det_fused = model([img])[0]
+    torch.testing.assert_close(fused["loss_mask"], general["loss_mask"], rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_fused, g_general):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
+    assert g_fused[0].abs().max() > 0  # the prior's gradient reaches the box head
+    assert det_fused["mask_probs"].shape[0] > 0
+    torch.testing.assert_close(det_fused["mask_probs"], det_general["mask_probs"], rtol=1e-6, atol=1e-6)
+
+
 def test_learnable_gain_initialised_from_feature_scale():
     model = _model(_cfg(prior_scale="learnable")).train()
     gain = model.roi_heads.prior_gain

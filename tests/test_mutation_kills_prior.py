@@ -9,7 +9,7 @@ from opmask_fast.ops.prior_weight import PriorWeight, parse_prior_scale
 
 
 def test_a_text_that_is_no_number_gets_the_options_message():
-    """prior_weight.py:38 ExceptionReplacer: ``except (TypeError, ValueError)`` -> ``except (TypeError, <other>)``
+    """prior_weight.py:40 ExceptionReplacer: ``except (TypeError, ValueError)`` -> ``except (TypeError, <other>)``
     (float("abc")'s own ValueError would escape without naming the option and the known modes)."""
     with pytest.raises(ValueError, match=r"--prior-scale must be one of none, learnable, .* got 'abc'"):
         parse_prior_scale("abc", name="--prior-scale")
@@ -20,24 +20,30 @@ def test_a_text_that_is_no_number_gets_the_options_message():
 
 
 def test_fusable_only_without_grad_scale_adaptive_gain_or_pending_init():
-    """prior_weight.py:91 ReplaceComparisonOperator_Is_IsNot: ``self.grad_scale is None`` -> ``is not None`` (a
+    """prior_weight.py:93 ReplaceComparisonOperator_Is_IsNot: ``self.grad_scale is None`` -> ``is not None`` (a
     weight with a gradient scale would ride on RoIAlign's write, which cannot scale the gradient)."""
     assert PriorWeight(scale=2.0).fusable
     assert PriorWeight(scale="none").fusable
     assert not PriorWeight(scale=2.0, grad_scale=0.5).fusable
     assert not PriorWeight(scale="none", grad_scale=0.0).fusable
     assert not PriorWeight(scale="feature_std").fusable
+    assert PriorWeight(scale="feature_std").fusable_in_roi_align  # RoIAlign reads the weight off its own output
+    assert not PriorWeight(scale="feature_range", grad_scale=0.0).fusable_in_roi_align
+    assert not PriorWeight(scale="learnable").train().fusable_in_roi_align
     assert not PriorWeight(scale="learnable").train().fusable  # measured on the first batch first
     assert PriorWeight(scale="learnable", init=2.0).train().fusable
 
 
 def test_feature_std_gain_of_a_single_value_roi_is_zero():
-    """prior_weight.py:107 NumberReplacer: ``nan_to_num(gain, nan=0.0, ...)`` -> ``nan=1.0``: the std of a
-    one-element RoI is NaN, and a NaN gain must become 0 (no prior), not 1."""
+    """reference/roi_align.py map_gain: the std of a one-element RoI is NaN, and so is the gain of a RoI with a NaN
+    feature; both must become 0 (no prior), not 1 (``nan_to_num(gain, nan=0.0)`` -> ``nan=1.0``) or NaN."""
     feats, prior = torch.randn(3, 1, 1, 1), torch.rand(3, 1, 1)
-    with pytest.warns(UserWarning):  # torch warns about the zero degrees of freedom of the std
-        gain = PriorWeight(scale="feature_std").per_roi(feats, prior)
+    gain = PriorWeight(scale="feature_std").per_roi(feats, prior)
     assert gain.shape == (3, 1, 1, 1) and gain.eq(0).all()
+    feats = torch.randn(3, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    feats[1, 0, 0, 0] = float("nan")
+    gain = PriorWeight(scale="feature_std").per_roi(feats, torch.rand(3, 2, 2)).flatten()
+    assert gain[1] == 0 and (gain[[0, 2]] > 0).all()
 
 
 def _learnable():
@@ -47,8 +53,8 @@ def _learnable():
 
 
 def test_learnable_gain_is_measured_as_the_std_ratio():
-    """prior_weight.py:126 ReplaceBinaryOperator_Div_Sub (std / std -> std - std), :127 NumberReplacer
-    (``stats[1] = 1.0`` -> ``2.0``), :132 ReplaceBinaryOperator_Div_Add (``stats[0] / stats[1]`` -> ``+``): the start
+    """prior_weight.py:133 ReplaceBinaryOperator_Div_Sub (std / std -> std - std), :134 NumberReplacer
+    (``stats[1] = 1.0`` -> ``2.0``), :139 ReplaceBinaryOperator_Div_Add (``stats[0] / stats[1]`` -> ``+``): the start
     gain is exactly std(mask features) / std(prior)."""
     torch.manual_seed(0)
     feats, prior = 3.0 * torch.randn(4, 8, 14, 14), torch.rand(4, 14, 14)
@@ -60,7 +66,7 @@ def test_learnable_gain_is_measured_as_the_std_ratio():
 
 
 def test_learnable_gain_without_rois_stays_unmeasured():
-    """prior_weight.py:125 ReplaceAndWithOr: ``... and prior is not None and prior.numel() > 0`` ->
+    """prior_weight.py:132 ReplaceAndWithOr: ``... and prior is not None and prior.numel() > 0`` ->
     ``... and prior is not None or prior.numel() > 0`` (no RoI: None, or an empty batch, must leave the gain
     unmeasured for the next step, not set it from the NaN std of nothing)."""
     pw = _learnable()
@@ -71,7 +77,7 @@ def test_learnable_gain_without_rois_stays_unmeasured():
 
 
 def test_only_the_learnable_mode_has_a_parameter():
-    """prior_weight.py:78 ReplaceComparisonOperator_Eq_LtE: ``self.mode == "learnable"`` -> ``<=`` ("feature_*" and
+    """prior_weight.py:80 ReplaceComparisonOperator_Eq_LtE: ``self.mode == "learnable"`` -> ``<=`` ("feature_*" and
     "fixed" sort before "learnable": they would get a gain parameter and an ``initialized`` buffer, and checkpoints
     keys that the model does not have)."""
     for scale in (2.0, "none", "feature_std", "feature_range"):
@@ -81,7 +87,7 @@ def test_only_the_learnable_mode_has_a_parameter():
 
 
 def test_extra_repr_names_mode_value_and_grad_scale():
-    """prior_weight.py:136 ReplaceComparisonOperator_IsNot_Is: ``if self.fixed is not None`` -> ``is None``."""
+    """prior_weight.py:143 ReplaceComparisonOperator_IsNot_Is: ``if self.fixed is not None`` -> ``is None``."""
     assert PriorWeight(scale=2.5).extra_repr() == "mode=fixed, value=2.5"
     assert PriorWeight(scale="none").extra_repr() == "mode=none"
     assert PriorWeight(scale="feature_std", grad_scale=0.5).extra_repr() == "mode=feature_std, grad_scale=0.5"
@@ -110,7 +116,7 @@ def test_the_default_shuffle_is_seed_0s():
 
 
 def test_options_are_keyword_only():
-    """prior_weight.py:72 and prior.py:35 ReplaceBinaryOperator_Mul_Div: ``*,`` -> ``/,`` (the options become
+    """prior_weight.py:74 and prior.py:35 ReplaceBinaryOperator_Mul_Div: ``*,`` -> ``/,`` (the options become
     positional: ``PriorWeight("feature_std")`` or ``ablate_prior(p, "shuffle", 3)`` would be accepted)."""
     import inspect
 

@@ -18,8 +18,9 @@ namespace {
 
 at::Tensor multi_level_roi_align_cpu(at::TensorList features_, const at::Tensor& rois_, const at::Tensor& levels_,
                                      at::ArrayRef<double> scales, int64_t ph, int64_t pw, int64_t sampling_ratio,
-                                     bool aligned, const std::optional<at::Tensor>& roi_map_) {
-  check_multi_level_roi_align(features_, rois_, levels_, scales, ph, pw, roi_map_);
+                                     bool aligned, const std::optional<at::Tensor>& roi_map_,
+                                     int64_t map_weight) {
+  check_multi_level_roi_align(features_, rois_, levels_, scales, ph, pw, roi_map_, map_weight);
   const int64_t num_levels = static_cast<int64_t>(features_.size());
   std::vector<at::Tensor> features;
   for (const at::Tensor& f : features_) features.push_back(f.contiguous());
@@ -65,12 +66,14 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features_, const at::Tensor&
         cpu::build_taps(g, ph, pw, h, w, taps);
         const scalar_t* planes = f.const_data_ptr<scalar_t>() + g.batch * c * h * w;
         scalar_t* dst = o + r * c * nbins;
-        const scalar_t* map_r = map ? map + r * nbins : nullptr;
+        const scalar_t* map_r = map && map_weight == kMapWeightNone ? map + r * nbins : nullptr;
         int64_t ch = 0;
         for (; ch + cpu::kChannelBlock <= c; ch += cpu::kChannelBlock)
           cpu::pool_channels<scalar_t, acc_t, cpu::kChannelBlock>(taps, planes, dst, map_r, ch, cpu::kChannelBlock,
                                                                   h * w, nbins);
         if (ch < c) cpu::pool_channels<scalar_t, acc_t, 1>(taps, planes, dst, map_r, ch, c - ch, h * w, nbins);
+        if (map_weight != kMapWeightNone)
+          cpu::add_weighted_map<scalar_t, acc_t>(dst, map + r * nbins, c, nbins, map_weight);
       }
     });
   });

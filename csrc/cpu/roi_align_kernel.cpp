@@ -77,9 +77,11 @@ inline void scatter_channels(const RoiTaps<acc_t>& t, const scalar_t* grad, acc_
   }
 }
 
-at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale,
-                                 int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
-                                 const std::optional<at::Tensor>& roi_map_) {
+// The forward of roi_align (map_weight 0) and roi_align_weighted (1, 2: map_weight.h); the map's weight per RoI goes
+// to `weights` (Tensor[K] in the accumulation dtype) when it is defined.
+at::Tensor roi_align_forward_impl(const at::Tensor& input_, const at::Tensor& rois_, double spatial_scale, int64_t ph,
+                                  int64_t pw, int64_t sampling_ratio, bool aligned,
+                                  const std::optional<at::Tensor>& roi_map_, int64_t map_weight, at::Tensor weights) {
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
   check_roi_align_rois(rois_, input_, ph, pw);
   TORCH_CHECK(input_.size(2) * input_.size(3) < (int64_t(1) << 31), "opmask_fast::roi_align: H * W must be < 2^31");
@@ -106,6 +108,7 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
     const acc_t* roi = rois.const_data_ptr<acc_t>();
     const scalar_t* map = roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    acc_t* weight = weights.defined() ? weights.mutable_data_ptr<acc_t>() : nullptr;
     const int64_t nbins = ph * pw;
     // Geometry first, serially, as the backward does: a bad batch index is refused before any work, and the error
     // is raised after the dispatch (error_message.h).
@@ -125,20 +128,42 @@ at::Tensor roi_align_forward_cpu(const at::Tensor& input_, const at::Tensor& roi
         build_taps(g, ph, pw, h, w, taps);
         const scalar_t* planes = in + g.batch * c * h * w;
         scalar_t* dst = o + r * c * nbins;
-        const scalar_t* map_r = map ? map + r * nbins : nullptr;
+        // A weighted map is added after the pooling, once the RoI's statistics are known.
+        const scalar_t* map_r = map && map_weight == kMapWeightNone ? map + r * nbins : nullptr;
         if (channels_last) {
           pool_roi_channels_last<scalar_t, acc_t>(taps, planes, dst, map_r, c, nbins, acc);
-          continue;
+        } else {
+          int64_t ch = 0;
+          for (; ch + kChannelBlock <= c; ch += kChannelBlock)
+            pool_channels<scalar_t, acc_t, kChannelBlock>(taps, planes, dst, map_r, ch, kChannelBlock, h * w, nbins);
+          if (ch < c) pool_channels<scalar_t, acc_t, 1>(taps, planes, dst, map_r, ch, c - ch, h * w, nbins);
         }
-        int64_t ch = 0;
-        for (; ch + kChannelBlock <= c; ch += kChannelBlock)
-          pool_channels<scalar_t, acc_t, kChannelBlock>(taps, planes, dst, map_r, ch, kChannelBlock, h * w, nbins);
-        if (ch < c) pool_channels<scalar_t, acc_t, 1>(taps, planes, dst, map_r, ch, c - ch, h * w, nbins);
+        if (map_weight != kMapWeightNone)
+          weight[r] = cpu::add_weighted_map<scalar_t, acc_t>(dst, map + r * nbins, c, nbins, map_weight);
       }
     });
   });
   bad.check("opmask_fast::roi_align", n);
   return out;
+}
+
+at::Tensor roi_align_forward_cpu(const at::Tensor& input, const at::Tensor& rois, double spatial_scale, int64_t ph,
+                                 int64_t pw, int64_t sampling_ratio, bool aligned,
+                                 const std::optional<at::Tensor>& roi_map) {
+  return roi_align_forward_impl(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, roi_map, kMapWeightNone,
+                                at::Tensor());
+}
+
+std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cpu(const at::Tensor& input, const at::Tensor& rois,
+                                                          double spatial_scale, int64_t ph, int64_t pw,
+                                                          int64_t sampling_ratio, bool aligned,
+                                                          const at::Tensor& roi_map, int64_t map_weight) {
+  check_map_weight(map_weight, "opmask_fast::roi_align_weighted");
+  // Zeros: with no channels the statistics are NaN, so the weight is 0 as in the reference.
+  at::Tensor weights = at::zeros({rois.size(0)}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+  at::Tensor out = roi_align_forward_impl(input, rois, spatial_scale, ph, pw, sampling_ratio, aligned, roi_map,
+                                          map_weight, weights);
+  return {out, weights};
 }
 
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
@@ -209,6 +234,7 @@ at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& roi
 
 TORCH_LIBRARY_IMPL(opmask_fast, CPU, m) {
   m.impl("roi_align", &roi_align_forward_cpu);
+  m.impl("roi_align_weighted", &roi_align_weighted_cpu);
   m.impl("roi_align_backward", &roi_align_backward_cpu);
 }
 

@@ -3,9 +3,11 @@
 // and reused for every channel.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "../map_weight.h"
 #include "../roi_align_common.h"
 
 namespace opmask_fast {
@@ -107,6 +109,33 @@ inline void pool_channels(const RoiTaps<acc_t>& t, const scalar_t* planes, scala
       for (int64_t j = 0; j < BLOCK; ++j) dst[(cs + j) * nbins + b] = static_cast<scalar_t>(acc[j] + add);
     }
   }
+}
+
+// The weighted map of one RoI (map_weight.h): reads the RoI's pooled output dst (C x nbins, just written without the
+// map, so still in cache), computes its weight and adds weight * map[bin] to every channel. Returns the weight.
+template <typename scalar_t, typename acc_t>
+inline acc_t add_weighted_map(scalar_t* dst, const scalar_t* map, int64_t channels, int64_t nbins, int64_t mode) {
+  const int64_t count = channels * nbins;
+  double weight = 0.0;
+  if (mode == kMapWeightStd) {
+    auto std_of = [](const scalar_t* x, int64_t n) {
+      double sum = 0.0, ssd = 0.0;
+      for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
+      const double mean = sum / static_cast<double>(n);
+      for (int64_t i = 0; i < n; ++i) ssd += (static_cast<double>(x[i]) - mean) * (static_cast<double>(x[i]) - mean);
+      return sample_std(ssd, n);
+    };
+    weight = std_weight(std_of(dst, count), std_of(map, nbins));
+  } else {
+    RangeAcc range = range_init();
+    for (int64_t i = 0; i < count; ++i) range_add(range, static_cast<double>(dst[i]));
+    weight = range_weight(range);
+  }
+  const acc_t w = static_cast<acc_t>(weight);
+  for (int64_t ch = 0; ch < channels; ++ch)
+    for (int64_t b = 0; b < nbins; ++b)
+      dst[ch * nbins + b] = static_cast<scalar_t>(static_cast<acc_t>(dst[ch * nbins + b]) + w * static_cast<acc_t>(map[b]));
+  return w;
 }
 
 }  // namespace cpu

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "../map_weight.h"
 #include "../roi_align_common.h"
 
 namespace opmask_fast {
@@ -16,6 +17,8 @@ constexpr int kThreads = 256;
 constexpr int kMaxAxisTaps = 512;
 // Target number of (channel, bin) outputs per block.
 constexpr int64_t kOutputsPerBlock = 1024;
+// Threads of a block that pools a whole RoI and weights its map (a power of two: the reductions halve it).
+constexpr int kWeightedThreads = 512;
 
 template <typename acc_t>
 __device__ inline void load_axis_taps(const RoiGeometry<acc_t>& g, int64_t ph, int64_t pw, int64_t h, int64_t w,
@@ -71,6 +74,69 @@ __device__ inline void pool_roi_block(const scalar_t* __restrict__ input, const 
     if (roi_map != nullptr) sum += static_cast<acc_t>(roi_map[r * nbins + bin]);
     out[(r * c + ch) * nbins + bin] = static_cast<scalar_t>(sum);
   }
+}
+
+struct SumOp {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct MinOp {
+  __device__ double operator()(double a, double b) const { return b < a ? b : a; }
+};
+struct MaxOp {
+  __device__ double operator()(double a, double b) const { return b > a ? b : a; }
+};
+
+// One value per thread combined over the block (blockDim.x a power of two); every thread gets the result.
+template <typename Op>
+__device__ inline double block_reduce(double v, double* buf, Op op) {
+  buf[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) buf[threadIdx.x] = op(buf[threadIdx.x], buf[threadIdx.x + s]);
+    __syncthreads();
+  }
+  const double out = buf[0];
+  __syncthreads();  // buf is reused by the next reduction
+  return out;
+}
+
+// Sample std of x[0, count), each thread reading the elements e = threadIdx.x (mod blockDim.x).
+template <typename scalar_t>
+__device__ inline double block_std(const scalar_t* x, int64_t count, double* buf) {
+  double sum = 0.0;
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) sum += static_cast<double>(x[e]);
+  const double mean = block_reduce(sum, buf, SumOp()) / static_cast<double>(count);
+  double ssd = 0.0;
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x) {
+    const double d = static_cast<double>(x[e]) - mean;
+    ssd += d * d;
+  }
+  return sample_std(block_reduce(ssd, buf, SumOp()), count);
+}
+
+// The weighted map of one RoI (map_weight.h) after pool_roi_block wrote the whole RoI (all channels) to dst without
+// it: every thread reads back only the elements it wrote itself (same stride), so the pass runs from cache and
+// needs no barrier beyond the reductions'. Returns the weight (in every thread). Called by every thread.
+template <typename scalar_t, typename acc_t>
+__device__ inline acc_t add_weighted_map_block(scalar_t* dst, const scalar_t* __restrict__ map, int64_t count,
+                                               int64_t nbins, int64_t mode, double* buf) {
+  double weight;
+  if (mode == kMapWeightStd) {
+    const double feature_std = block_std(dst, count, buf);
+    weight = std_weight(feature_std, block_std(map, nbins, buf));
+  } else {
+    RangeAcc range = range_init();
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) range_add(range, static_cast<double>(dst[e]));
+    const double any_nan = block_reduce(range.nan ? 1.0 : 0.0, buf, MaxOp());
+    range.lo = block_reduce(range.lo, buf, MinOp());
+    range.hi = block_reduce(range.hi, buf, MaxOp());
+    range.nan = any_nan > 0.0;
+    weight = range_weight(range);
+  }
+  const acc_t w = static_cast<acc_t>(weight);
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
+    dst[e] = static_cast<scalar_t>(static_cast<acc_t>(dst[e]) + w * static_cast<acc_t>(map[e % nbins]));
+  return w;
 }
 
 // Blocks of one launch: one per (RoI, group of channels) with about kOutputsPerBlock outputs each.

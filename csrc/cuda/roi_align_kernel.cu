@@ -35,6 +35,24 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
                  ytaps, xtaps);
 }
 
+// One block per RoI (all channels), so the map's weight can be read off the block's own output (map_weight.h).
+template <typename scalar_t, typename acc_t>
+__global__ void roi_align_weighted_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois,
+                                          const scalar_t* __restrict__ roi_map, scalar_t* __restrict__ out,
+                                          acc_t* __restrict__ weights, int64_t n, int64_t c, int64_t h, int64_t w,
+                                          int64_t ph, int64_t pw, acc_t spatial_scale, int64_t sampling_ratio,
+                                          bool aligned, int64_t map_weight) {
+  __shared__ AxisTap<acc_t> ytaps[kMaxAxisTaps];
+  __shared__ AxisTap<acc_t> xtaps[kMaxAxisTaps];
+  __shared__ double buf[kWeightedThreads];
+  const int64_t r = blockIdx.x, nbins = ph * pw;
+  const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
+  pool_roi_block(input, g, r, 0, c, c, h, w, ph, pw, static_cast<const scalar_t*>(nullptr), out, ytaps, xtaps);
+  const acc_t weight = add_weighted_map_block<scalar_t, acc_t>(out + r * c * nbins, roi_map + r * nbins, c * nbins,
+                                                               nbins, map_weight, buf);
+  if (threadIdx.x == 0) weights[r] = weight;
+}
+
 template <typename scalar_t, typename acc_t>
 __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, const acc_t* __restrict__ rois,
                                           acc_t* __restrict__ grad_input, int64_t n, int64_t c, int64_t h,
@@ -102,6 +120,39 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   return out;
 }
 
+std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cuda(const at::Tensor& input_, const at::Tensor& rois_,
+                                                           double spatial_scale, int64_t ph, int64_t pw,
+                                                           int64_t sampling_ratio, bool aligned,
+                                                           const at::Tensor& roi_map_, int64_t map_weight) {
+  TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align_weighted: input must be a Tensor[N, C, H, W]");
+  check_roi_align_rois(rois_, input_, ph, pw);
+  check_map_weight(map_weight, "opmask_fast::roi_align_weighted");
+  const c10::cuda::CUDAGuard guard(input_.device());
+  const at::Tensor input = input_.contiguous();
+  const at::Tensor rois = rois_.contiguous();
+  const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
+  TORCH_CHECK(roi_map_.dim() == 3 && roi_map_.size(0) == k && roi_map_.size(1) == ph && roi_map_.size(2) == pw,
+              "opmask_fast::roi_align_weighted: roi_map must be a Tensor[K, Ho, Wo]");
+  TORCH_CHECK(roi_map_.device() == input.device(),
+              "opmask_fast::roi_align_weighted: roi_map must be on the input's device");
+  TORCH_CHECK(k < (int64_t(1) << 31), "opmask_fast::roi_align_weighted: too many RoIs");
+  const at::Tensor roi_map = roi_map_.to(input.scalar_type()).contiguous();
+  at::Tensor out = at::empty({k, c, ph, pw}, input.options());
+  // Zeros: with no channels the statistics are NaN, so the weight is 0 as in the reference.
+  at::Tensor weights = at::zeros({k}, input.options().dtype(at::toOpMathType(input.scalar_type())));
+  if (out.numel() == 0) return {out, weights};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_weighted_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    roi_align_weighted_kernel<scalar_t, acc_t><<<static_cast<unsigned>(k), kWeightedThreads, 0, stream>>>(
+        input.const_data_ptr<scalar_t>(), rois.const_data_ptr<acc_t>(), roi_map.const_data_ptr<scalar_t>(),
+        out.mutable_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), n, c, h, w, ph, pw,
+        static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, map_weight);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, weights};
+}
+
 at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
                                    int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
@@ -132,6 +183,7 @@ at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& ro
 
 TORCH_LIBRARY_IMPL(opmask_fast, CUDA, m) {
   m.impl("roi_align", &roi_align_forward_cuda);
+  m.impl("roi_align_weighted", &roi_align_weighted_cuda);
   m.impl("roi_align_backward", &roi_align_backward_cuda);
 }
 

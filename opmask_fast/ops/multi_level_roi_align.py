@@ -17,7 +17,7 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
-from opmask_fast.ops.roi_align import _pair, check_roi_align_inputs
+from opmask_fast.ops.roi_align import _pair, check_roi_align_inputs, map_weight_code
 from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["multi_level_roi_align"]
@@ -28,7 +28,7 @@ MAX_LEVELS = 8  # csrc/roi_align_checks.h kMaxLevels
 @fx_leaf
 def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, output_size: int | tuple[int, int],
                           spatial_scales: list[float], sampling_ratio: int = 0, aligned: bool = True, *,
-                          roi_map: Tensor | None = None, validate: bool = True) -> Tensor:
+                          roi_map: Tensor | None = None, map_weight: str = "none", validate: bool = True) -> Tensor:
     """RoIAlign of RoI k on ``features[levels[k]]`` with ``spatial_scales[levels[k]]``, all levels in one launch.
 
     Args:
@@ -37,6 +37,7 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
         levels: int64 Tensor[K] with values in [0, L) (see :func:`opmask_fast.ops.multi_scale_roi_align.assign_levels`).
         output_size: int or (Ho, Wo); sampling_ratio, aligned: as in :func:`opmask_fast.ops.roi_align`.
         roi_map: Tensor[K, Ho, Wo] added to every channel of the output.
+        map_weight: how ``roi_map`` is weighted per RoI, as in :func:`opmask_fast.ops.roi_align`.
         validate: check the values of ``rois`` and ``levels`` (one host sync). The model passes False: its boxes are
             clipped to the image and its levels clamped, and a level out of range still stops the kernel (CPU: an
             error; CUDA: a device-side assert).
@@ -57,6 +58,7 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
     if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64 \
             or levels.device != first.device:
         raise ValueError(f"levels must be an int64 Tensor[K] on {first.device}, got {getattr(levels, 'shape', levels)}")
+    weight = map_weight_code(map_weight, roi_map)
     if validate:
         # The finest level has the largest scale: its sample count bounds every level's.
         scale = max(spatial_scales)
@@ -73,10 +75,11 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
     if not _extension.has_C():
         _extension.warn_fallback("multi_level_roi_align")
     return torch.ops.opmask_fast.multi_level_roi_align(list(features), rois, levels, [float(s) for s in spatial_scales],
-                                                      ph, pw, int(sampling_ratio), bool(aligned), roi_map)
+                                                      ph, pw, int(sampling_ratio), bool(aligned), roi_map, weight)
 
 
-def _fake(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, roi_map=None):
+def _fake(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, roi_map=None,
+          map_weight=0):
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
 
 
@@ -86,9 +89,10 @@ else:
     @torch.library.custom_op("opmask_fast::multi_level_roi_align", mutates_args=())
     def _fallback(features: list[Tensor], rois: Tensor, levels: Tensor, spatial_scales: list[float],
                   pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool,
-                  roi_map: Optional[Tensor] = None) -> Tensor:
+                  roi_map: Optional[Tensor] = None, map_weight: int = 0) -> Tensor:
         with torch.no_grad():
             return reference.multi_level_roi_align(features, rois, levels, (pooled_height, pooled_width),
-                                                   spatial_scales, sampling_ratio, aligned, roi_map)
+                                                   spatial_scales, sampling_ratio, aligned, roi_map,
+                                                   reference.MAP_WEIGHTS[map_weight])
 
     _fallback.register_fake(_fake)

@@ -65,6 +65,7 @@ def multi_scale_roi_align(
     canonical_level: int = 4,
     canonical_scale: int = 224,
     roi_map: Tensor | None = None,
+    map_weight: str = "none",
     static: bool = False,
 ) -> Tensor:
     """RoIAlign each box on its FPN level; results in the input box order.
@@ -77,6 +78,8 @@ def multi_scale_roi_align(
         sampling_ratio, aligned: as in :func:`opmask_fast.ops.roi_align` (detectron2: 0 and True).
         canonical_level, canonical_scale: a box of sqrt(area) = canonical_scale goes to level canonical_level.
         roi_map: Tensor[sum L_i, Ho, Wo] added to every channel of the output.
+        map_weight: how ``roi_map`` is weighted per RoI, as in :func:`opmask_fast.ops.roi_align` (the weight reads
+            the RoI's own pooled features, whatever its level).
         static: levels assigned on the device and all levels pooled in one launch of
             :func:`opmask_fast.ops.multi_level_roi_align` (inference only, no autograd): no per-level selection, so no
             host sync, and an output shape known without looking at the boxes (torch.export and
@@ -103,20 +106,21 @@ def multi_scale_roi_align(
         level = assign_levels(rois[:, 1:], min_level=round(levels[0]), max_level=round(levels[-1]),
                               canonical_level=canonical_level, canonical_scale=canonical_scale)
         return multi_level_roi_align(list(features), rois, level, (ho, wo), list(spatial_scales), sampling_ratio,
-                                     aligned, roi_map=roi_map, validate=False)
+                                     aligned, roi_map=roi_map, map_weight=map_weight, validate=False)
     return _pool(features, rois, (ho, wo), spatial_scales, sampling_ratio, aligned, canonical_level, canonical_scale,
-                 roi_map)
+                 roi_map, map_weight)
 
 
 def _pool(features: list[Tensor], rois: Tensor, output_size: tuple[int, int], spatial_scales: list[float],
           sampling_ratio: int, aligned: bool, canonical_level: int, canonical_scale: int,
-          roi_map: Tensor | None) -> Tensor:
+          roi_map: Tensor | None, map_weight: str) -> Tensor:
     levels = [-math.log2(s) for s in spatial_scales]
     min_level, max_level = round(levels[0]), round(levels[-1])
     ho, wo = output_size
     first = features[0]
     if len(features) == 1:
-        return roi_align(first, rois, (ho, wo), spatial_scales[0], sampling_ratio, aligned, roi_map=roi_map)
+        return roi_align(first, rois, (ho, wo), spatial_scales[0], sampling_ratio, aligned, roi_map=roi_map,
+                         map_weight=map_weight)
     level = assign_levels(rois[:, 1:], min_level=min_level, max_level=max_level,
                           canonical_level=canonical_level, canonical_scale=canonical_scale)
     out = first.new_zeros((rois.shape[0], first.shape[1], ho, wo))
@@ -129,7 +133,8 @@ def _pool(features: list[Tensor], rois: Tensor, output_size: tuple[int, int], sp
             unused.append(feat)
             continue
         part_map = roi_map[idx] if roi_map is not None else None
-        pooled = roi_align(feat, rois[idx], (ho, wo), scale, sampling_ratio, aligned, roi_map=part_map)
+        pooled = roi_align(feat, rois[idx], (ho, wo), scale, sampling_ratio, aligned, roi_map=part_map,
+                           map_weight=map_weight)
         out = out.index_put((idx,), pooled)
     if rois.shape[0] == 0 and roi_map is not None:
         unused.append(roi_map)

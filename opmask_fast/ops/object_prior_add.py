@@ -317,6 +317,13 @@ def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows
                             validate=validate).squeeze(1)
 
 
+def resize_prior(prior: Tensor, size: tuple[int, int], scale: float | Tensor | None = None) -> Tensor:
+    """`prior Tensor[R, Hb, Wb]` (normalised, from `object_prior`) resized bilinearly to Tensor[R, Hm, Wm] (and times
+    `scale`): what `object_prior(..., size=size, scale=scale)` gives, without a second pass over the box features
+    when the unresized prior is needed too (inference returns it)."""
+    return _ref.resized_prior(prior, size, normalize=False, scale=scale).squeeze(1)
+
+
 class ObjectMaskPrior(nn.Module):
     """OPMask's object mask prior for any detector: adds the box classifier's CAM to the mask features.
 

@@ -24,8 +24,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-PRIOR_SCALE_MODES = ("none", "learnable", "feature_std", "feature_range")  # or a finite float: a fixed gain
-ADAPTIVE_MODES = ("feature_std", "feature_range")
+from opmask_fast.ops.reference.roi_align import MAP_WEIGHTS, map_gain
+
+ADAPTIVE_MODES = MAP_WEIGHTS[1:]  # the weights RoIAlign can read off its own output: "feature_std", "feature_range"
+PRIOR_SCALE_MODES = ("none", "learnable", *ADAPTIVE_MODES)  # or a finite float: a fixed gain
 
 
 def parse_prior_scale(value: str | float, name: str = "the prior scale") -> str | float:
@@ -87,8 +89,19 @@ class PriorWeight(nn.Module):
     @property
     def fusable(self) -> bool:
         """Whether the weighted prior is a function of the prior alone (a constant or learnable gain, plain
-        gradient): then it can ride on RoIAlign's output write instead of a second pass over the features."""
+        gradient): then any op can add it as it writes its output (`object_prior_add`, RoIAlign's roi_map)."""
         return not self.adaptive and self.grad_scale is None and not self.needs_init()
+
+    @property
+    def fusable_in_roi_align(self) -> bool:
+        """Whether RoIAlign can add the weighted prior as it writes the mask features: the fusable weights, and the
+        adaptive ones, which RoIAlign reads off each RoI's output itself (`map_weight`)."""
+        return self.grad_scale is None and not self.needs_init()
+
+    @property
+    def map_weight(self) -> str:
+        """RoIAlign's `map_weight` for this weight: the adaptive mode, or "none" (the map comes weighted)."""
+        return self.mode if self.adaptive else "none"
 
     def value(self) -> float | Tensor | None:
         """What multiplies the normalised prior when it does not depend on the features: None (1), a float, or the
@@ -98,13 +111,7 @@ class PriorWeight(nn.Module):
     @torch.no_grad()
     def per_roi(self, mask_features: Tensor, prior: Tensor) -> Tensor:
         """Adaptive gain `Tensor[R, 1, 1, 1]` from `mask_features Tensor[R, C, H, W]` and `prior Tensor[R, H, W]`."""
-        wide = torch.promote_types(mask_features.dtype, torch.float32)  # statistics of half-precision maps in fp32
-        f = mask_features.detach().to(wide).flatten(1)
-        if self.mode == "feature_std":
-            gain = f.std(dim=1) / prior.detach().to(wide).flatten(1).std(dim=1).clamp(min=1e-6)
-        else:
-            gain = f.amax(dim=1) - f.amin(dim=1)
-        return torch.nan_to_num(gain, nan=0.0, posinf=0.0).view(-1, 1, 1, 1).to(mask_features.dtype)
+        return map_gain(mask_features, prior, self.mode).view(-1, 1, 1, 1).to(mask_features.dtype)
 
     def forward(self, features: Tensor, prior_map: Tensor) -> Tensor:
         """`features Tensor[R, C, H, W]` + weight * `prior_map Tensor[R, H, W]`, broadcast over the channels."""

@@ -147,6 +147,7 @@ def roi_align(
     aligned: bool = False,
     *,
     roi_map: Tensor | None = None,
+    map_weight: str = "none",
 ) -> Tensor:
     """Average-pool ``output_size`` bins of bilinear samples from ``input`` inside each box (Mask R-CNN's RoIAlign).
 
@@ -158,6 +159,9 @@ def roi_align(
         sampling_ratio: bilinear samples per bin along each axis; <= 0 means ceil(box size / output size) per box.
         aligned: if True, pixel centres sit at half-integers (shift boxes by -0.5 px) - what detectron2 uses.
         roi_map: Tensor[K, Ho, Wo] added to every channel of the output in the same pass (differentiable).
+        map_weight: "none" (``roi_map`` as is), "feature_std" or "feature_range": ``roi_map`` times a weight read off
+            each RoI's own pooled features as they are written (:func:`opmask_fast.ops.reference.map_gain`:
+            std(pooled) / std(map), or max(pooled) - min(pooled)); the weight is a constant of the backward.
 
     Returns:
         Tensor[K, C, Ho, Wo] in the dtype of ``input``.
@@ -166,15 +170,30 @@ def roi_align(
         ValueError / TypeError on wrong shapes, dtypes or devices, NaN/inf boxes, batch indices outside the input,
         or a box so large that its adaptive sampling grid exceeds ``MAX_SAMPLES_PER_ROI``.
     """
+    weight = map_weight_code(map_weight, roi_map)
     rois, (ph, pw), roi_map = check_roi_align_inputs(input, boxes, output_size, spatial_scale, sampling_ratio, roi_map)
     if _extension.has_C():
+        if weight:
+            return torch.ops.opmask_fast.roi_align_weighted(
+                input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned), roi_map, weight
+            )[0]
         return torch.ops.opmask_fast.roi_align(
             input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned), roi_map
         )
     _extension.warn_fallback("roi_align")
     return reference.roi_align(
-        input, rois, (ph, pw), float(spatial_scale), int(sampling_ratio), bool(aligned), roi_map=roi_map
+        input, rois, (ph, pw), float(spatial_scale), int(sampling_ratio), bool(aligned), roi_map=roi_map,
+        map_weight=map_weight,
     )
+
+
+def map_weight_code(map_weight: str, roi_map: Tensor | None) -> int:
+    """The kernels' code of ``map_weight`` (its index in ``reference.MAP_WEIGHTS``); a weight needs a map."""
+    if map_weight not in reference.MAP_WEIGHTS:
+        raise ValueError(f"map_weight must be one of {', '.join(reference.MAP_WEIGHTS)}, got {map_weight!r}")
+    if map_weight != "none" and roi_map is None:
+        raise ValueError(f"map_weight={map_weight!r} weights roi_map, but no roi_map was given")
+    return reference.MAP_WEIGHTS.index(map_weight)
 
 
 def _register() -> None:
@@ -191,28 +210,53 @@ def _register() -> None:
           sampling_ratio, aligned):
         return grad.new_empty((batch_size, channels, height, width))
 
-    def setup_context(ctx, inputs, output):
-        input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, roi_map = inputs
-        ctx.save_for_backward(rois)
+    def save(ctx, input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, *saved):
+        ctx.save_for_backward(rois, *saved)
         ctx.args = (spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned)
         ctx.input_shape = tuple(input.shape)
 
-    def backward(ctx, grad):
-        (rois,) = ctx.saved_tensors
+    def input_grad(ctx, grad, rois):
+        if not ctx.needs_input_grad[0]:
+            return None
         spatial_scale, ph, pw, sampling_ratio, aligned = ctx.args
         n, c, h, w = ctx.input_shape
-        grad_input = grad_map = None
-        if ctx.needs_input_grad[0]:
-            grad_input = torch.ops.opmask_fast.roi_align_backward(
-                grad, rois, spatial_scale, ph, pw, n, c, h, w, sampling_ratio, aligned
-            )
+        return torch.ops.opmask_fast.roi_align_backward(grad, rois, spatial_scale, ph, pw, n, c, h, w,
+                                                        sampling_ratio, aligned)
+
+    def setup_context(ctx, inputs, output):
+        save(ctx, *inputs[:7])
+
+    def backward(ctx, grad):
+        (rois,) = ctx.saved_tensors
+        grad_map = None
         # needs_input_grad omits a trailing roi_map left at its default.
         if len(ctx.needs_input_grad) > 7 and ctx.needs_input_grad[7]:
             grad_map = grad.sum(dim=1)  # roi_map is added to every channel: its gradient is the channel sum
-        grads = (grad_input, None, None, None, None, None, None, grad_map)
+        grads = (input_grad(ctx, grad, rois), None, None, None, None, None, None, grad_map)
         return grads[: len(ctx.needs_input_grad)]
 
     torch.library.register_autograd(lib + "roi_align", backward, setup_context=setup_context)
+
+    @torch.library.register_fake(lib + "roi_align_weighted")
+    def _(input, rois, spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, roi_map, map_weight):
+        torch._check(rois.dim() == 2 and rois.shape[1] == 5, lambda: "rois must be a Tensor[K, 5]")
+        out = input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+        wide = torch.promote_types(input.dtype, torch.float32)
+        return out, input.new_empty((rois.shape[0],), dtype=wide)
+
+    def setup_context_weighted(ctx, inputs, output):
+        save(ctx, *inputs[:7], output[1])
+        ctx.mark_non_differentiable(output[1])
+
+    def backward_weighted(ctx, grad, _grad_weights):
+        rois, weights = ctx.saved_tensors
+        grad_map = None
+        if ctx.needs_input_grad[7]:  # the weight is a constant: weight x the channel sum
+            grad_map = (grad.sum(dim=1) * weights[:, None, None]).to(grad.dtype)
+        return input_grad(ctx, grad, rois), None, None, None, None, None, None, grad_map, None
+
+    torch.library.register_autograd(lib + "roi_align_weighted", backward_weighted,
+                                    setup_context=setup_context_weighted)
 
     # roi_align_backward is linear in grad; its adjoint is the forward pooling, which gives double backward.
     def setup_context_bwd(ctx, inputs, output):

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from opmask_fast.ops import (PriorWeight, batched_nms, multi_scale_roi_align, object_prior, object_prior_add,
                              roi_align)
+from opmask_fast.ops.object_prior_add import resize_prior
 
 from ..box_coder import BoxCoder
 from ..box_ops import clip_boxes, pairwise_iou
@@ -44,11 +45,12 @@ class RoIHeads(nn.Module):
         self.box_coder = BoxCoder(weights=tuple(rc.box_reg_weights))
         self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
 
-    def pool(self, features: list[Tensor], boxes: list[Tensor], size: int, roi_map: Tensor | None = None) -> Tensor:
+    def pool(self, features: list[Tensor], boxes: list[Tensor], size: int, roi_map: Tensor | None = None,
+             map_weight: str = "none") -> Tensor:
         # Without autograd (inference) the pooler runs as one opaque op: the same numbers, and a graph that traces.
         return multi_scale_roi_align(features[:4], boxes, size, spatial_scales=_SCALES,
                                      sampling_ratio=self.rc.pooler_sampling_ratio, aligned=True, roi_map=roi_map,
-                                     static=not torch.is_grad_enabled())
+                                     map_weight=map_weight, static=not torch.is_grad_enabled())
 
     # ------------------------------------------------------------------------------------------------------ training
     @torch.no_grad()
@@ -156,12 +158,16 @@ class RoIHeads(nn.Module):
         if not self.use_prior:
             return self.mask_head(self.pool(features, boxes, res)), prior
         if self._fused():
-            # The prior, resized and weighted in one op, rides on RoIAlign's output write: no extra pass over the
-            # mask features.
+            # The prior, resized (and weighted when the weight is a constant), rides on RoIAlign's output write: no
+            # extra pass over the mask features. An adaptive weight is read off each RoI's output by RoIAlign itself.
             if self.prior_impl == "roi_align":
-                roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=weight.value(),
-                                       validate=False)
-                return self.mask_head(self.pool(features, boxes, res, roi_map=roi_map)), prior
+                scale = None if weight.adaptive else weight.value()
+                # With the 7x7 prior at hand (inference returns it) the map is its resize: one pass over the box
+                # features, not two. In training the map is computed directly (its gradient path).
+                roi_map = resize_prior(prior, (res, res), scale) if prior is not None and not prior.requires_grad \
+                    else object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=scale, validate=False)
+                feats = self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)
+                return self.mask_head(feats), prior
             return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                                    normalize=True, scale=weight.value(), validate=False)), prior
         # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
@@ -176,10 +182,13 @@ class RoIHeads(nn.Module):
         return self.mask_head(weight(feats, roi_map), inject), prior
 
     def _fused(self) -> bool:
-        """Whether the weighted prior can be added as RoIAlign writes its output: a weight that does not read the
-        features, nothing done to the features first, and no probe attached to the prior map."""
+        """Whether the weighted prior can be added as the mask features are written: a weight the fused op can
+        compute (RoIAlign: any, adaptive ones too; object_prior_add: a constant), nothing done to the features first,
+        and no probe attached to the prior map (the probes need the map apart: the general path)."""
         probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
-        return self.prior_gain.fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
+        weight = self.prior_gain
+        fusable = weight.fusable_in_roi_align if self.prior_impl == "roi_align" else weight.fusable
+        return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
 
     # ----------------------------------------------------------------------------------------------------- inference
     @torch.no_grad()

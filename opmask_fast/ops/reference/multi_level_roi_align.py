@@ -14,12 +14,12 @@ from .roi_align import roi_align
 
 def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, output_size: tuple[int, int],
                           spatial_scales: list[float], sampling_ratio: int, aligned: bool,
-                          roi_map: Tensor | None = None) -> Tensor:
+                          roi_map: Tensor | None = None, map_weight: str = "none") -> Tensor:
     """Tensor[K, C, Ho, Wo]: RoI k pooled from ``features[levels[k]]`` with ``spatial_scales[levels[k]]``.
 
     Args:
         features: L Tensor[N, C, H_l, W_l]; rois: Tensor[K, 5]; levels: int64 Tensor[K] in [0, L).
-        roi_map: Tensor[K, Ho, Wo] added to every channel.
+        roi_map: Tensor[K, Ho, Wo] added to every channel, weighted per RoI as ``map_weight`` says (``MAP_WEIGHTS``).
     """
     bad = ((levels < 0) | (levels >= len(features))).nonzero()
     if bad.numel() > 0:  # as the kernels refuse it (a RoI of no level would silently read zeros)
@@ -32,5 +32,6 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
         idx = torch.nonzero(levels == lvl).squeeze(1)
         if idx.numel() > 0:
             part_map = roi_map[idx] if roi_map is not None else None
-            out[idx] = roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned, roi_map=part_map)
+            out[idx] = roi_align(feat, rois[idx], output_size, scale, sampling_ratio, aligned, roi_map=part_map,
+                                 map_weight=map_weight)
     return out

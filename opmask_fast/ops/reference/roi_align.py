@@ -14,6 +14,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# How a map added to RoIAlign's output is weighted per RoI (csrc/map_weight.h holds the same maths): as is, by
+# std(pooled) / std(map), or by max(pooled) - min(pooled), each read off that RoI's own pooled features.
+MAP_WEIGHTS = ("none", "feature_std", "feature_range")
+
+
+def map_gain(features: Tensor, roi_map: Tensor, map_weight: str) -> Tensor:
+    """The weight of ``roi_map Tensor[K, Ho, Wo]`` for each RoI of ``features Tensor[K, C, Ho, Wo]``, Tensor[K] in
+    float32 (float64 for float64), detached; 0 where it is not finite (NaN features, a one-value map, no channels).
+
+    "feature_std" is the ratio of sample standard deviations over all of the RoI's values (the map's clamped at
+    1e-6), "feature_range" is max - min of the features, "none" is 1.
+    """
+    if map_weight not in MAP_WEIGHTS:
+        raise ValueError(f"map_weight must be one of {', '.join(MAP_WEIGHTS)}, got {map_weight!r}")
+    wide = torch.promote_types(features.dtype, torch.float32)  # statistics of half-precision maps in float32
+    f = features.detach().to(wide).flatten(1)
+    if map_weight == "none":
+        return torch.ones(f.shape[0], dtype=wide, device=f.device)
+    if f.shape[1] == 0 or (map_weight == "feature_std" and min(f.shape[1], roi_map.flatten(1).shape[1]) < 2):
+        return torch.zeros(f.shape[0], dtype=wide, device=f.device)  # no statistic (a one-value std is NaN): 0
+    if map_weight == "feature_std":
+        gain = f.std(dim=1) / roi_map.detach().to(wide).flatten(1).std(dim=1).clamp(min=1e-6)
+    else:
+        gain = f.amax(dim=1) - f.amin(dim=1)
+    return torch.nan_to_num(gain, nan=0.0, posinf=0.0)
+
 
 def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int):
     """Bilinear taps along one axis.
@@ -98,6 +124,7 @@ def roi_align(
     aligned: bool = False,
     *,
     roi_map: Tensor | None = None,
+    map_weight: str = "none",
 ) -> Tensor:
     """RoIAlign of ``input`` over ``rois``, optionally adding ``roi_map`` to every channel.
 
@@ -109,6 +136,8 @@ def roi_align(
         sampling_ratio: samples per bin along each axis; <= 0 means ceil(roi_size / output_size) per RoI.
         aligned: shift box coordinates by -0.5 pixel (pixel centres at half-integers).
         roi_map: Tensor[K, Ho, Wo] added to every channel of the result.
+        map_weight: one of ``MAP_WEIGHTS``: ``roi_map`` times :func:`map_gain` of the RoI's pooled features (rounded
+            to the input's dtype first, as the kernels read them back).
 
     Returns:
         Tensor[K, C, Ho, Wo] in the dtype of ``input``.
@@ -169,6 +198,10 @@ def roi_align(
             table, index.reshape(k * ph * pw, gh * gw * 4), weight.detach().reshape(k * ph * pw, gh * gw * 4)
         )  # (K*ph*pw, C)
     out = pooled.reshape(k, ph, pw, c).permute(0, 3, 1, 2)
-    if roi_map is not None:
+    if roi_map is not None and map_weight != "none":
+        out = out.to(input.dtype).to(cdtype)
+        gain = map_gain(out, roi_map.to(input.dtype), map_weight).to(cdtype)
+        out = out + roi_map.to(input.dtype).to(cdtype)[:, None] * gain[:, None, None, None]
+    elif roi_map is not None:
         out = out + roi_map.to(cdtype)[:, None]
     return out.to(input.dtype).contiguous()
