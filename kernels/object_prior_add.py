@@ -5,7 +5,9 @@ over C into the raw CAM (kept in registers, and saved in float32 for the backwar
 resize as a small on-the-fly weight matrix and adds the result to every channel of the RoI's mask features. The
 backward program reads grad_out once (its channel sum), applies the transposed resize and the normalisation's
 derivative and writes the box-feature gradient (and the classifier's, by class) without any R x K x Hb x Wb
-intermediate.
+intermediate; when RoIs index box-feature rows (`rows`, which may repeat), a second kernel writes every row's gradient
+once in the box features' dtype from the RoIs' R x Hb*Wb gradients (no atomics, no float32 copy of the gradient).
+Shapes (D, C, Hb, Wb, Hm, Wm) are compile-time constants: the model's are fixed, so each compiles once.
 
 Only APIs present in Triton 3.6 through 3.9 are used (pointer arithmetic and masks; no block pointers). Every load and
 store is masked, because the interpreter (TRITON_INTERPRET=1) does not catch out-of-bounds accesses; the launchers make
@@ -23,6 +25,11 @@ from torch import Tensor
 EPS = 1e-6
 # Largest Hb * Wb the kernels hold in registers; bigger box maps go to the reference backend.
 MAX_CAM_SIZE = 1024
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Uninitialised memory for what the kernels write in full (the tests poison it to see unwritten elements)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
 
 
 @triton.jit
@@ -57,8 +64,9 @@ def _object_prior_add_fwd_kernel(
     scale_ptr,  # (1,) gain tensor (read only with SCALE_PTR)
     out_ptr,  # (R, D, Q) output; may be mf_ptr itself (in-place inference)
     cam_ptr,  # (R, P) float32 raw CAM, saved for the backward
-    scale_value, D, C, P, Q, Hb, Wb, Wm, scale_h, scale_w, eps,
-    HAS_ROWS: tl.constexpr, SCALE_PTR: tl.constexpr, NORMALIZE: tl.constexpr,
+    scale_value, scale_h, scale_w, eps,
+    D: tl.constexpr, C: tl.constexpr, P: tl.constexpr, Q: tl.constexpr, Hb: tl.constexpr, Wb: tl.constexpr,
+    Wm: tl.constexpr, HAS_ROWS: tl.constexpr, SCALE_PTR: tl.constexpr, NORMALIZE: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
@@ -122,8 +130,10 @@ def _object_prior_add_fwd_kernel(
 #   g_cam = (g_norm - [p is min] / n_min * (S0 - S1) - [p is max] / n_max * S1) / span
 #   (tied minima/maxima share the gradient evenly, like autograd's amin/amax); span < eps: norm = 0 and g_cam = 0.
 #   cam = w_k @ BF[n]  =>  grad_BF[n, c, p] += w_k[c] * g_cam[p];  grad_w[k, c] += sum_p BF[n, c, p] * g_cam[p]
-# Several RoIs may share a box-feature row (rows given) or a class: those sums use float32 atomics into float32 buffers
-# (bf16 atomics are missing on older GPUs and in the interpreter). Without rows each RoI owns its row: plain stores.
+# Without rows each RoI owns its row: plain stores of grad_BF. With rows several RoIs may share one, so this kernel stores
+# each RoI's g_cam (R x P float32) and `_box_grad_rows_kernel` writes every box-feature row once, summing the g_cam of
+# the RoIs that read it (RoIs grouped by row on the device): no atomics, no float32 copy of grad_BF, deterministic.
+# The classifier's gradient (by class; the model detaches the classifier) uses float32 atomics into a K x C buffer.
 @triton.jit
 def _object_prior_add_bwd_kernel(
     go_ptr,  # (R, D, Q) grad of the output
@@ -133,11 +143,12 @@ def _object_prior_add_bwd_kernel(
     rows_ptr,  # (R,) int64 box-feature row of each RoI (read only with HAS_ROWS)
     scale_ptr,  # (1,) gain tensor (read only with SCALE_PTR)
     cam_ptr,  # (R, P) float32 raw CAM saved by the forward
-    gbf_ptr,  # (N, C, P) grad of the box features: float32 atomics with ATOMIC_BF, else stores in its own dtype
+    gbf_ptr,  # (N, C, P) grad of the box features in their dtype (without rows), or (R, P) float32 g_cam (rows)
     gw_ptr,  # (K, C) float32 grad of the classifier weight, accumulated by class
     gs_ptr,  # (R,) float32 per-RoI grad of the scale
-    scale_value, D, C, P, Q, Hb, Wb, Wm, scale_h, scale_w, eps,
-    HAS_ROWS: tl.constexpr, SCALE_PTR: tl.constexpr, NORMALIZE: tl.constexpr, ATOMIC_BF: tl.constexpr,
+    scale_value, scale_h, scale_w, eps,
+    D: tl.constexpr, C: tl.constexpr, P: tl.constexpr, Q: tl.constexpr, Hb: tl.constexpr, Wb: tl.constexpr,
+    Wm: tl.constexpr, HAS_ROWS: tl.constexpr, SCALE_PTR: tl.constexpr, NORMALIZE: tl.constexpr,
     NEED_BF: tl.constexpr, NEED_W: tl.constexpr, NEED_S: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -189,24 +200,52 @@ def _object_prior_add_bwd_kernel(
         g = g - is_min * ((s0 - s1) / tl.sum(is_min, axis=0)) - is_max * (s1 / tl.sum(is_max, axis=0))
         g = tl.where(ok, g * inv_span, 0.0)
     g = tl.where(p_ok, g, 0.0)
+    if NEED_BF and HAS_ROWS:
+        tl.store(gbf_ptr + r * P + p, g, mask=p_ok)  # g_cam: _box_grad_rows_kernel writes the rows
 
-    if NEED_BF or NEED_W:
+    if (NEED_BF and not HAS_ROWS) or NEED_W:
         c_off = tl.arange(0, BLOCK_C)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + c_off
             c_ok = c < C
             m = c_ok[:, None] & p_ok[None, :]
             offs = row * C * P + c[:, None] * P + p[None, :]
-            if NEED_BF:
+            if NEED_BF and not HAS_ROWS:
                 w = tl.load(w_ptr + cls * C + c, mask=c_ok, other=0.0).to(tl.float32)
-                gb = w[:, None] * g[None, :]
-                if ATOMIC_BF:
-                    tl.atomic_add(gbf_ptr + offs, gb, mask=m, sem="relaxed")
-                else:
-                    tl.store(gbf_ptr + offs, gb.to(gbf_ptr.dtype.element_ty), mask=m)
+                tl.store(gbf_ptr + offs, (w[:, None] * g[None, :]).to(gbf_ptr.dtype.element_ty), mask=m)
             if NEED_W:
                 x = tl.load(bf_ptr + offs, mask=m, other=0.0).to(tl.float32)
                 tl.atomic_add(gw_ptr + cls * C + c, tl.sum(x * g[None, :], axis=1), mask=c_ok, sem="relaxed")
+
+
+@triton.jit
+def _box_grad_rows_kernel(
+    gcam_ptr,  # (R, P) float32 g_cam of each RoI
+    w_ptr,  # (K, C) classifier weight
+    cls_ptr,  # (R,) int64 class of each RoI
+    order_ptr,  # (R,) int64 RoIs sorted by row
+    start_ptr,  # (N + 1,) int64: the RoIs of row n are order[start[n]:start[n + 1]]
+    gbf_ptr,  # (N, C, P) grad of the box features, in their dtype; every element written once
+    C: tl.constexpr, P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    n = tl.program_id(0).to(tl.int64)
+    first = tl.load(start_ptr + n)
+    last = tl.load(start_ptr + n + 1)
+    p = tl.arange(0, BLOCK_P)
+    p_ok = p < P
+    c_off = tl.arange(0, BLOCK_C)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + c_off
+        c_ok = c < C
+        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        for i in range(first, last):  # the RoIs reading this row, in RoI order (a row no RoI reads gets zeros)
+            r = tl.load(order_ptr + i)
+            cls = tl.load(cls_ptr + r)
+            w = tl.load(w_ptr + cls * C + c, mask=c_ok, other=0.0).to(tl.float32)
+            g = tl.load(gcam_ptr + r * P + p, mask=p_ok, other=0.0)
+            acc += w[:, None] * g[None, :]
+        tl.store(gbf_ptr + n * C * P + c[:, None] * P + p[None, :], acc.to(gbf_ptr.dtype.element_ty),
+                 mask=c_ok[:, None] & p_ok[None, :])
 
 
 def _blocks(C: int, P: int, Q: int, D: int) -> dict[str, int]:
@@ -236,9 +275,9 @@ def object_prior_add_forward(mask_features: Tensor, box_features: Tensor, cls_we
     N, C, Hb, Wb = box_features.shape
     mf = mask_features.contiguous()
     if out is None:
-        out = torch.empty_like(mf, memory_format=torch.contiguous_format)
+        out = _empty(*mf.shape, dtype=mf.dtype, device=mf.device)
     assert out.is_contiguous() and out.shape == mf.shape
-    cam = torch.empty(R, Hb * Wb, dtype=torch.float32, device=mf.device)
+    cam = _empty(R, Hb * Wb, dtype=torch.float32, device=mf.device)
     if R == 0:
         return out, cam
     bf, w, cls = box_features.contiguous(), cls_weight.contiguous(), classes.contiguous()
@@ -246,7 +285,7 @@ def object_prior_add_forward(mask_features: Tensor, box_features: Tensor, cls_we
     scale_t, s_val = _scale_args(scale_value, scale, cls)
     _object_prior_add_fwd_kernel[(R,)](
         mf, bf, w, cls, rows_t, scale_t, out, cam,
-        s_val, D, C, Hb * Wb, Hm * Wm, Hb, Wb, Wm, Hb / Hm, Wb / Wm, EPS,
+        s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
         HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize,
         **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
     )
@@ -262,37 +301,46 @@ def object_prior_add_backward(grad_out: Tensor, box_features: Tensor, cls_weight
     N, C, Hb, Wb = box_features.shape
     need_bf, need_w, need_s = needs
     dev = grad_out.device
-    # Rows may repeat (several detections of one proposal), so they accumulate with float32 atomics; without rows RoI
-    # r owns row r and stores its gradient directly (rows past R, if any, get zeros).
-    atomic_bf = need_bf and rows is not None
-    gbf = gw = gs = None
+    # Without rows RoI r owns row r and stores its gradient directly (rows past R, if any, get zeros). With rows (which
+    # may repeat: several detections of one proposal) the RoIs' g_cam go to a small R x P buffer and a second kernel
+    # writes every row once.
+    gbf = gw = gs = gcam = None
     if need_bf:
         if rows is not None:
-            gbf = torch.zeros(N, C, Hb, Wb, dtype=torch.float32, device=dev)
+            gcam = _empty(R, Hb * Wb, dtype=torch.float32, device=dev)
+            gbf = _empty(N, C, Hb, Wb, dtype=box_features.dtype, device=dev)
         elif N > R:
             gbf = torch.zeros(N, C, Hb, Wb, dtype=box_features.dtype, device=dev)
         else:
-            gbf = torch.empty(N, C, Hb, Wb, dtype=box_features.dtype, device=dev)
+            gbf = _empty(N, C, Hb, Wb, dtype=box_features.dtype, device=dev)
     if need_w:
         gw = torch.zeros(cls_weight.shape, dtype=torch.float32, device=dev)
     if need_s:
-        gs = torch.empty(R, dtype=torch.float32, device=dev)
+        gs = _empty(R, dtype=torch.float32, device=dev)
     if R > 0 and any(needs):
         go = grad_out.contiguous()
         cls = classes.contiguous()
+        w = cls_weight.contiguous()
         rows_t = cls if rows is None else rows.contiguous()
         scale_t, s_val = _scale_args(scale_value, scale, cls)
         bf = box_features.contiguous() if need_w else cam  # read only for the weight's gradient: copy only then
+        blocks = _blocks(C, Hb * Wb, Hm * Wm, D)
         _object_prior_add_bwd_kernel[(R,)](
-            go, bf, cls_weight.contiguous(), cls, rows_t, scale_t, cam.contiguous(),
-            gbf if gbf is not None else cam, gw if gw is not None else cam, gs if gs is not None else cam,
-            s_val, D, C, Hb * Wb, Hm * Wm, Hb, Wb, Wm, Hb / Hm, Wb / Wm, EPS,
-            HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, ATOMIC_BF=atomic_bf,
-            NEED_BF=need_bf, NEED_W=need_w, NEED_S=need_s,
-            **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
+            go, bf, w, cls, rows_t, scale_t, cam.contiguous(),
+            next(t for t in (gcam, gbf, cam) if t is not None), gw if gw is not None else cam,
+            gs if gs is not None else cam,
+            s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
+            HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize,
+            NEED_BF=need_bf, NEED_W=need_w, NEED_S=need_s, **blocks, num_warps=4,
         )
-    if gbf is not None:
-        gbf = gbf.to(box_features.dtype)
+        if gcam is not None:
+            # RoIs grouped by row on the device (no host sync): row n's RoIs are order[start[n]:start[n + 1]].
+            order = torch.argsort(rows_t, stable=True)
+            start = torch.searchsorted(rows_t[order], torch.arange(N + 1, device=dev, dtype=rows_t.dtype))
+            _box_grad_rows_kernel[(N,)](gcam, w, cls, order, start, gbf, C=C, P=Hb * Wb,
+                                        BLOCK_C=blocks["BLOCK_C"], BLOCK_P=blocks["BLOCK_P"], num_warps=4)
+    elif gcam is not None:
+        gbf.zero_()  # no RoI: nothing reads any row
     if gw is not None:
         gw = gw.to(cls_weight.dtype)
     if gs is not None:

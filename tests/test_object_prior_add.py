@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opmask_fast.ops.object_prior_add import ObjectMaskPrior, object_prior, object_prior_add, object_prior_add_
+from opmask_fast.ops.object_prior_add import (ObjectMaskPrior, _triton_kernels, object_prior, object_prior_add,
+                                             object_prior_add_)
 from opmask_fast.ops.reference import object_prior_add as ref
 
 # (opmask_fast.ops re-exports the function object_prior_add, which shadows the module's attribute name)
@@ -139,6 +140,28 @@ def test_triton_matches_reference(sizes, rows, dtype):
     if dtype != torch.float32:  # the oracle sees the inputs the kernel sees
         c = {k: v if v is None or not v.is_floating_point() else v.to(dtype).double() for k, v in c.items()}
     assert_all_close(run(c, backend="triton", dtype=dtype, device=DEVICE), oracle(c), dtype)
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_writes_every_output_element_and_each_shared_row_once(monkeypatch, dtype):
+    """Outputs poisoned with NaN before the kernels run; rows shared by several RoIs (in any order) and rows no RoI
+    reads (they must get exact zeros, in the box features' dtype). Fails if a row kernel skipped an unread row, summed
+    a row's RoIs partially, or the launcher left any element of out, cam or the gradients unwritten."""
+    kernels = _triton_kernels()
+
+    def poisoned(*shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    monkeypatch.setattr(kernels, "_empty", poisoned)
+    c = make_case(R=9, rows=True)
+    c["box_features"] = torch.randn(6, 24, 7, 7, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    c["rows"] = torch.tensor([4, 0, 2, 2, 0, 4, 2, 5, 0])  # rows 1 and 3 unread
+    if dtype != torch.float32:
+        c = {k: v if v is None or not v.is_floating_point() else v.to(dtype).double() for k, v in c.items()}
+    results = run(c, backend="triton", dtype=dtype, device=DEVICE)
+    assert results[2].dtype == dtype
+    assert results[2][[1, 3]].eq(0).all()
+    assert_all_close(results, oracle(c), dtype)
 
 
 @needs_triton
@@ -357,28 +380,31 @@ from triton.compiler import ASTSource
 from opmask_fast.ops.object_prior_add import _triton_kernels
 k = _triton_kernels()
 FLOATS = ("scale_value", "scale_h", "scale_w", "eps")
+SHAPES = dict(D=256, C=1024, P=49, Q=196, Hb=7, Wb=7, Wm=14)  # the R-50 preset's, compile-time constants
 def compile_kernel(kernel, dtype, flags, arch):
     names = list(inspect.signature(kernel.fn).parameters)
     sig = {}
     for n in names:
-        if n in flags or n.startswith("BLOCK_"):
+        if n in flags or n.startswith("BLOCK_") or n in SHAPES:
             sig[n] = "constexpr"
-        elif n in ("cls_ptr", "rows_ptr"):
+        elif n in ("cls_ptr", "rows_ptr", "order_ptr", "start_ptr"):
             sig[n] = "*i64"
-        elif n in ("mf_ptr", "bf_ptr", "out_ptr", "go_ptr") or (n == "gbf_ptr" and not flags["ATOMIC_BF"]):
+        elif n in ("mf_ptr", "bf_ptr", "out_ptr", "go_ptr") or (n == "gbf_ptr" and not flags.get("HAS_ROWS")):
             sig[n] = "*" + dtype
         elif n.endswith("_ptr"):
             sig[n] = "*fp32"
         else:
             sig[n] = "fp32" if n in FLOATS else "i32"
-    consts = {(names.index(n),): v for n, v in {**flags, **k._blocks(1024, 49, 196, 256)}.items()}
+    values = {**{n: v for n, v in SHAPES.items() if n in names}, **flags, **k._blocks(1024, 49, 196, 256)}
+    consts = {(names.index(n),): v for n, v in values.items() if n in names}
     triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=GPUTarget("cuda", arch, 32))
 for arch in (80, 90):
     for rows in (False, True):
         fwd = dict(HAS_ROWS=rows, SCALE_PTR=rows, NORMALIZE=True)
         compile_kernel(k._object_prior_add_fwd_kernel, "bf16" if rows else "fp32", fwd, arch)
-        bwd = dict(fwd, ATOMIC_BF=rows, NEED_BF=True, NEED_W=rows, NEED_S=rows)
+        bwd = dict(fwd, NEED_BF=True, NEED_W=rows, NEED_S=rows)
         compile_kernel(k._object_prior_add_bwd_kernel, "bf16" if rows else "fp32", bwd, arch)
+    compile_kernel(k._box_grad_rows_kernel, "bf16", {}, arch)
 print("compiled")
 """
 
