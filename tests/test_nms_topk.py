@@ -95,3 +95,26 @@ def test_bad_arguments_are_refused():
     scores_masked[0] = float("-inf")  # the NaN box is an invalid candidate: allowed
     keep, count = nms_topk(bad, scores_masked, 0.5, 3)
     assert 0 not in keep[:int(count)].tolist()
+
+
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and _extension.cuda_built()),
+                                reason="needs a GPU and the CUDA kernels")
+
+
+@needs_cuda
+@pytest.mark.parametrize("n,classes,max_keep,ties", [(1, 1, 5, False), (700, 1, 50, False), (3000, 80, 100, True),
+                                                     (5000, 3, 5000, False), (20000, 80, 100, False)])
+def test_cuda_grouped_walk_equals_the_cpu_kernel(n, classes, max_keep, ties):
+    """The CUDA per-category walk (one block per category, early stop at max_keep) against the CPU kernel: groups
+    longer than a block's threads, one category, many, ties, -inf and NaN candidates. batched_nms on CUDA (the same
+    walk, nothing masked) against the CPU kernel too."""
+    boxes, scores, idxs = _case(n, seed=n, classes=classes, ties=ties)
+    masked = scores.masked_fill(torch.rand(n, generator=torch.Generator().manual_seed(1)) < 0.2, float("-inf"))
+    masked[::97] = float("nan")
+    for cls in (idxs, None):
+        keep, count = nms_topk(boxes.cuda(), masked.cuda(), 0.5, max_keep, None if cls is None else cls.cuda())
+        exp_keep, exp_count = nms_topk(boxes, masked, 0.5, max_keep, cls)
+        assert int(count) == int(exp_count)
+        assert torch.equal(keep.cpu(), exp_keep)
+    assert torch.equal(batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu(),
+                       batched_nms(boxes, scores, idxs, 0.5))

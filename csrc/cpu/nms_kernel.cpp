@@ -38,12 +38,13 @@ acc_t threshold_for(double t) {
 }
 
 // Greedy NMS over the sorted boxes [begin, end) of x1/y1/x2/y2/area/pos (clobbered); sets keep[pos] = 1 for
-// survivors. Each kept box marks later boxes dead in a branch-free loop the compiler vectorises (testing a box
-// that is already dead costs less than a branch); once a quarter of the remaining boxes are dead they are
-// compacted away, so later passes only stream live boxes.
+// survivors, stopping after max_keep of them (nms_topk: later ones cannot be among the first max_keep). Each kept
+// box marks later boxes dead in a branch-free loop the compiler vectorises (testing a box that is already dead costs
+// less than a branch); once a quarter of the remaining boxes are dead they are compacted away, so later passes only
+// stream live boxes.
 template <typename acc_t>
 void greedy(acc_t* x1, acc_t* y1, acc_t* x2, acc_t* y2, acc_t* area, int64_t* pos, int64_t begin, int64_t end,
-            acc_t threshold, uint8_t* keep, std::vector<uint8_t>& dead_buf) {
+            acc_t threshold, int64_t max_keep, uint8_t* keep, std::vector<uint8_t>& dead_buf) {
   x1 += begin, y1 += begin, x2 += begin, y2 += begin, area += begin, pos += begin;
   int64_t alive = end - begin;
   dead_buf.assign(alive, 0);
@@ -51,7 +52,7 @@ void greedy(acc_t* x1, acc_t* y1, acc_t* x2, acc_t* y2, acc_t* area, int64_t* po
   int64_t dead_after = 0;  // dead boxes at positions > i
   for (int64_t i = 0;; ++i) {
     while (i < alive && dead[i]) ++i, --dead_after;
-    if (i >= alive) break;
+    if (i >= alive || max_keep-- == 0) break;
     keep[pos[i]] = 1;
     const acc_t ix1 = x1[i], iy1 = y1[i], ix2 = x2[i], iy2 = y2[i], ia = area[i];
     int64_t newly = 0;
@@ -83,7 +84,8 @@ void check_inputs(const at::Tensor& boxes, const at::Tensor& scores) {
               "opmask_fast::nms: boxes and scores must be floating point");
 }
 
-at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double threshold) {
+at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double threshold,
+                    int64_t max_keep = std::numeric_limits<int64_t>::max()) {
   check_inputs(boxes, scores);
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
@@ -129,7 +131,8 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const at:
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       std::vector<uint8_t> dead;
       for (int64_t g = g0; g < g1; ++g)
-        greedy(x1, y1, x2, y2, area, packed.data(), group_begin[g], group_begin[g + 1], thr, keep_sorted.data(), dead);
+        greedy(x1, y1, x2, y2, area, packed.data(), group_begin[g], group_begin[g + 1], thr, max_keep,
+               keep_sorted.data(), dead);
     });
   });
   int64_t count = 0;
@@ -169,7 +172,8 @@ std::tuple<at::Tensor, at::Tensor> nms_topk_cpu(const at::Tensor& boxes, const a
   const at::Tensor sub_scores = scores.index_select(0, where).contiguous();
   at::Tensor sub_cls;
   if (idxs.has_value()) sub_cls = idxs->index_select(0, where).contiguous();
-  const at::Tensor kept = nms_impl(sub_boxes, sub_scores, idxs.has_value() ? &sub_cls : nullptr, iou_threshold);
+  const at::Tensor kept =
+      nms_impl(sub_boxes, sub_scores, idxs.has_value() ? &sub_cls : nullptr, iou_threshold, max_keep);
   const int64_t count = std::min<int64_t>(kept.size(0), max_keep);
   at::Tensor out = at::full({max_keep}, -1, scores.options().dtype(at::kLong));
   if (count > 0) out.narrow(0, 0, count).copy_(where.index_select(0, kept.narrow(0, 0, count)));

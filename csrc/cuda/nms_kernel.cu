@@ -1,4 +1,5 @@
-// NMS CUDA kernels: the classic 64-box bitmask, with the keep list resolved on the device.
+// NMS CUDA kernels: the classic 64-box bitmask, with the keep list resolved on the device (nms), and a walk per
+// category (batched_nms, nms_topk with idxs: nms_grouped_kernel, no cross-category pairs).
 //
 // Boxes are sorted by descending score. nms_mask_kernel sets bit j of mask[i][j / 64] when box j (later in the
 // order) overlaps box i above the threshold - and, for batched_nms, has the same category, so categories never
@@ -83,6 +84,63 @@ __global__ void nms_gather_kernel(int64_t n, int64_t col_blocks, const unsigned 
   }
 }
 
+// Batched NMS without cross-category work: the score-sorted boxes are grouped by category (a stable sort keeps score
+// order inside a group) and each group walks greedily in one block - the kept box's IoU with the group's later boxes
+// computed by the block's threads, one sync per kept box - so the cost is the sum of per-group work and the memory
+// one byte per box, instead of the N x N/64 mask over every pair. Block b takes the groups that start at positions
+// b, b + gridDim.x, ...; a group stops at its first -inf score (they sort last; NaN sorts first and is skipped) and
+// once it has kept max_keep boxes (no more of its boxes can be among the first max_keep overall).
+template <typename acc_t>
+__global__ void nms_grouped_kernel(int64_t n, const int64_t* __restrict__ group_order,
+                                   const acc_t* __restrict__ boxes, const acc_t* __restrict__ scores,
+                                   const int64_t* __restrict__ cls, float threshold, int64_t max_keep,
+                                   uint8_t* __restrict__ removed, bool* __restrict__ keep) {
+  for (int64_t start = blockIdx.x; start < n; start += gridDim.x) {
+    if (start > 0 && cls[group_order[start]] == cls[group_order[start - 1]]) continue;  // not a group's first box
+    int64_t end = start + 1;
+    while (end < n && cls[group_order[end]] == cls[group_order[start]]) ++end;
+    int64_t kept = 0;
+    for (int64_t i = start; i < end && kept < max_keep; ++i) {
+      __syncthreads();  // removed[i] was written before this barrier by the previous kept box
+      const int64_t p = group_order[i];
+      const acc_t s = scores[p];
+      if (s == -INFINITY) break;
+      if (removed[i] || s != s) continue;
+      if (threadIdx.x == 0) keep[p] = true;
+      ++kept;
+      const acc_t* a = boxes + p * 4;
+      const acc_t area = (a[2] - a[0]) * (a[3] - a[1]);
+      for (int64_t j = i + 1 + threadIdx.x; j < end; j += blockDim.x) {
+        if (removed[j]) continue;
+        const acc_t* b = boxes + group_order[j] * 4;
+        if (iou_above<acc_t, float>(a[0], a[1], a[2], a[3], area, b[0], b[1], b[2], b[3], (b[2] - b[0]) * (b[3] - b[1]),
+                                    threshold))
+          removed[j] = 1;
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Keep flags over the score-sorted boxes (sorted, sorted_scores, sorted_cls) of the grouped walk, on the device.
+at::Tensor grouped_keep(const at::Tensor& sorted, const at::Tensor& sorted_scores, const at::Tensor& sorted_cls,
+                        double threshold, int64_t max_keep) {
+  const int64_t n = sorted.size(0);
+  const at::Tensor group_order = std::get<1>(sorted_cls.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
+  at::Tensor removed = at::zeros({n}, sorted.options().dtype(at::kByte));
+  at::Tensor keep = at::zeros({n}, sorted.options().dtype(at::kBool));
+  const int blocks = static_cast<int>(n < 4096 ? n : 4096);
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(sorted.scalar_type(), "nms_grouped_cuda", [&] {
+    nms_grouped_kernel<scalar_t><<<blocks, 256, 0, stream>>>(
+        n, group_order.const_data_ptr<int64_t>(), sorted.const_data_ptr<scalar_t>(),
+        sorted_scores.const_data_ptr<scalar_t>(), sorted_cls.const_data_ptr<int64_t>(), static_cast<float>(threshold),
+        max_keep, removed.mutable_data_ptr<uint8_t>(), keep.mutable_data_ptr<bool>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return keep;
+}
+
 at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double threshold) {
   TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "opmask_fast::nms: boxes must be a Tensor[N, 4]");
   TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), "opmask_fast::nms: scores must be a Tensor[N]");
@@ -101,6 +159,10 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   if (idxs != nullptr) {
     TORCH_CHECK(idxs->device() == boxes.device(), "opmask_fast::batched_nms: idxs must be on the boxes' device");
     cls = idxs->index_select(0, order).to(at::kLong).contiguous();
+    // Categories never interact: the grouped walk, without the all-pairs mask (NaN scores are kept by plain nms and
+    // batched_nms, as torchvision does, so they go through the walk as finite scores would: the scores passed are 0).
+    const at::Tensor zeros = at::zeros({n}, sorted.options());
+    return order.masked_select(grouped_keep(sorted, zeros, cls, threshold, n));
   }
   at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
@@ -191,6 +253,14 @@ std::tuple<at::Tensor, at::Tensor> nms_topk_cuda(const at::Tensor& boxes_, const
     TORCH_CHECK(!idxs->is_floating_point(), "opmask_fast::nms_topk: idxs must be an integer tensor");
     TORCH_CHECK(idxs->device() == boxes.device(), "opmask_fast::nms_topk: idxs must be on the boxes' device");
     cls = idxs->index_select(0, order).to(at::kLong).contiguous();
+    // Per category (grouped walk), then the first max_keep kept boxes in score order: rank = kept boxes before.
+    const at::Tensor keep = grouped_keep(sorted, sorted_scores, cls, iou_threshold, max_keep);
+    const at::Tensor rank = keep.cumsum(0) - 1;
+    const at::Tensor slot = at::where(keep & rank.lt(max_keep), rank, at::full_like(rank, max_keep));
+    at::Tensor padded = at::full({max_keep + 1}, -1, out.options());
+    padded.scatter_(0, slot, order);  // every unkept box lands in the spare last slot
+    count.copy_(keep.sum().clamp_max(max_keep));
+    return {padded.narrow(0, 0, max_keep).contiguous(), count};
   }
   at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   const auto stream = at::cuda::getCurrentCUDAStream();
