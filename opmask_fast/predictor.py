@@ -64,8 +64,8 @@ class Predictor:
         state: the checkpoint's contents when already read (``cli.checks.read_checkpoint``), so it is not read
             twice.
         static: run the static-shape inference path (`modeling.meta_arch.StaticInference`: the same detections, no
-            host synchronisation until the results are read) one image at a time; False runs the model's dynamic
-            path on `batch_size` images at once.
+            host synchronisation until the results are read), the images of each `batch_size` chunk that share a
+            size as one batch; False runs the model's dynamic path on `batch_size` images at once.
 
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):
         boxes ``Tensor[M, 4]`` xyxy float32, scores ``Tensor[M]``, labels ``Tensor[M]`` int64 (0..K-1),
@@ -118,11 +118,16 @@ class Predictor:
         return out
 
     def _static_detections(self, tensors: list[Tensor], sizes: list[tuple[int, int]]) -> list[dict]:
-        dets = []
-        for t in tensors:
-            out = self.static(t[None])
-            n = int(out["count"][0])  # the one read of the device's results
-            dets.append({k: v[0, :n] for k, v in out.items() if k != "count"})
+        # Images of one (resized) size run as one batch: the static module takes a single image size per call.
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault(tuple(t.shape), []).append(i)
+        dets: list[dict] = [{} for _ in tensors]
+        for members in groups.values():
+            out = self.static(torch.stack([tensors[i] for i in members]))
+            counts = out["count"].tolist()  # the one read of the device's results
+            for b, (i, n) in enumerate(zip(members, counts)):
+                dets[i] = {k: v[b, :n] for k, v in out.items() if k != "count"}
         return self.model.postprocess(dets, [tuple(t.shape[1:]) for t in tensors], sizes)
 
     def _instances(self, det: dict, size: tuple[int, int]) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def root(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["opmask_r18_lite", "opmask_r18_lite_paper", "baseline_r18_lite"])
 def trained(request, root):
-    """Each of the main job's three recipes (the headline's general prior path, the paper's fused one, none)."""
+    """Each of the main job's three recipes (the headline's prior weighted on RoIAlign's write, the paper's added as
+    is, none)."""
     return _train(request.param, root)
 
 
@@ -60,6 +61,10 @@ def _compare(dynamic: dict, static: dict, b: int) -> int:
     torch.testing.assert_close(static["mask_probs"][b, :n], dynamic["mask_probs"], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(static["priors"][b, :n], dynamic["priors"], atol=1e-5, rtol=1e-4)
     assert (static["scores"][b, n:] == 0).all() and (static["labels"][b, n:] == 0).all()
+    if "masks" in static:  # pasted on the device: the dynamic path's masks up to pixels at the threshold itself
+        assert static["masks"].shape[2:] == dynamic["masks"].shape[1:]
+        assert (static["masks"][b, :n] != dynamic["masks"]).float().mean() <= 1e-3
+        assert not static["masks"][b, n:].any()
     return n
 
 
@@ -67,7 +72,7 @@ def test_same_detections_as_the_dynamic_path(trained):
     """Fails if a candidate the dynamic path drops were kept (or the reverse), or if NMS order, the detection's source
     proposal (its prior) or the padding drifted."""
     model, images, _ = trained
-    static = StaticInference(model)
+    static = StaticInference(model, paste=True)
     seen = 0
     with torch.no_grad():
         for img in images:
@@ -85,7 +90,7 @@ def test_exports_with_a_dynamic_image_size_and_matches_eager(headline):
     """torch.export fails on any data-dependent shape or value read on the host (a .tolist(), nonzero, a Python
     branch on a tensor): exporting the whole path proves it has no host synchronisation."""
     model, images, _ = headline
-    static = StaticInference(model)
+    static = StaticInference(model, paste=True)
     img = images[0][None]
     # From 96 px up, every FPN level of a padded image has at least 2 rows and columns (export specialises 1s).
     h, w = torch.export.Dim("h", min=96, max=2048), torch.export.Dim("w", min=96, max=2048)
@@ -115,8 +120,10 @@ def test_predictor_uses_the_static_path_with_the_same_answers(headline):
     arrays = [(im.permute(1, 2, 0).numpy()).astype("uint8") for im in images[:2]]
     arrays.append(arrays[0][:90, :150])  # another size: resized to the test size, pasted back into 90 x 150
     static, dynamic = Predictor(ckpt), Predictor(ckpt, static=False)
+    batched = Predictor(ckpt, batch_size=3)  # the two images of one size run as one static batch
     assert static.static is not None and dynamic.static is None
-    for a, b in zip(static.predict(arrays), dynamic.predict(arrays)):
+    expected = dynamic.predict(arrays)
+    for a, b in zip(static.predict(arrays) + batched.predict(arrays), expected + expected):
         assert a["image_size"] == b["image_size"] and a["category_ids"] == b["category_ids"]
         torch.testing.assert_close(a["boxes"], b["boxes"])
         torch.testing.assert_close(a["scores"], b["scores"])

@@ -11,7 +11,8 @@ at every step. `StaticInference` computes the same detections with every shape k
 
 The module exports with `torch.export` (image height and width dynamic) and compiles with
 `torch.compile(fullgraph=True)`; on a GPU it can be captured as one CUDA graph. Masks are returned at 28x28 (and the
-priors at 7x7): pasting them into an image is the caller's (`OPMaskModel.postprocess`).
+priors at 7x7); with `paste=True` also pasted on the device into a `Tensor[B, M, H, W]` bool output at the input size
+(chunks of a fixed number of detections, the same paste as `OPMaskModel.postprocess`), padded rows all false.
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ from torch import Tensor, nn
 from opmask_fast.ops import nms_topk
 
 from ..box_ops import clip_boxes, nonempty
+from ..paste import paste_mask_probs
+
+# Detections pasted per step: the float32 intermediate is PASTE_CHUNK x H x W (about 64 MB at 800 x 1333).
+PASTE_CHUNK = 16
 
 
 class StaticInference(nn.Module):
     """Args:
         model: a built `OPMaskModel` (in eval mode: BatchNorm statistics are used, not measured).
+        paste: also return `masks Tensor[B, M, H, W]` bool, the masks pasted at the input size.
 
     `forward(images)` with `images Tensor[B, 3, H, W]` float RGB in 0..255 (one size for the batch) returns, with
     M = `cfg.roi_heads.detections_per_image`: `boxes Tensor[B, M, 4]` in input pixels, `scores Tensor[B, M]`,
@@ -35,10 +41,11 @@ class StaticInference(nn.Module):
     `count Tensor[B]` int64: rows at and after `count[b]` are padding (score 0, label 0).
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, paste: bool = False):
         super().__init__()
         self.model = model.eval()
         self.cfg = model.cfg
+        self.paste = paste
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> dict[str, Tensor]:
@@ -52,7 +59,24 @@ class StaticInference(nn.Module):
         # that every FPN level halves exactly.
         d = cfg.size_divisibility
         x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
-        return self.detect(m.backbone(x), b, h, w)
+        out = self.detect(m.backbone(x), b, h, w)
+        if self.paste:
+            out["masks"] = self.paste_masks(out, h, w)
+        return out
+
+    def paste_masks(self, out: dict[str, Tensor], h, w) -> Tensor:
+        """`Tensor[B, M, h, w]` bool: each detection's mask probabilities pasted into its box (threshold
+        `roi_heads.mask_threshold`), rows at and after `count` false; written chunk by chunk into one preallocated
+        output, every shape fixed by M and the image size."""
+        b, mm = out["scores"].shape
+        probs, boxes = out["mask_probs"].reshape(b * mm, *out["mask_probs"].shape[2:]), out["boxes"].reshape(-1, 4)
+        real = (torch.arange(mm, device=boxes.device)[None, :] < out["count"][:, None]).reshape(-1, 1, 1)
+        masks = torch.empty((b * mm, h, w), dtype=torch.bool, device=boxes.device)
+        threshold = self.cfg.roi_heads.mask_threshold
+        for s in range(0, b * mm, PASTE_CHUNK):
+            e = min(s + PASTE_CHUNK, b * mm)
+            masks[s:e] = (paste_mask_probs(probs[s:e], boxes[s:e], h, w) >= threshold) & real[s:e]
+        return masks.view(b, mm, h, w)
 
     @torch.no_grad()
     def detect(self, features, b: int, h, w) -> dict[str, Tensor]:
