@@ -80,6 +80,9 @@ class RoIHeadsConfig:
     # "box_projection": box-only RoIs train the mask head through their box's x/y extent; "box_projection_pairwise":
     # also BoxInst's pairwise term (neighbouring RoI cells of similar colour take the same label)
     weak_mask_loss: str = "none"
+    # The pairwise term's weight ramps linearly from 0 to 1 over this many training steps (BoxInst: 10k of its 90k
+    # iterations); 0 applies it fully from the start.
+    pairwise_warmup_iters: int = 0
     smooth_l1_beta: float = 0.0  # 0 gives the L1 box loss detectron2 uses
     score_thresh: float = 0.05  # detections below this score are dropped at inference
     nms_thresh: float = 0.5  # per-class NMS IoU threshold at inference
@@ -142,6 +145,8 @@ class ModelConfig:
         if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
                              f"got {self.roi_heads.weak_mask_loss!r}")
+        if self.roi_heads.pairwise_warmup_iters < 0:
+            raise ValueError(f"roi_heads.pairwise_warmup_iters must be >= 0, got {self.roi_heads.pairwise_warmup_iters}")
         if self.roi_heads.weak_mask_loss != "none" and self.roi_heads.mask_head_on_supervised_only:
             raise ValueError("roi_heads.weak_mask_loss trains the mask head on box-only RoIs, which "
                              "roi_heads.mask_head_on_supervised_only=True leaves out: set one of them")

@@ -67,6 +67,9 @@ _ALL = [
     _v("opmask_range_boxproj", "OPMask + prior x range + box projection loss", prior_scale="feature_range", **_PROJ),
     _v("opmask_std_boxproj_pairwise", "OPMask + prior x feature std + box projection + pairwise colour loss",
        prior_scale="feature_std", roi_heads__weak_mask_loss="box_projection_pairwise"),
+    _v("opmask_std_boxproj_pairwise_warm", "OPMask + prior x feature std + box projection + pairwise colour loss "
+       "(BoxInst's warm-up)", prior_scale="feature_std", roi_heads__weak_mask_loss="box_projection_pairwise",
+       roi_heads__pairwise_warmup_iters=89),  # the first ninth of the lite schedule's 800 steps, as BoxInst's 10k/90k
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

@@ -156,11 +156,16 @@ def test_pairwise_term_counts_only_similar_neighbours_inside_the_box():
                                torch.tensor(0.6931), atol=1e-4, rtol=0)
 
 
+def _pairwise_model(warmup: int = 0):
+    cfg = _cfg()
+    cfg.roi_heads.weak_mask_loss = "box_projection_pairwise"
+    cfg.roi_heads.pairwise_warmup_iters = warmup
+    return _model(cfg).train()
+
+
 def test_pairwise_option_trains_the_mask_head_from_box_only_rois():
     img, t = _sample(has_mask=(False, False))
-    model = _model(_cfg()).train()
-    model.roi_heads.rc.weak_mask_loss = "box_projection_pairwise"
-    model.cfg.roi_heads.weak_mask_loss = "box_projection_pairwise"
+    model = _pairwise_model()
     losses = model([img], [t])
     assert set(losses) >= {"loss_mask", "loss_mask_box", "loss_mask_pairwise"}
     assert torch.isfinite(losses["loss_mask_pairwise"]) and float(losses["loss_mask_pairwise"]) > 0
@@ -168,3 +173,28 @@ def test_pairwise_option_trains_the_mask_head_from_box_only_rois():
     assert model.roi_heads.mask_head.predictor.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs the images"):
         model.roi_heads.forward_train([], [], [])
+
+
+def test_pairwise_warm_up_ramps_the_term_linearly_and_survives_a_resume():
+    """BoxInst's warm-up: the term's weight is step / warmup for the first `pairwise_warmup_iters` steps, then 1; the
+    step count is a buffer (in checkpoints). Fails if the ramp were off by a step, never reached 1, or restarted."""
+    img, t = _sample(has_mask=(False, False))
+    warm, full = _pairwise_model(warmup=4), _pairwise_model(warmup=0)
+    full.load_state_dict(warm.state_dict())
+    for step in range(1, 7):
+        torch.manual_seed(step)
+        a = warm([img], [t])["loss_mask_pairwise"]
+        torch.manual_seed(step)
+        b = full([img], [t])["loss_mask_pairwise"]
+        torch.testing.assert_close(a, b * min(1.0, step / 4))
+    assert int(warm.state_dict()["roi_heads.pairwise_step"]) == 6
+    resumed = _pairwise_model(warmup=100)
+    resumed.load_state_dict(warm.state_dict())
+    torch.manual_seed(7)
+    c = resumed([img], [t])["loss_mask_pairwise"]
+    torch.manual_seed(7)
+    torch.testing.assert_close(c, full([img], [t])["loss_mask_pairwise"] * 7 / 100)
+    bad = _cfg()
+    bad.roi_heads.pairwise_warmup_iters = -1
+    with pytest.raises(ValueError, match="pairwise_warmup_iters must be >= 0"):
+        bad.validate()

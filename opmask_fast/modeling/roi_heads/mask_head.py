@@ -97,7 +97,8 @@ def _dice(p: Tensor, t: Tensor) -> Tensor:
 
 # BoxInst's pairwise term (Tian et al. 2021) with its own settings, not tuned here: neighbours at dilation 2 in a 3x3
 # window, an edge counts when the colour similarity exp(-||Lab_i - Lab_j|| / 2) is at least 0.3, only at cells inside
-# the GT box, loss weight 1. BoxInst's linear warm-up of the term over its first 10k of 90k iterations is left out.
+# the GT box, loss weight 1; BoxInst's linear warm-up of the term over its first 10k of 90k iterations is
+# `roi_heads.pairwise_warmup_iters` (RoIHeads applies it).
 PAIRWISE_DILATION = 2
 PAIRWISE_COLOR_THRESHOLD = 0.3
 

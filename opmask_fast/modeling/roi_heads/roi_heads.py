@@ -42,6 +42,9 @@ class RoIHeads(nn.Module):
         self.prior_tap = PriorTap() if cfg.use_prior else None
         self.prior_feature_norm, self.prior_every_conv = cfg.prior_feature_norm, cfg.prior_every_conv
         self.prior_cam = cfg.prior_cam
+        if rc.weak_mask_loss == "box_projection_pairwise":
+            # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
+            self.register_buffer("pairwise_step", torch.zeros((), dtype=torch.int64))
         self.box_coder = BoxCoder(weights=tuple(rc.box_reg_weights))
         self.matcher = Matcher(thresholds=(rc.iou_threshold,), labels=(0, 1))
 
@@ -135,8 +138,15 @@ class RoIHeads(nn.Module):
             # The image's Lab colour at the mask's cells, by the same RoIAlign convention as the mask targets.
             lab = roi_align(rgb_to_lab(images), mask_boxes, mask_logits.shape[-1], 1.0, 0, True)
             losses["loss_mask_pairwise"] = pairwise_color_loss(mask_logits, lab, torch.cat(mask_boxes),
-                                                               torch.cat(gt_boxes), ~supervised_t)
+                                                               torch.cat(gt_boxes), ~supervised_t) * self._ramp()
         return losses
+
+    def _ramp(self) -> Tensor | float:
+        """The pairwise term's weight this step, (step + 1) / pairwise_warmup_iters at most 1 (a tensor: no host
+        read), and counts the step."""
+        self.pairwise_step += 1
+        warmup = self.rc.pairwise_warmup_iters
+        return 1.0 if warmup <= 0 else (self.pairwise_step.float() / warmup).clamp(max=1.0)
 
     @property
     def mask_size(self) -> int:
