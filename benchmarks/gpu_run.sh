@@ -107,7 +107,7 @@ PYEOF
 memcheck() {
   "$CUDA_HOME/bin/compute-sanitizer" --tool memcheck --error-exitcode 9 "$PY" - << 'PYEOF'
 import torch
-from opmask_fast.ops import roi_align, nms, batched_nms
+from opmask_fast.ops import roi_align, nms, batched_nms, nms_topk, multi_level_roi_align
 torch.manual_seed(0)
 for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     x = torch.randn(2, 5, 13, 17, device="cuda", dtype=dtype, requires_grad=True)
@@ -116,9 +116,15 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     m = torch.randn(5, 3, 4, device="cuda", dtype=dtype, requires_grad=True)
     roi_align(x, rois, (3, 4), 1.0, 0, True, roi_map=m).sum().backward()
     roi_align(x, rois, 2, 0.5, 2, False).sum().backward()
+    for weight in ("feature_std", "feature_range"):
+        roi_align(x, rois, (3, 4), 1.0, 0, True, roi_map=m, map_weight=weight).sum().backward()
+        with torch.no_grad():
+            multi_level_roi_align([x, x[:, :, ::2, ::2].contiguous()], rois, torch.tensor([0, 1, 0, 1, 1], device="cuda"),
+                                  (3, 4), [1.0, 0.5], roi_map=m, map_weight=weight)
 b = torch.rand(200, 4, device="cuda") * 100; b[:, 2:] += b[:, :2]
 s = torch.rand(200, device="cuda")
-nms(b, s, 0.5); batched_nms(b, s, torch.randint(0, 5, (200,), device="cuda"), 0.5); nms(b[:1], s[:1], 0.5)
+c = torch.randint(0, 5, (200,), device="cuda")
+nms(b, s, 0.5); batched_nms(b, s, c, 0.5); nms(b[:1], s[:1], 0.5); nms_topk(b, s, 0.5, 20, c); nms_topk(b, s, 0.5, 300)
 torch.cuda.synchronize(); print("memcheck case ran")
 PYEOF
 }
