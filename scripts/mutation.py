@@ -95,7 +95,10 @@ MODULES: dict[str, Module] = {
     "roi_heads": Module("opmask_fast/modeling/roi_heads/roi_heads.py", (
         "tests/test_method_core.py",) + _PRIOR_OPTIONS_FAST + (
         "tests/test_mutation_kills_roi_heads.py", "tests/test_model.py::test_train_losses_and_eval_outputs",
-        "tests/test_model.py::test_fused_roi_align_prior_equals_object_prior_add"), "the RoI heads"),
+        "tests/test_model.py::test_fused_roi_align_prior_equals_object_prior_add",
+        "tests/test_model.py::test_adaptive_prior_on_roi_align_equals_the_general_path",
+        "tests/test_weak_supervision_options.py::test_pairwise_warm_up_ramps_the_term_linearly_and_survives_a_resume"),
+        "the RoI heads"),
     "checkpoint": Module("opmask_fast/training/checkpoint.py", (
         "tests/test_mutation_kills_checkpoint.py", "tests/test_train.py::test_checkpoint_write_is_atomic",
         "tests/test_train.py::test_resume_continues_exactly",

@@ -48,3 +48,36 @@ def test_an_image_without_any_gt_box_trains_with_exact_zero_mask_loss():
     losses = heads.forward_train(feats, [torch.tensor([[5.0, 5.0, 30.0, 30.0], [20.0, 10.0, 60.0, 50.0]])], [target])
     assert float(losses["loss_mask"].detach()) == 0.0
     assert all(torch.isfinite(v).all() for v in losses.values())
+
+
+def test_only_the_pairwise_term_adds_its_step_buffer():
+    """roi_heads.py:45 ReplaceComparisonOperator_Eq_LtE: ``if rc.weak_mask_loss == "box_projection_pairwise"`` ->
+    ``<=`` (strings: "box_projection" sorts before it, so the headline would get the warm-up's step buffer, a
+    checkpoint key the headline's checkpoints do not have)."""
+    for loss, has in (("none", False), ("box_projection", False), ("box_projection_pairwise", True)):
+        cfg = _cfg()
+        cfg.roi_heads.weak_mask_loss = loss
+        assert ("roi_heads.pairwise_step" in _model(cfg).state_dict()) is has
+
+
+def test_candidates_with_non_finite_boxes_are_dropped_at_inference(monkeypatch):
+    """roi_heads.py:217 ReplaceBinaryOperator_BitAnd_Add: ``isfinite(boxes).all(2) & isfinite(scores)`` -> ``+`` (on
+    bool tensors an or: a candidate whose decoded box is NaN but whose score is finite would be detected, with a NaN
+    box). Proposal 0's deltas are NaN for every class; every class scores high on every proposal."""
+    model = _model(_cfg()).eval()
+    heads = model.roi_heads
+    k = heads.num_classes
+    feats = [torch.randn(1, 32, 64 // s, 64 // s, generator=torch.Generator().manual_seed(s)) for s in (4, 8, 16, 32, 64)]
+    proposals = [torch.tensor([[5.0, 5.0, 30.0, 30.0], [20.0, 10.0, 60.0, 50.0], [2.0, 30.0, 24.0, 60.0]])]
+    real = heads.box_head.forward
+
+    def box_head(x):
+        box_feats, _, deltas = real(x)
+        logits = torch.zeros(x.shape[0], k + 1)
+        logits[:, :k] = 5.0
+        deltas = deltas.clone()
+        deltas[0] = float("nan")
+        return box_feats, logits, deltas
+    monkeypatch.setattr(heads.box_head, "forward", box_head)
+    det = heads.forward_test(feats, proposals, [(64, 64)])[0]
+    assert det["boxes"].shape[0] > 0 and torch.isfinite(det["boxes"]).all()
