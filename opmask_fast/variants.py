@@ -21,6 +21,7 @@ STUDY_FIELDS = {
     "prior_every_conv": False,
     "prior_grad_scale": None,
     "roi_heads.weak_mask_loss": "none",
+    "roi_heads.pairwise_warmup_iters": 0,
 }
 
 
