@@ -21,6 +21,17 @@ inline void check_roi_align_rois(const at::Tensor& rois, const at::Tensor& ref, 
                              c10::toString(ref.scalar_type()), c10::toString(rois.scalar_type())));
 }
 
+// roi_map Tensor[K, Ho, Wo] on the input's device, converted to the input's dtype and made contiguous; undefined when
+// absent. Shared by every RoIAlign forward (plain and weighted, CPU and CUDA).
+inline at::Tensor checked_roi_map(const std::optional<at::Tensor>& roi_map, const at::Tensor& input, int64_t k,
+                                  int64_t ph, int64_t pw) {
+  if (!roi_map.has_value()) return at::Tensor();
+  TORCH_CHECK(roi_map->dim() == 3 && roi_map->size(0) == k && roi_map->size(1) == ph && roi_map->size(2) == pw,
+              "opmask_fast::roi_align: roi_map must be a Tensor[K, Ho, Wo]");
+  TORCH_CHECK(roi_map->device() == input.device(), "opmask_fast::roi_align: roi_map must be on the input's device");
+  return roi_map->to(input.scalar_type()).contiguous();
+}
+
 inline void check_roi_align_grad(const at::Tensor& grad, const at::Tensor& rois, int64_t ph, int64_t pw,
                                  int64_t channels) {
   check_roi_align_rois(rois, grad, ph, pw);

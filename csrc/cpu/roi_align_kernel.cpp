@@ -93,12 +93,7 @@ at::Tensor roi_align_forward_impl(const at::Tensor& input_, const at::Tensor& ro
   const bool channels_last =
       c >= 8 && (input_.is_contiguous(at::MemoryFormat::ChannelsLast) || k * ph * pw * 16 >= n * h * w);
   const at::Tensor input = channels_last ? input_.permute({0, 2, 3, 1}).contiguous() : input_.contiguous();
-  at::Tensor roi_map;
-  if (roi_map_.has_value()) {
-    TORCH_CHECK(roi_map_->dim() == 3 && roi_map_->size(0) == k && roi_map_->size(1) == ph && roi_map_->size(2) == pw,
-                "opmask_fast::roi_align: roi_map must be a Tensor[K, Ho, Wo]");
-    roi_map = roi_map_->to(input.scalar_type()).contiguous();
-  }
+  const at::Tensor roi_map = checked_roi_map(roi_map_, input, k, ph, pw);
   at::Tensor out = at::zeros({k, c, ph, pw}, input.options());
   if (k == 0 || c == 0) return out;
   BadRoi bad;

@@ -134,7 +134,8 @@ inline acc_t add_weighted_map(scalar_t* dst, const scalar_t* map, int64_t channe
   const acc_t w = static_cast<acc_t>(weight);
   for (int64_t ch = 0; ch < channels; ++ch)
     for (int64_t b = 0; b < nbins; ++b)
-      dst[ch * nbins + b] = static_cast<scalar_t>(static_cast<acc_t>(dst[ch * nbins + b]) + w * static_cast<acc_t>(map[b]));
+      dst[ch * nbins + b] =
+          static_cast<scalar_t>(static_cast<acc_t>(dst[ch * nbins + b]) + w * static_cast<acc_t>(map[b]));
   return w;
 }
 

@@ -89,7 +89,8 @@ __global__ void nms_gather_kernel(int64_t n, int64_t col_blocks, const unsigned 
 // computed by the block's threads, one sync per kept box - so the cost is the sum of per-group work and the memory
 // one byte per box, instead of the N x N/64 mask over every pair. Block b takes the groups that start at positions
 // b, b + gridDim.x, ...; a group stops at its first -inf score (they sort last; NaN sorts first and is skipped) and
-// once it has kept max_keep boxes (no more of its boxes can be among the first max_keep overall).
+// once it has kept max_keep boxes (no more of its boxes can be among the first max_keep overall). scores may be null:
+// every box is a candidate (batched_nms, which keeps -inf and NaN scores as torchvision does).
 template <typename acc_t>
 __global__ void nms_grouped_kernel(int64_t n, const int64_t* __restrict__ group_order,
                                    const acc_t* __restrict__ boxes, const acc_t* __restrict__ scores,
@@ -103,7 +104,7 @@ __global__ void nms_grouped_kernel(int64_t n, const int64_t* __restrict__ group_
     for (int64_t i = start; i < end && kept < max_keep; ++i) {
       __syncthreads();  // removed[i] was written before this barrier by the previous kept box
       const int64_t p = group_order[i];
-      const acc_t s = scores[p];
+      const acc_t s = scores != nullptr ? scores[p] : acc_t(0);
       if (s == -INFINITY) break;
       if (removed[i] || s != s) continue;
       if (threadIdx.x == 0) keep[p] = true;
@@ -122,7 +123,8 @@ __global__ void nms_grouped_kernel(int64_t n, const int64_t* __restrict__ group_
   }
 }
 
-// Keep flags over the score-sorted boxes (sorted, sorted_scores, sorted_cls) of the grouped walk, on the device.
+// Keep flags over the score-sorted boxes (sorted, sorted_scores or undefined: all candidates, sorted_cls) of the
+// grouped walk, on the device.
 at::Tensor grouped_keep(const at::Tensor& sorted, const at::Tensor& sorted_scores, const at::Tensor& sorted_cls,
                         double threshold, int64_t max_keep) {
   const int64_t n = sorted.size(0);
@@ -134,7 +136,8 @@ at::Tensor grouped_keep(const at::Tensor& sorted, const at::Tensor& sorted_score
   AT_DISPATCH_FLOATING_TYPES(sorted.scalar_type(), "nms_grouped_cuda", [&] {
     nms_grouped_kernel<scalar_t><<<blocks, 256, 0, stream>>>(
         n, group_order.const_data_ptr<int64_t>(), sorted.const_data_ptr<scalar_t>(),
-        sorted_scores.const_data_ptr<scalar_t>(), sorted_cls.const_data_ptr<int64_t>(), static_cast<float>(threshold),
+        sorted_scores.defined() ? sorted_scores.const_data_ptr<scalar_t>() : nullptr,
+        sorted_cls.const_data_ptr<int64_t>(), static_cast<float>(threshold),
         max_keep, removed.mutable_data_ptr<uint8_t>(), keep.mutable_data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -159,10 +162,9 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   if (idxs != nullptr) {
     TORCH_CHECK(idxs->device() == boxes.device(), "opmask_fast::batched_nms: idxs must be on the boxes' device");
     cls = idxs->index_select(0, order).to(at::kLong).contiguous();
-    // Categories never interact: the grouped walk, without the all-pairs mask (NaN scores are kept by plain nms and
-    // batched_nms, as torchvision does, so they go through the walk as finite scores would: the scores passed are 0).
-    const at::Tensor zeros = at::zeros({n}, sorted.options());
-    return order.masked_select(grouped_keep(sorted, zeros, cls, threshold, n));
+    // Categories never interact: the grouped walk, without the all-pairs mask; no scores passed, so -inf and NaN
+    // candidates are walked as any other (torchvision keeps them).
+    return order.masked_select(grouped_keep(sorted, at::Tensor(), cls, threshold, n));
   }
   at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));

@@ -97,13 +97,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  at::Tensor roi_map;
-  if (roi_map_.has_value()) {
-    TORCH_CHECK(roi_map_->dim() == 3 && roi_map_->size(0) == k && roi_map_->size(1) == ph && roi_map_->size(2) == pw,
-                "opmask_fast::roi_align: roi_map must be a Tensor[K, Ho, Wo]");
-    TORCH_CHECK(roi_map_->device() == input.device(), "opmask_fast::roi_align: roi_map must be on the input's device");
-    roi_map = roi_map_->to(input.scalar_type()).contiguous();
-  }
+  const at::Tensor roi_map = checked_roi_map(roi_map_, input, k, ph, pw);
   at::Tensor out = at::empty({k, c, ph, pw}, input.options());
   if (out.numel() == 0) return out;
   int64_t cpb = 0;
@@ -131,12 +125,8 @@ std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cuda(const at::Tensor& inp
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
   const int64_t n = input.size(0), c = input.size(1), h = input.size(2), w = input.size(3), k = rois.size(0);
-  TORCH_CHECK(roi_map_.dim() == 3 && roi_map_.size(0) == k && roi_map_.size(1) == ph && roi_map_.size(2) == pw,
-              "opmask_fast::roi_align_weighted: roi_map must be a Tensor[K, Ho, Wo]");
-  TORCH_CHECK(roi_map_.device() == input.device(),
-              "opmask_fast::roi_align_weighted: roi_map must be on the input's device");
   TORCH_CHECK(k < (int64_t(1) << 31), "opmask_fast::roi_align_weighted: too many RoIs");
-  const at::Tensor roi_map = roi_map_.to(input.scalar_type()).contiguous();
+  const at::Tensor roi_map = checked_roi_map(roi_map_, input, k, ph, pw);
   at::Tensor out = at::empty({k, c, ph, pw}, input.options());
   // Zeros: with no channels the statistics are NaN, so the weight is 0 as in the reference.
   at::Tensor weights = at::zeros({k}, input.options().dtype(at::toOpMathType(input.scalar_type())));

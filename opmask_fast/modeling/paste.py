@@ -34,16 +34,18 @@ def paste_mask_probs(mask_probs: Tensor, boxes: Tensor, height: int, width: int)
 
 
 def paste_masks(mask_probs: Tensor, boxes: Tensor, height: int, width: int, *, threshold: float = 0.5,
-                chunk_bytes: int = 1 << 27) -> Tensor:
+                chunk_bytes: int = 1 << 27, chunk: int | None = None) -> Tensor:
     """Hard paste: -> `Tensor[M, H, W]` bool, foreground where the pasted probability >= threshold.
 
-    Detections are processed in chunks so the float32 intermediate stays under `chunk_bytes` (128 MiB) on large images.
+    Detections are processed in chunks so the float32 intermediate stays under `chunk_bytes` (128 MiB) on large images;
+    `chunk` fixes the detections per step instead (a step count that does not depend on the image size: traceable
+    with a dynamic size).
     """
     m = mask_probs.shape[0]
     out = torch.empty((m, height, width), dtype=torch.bool, device=mask_probs.device)
     if m == 0:
         return out
-    step = max(1, chunk_bytes // max(1, 4 * height * width))
+    step = chunk or max(1, chunk_bytes // max(1, 4 * height * width))
     for s in range(0, m, step):
         out[s:s + step] = paste_mask_probs(mask_probs[s:s + step], boxes[s:s + step], height, width) >= threshold
     return out

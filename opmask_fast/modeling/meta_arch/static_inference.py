@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from opmask_fast.ops import nms_topk
 
 from ..box_ops import clip_boxes, nonempty
-from ..paste import paste_mask_probs
+from ..paste import paste_masks
 
 # Detections pasted per step: the float32 intermediate is PASTE_CHUNK x H x W (about 64 MB at 800 x 1333).
 PASTE_CHUNK = 16
@@ -69,14 +69,10 @@ class StaticInference(nn.Module):
         `roi_heads.mask_threshold`), rows at and after `count` false; written chunk by chunk into one preallocated
         output, every shape fixed by M and the image size."""
         b, mm = out["scores"].shape
-        probs, boxes = out["mask_probs"].reshape(b * mm, *out["mask_probs"].shape[2:]), out["boxes"].reshape(-1, 4)
-        real = (torch.arange(mm, device=boxes.device)[None, :] < out["count"][:, None]).reshape(-1, 1, 1)
-        masks = torch.empty((b * mm, h, w), dtype=torch.bool, device=boxes.device)
-        threshold = self.cfg.roi_heads.mask_threshold
-        for s in range(0, b * mm, PASTE_CHUNK):
-            e = min(s + PASTE_CHUNK, b * mm)
-            masks[s:e] = (paste_mask_probs(probs[s:e], boxes[s:e], h, w) >= threshold) & real[s:e]
-        return masks.view(b, mm, h, w)
+        masks = paste_masks(out["mask_probs"].flatten(0, 1), out["boxes"].reshape(-1, 4), h, w,
+                            threshold=self.cfg.roi_heads.mask_threshold, chunk=PASTE_CHUNK).view(b, mm, h, w)
+        real = torch.arange(mm, device=masks.device)[None, :] < out["count"][:, None]
+        return masks & real[:, :, None, None]
 
     @torch.no_grad()
     def detect(self, features, b: int, h, w) -> dict[str, Tensor]:

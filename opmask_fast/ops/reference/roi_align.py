@@ -199,9 +199,9 @@ def roi_align(
         )  # (K*ph*pw, C)
     out = pooled.reshape(k, ph, pw, c).permute(0, 3, 1, 2)
     if roi_map is not None and map_weight != "none":
-        out = out.to(input.dtype).to(cdtype)
-        gain = map_gain(out, roi_map.to(input.dtype), map_weight).to(cdtype)
-        out = out + roi_map.to(input.dtype).to(cdtype)[:, None] * gain[:, None, None, None]
+        out = out.to(input.dtype).to(cdtype)  # the statistics of the rounded output, as the kernels read it back
+        m = roi_map.to(input.dtype).to(cdtype)
+        out = out + m[:, None] * map_gain(out, m, map_weight).to(cdtype)[:, None, None, None]
     elif roi_map is not None:
         out = out + roi_map.to(cdtype)[:, None]
     return out.to(input.dtype).contiguous()
