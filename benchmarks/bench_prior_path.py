@@ -2,8 +2,9 @@
 for the paper's recipe (prior added as is) and the headline's (prior x std(RoI features) / std(prior)).
 
 Providers per (recipe, R, dtype, mode) group:
-- fused: `object_prior(size=14x14)` then RoIAlign adding the map as it writes its output; for feature_std RoIAlign
-  also reads each RoI's weight off its own output (`map_weight="feature_std"`): one pass over the mask features;
+- fused: the model's path: `object_prior(size=14x14)` (at inference the returned 7x7 prior resized) then RoIAlign
+  adding the map as it writes its output; for feature_std RoIAlign also reads each RoI's weight off its own output
+  (`map_weight="feature_std"`): one pass over the mask features;
 - general: RoIAlign, then `object_prior`, then `PriorWeight` (a per-RoI std pass and an add pass over the features);
 - unfused: plain PyTorch/torchvision (all-class CAM convolution, gather, min-max, interpolate, std, add).
 At inference (R = 100, rows index 1000 proposals) every provider also computes the 7x7 prior the model returns.
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from opmask_fast.ops import PriorWeight, object_prior, roi_align
+from opmask_fast.ops.object_prior_add import resize_prior
 
 tv_ops = pytest.importorskip("torchvision.ops")
 
@@ -58,8 +60,12 @@ def fused(recipe):
     weight = PriorWeight(scale=recipe)
 
     def run(feat, rois, box, cls_w, classes, rows):
-        prior = object_prior(box, cls_w, classes, rows, size=(HM, HM), validate=False)
+        if torch.is_grad_enabled():
+            prior = object_prior(box, cls_w, classes, rows, size=(HM, HM), validate=False)
+        else:  # inference, as the model: the returned 7x7 prior, resized (one CAM pass)
+            prior = resize_prior(object_prior(box, cls_w, classes, rows, validate=False), (HM, HM))
         return roi_align(feat, rois, HM, SCALE, 0, True, roi_map=prior, map_weight=weight.map_weight)
+    run.computes_prior = True
     return run
 
 
@@ -96,7 +102,8 @@ def make_step(fn, args, grad_out, mode):
 
         def step():
             with torch.no_grad():
-                object_prior(box, cls_w, classes, rows, validate=False)  # the 7x7 prior the model returns
+                if not getattr(fn, "computes_prior", False):
+                    object_prior(box, cls_w, classes, rows, validate=False)  # the 7x7 prior the model returns
                 return fn(*args)
         return step
     leaves = [args[0], args[2]]
