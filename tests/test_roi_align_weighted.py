@@ -85,8 +85,6 @@ def test_edge_cases(mode):
 
     bad = x.clone()
     bad[1, :, 5, 5] = float("nan")
-    inside = rois[:, 0] == 1
-    inside &= (rois[:, 1] < 10) & (rois[:, 3] > 12) & (rois[:, 2] < 10) & (rois[:, 4] > 12)  # covers pixel (5, 5)
     rois_nan = torch.cat([rois, torch.tensor([[1.0, 0.0, 0.0, 30.0, 30.0]], dtype=rois.dtype)])
     map_nan = torch.cat([roi_map, torch.rand(1, 5, 3, dtype=roi_map.dtype)])
     out = roi_align(bad, rois_nan, (5, 3), 0.5, 2, True, roi_map=map_nan, map_weight=mode)
@@ -94,6 +92,9 @@ def test_edge_cases(mode):
     torch.testing.assert_close(out[-1], plain[-1], equal_nan=True)  # weight 0: the NaN RoI gets no map
     exp = reference.roi_align(bad, rois_nan, (5, 3), 0.5, 2, True, roi_map=map_nan, map_weight=mode)
     torch.testing.assert_close(out, exp, equal_nan=True)
+    image0 = rois_nan[:, 0] == 0  # the other image's RoIs read no NaN: their weights are as without it
+    clean = roi_align(x, rois_nan, (5, 3), 0.5, 2, True, roi_map=map_nan, map_weight=mode)
+    torch.testing.assert_close(out[image0], clean[image0])
 
     one = roi_align(x, rois, (1, 1), 0.5, 0, True, roi_map=roi_map[:, :1, :1], map_weight=mode)
     exp = reference.roi_align(x, rois, (1, 1), 0.5, 0, True, roi_map=roi_map[:, :1, :1], map_weight=mode)
