@@ -10,7 +10,7 @@ The prior's options, and why each is here:
   the paper's.
 - `prior_impl`: which fused op adds a fixed-weight prior (RoIAlign's output write or the separate op); same maths.
 - Study switches, kept because docs/study.md's tables reproduce with them (`opmask_fast.variants`):
-  `prior_feature_norm`, `prior_cam`, `prior_every_conv`, `prior_grad_scale`, `prior_gain_init`.
+  `prior_feature_norm`, `prior_cam`, `prior_every_conv`, `prior_grad_scale`, `prior_gain_init`, `prior_resolution`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ IMAGENET_RGB_STD = (58.395, 57.120, 57.375)
 
 PriorScale = Union[str, float]  # one of PRIOR_SCALE_MODES or a fixed float gain (opmask_fast.ops.prior_weight)
 PRIOR_CAMS = ("class", "class_vs_background")
+PRIOR_RESOLUTIONS = ("box", "mask")
 WEAK_MASK_LOSSES = ("none", "box_projection", "box_projection_pairwise")
 
 
@@ -110,6 +111,9 @@ class ModelConfig:
     prior_feature_norm: bool = False  # standardise each RoI's mask features (no parameters) before the prior is added
     prior_cam: str = "class"  # "class": the RoI class's classifier row (paper); "class_vs_background": minus the bg row
     prior_every_conv: bool = False  # also add the (weighted) prior to the input of every later mask-head conv
+    # "box": the CAM of the RoI's 7x7 box-head map, resized to the mask features (paper); "mask": the CAM of the box
+    # head's convs run on the mask's own 14x14 RoI features, so the prior has the mask head's resolution
+    prior_resolution: str = "box"
     prior_grad_scale: float | None = None  # gradient reaching the box head through the prior; None: the forward gain
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
     prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
@@ -142,6 +146,9 @@ class ModelConfig:
             raise ValueError(f"prior_impl must be 'roi_align' or 'object_prior_add', got {self.prior_impl!r}")
         if self.prior_cam not in PRIOR_CAMS:
             raise ValueError(f"prior_cam must be one of {', '.join(PRIOR_CAMS)}, got {self.prior_cam!r}")
+        if self.prior_resolution not in PRIOR_RESOLUTIONS:
+            raise ValueError(f"prior_resolution must be one of {', '.join(PRIOR_RESOLUTIONS)}, "
+                             f"got {self.prior_resolution!r}")
         if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
                              f"got {self.roi_heads.weak_mask_loss!r}")

@@ -70,7 +70,8 @@ class Predictor:
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):
         boxes ``Tensor[M, 4]`` xyxy float32, scores ``Tensor[M]``, labels ``Tensor[M]`` int64 (0..K-1),
         category_ids ``list[int]`` (the dataset's ids), category_names ``list[str]``, masks ``Tensor[M, H, W]`` bool,
-        mask_probs ``Tensor[M, 28, 28]``, priors ``Tensor[M, 7, 7]`` (the object mask prior of each detection),
+        mask_probs ``Tensor[M, 28, 28]``, priors ``Tensor[M, P, P]`` (the object mask prior of each detection: P = 7,
+        or 14 with ``prior_resolution="mask"``),
         image_size ``(H, W)``.
     """
 

@@ -20,6 +20,7 @@ STUDY_FIELDS = {
     "prior_cam": "class",
     "prior_every_conv": False,
     "prior_grad_scale": None,
+    "prior_resolution": "box",
     "roi_heads.weak_mask_loss": "none",
     "roi_heads.pairwise_warmup_iters": 0,
 }
@@ -71,6 +72,9 @@ _ALL = [
     _v("opmask_std_boxproj_pairwise_warm", "OPMask + prior x feature std + box projection + pairwise colour loss "
        "(BoxInst's warm-up)", prior_scale="feature_std", roi_heads__weak_mask_loss="box_projection_pairwise",
        roi_heads__pairwise_warmup_iters=89),  # the first ninth of the lite schedule's 800 steps, as BoxInst's 10k/90k
+    # The headline with the prior at the mask head's resolution: the box head's CAM over the mask's own 14x14 features.
+    _v("opmask_std_boxproj_maskres", "OPMask + prior x feature std + box projection loss, prior at mask resolution",
+       prior_scale="feature_std", prior_resolution="mask", **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

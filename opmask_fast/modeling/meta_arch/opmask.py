@@ -21,7 +21,8 @@ class OPMaskModel(nn.Module):
 
     Training: `model(images, targets) -> {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}`.
     Inference: `model(images, output_sizes=None) -> list[dict]` with `boxes Tensor[M, 4]`, `scores Tensor[M]`,
-    `labels Tensor[M]` int64, `masks Tensor[M, h, w]` bool, `mask_probs Tensor[M, 28, 28]`, `priors Tensor[M, 7, 7]`.
+    `labels Tensor[M]` int64, `masks Tensor[M, h, w]` bool, `mask_probs Tensor[M, 28, 28]`, `priors Tensor[M, P, P]`
+    (P = `roi_heads.prior_size`: 7, or 14 with `prior_resolution="mask"`).
     `images` is a list of `Tensor[3, H_i, W_i]` float RGB in 0..255; normalisation, padding and batching happen here.
     """
 
@@ -145,7 +146,7 @@ class OPMaskModel(nn.Module):
             extracted: `extract(images)` of these images, computed before (in eval mode): the backbone is not run again.
         Returns:
             per image `boxes`, `labels`, `masks Tensor[M_i, h, w]` bool, `mask_probs Tensor[M_i, 28, 28]`,
-            `priors Tensor[M_i, 7, 7]`.
+            `priors Tensor[M_i, P, P]`.
         """
         if len(boxes) != len(images) or len(labels) != len(images):
             raise ValueError("predict_masks_for_boxes needs one boxes and one labels tensor per image")

@@ -11,7 +11,7 @@ at every step. `StaticInference` computes the same detections with every shape k
 
 The module exports with `torch.export` (image height and width dynamic) and compiles with
 `torch.compile(fullgraph=True)`; on a GPU it can be captured as one CUDA graph. Masks are returned at 28x28 (and the
-priors at 7x7); with `paste=True` also pasted on the device into a `Tensor[B, M, H, W]` bool output at the input size
+priors at `roi_heads.prior_size`); with `paste=True` also pasted on the device into a `Tensor[B, M, H, W]` bool output at the input size
 (chunks of a fixed number of detections, the same paste as `OPMaskModel.postprocess`), padded rows all false.
 """
 
@@ -37,7 +37,7 @@ class StaticInference(nn.Module):
 
     `forward(images)` with `images Tensor[B, 3, H, W]` float RGB in 0..255 (one size for the batch) returns, with
     M = `cfg.roi_heads.detections_per_image`: `boxes Tensor[B, M, 4]` in input pixels, `scores Tensor[B, M]`,
-    `labels Tensor[B, M]` int64 (0..K-1), `mask_probs Tensor[B, M, 28, 28]`, `priors Tensor[B, M, 7, 7]` and
+    `labels Tensor[B, M]` int64 (0..K-1), `mask_probs Tensor[B, M, 28, 28]`, `priors Tensor[B, M, P, P]` and
     `count Tensor[B]` int64: rows at and after `count[b]` are padding (score 0, label 0).
     """
 

@@ -37,6 +37,21 @@ class BoxHead(nn.Module):
         pooled = feats.mean(dim=(2, 3))
         return feats, self.cls_score(pooled), self.bbox_pred(pooled)
 
+    def conv_map(self, x: Tensor) -> Tensor:
+        """The last conv map of `x Tensor[R, in_channels, H, W]` at any H x W (the convs are 3x3, padded), each
+        BatchNorm applied with its running statistics and leaving them unchanged, in training too: the CAM at the mask
+        head's resolution reads the box head as it stands, the same way in training and at inference, and does not
+        pull the statistics the box classifier normalises with towards another resolution's. Gradients flow to the
+        conv and norm weights as in `forward`. -> `Tensor[R, C, H, W]`."""
+        for conv, norm, _ in self.convs:
+            x = conv(x)
+            if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and norm.running_mean is not None:
+                x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+            else:
+                x = norm(x)
+            x = F.relu(x)
+        return x
+
 
 def box_losses(logits: Tensor, deltas: Tensor, gt_classes: Tensor, gt_deltas: Tensor, *,
                smooth_l1_beta: float) -> dict[str, Tensor]:

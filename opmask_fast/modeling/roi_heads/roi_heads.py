@@ -41,7 +41,7 @@ class RoIHeads(nn.Module):
                                       grad_scale=cfg.prior_grad_scale) if cfg.use_prior else None
         self.prior_tap = PriorTap() if cfg.use_prior else None
         self.prior_feature_norm, self.prior_every_conv = cfg.prior_feature_norm, cfg.prior_every_conv
-        self.prior_cam = cfg.prior_cam
+        self.prior_cam, self.prior_resolution = cfg.prior_cam, cfg.prior_resolution
         if rc.weak_mask_loss == "box_projection_pairwise":
             # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
             self.register_buffer("pairwise_step", torch.zeros((), dtype=torch.int64))
@@ -152,11 +152,18 @@ class RoIHeads(nn.Module):
     def mask_size(self) -> int:
         return 2 * self.rc.mask_pooler_resolution
 
+    @property
+    def prior_size(self) -> int:
+        """Side of the prior maps the model returns: the box pooler's, or the mask pooler's at mask resolution."""
+        return self.rc.mask_pooler_resolution if self.prior_resolution == "mask" else self.rc.box_pooler_resolution
+
     # ---------------------------------------------------------------------------------------------------- mask + prior
     def mask_forward(self, features: list[Tensor], boxes: list[Tensor], box_feats: Tensor, classes: Tensor,
                      rows: Tensor, *, return_prior: bool = False) -> tuple[Tensor, Tensor | None]:
         """Mask logits `Tensor[R, 28, 28]` for the RoIs `boxes` (per image, R in all), with the prior of class `classes`
-        `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, 7, 7]` when asked or computed."""
+        `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, P, P]` when asked or computed
+        (P = `prior_size`). With `prior_resolution="mask"` the prior is the CAM of the box head's convs over the RoIs'
+        own mask features instead (`box_feats` and `rows` are not read)."""
         res = self.rc.mask_pooler_resolution
         cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
         if self.prior_cam == "class_vs_background":
@@ -164,7 +171,11 @@ class RoIHeads(nn.Module):
         weight = self.prior_gain
         init = self.use_prior and weight.needs_init()
         # The baseline reports the prior too (its prior AP), it just does not add it.
-        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) if (return_prior or init) else None
+        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) \
+            if (return_prior or init) and self.prior_resolution == "box" else None
+        if self.prior_resolution == "mask" and not self.use_prior and return_prior:
+            prior = object_prior(self.box_head.conv_map(self.pool(features, boxes, res)), cls_w, classes, None,
+                                 validate=False)
         if not self.use_prior:
             return self.mask_head(self.pool(features, boxes, res)), prior
         if self._fused():
@@ -183,9 +194,17 @@ class RoIHeads(nn.Module):
         # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
         # prior_every_conv, again before every later mask-head conv).
         feats = self.pool(features, boxes, res)
+        if self.prior_resolution == "mask":
+            # The box head's convs on the mask's own RoI features (the inputs they were trained on, before any
+            # standardisation): a CAM at the mask head's resolution, so a hole or a gap narrower than a 7x7 cell can
+            # show in the prior. The map is its own size: no resize.
+            prior = object_prior(self.box_head.conv_map(feats), cls_w, classes, None, validate=False)
+            roi_map = prior
+        else:
+            roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), validate=False)
         if self.prior_feature_norm:
             feats = F.layer_norm(feats, feats.shape[1:])
-        roi_map = self.prior_tap(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res), validate=False))
+        roi_map = self.prior_tap(feats, roi_map)
         if init:
             weight.initialize(feats, prior)
         inject = (lambda x: weight(x, roi_map)) if self.prior_every_conv else None  # noqa: E731
@@ -198,14 +217,15 @@ class RoIHeads(nn.Module):
         probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
         weight = self.prior_gain
         fusable = weight.fusable_in_roi_align if self.prior_impl == "roi_align" else weight.fusable
-        return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
+        return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed
+                                or self.prior_resolution == "mask")  # that map exists only after the pooling
 
     # ----------------------------------------------------------------------------------------------------- inference
     @torch.no_grad()
     def forward_test(self, features: list[Tensor], proposals: list[Tensor],
                      image_sizes: list[tuple[int, int]]) -> list[dict]:
-        """Per image: `boxes Tensor[M, 4]`, `scores`, `labels`, `mask_probs Tensor[M, 28, 28]`, `priors Tensor[M, 7, 7]`
-        in the coordinates of the (unpadded) input image."""
+        """Per image: `boxes Tensor[M, 4]`, `scores`, `labels`, `mask_probs Tensor[M, 28, 28]`, `priors Tensor[M, P, P]`
+        (P = `prior_size`) in the coordinates of the (unpadded) input image."""
         box_feats, logits, deltas = self.box_head(self.pool(features, proposals, self.rc.box_pooler_resolution))
         probs = torch.softmax(logits.float(), dim=1)
         k = self.num_classes
@@ -226,7 +246,7 @@ class RoIHeads(nn.Module):
 
     def _attach_masks(self, features: list[Tensor], dets: list[dict], box_feats: Tensor, rows: Tensor) -> None:
         classes = torch.cat([d["labels"] for d in dets])
-        res = self.rc.box_pooler_resolution
+        res = self.prior_size
         if classes.numel() == 0:
             probs = box_feats.new_zeros((0, self.mask_size, self.mask_size), dtype=torch.float32)
             prior = box_feats.new_zeros((0, res, res), dtype=torch.float32)

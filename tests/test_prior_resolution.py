@@ -1,0 +1,103 @@
+"""The prior at the mask head's resolution (`prior_resolution="mask"`): the box head's CAM over each RoI's own 14x14
+mask features, its BatchNorm read with running statistics, its gradient into the box convs, and the static path."""
+
+import copy
+
+import pytest
+import torch
+
+from opmask_fast.config import ModelConfig
+from opmask_fast.modeling.meta_arch import StaticInference
+from opmask_fast.modeling.roi_heads.box_head import BoxHead
+
+from test_model import _cfg, _model, _sample
+
+
+@pytest.mark.parametrize("norm", ["BN", "GN", ""])
+def test_conv_map_reads_running_statistics_and_leaves_them(norm):
+    torch.manual_seed(0)
+    head = BoxHead(in_channels=6, conv_dims=(8, 5), norm=norm, num_classes=3).train()
+    head(torch.randn(9, 6, 7, 7) * 2 + 1)  # a training pass moves the running statistics away from 0 / 1
+    before = copy.deepcopy(head.state_dict())
+    x = torch.randn(4, 6, 14, 13, requires_grad=True)
+    out = head.conv_map(x)
+    assert out.shape == (4, 5, 14, 13)
+    for k, v in head.state_dict().items():
+        assert torch.equal(v, before[k]), k  # no statistic moved, in training mode
+    ref = copy.deepcopy(head).eval().convs(x)  # what the convs give with the running statistics
+    torch.testing.assert_close(out, ref)
+    if norm == "BN":  # and not what the batch's own statistics give
+        assert not torch.allclose(out, head.convs(x.detach()))
+    out.square().sum().backward()
+    assert all(c[0].weight.grad.abs().sum() > 0 for c in head.convs)
+    assert x.grad.abs().sum() > 0
+
+
+def _mask_res_model(**kw):
+    return _model(_cfg(prior_scale="feature_std", prior_resolution="mask", **kw))
+
+
+def test_prior_is_the_min_max_cam_of_the_box_convs_over_the_mask_features():
+    model = _mask_res_model().eval()
+    img, t = _sample()
+    heads = model.roi_heads
+    with torch.no_grad():
+        out = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+        assert out["priors"].shape == (2, 14, 14) and heads.prior_size == 14
+        feats = heads.pool(model.extract([img])[0], [t["boxes"]], 14)  # the model does not resize its input
+    cam_feats = heads.box_head.conv_map(feats).double()
+    w = heads.box_head.cls_score.weight.double()[t["labels"]]
+    cam = torch.einsum("rchw,rc->rhw", cam_feats, w)
+    lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(out["priors"].double(), (cam - lo) / (hi - lo), atol=1e-5, rtol=1e-4)
+
+
+def test_mask_loss_trains_the_box_convs_and_leaves_their_statistics_to_the_box_pass():
+    img, t = _sample(has_mask=(True, True))
+    models = {}
+    for res in ("box", "mask"):
+        model = _model(_cfg(prior_scale="feature_std", prior_resolution=res)).train()
+        torch.manual_seed(1)  # the same RoI sampling in both
+        model([img], [t])["loss_mask"].backward()
+        models[res] = model
+    bh = models["mask"].roi_heads.box_head
+    assert all(c[0].weight.grad.abs().sum() > 0 for c in bh.convs)  # the mask loss refines the box convs
+    assert bh.cls_score.weight.grad is None or bh.cls_score.weight.grad.abs().sum() == 0  # classifier detached
+    # The box head's BatchNorm statistics move with the box pass only: the same as at box resolution.
+    box_bn = {k: v for k, v in models["box"].roi_heads.box_head.state_dict().items() if "running" in k}
+    assert box_bn and all(torch.equal(bh.state_dict()[k], v) for k, v in box_bn.items())
+
+
+def test_zeroed_prior_changes_the_masks():
+    from opmask_fast.modeling.roi_heads.prior import prior_ablation
+    model = _mask_res_model().eval()
+    img, t = _sample()
+    with torch.no_grad():
+        own = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+        with prior_ablation(model, "zero"):
+            zero = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+    torch.testing.assert_close(own["priors"], zero["priors"])  # the probe replaces the added map, not the reported one
+    assert not torch.allclose(own["mask_probs"], zero["mask_probs"])
+
+
+def test_static_path_equals_the_dynamic_path_and_exports():
+    model = _mask_res_model().eval()
+    img, _ = _sample()
+    static = StaticInference(model)
+    with torch.no_grad():
+        dyn, out = model([img])[0], static(img[None])
+    n = int(out["count"][0])
+    assert n == dyn["boxes"].shape[0] > 0
+    assert out["priors"].shape[2:] == (14, 14)
+    torch.testing.assert_close(out["boxes"][0, :n], dyn["boxes"])
+    torch.testing.assert_close(out["mask_probs"][0, :n], dyn["mask_probs"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["priors"][0, :n], dyn["priors"], atol=1e-5, rtol=1e-4)
+    # export fails on any data-dependent read on the host: the CAM pass adds no synchronisation
+    ep = torch.export.export(static, (img[None],))
+    torch.testing.assert_close(ep.module()(img[None])["priors"], out["priors"], atol=1e-5, rtol=1e-4)
+
+
+def test_config_names_the_bad_resolution():
+    cfg = ModelConfig(prior_resolution="pixel")
+    with pytest.raises(ValueError, match="prior_resolution must be one of box, mask, got 'pixel'"):
+        cfg.validate()
