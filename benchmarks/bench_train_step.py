@@ -37,6 +37,7 @@ PROVIDERS = {
     "lite_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", []),
     "lite_baseline": ("opmask_r18_lite", "baseline", []),
     "lite_opmask": ("opmask_r18_lite", "opmask", []),
+    "lite_std_boxproj_maskres": ("opmask_r18_lite", "opmask_std_boxproj_maskres", []),
     "lite7_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", ["roi_heads.mask_head_num_convs=7"]),
     "tiny_std_boxproj": ("opmask_r18_tiny", "opmask_std_boxproj", []),
     "tiny_range": ("opmask_r18_tiny", "opmask_range", []),

@@ -75,6 +75,10 @@ _ALL = [
     # The headline with the prior at the mask head's resolution: the box head's CAM over the mask's own 14x14 features.
     _v("opmask_std_boxproj_maskres", "OPMask + prior x feature std + box projection loss, prior at mask resolution",
        prior_scale="feature_std", prior_resolution="mask", **_PROJ),
+    # ... with the box head read, not trained, through that prior (its convs get no gradient from the mask losses).
+    _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached", prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0,
+       **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

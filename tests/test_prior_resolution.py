@@ -1,6 +1,7 @@
 """The prior at the mask head's resolution (`prior_resolution="mask"`): the box head's CAM over each RoI's own 14x14
 mask features, its BatchNorm read with running statistics, its gradient into the box convs, and the static path."""
 
+import contextlib
 import copy
 
 import pytest
@@ -66,6 +67,58 @@ def test_mask_loss_trains_the_box_convs_and_leaves_their_statistics_to_the_box_p
     # The box head's BatchNorm statistics move with the box pass only: the same as at box resolution.
     box_bn = {k: v for k, v in models["box"].roi_heads.box_head.state_dict().items() if "running" in k}
     assert box_bn and all(torch.equal(bh.state_dict()[k], v) for k, v in box_bn.items())
+
+
+def test_detached_box_head_gets_no_mask_gradient_and_the_same_forward():
+    img, t = _sample(has_mask=(True, True))
+    out = {}
+    for grad_scale in (None, 0.0):
+        model = _mask_res_model(prior_grad_scale=grad_scale).train()
+        torch.manual_seed(1)
+        loss = model([img], [t])["loss_mask"]
+        loss.backward()
+        out[grad_scale] = loss.detach(), model.roi_heads.box_head
+    torch.testing.assert_close(out[0.0][0], out[None][0])  # the same loss: only the gradient changes
+    assert all(c[0].weight.grad is None or c[0].weight.grad.abs().sum() == 0 for c in out[0.0][1].convs)
+    assert all(c[0].weight.grad.abs().sum() > 0 for c in out[None][1].convs)
+
+
+@pytest.mark.parametrize("grad_scale", [None, 0.0])
+@pytest.mark.parametrize("scale", ["feature_std", 2.5])
+def test_fused_path_equals_the_general_path(scale, grad_scale):
+    """RoIAlign adding the mask-resolution prior as it writes (after a plain pooling for the CAM) gives the general
+    path's losses, gradients and inference masks in float64; a probe on the prior map forces the general path."""
+    from opmask_fast.modeling.roi_heads.prior import prior_statistics
+    model = _model(_cfg(prior_scale=scale, prior_resolution="mask", prior_grad_scale=grad_scale)).double()
+    img, t = _sample(has_mask=(True, False))
+    img = img.double()
+    assert model.roi_heads._fused()
+    # the box convs (through the prior), P2's output conv (through the pooled features), the mask head
+    params = [model.roi_heads.box_head.convs[-1][0].weight, model.backbone.output_convs[0][0].weight,
+              *model.roi_heads.mask_head.parameters()]
+    runs, state = {}, copy.deepcopy(model.state_dict())
+    for path in ("fused", "general"):
+        with prior_statistics(model) if path == "general" else contextlib.nullcontext():
+            assert model.roi_heads._fused() == (path == "fused")
+            model.load_state_dict(state)  # the CAM reads the box head's running statistics, which a pass moves
+            torch.manual_seed(5)
+            loss = model.train()([img], [t])["loss_mask"]
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            with torch.no_grad():
+                det = model.eval()([img])[0]
+        runs[path] = loss, grads, det
+    (lf, gf, df), (lg, gg, dg) = runs["fused"], runs["general"]
+    torch.testing.assert_close(lf, lg, rtol=1e-12, atol=1e-12)
+    for a, b in zip(gf, gg):
+        if a is None or b is None:
+            assert a is None and b is None or (a if b is None else b).abs().max() == 0
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15)
+    box_grad = gf[0]
+    assert (box_grad is None or box_grad.abs().max() == 0) if grad_scale == 0 else box_grad.abs().max() > 0
+    assert df["mask_probs"].shape[0] > 0
+    torch.testing.assert_close(df["mask_probs"], dg["mask_probs"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(df["priors"], dg["priors"], rtol=1e-9, atol=1e-12)
 
 
 def test_zeroed_prior_changes_the_masks():

@@ -169,13 +169,11 @@ class RoIHeads(nn.Module):
         if self.prior_cam == "class_vs_background":
             cls_w = cls_w - cls_w[-1:]  # the map of the class-vs-background logit (background is the last row)
         weight = self.prior_gain
+        if self.prior_resolution == "mask":
+            return self._mask_resolution_forward(features, boxes, cls_w, classes)
         init = self.use_prior and weight.needs_init()
         # The baseline reports the prior too (its prior AP), it just does not add it.
-        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) \
-            if (return_prior or init) and self.prior_resolution == "box" else None
-        if self.prior_resolution == "mask" and not self.use_prior and return_prior:
-            prior = object_prior(self.box_head.conv_map(self.pool(features, boxes, res)), cls_w, classes, None,
-                                 validate=False)
+        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) if (return_prior or init) else None
         if not self.use_prior:
             return self.mask_head(self.pool(features, boxes, res)), prior
         if self._fused():
@@ -191,17 +189,40 @@ class RoIHeads(nn.Module):
                 return self.mask_head(feats), prior
             return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                                    normalize=True, scale=weight.value(), validate=False)), prior
-        # The general path: pool, optionally standardise, then add the weighted prior as a second pass (and, with
-        # prior_every_conv, again before every later mask-head conv).
         feats = self.pool(features, boxes, res)
-        if self.prior_resolution == "mask":
-            # The box head's convs on the mask's own RoI features (the inputs they were trained on, before any
-            # standardisation): a CAM at the mask head's resolution, so a hole or a gap narrower than a 7x7 cell can
-            # show in the prior. The map is its own size: no resize.
-            prior = object_prior(self.box_head.conv_map(feats), cls_w, classes, None, validate=False)
-            roi_map = prior
-        else:
-            roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), validate=False)
+        return self._add_in_second_pass(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res),
+                                                            validate=False), prior, init)
+
+    def _mask_resolution_forward(self, features: list[Tensor], boxes: list[Tensor], cls_w: Tensor,
+                                 classes: Tensor) -> tuple[Tensor, Tensor]:
+        """`mask_forward` with `prior_resolution="mask"`: the box head's convs run on the mask's own RoI features
+        (the inputs they are trained on, before any standardisation) and the CAM of that map is the prior, at the
+        mask head's resolution, so a hole or a gap narrower than a 7x7 cell can show in it; no resize. The prior exists
+        only after a plain pooling, so the fused path pools twice (the second time adding the weighted map as it
+        writes). With prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without
+        autograd, and the map, carrying no gradient, fuses whatever the weight."""
+        res, weight = self.rc.mask_pooler_resolution, self.prior_gain
+        detached = weight is not None and weight.grad_scale == 0
+        fused = self.use_prior and self._fused()
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and not (fused and detached)):
+            pooled = self.pool(features, boxes, res)
+        with torch.set_grad_enabled(grad and not detached):
+            prior = object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False)
+        if not self.use_prior:  # the baseline reports the prior (its prior AP), it does not add it
+            return self.mask_head(pooled), prior
+        if fused:
+            scale = None if weight.adaptive else weight.value()
+            roi_map = prior if scale is None else prior * scale
+            return self.mask_head(self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)), prior
+        return self._add_in_second_pass(pooled, prior, prior, weight.needs_init())
+
+    def _add_in_second_pass(self, feats: Tensor, roi_map: Tensor, prior: Tensor | None,
+                            init: bool) -> tuple[Tensor, Tensor | None]:
+        """The general path: the pooled mask features `feats`, optionally standardised, plus the weighted prior map
+        `roi_map Tensor[R, H, W]` as a second pass (and, with prior_every_conv, again before every later mask-head
+        conv); the probes of `prior.py` see the map here."""
+        weight = self.prior_gain
         if self.prior_feature_norm:
             feats = F.layer_norm(feats, feats.shape[1:])
         roi_map = self.prior_tap(feats, roi_map)
@@ -213,12 +234,16 @@ class RoIHeads(nn.Module):
     def _fused(self) -> bool:
         """Whether the weighted prior can be added as the mask features are written: a weight the fused op can
         compute (RoIAlign: any, adaptive ones too; object_prior_add: a constant), nothing done to the features first,
-        and no probe attached to the prior map (the probes need the map apart: the general path)."""
+        and no probe attached to the prior map (the probes need the map apart: the general path). At mask resolution
+        RoIAlign adds it; a map without gradient (prior_grad_scale=0) fuses with any weight."""
         probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
         weight = self.prior_gain
-        fusable = weight.fusable_in_roi_align if self.prior_impl == "roi_align" else weight.fusable
-        return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed
-                                or self.prior_resolution == "mask")  # that map exists only after the pooling
+        if self.prior_resolution == "mask":
+            fusable = self.prior_impl == "roi_align" and (weight.fusable_in_roi_align or (
+                weight.grad_scale == 0 and not weight.needs_init()))
+        else:
+            fusable = weight.fusable_in_roi_align if self.prior_impl == "roi_align" else weight.fusable
+        return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
 
     # ----------------------------------------------------------------------------------------------------- inference
     @torch.no_grad()
