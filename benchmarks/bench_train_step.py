@@ -3,8 +3,9 @@
 The main job trains the lite preset (``opmask_r18_lite``: ResNet-18 32 wide, box head 64-64-64-64, 32 RoIs per image
 at half foreground, 4 mask-head convs) on batches of the embedded synthetic dataset (4 images of 128 px, generated
 into a temporary cache on first use), one torch thread per training. Providers: the main job's three variants (the
-headline, prior x feature std + box projection loss; the baseline; the paper's recipe), then the models the main job
-trained before: the lite preset with OPMask's 7 mask-head convs and the tiny preset (``opmask_r18_tiny``: 64 wide, box
+headline, prior x feature std + box projection loss; the baseline; the paper's recipe), the headline with the prior at
+the mask head's resolution (the box head trained through it, or detached), then the study's other models: the lite
+preset with OPMask's 7 mask-head convs and the tiny preset (``opmask_r18_tiny``: 64 wide, box
 head 64-64-128-128, 64 RoIs per image, 7 mask-head convs), so each cut's speed-up and the prior's share of a step are
 read off in one run (see ``PROVIDERS``).
 
@@ -30,7 +31,8 @@ from opmask_fast.variants import apply_variant
 keep_freed_memory()
 
 # provider -> (preset, variant of opmask_fast.variants, `--set` overrides). The first three are the main job's trainings;
-# the others are the other models of docs/study.md (the lite preset with OPMask's 7-conv mask head, the tiny preset),
+# the others are the other models of docs/study.md (the prior at mask resolution, the lite preset with OPMask's 7-conv
+# mask head, the tiny preset),
 # kept so the ratios between them are measured in every run. The summary's ratios are against the first provider (the
 # main job's headline), in the same run.
 PROVIDERS = {
@@ -38,6 +40,7 @@ PROVIDERS = {
     "lite_baseline": ("opmask_r18_lite", "baseline", []),
     "lite_opmask": ("opmask_r18_lite", "opmask", []),
     "lite_std_boxproj_maskres": ("opmask_r18_lite", "opmask_std_boxproj_maskres", []),
+    "lite_std_boxproj_maskres_detach": ("opmask_r18_lite", "opmask_std_boxproj_maskres_detach", []),
     "lite7_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", ["roi_heads.mask_head_num_convs=7"]),
     "tiny_std_boxproj": ("opmask_r18_tiny", "opmask_std_boxproj", []),
     "tiny_range": ("opmask_r18_tiny", "opmask_range", []),
