@@ -80,7 +80,8 @@ def general(recipe):
 
 def unfused(recipe):
     def run(feat, rois, box, cls_w, classes, rows, eps=1e-6):
-        feats = tv_ops.roi_align(feat, rois, HM, SCALE, 0, True)
+        # torchvision's CUDA roi_align has no bfloat16 kernel: pooled in float32, as a user of it would
+        feats = tv_ops.roi_align(feat.float(), rois.float(), HM, SCALE, 0, True).to(feat.dtype)
         cams = F.conv2d(box[rows], cls_w[:, :, None, None])                      # every class's CAM
         cam = cams[torch.arange(len(classes), device=box.device), classes]
         lo, hi = cam.amin((1, 2), keepdim=True), cam.amax((1, 2), keepdim=True)

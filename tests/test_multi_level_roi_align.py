@@ -156,5 +156,7 @@ def test_cuda_matches_cpu(dtype):
     cpu = multi_level_roi_align([f.to(dtype) for f in feats], rois, levels, 14, scales, roi_map=roi_map.to(dtype))
     gpu = multi_level_roi_align([f.to(dtype).cuda() for f in feats], rois.cuda(), levels.cuda(), 14, scales,
                                 roi_map=roi_map.to(dtype).cuda())
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    # float32: the GPU contracts multiply-adds (FMA) and sums the samples in another order than the CPU, a few ulp of
+    # the bin's sum apart (seen on an H200: up to 3.4e-5 absolute on 2 of 0.5 million outputs at 1e-5)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(gpu.float().cpu(), cpu.float(), **tol)

@@ -302,7 +302,9 @@ def test_cuda_matches_cpu(dtype, aligned, sampling_ratio):
     x32 = x.to(dtype).float().requires_grad_()
     exp = tv_ops.roi_align(x32, rois, 7, 0.5, sampling_ratio, aligned)
     exp.backward(g.to(dtype).float())
-    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    # float32: the GPU contracts multiply-adds (FMA) and sums the samples in another order than the CPU, a few ulp of
+    # the bin's sum apart (seen on an H200: up to 3.4e-5 absolute on 2 of 0.5 million outputs at 1e-5)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(out.float().cpu(), exp, **tol)
     torch.testing.assert_close(xc.grad.float().cpu(), x32.grad, **tol)
 
