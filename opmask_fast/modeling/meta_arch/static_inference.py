@@ -11,8 +11,9 @@ at every step. `StaticInference` computes the same detections with every shape k
 
 The module exports with `torch.export` (image height and width dynamic) and compiles with
 `torch.compile(fullgraph=True)`; on a GPU it can be captured as one CUDA graph. Masks are returned at 28x28 (and the
-priors at `roi_heads.prior_size`); with `paste=True` also pasted on the device into a `Tensor[B, M, H, W]` bool output at the input size
-(chunks of a fixed number of detections, the same paste as `OPMaskModel.postprocess`), padded rows all false.
+priors at `roi_heads.prior_size`); with `paste=True` also pasted on the device into a `Tensor[B, M, H, W]` bool output
+at the input size (chunks of a fixed number of detections, the same paste as `OPMaskModel.postprocess`), padded rows
+all false.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ class RoIHeads(nn.Module):
             cls_w = cls_w - cls_w[-1:]  # the map of the class-vs-background logit (background is the last row)
         weight = self.prior_gain
         if self.prior_resolution == "mask":
-            return self._mask_resolution_forward(features, boxes, cls_w, classes)
+            return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior)
         init = self.use_prior and weight.needs_init()
         # The baseline reports the prior too (its prior AP), it just does not add it.
         prior = object_prior(box_feats, cls_w, classes, rows, validate=False) if (return_prior or init) else None
@@ -193,8 +193,8 @@ class RoIHeads(nn.Module):
         return self._add_in_second_pass(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res),
                                                             validate=False), prior, init)
 
-    def _mask_resolution_forward(self, features: list[Tensor], boxes: list[Tensor], cls_w: Tensor,
-                                 classes: Tensor) -> tuple[Tensor, Tensor]:
+    def _mask_resolution_forward(self, features: list[Tensor], boxes: list[Tensor], cls_w: Tensor, classes: Tensor,
+                                 return_prior: bool) -> tuple[Tensor, Tensor | None]:
         """`mask_forward` with `prior_resolution="mask"`: the box head's convs run on the mask's own RoI features
         (the inputs they are trained on, before any standardisation) and the CAM of that map is the prior, at the
         mask head's resolution, so a hole or a gap narrower than a 7x7 cell can show in it; no resize. The prior exists
@@ -202,15 +202,18 @@ class RoIHeads(nn.Module):
         writes). With prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without
         autograd, and the map, carrying no gradient, fuses whatever the weight."""
         res, weight = self.rc.mask_pooler_resolution, self.prior_gain
-        detached = weight is not None and weight.grad_scale == 0
-        fused = self.use_prior and self._fused()
+        if not self.use_prior:  # the baseline reports the prior (its prior AP) when asked, it never adds it
+            pooled = self.pool(features, boxes, res)
+            prior = object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False) \
+                if return_prior else None
+            return self.mask_head(pooled), prior
+        detached = weight.grad_scale == 0
+        fused = self._fused()
         grad = torch.is_grad_enabled()
         with torch.set_grad_enabled(grad and not (fused and detached)):
             pooled = self.pool(features, boxes, res)
         with torch.set_grad_enabled(grad and not detached):
             prior = object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False)
-        if not self.use_prior:  # the baseline reports the prior (its prior AP), it does not add it
-            return self.mask_head(pooled), prior
         if fused:
             scale = None if weight.adaptive else weight.value()
             roi_map = prior if scale is None else prior * scale
@@ -239,8 +242,7 @@ class RoIHeads(nn.Module):
         probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
         weight = self.prior_gain
         if self.prior_resolution == "mask":
-            fusable = self.prior_impl == "roi_align" and (weight.fusable_in_roi_align or (
-                weight.grad_scale == 0 and not weight.needs_init()))
+            fusable = self.prior_impl == "roi_align" and weight.grad_scale in (None, 0) and not weight.needs_init()
         else:
             fusable = weight.fusable_in_roi_align if self.prior_impl == "roi_align" else weight.fusable
         return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
