@@ -1,38 +1,59 @@
 """Per-image inference of the dynamic path (`OPMaskModel`, filters and lists of data-dependent length) against the
-static-shape path (`StaticInference`: padded, fixed-size NMS, no host sync), same weights, same image, on the CPU
+static-shape path (`StaticInference`: padded, fixed-size NMS, no host sync), same weights, same images, on the CPU
 (and CUDA when present). Both stop at the 28x28 mask probabilities (no paste), so the two do the same work.
 
     python -m pytest benchmarks/bench_static_inference.py --benchmark-only
+    OPMASK_FAST_BENCH_CHECKPOINT=outputs/compare/<variant>/checkpoint.pth python -m pytest ...   # trained weights
 
-Providers: dynamic, static; the table at the end gives each one's median and its ratio to the dynamic path (one run).
+The CPU cases run the validation images of the embedded set (generated into the cache on first use) through the lite
+model: with a trained checkpoint (the environment variable; `compare` writes one per variant) its detections are a
+trained model's, otherwise the weights are random (score threshold 0.05: random weights spread their scores over the
+classes, so about 100 detections reach the mask head per image). Providers: dynamic, static; one call = all images,
+the table gives each one's median and the ratio to the dynamic path (one run).
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from opmask_fast.config import get_preset
+from opmask_fast.data import SyntheticSpec, ensure_synthetic, val_dataset
 from opmask_fast.modeling import build_model
 from opmask_fast.modeling.meta_arch import StaticInference
+from opmask_fast.training.checkpoint import model_from_checkpoint
 
 CUDA = torch.cuda.is_available()
-# (case, preset, image size, score threshold): the lite main-job model on an embedded-set-sized image; the threshold
-# 0.05 of a trained model (random weights spread their scores over the classes: hundreds of candidates reach NMS).
-CASES = [("lite_128", "opmask_r18_lite", (128, 128), 0.05), ("lite_paper_128", "opmask_r18_lite_paper", (128, 128), 0.05)]
+CHECKPOINT = os.environ.get("OPMASK_FAST_BENCH_CHECKPOINT")
+NUM_IMAGES = 20  # embedded-set validation images per call
+# (case, preset): with a checkpoint, the one case is its model.
+CASES = [("lite_embedded", "opmask_r18_lite")] if CHECKPOINT else \
+    [("lite_embedded", "opmask_r18_lite"), ("lite_paper_embedded", "opmask_r18_lite_paper")]
 if CUDA:
-    CASES.append(("r50_800x1344", "opmask_r50_coco", (800, 1344), 0.05))
+    CASES.append(("r50_800x1344", "opmask_r50_coco"))
 
 
-def _model(preset: str, thresh: float, device: str):
+def _model(preset: str, device: str):
+    if CHECKPOINT and "r18" in preset:
+        model, _ = model_from_checkpoint(CHECKPOINT)
+        return model.to(device).eval()
     cfg = get_preset(preset)
     cfg.num_classes = 6 if "r18" in preset else 80
-    cfg.roi_heads.score_thresh = thresh
+    cfg.roi_heads.score_thresh = 0.05
     cfg.backbone.weights = None
     if cfg.backbone.norm == "FrozenBN":
         cfg.backbone.norm = "BN"
     torch.manual_seed(0)
     return build_model(cfg).to(device).eval()
+
+
+def _images(model, name: str, device: str) -> list[torch.Tensor]:
+    if "r50" in name:
+        return [(torch.rand(1, 3, 800, 1344, generator=torch.Generator().manual_seed(0)) * 255).to(device)]
+    ds = val_dataset(ensure_synthetic(SyntheticSpec()), model.cfg.input, "circle,triangle,cross")
+    return [ds[i][0][None].float().to(device) for i in range(NUM_IMAGES)]
 
 
 def _dynamic(model, image):
@@ -44,16 +65,16 @@ def _dynamic(model, image):
 @pytest.mark.parametrize("provider", ["dynamic", "static"])
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_inference(benchmark, case, provider):
-    name, preset, (h, w), thresh = case
+    name, preset = case
     device = "cuda" if CUDA and "r50" in name else "cpu"
-    model = _model(preset, thresh, device)
-    image = (torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255).to(device)
+    model = _model(preset, device)
+    images = _images(model, name, device)
     static = StaticInference(model)
-    run = (lambda: static(image)) if provider == "static" else (lambda: _dynamic(model, image))
+    run = (lambda x: static(x)) if provider == "static" else (lambda x: _dynamic(model, x))  # noqa: E731
 
     def call():
         with torch.no_grad():
-            out = run()
+            out = [run(x) for x in images]
         if device == "cuda":
             torch.cuda.synchronize()
         return out
@@ -62,7 +83,7 @@ def test_inference(benchmark, case, provider):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        benchmark.group = f"inference {name} ({device})"
-        benchmark.pedantic(call, rounds=15, iterations=1)
+        benchmark.group = f"inference {name} ({device}, {len(images)} images per call)"
+        benchmark.pedantic(call, rounds=8 if device == "cpu" else 15, iterations=1)
     finally:
         torch.set_num_threads(threads)

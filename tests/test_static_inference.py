@@ -86,6 +86,46 @@ def test_same_detections_as_the_dynamic_path(trained):
     assert seen > 0  # the checkpoint detects something: the comparison is not between empty lists
 
 
+def test_cpu_mask_branch_on_filled_slots_equals_all_slots(trained, monkeypatch):
+    """Eager on the CPU the mask branch runs on the slots some image fills; the outputs equal those of the mask branch
+    on all M slots (what export and a GPU run), padded rows zero in both. Fails if the trim dropped a filled slot,
+    shifted the rows' priors or left padding unzeroed."""
+    model, images, _ = trained
+    same = [im for im in images if im.shape == images[0].shape][:2]
+    batch = torch.stack(same)
+    static = StaticInference(model)
+    with torch.no_grad():
+        # A threshold just under the lower of the two top scores: each image keeps a detection, and fewer than M.
+        monkeypatch.setattr(model.cfg.roi_heads, "score_thresh", float(static(batch)["scores"][:, 0].min()) - 1e-6)
+        trimmed = static(batch)
+        monkeypatch.setattr(StaticInference, "_mask_slots", staticmethod(lambda count, slots: slots))
+        full = static(batch)
+    m = full["boxes"].shape[1]
+    assert 0 < int(trimmed["count"].max()) < m  # the trim is exercised: some slots are padding
+    for key in full:
+        assert trimmed[key].shape == full[key].shape, key
+        torch.testing.assert_close(trimmed[key], full[key], atol=1e-5, rtol=1e-4)
+    pad = torch.arange(m)[None, :] >= full["count"][:, None]
+    assert (full["mask_probs"][pad] == 0).all() and (full["priors"][pad] == 0).all()
+
+
+def test_no_detection_anywhere_gives_zero_padding(headline):
+    """A score threshold no class reaches: count 0 for every image and every output padded (the mask branch is not run
+    on zero RoIs)."""
+    model, images, _ = headline
+    thresh = model.cfg.roi_heads.score_thresh
+    model.cfg.roi_heads.score_thresh = 1.0
+    try:
+        with torch.no_grad():
+            out = StaticInference(model, paste=True)(images[0][None])
+    finally:
+        model.cfg.roi_heads.score_thresh = thresh
+    m = model.cfg.roi_heads.detections_per_image
+    assert out["count"].tolist() == [0]
+    assert out["mask_probs"].shape == (1, m, 28, 28) and not out["mask_probs"].any()
+    assert out["priors"].shape[:2] == (1, m) and not out["priors"].any() and not out["masks"].any()
+
+
 def test_exports_with_a_dynamic_image_size_and_matches_eager(headline):
     """torch.export fails on any data-dependent shape or value read on the host (a .tolist(), nonzero, a Python
     branch on a tensor): exporting the whole path proves it has no host synchronisation."""

@@ -11,9 +11,10 @@ at every step. `StaticInference` computes the same detections with every shape k
 
 The module exports with `torch.export` (image height and width dynamic) and compiles with
 `torch.compile(fullgraph=True)`; on a GPU it can be captured as one CUDA graph. Masks are returned at 28x28 (and the
-priors at `roi_heads.prior_size`); with `paste=True` also pasted on the device into a `Tensor[B, M, H, W]` bool output
-at the input size (chunks of a fixed number of detections, the same paste as `OPMaskModel.postprocess`), padded rows
-all false.
+priors at `roi_heads.prior_size`), padded rows zero; with `paste=True` also pasted on the device into a
+`Tensor[B, M, H, W]` bool output at the input size (chunks of a fixed number of detections, the same paste as
+`OPMaskModel.postprocess`), padded rows all false. Run eagerly on CPU tensors, the mask branch skips the slots no image
+of the batch fills (a host read costs nothing there); traced, or on a GPU, it runs on all M.
 """
 
 from __future__ import annotations
@@ -50,20 +51,24 @@ class StaticInference(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        m, cfg = self.model, self.cfg
         b, _, h, w = images.shape
+        out = self.detect(self.model.backbone(self.normalize(images)), b, h, w)
+        if self.paste:
+            out["masks"] = self.paste_masks(out, h, w)
+        return out
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """`Tensor[B, 3, H', W']` float: the images in the model's pixel format, normalised and zero-padded to
+        `size_divisibility`, as `OPMaskModel.preprocess` makes them."""
+        m, cfg = self.model, self.cfg
+        h, w = images.shape[-2:]
         x = images.float()
         if cfg.input_format == "BGR":
             x = x.flip(1)
         x = (x - m.pixel_mean) / m.pixel_std
-        # Zeros after normalisation, as `preprocess`. The padded size written as a multiple of d lets the tracer prove
-        # that every FPN level halves exactly.
+        # The padded size written as a multiple of d lets the tracer prove that every FPN level halves exactly.
         d = cfg.size_divisibility
-        x = F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
-        out = self.detect(m.backbone(x), b, h, w)
-        if self.paste:
-            out["masks"] = self.paste_masks(out, h, w)
-        return out
+        return F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
 
     def paste_masks(self, out: dict[str, Tensor], h, w) -> Tensor:
         """`Tensor[B, M, h, w]` bool: each detection's mask probabilities pasted into its box (threshold
@@ -80,24 +85,49 @@ class StaticInference(nn.Module):
         """`forward`'s padded outputs from the FPN features of B images of unpadded size (h, w). `forward` computes
         the features as `OPMaskModel.extract` does, so an evaluation that also needs them (the oracle pass) can run
         the backbone once and call this."""
-        m, cfg = self.model, self.cfg
-        proposals, proposal_valid = self._proposals(features, b, h, w)
-        heads = m.roi_heads
-        box_feats, logits, deltas = heads.box_head(heads.pool(features, list(proposals.unbind(0)),
-                                                              heads.rc.box_pooler_resolution))
-        dets = self._detections(logits, deltas, proposals, proposal_valid, h, w)
-        k = cfg.num_classes
-        # Each detection's prior comes from the box features of the proposal it was decoded from.
-        offsets = (torch.arange(b, device=box_feats.device) * proposals.shape[1])[:, None]
-        rows = (dets["keep"].clamp(min=0) // k + offsets).reshape(-1)
-        mask_logits, priors = heads.mask_forward(features, list(dets["boxes"].unbind(0)), box_feats,
-                                                 dets["labels"].reshape(-1), rows, return_prior=True)
-        mm = dets["boxes"].shape[1]
-        return {"boxes": dets["boxes"], "scores": dets["scores"], "labels": dets["labels"],
-                "mask_probs": mask_logits.float().sigmoid().view(b, mm, *mask_logits.shape[1:]),
-                "priors": priors.float().view(b, mm, *priors.shape[1:]), "count": dets["count"]}
+        proposals, proposal_valid = self.proposals(features, b, h, w)
+        box_feats, logits, deltas = self.box_forward(features, proposals)
+        dets = self.detections(logits, deltas, proposals, proposal_valid, h, w)
+        return self.mask_forward(features, box_feats, dets, proposals.shape[1])
 
-    def _proposals(self, features: list[Tensor], b: int, h, w) -> tuple[Tensor, Tensor]:
+    def box_forward(self, features: list[Tensor], proposals: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The box head on every proposal slot `Tensor[B, P, 4]`: box features, class logits, box deltas."""
+        heads = self.model.roi_heads
+        return heads.box_head(heads.pool(features, list(proposals.unbind(0)), heads.rc.box_pooler_resolution))
+
+    def mask_forward(self, features: list[Tensor], box_feats: Tensor, dets: dict[str, Tensor],
+                     num_proposals: int) -> dict[str, Tensor]:
+        """The mask branch (and the prior) on the detection slots of `detections`; returns `forward`'s outputs."""
+        heads = self.model.roi_heads
+        b = dets["boxes"].shape[0]
+        k, mm = self.cfg.num_classes, dets["boxes"].shape[1]
+        n = self._mask_slots(dets["count"], mm)
+        # Each detection's prior comes from the box features of the proposal it was decoded from.
+        offsets = (torch.arange(b, device=box_feats.device) * num_proposals)[:, None]
+        rows = (dets["keep"][:, :n].clamp(min=0) // k + offsets).reshape(-1)
+        side, res = heads.mask_size, heads.prior_size
+        if n > 0:
+            mask_logits, priors = heads.mask_forward(features, list(dets["boxes"][:, :n].unbind(0)), box_feats,
+                                                     dets["labels"][:, :n].reshape(-1), rows, return_prior=True)
+            probs, priors = mask_logits.float().sigmoid().view(b, n, side, side), priors.float().view(b, n, res, res)
+        else:
+            probs, priors = box_feats.new_zeros((b, 0, side, side)), box_feats.new_zeros((b, 0, res, res))
+        # Padded rows are zeros on every path, whatever the mask head made of the padding boxes.
+        real = (torch.arange(n, device=probs.device)[None, :] < dets["count"][:, None])[:, :, None, None]
+        pad = (0, 0, 0, 0, 0, mm - n)
+        return {"boxes": dets["boxes"], "scores": dets["scores"], "labels": dets["labels"],
+                "mask_probs": F.pad(probs * real, pad), "priors": F.pad(priors * real, pad), "count": dets["count"]}
+
+    @staticmethod
+    def _mask_slots(count: Tensor, slots: int) -> int:
+        """How many detection slots the mask branch runs on: all of them (static shapes, no host read), except for
+        eager CPU tensors, where reading the largest count costs no device wait and the padded slots' convolutions
+        would be real work: there it runs on the slots some image of the batch fills."""
+        if count.device.type != "cpu" or torch.compiler.is_compiling() or not count.numel():
+            return slots
+        return int(count.max())
+
+    def proposals(self, features: list[Tensor], b: int, h, w) -> tuple[Tensor, Tensor]:
         """`Tensor[B, P, 4]` proposals (P = post_nms_topk_test) by objectness and `Tensor[B, P]` bool validity."""
         rpn = self.model.rpn
         rc = rpn.cfg
@@ -124,8 +154,10 @@ class StaticInference(nn.Module):
             out_valid.append(torch.arange(keep.shape[0], device=keep.device) < count)
         return torch.stack(out_boxes), torch.stack(out_valid)
 
-    def _detections(self, logits: Tensor, deltas: Tensor, proposals: Tensor, proposal_valid: Tensor, h,
-                    w) -> dict[str, Tensor]:
+    def detections(self, logits: Tensor, deltas: Tensor, proposals: Tensor, proposal_valid: Tensor, h,
+                   w) -> dict[str, Tensor]:
+        """Per image the `detections_per_image` best class candidates after per-class NMS, padded: `boxes`,
+        `scores`, `labels`, `keep` (candidate index, proposal * K + class; -1 in padding) and `count`."""
         heads = self.model.roi_heads
         rc, k = heads.rc, heads.num_classes
         b, p = proposal_valid.shape
