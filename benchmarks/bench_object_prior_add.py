@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opmask_fast.ops.object_prior_add import object_prior, object_prior_add
+from opmask_fast.ops import object_prior, object_prior_add
 from opmask_fast.ops.reference import object_prior_add as ref
 
 D, C, K, HB, HM = 256, 1024, 81, 7, 14

@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from opmask_fast.ops import PriorWeight, object_prior, roi_align
-from opmask_fast.ops.object_prior_add import resize_prior
 
 tv_ops = pytest.importorskip("torchvision.ops")
 
@@ -62,8 +61,8 @@ def fused(recipe):
     def run(feat, rois, box, cls_w, classes, rows):
         if torch.is_grad_enabled():
             prior = object_prior(box, cls_w, classes, rows, size=(HM, HM), validate=False)
-        else:  # inference, as the model: the returned 7x7 prior, resized (one CAM pass)
-            prior = resize_prior(object_prior(box, cls_w, classes, rows, validate=False), (HM, HM))
+        else:  # inference, as the model: the returned 7x7 prior and the 14x14 map from one launch
+            prior, _ = object_prior(box, cls_w, classes, rows, size=(HM, HM), with_unresized=True, validate=False)
         return roi_align(feat, rois, HM, SCALE, 0, True, roi_map=prior, map_weight=weight.map_weight)
     run.computes_prior = True
     return run

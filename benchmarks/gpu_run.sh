@@ -7,8 +7,10 @@
 #   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, compiled kernels, fp32/fp16/bf16);
 #   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
 #      1000 proposals, 100 detections with masks pasted);
-#   4b. the static-shape inference path: host syncs under the sync debug mode, s/img dynamic vs static vs CUDA graph
-#      (fp32, bf16; batch 1 and 8), benchmarks/gpu_static.py;
+#   4b. the static-shape inference path (benchmarks/gpu_static.py) at a trained model's load (classifier scores spread
+#      so that about 1000 class candidates per image pass 0.05; candidates per stage printed): host syncs under the
+#      sync debug mode; s/img dynamic vs static vs CUDA graph for OPMask and its baseline (fp32, bf16; batch 1 and 8);
+#      each stage as its own CUDA graph (GPU ms from CUDA events, host ms beside it);
 #   5. object_prior_add at R = 100/512/1024 (fp32, bf16; fwd, fwd+bwd) against the unfused PyTorch path and the memory
 #      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md); then the model's
 #      own prior path (benchmarks/bench_prior_path.py: RoIAlign + prior, paper recipe and feature_std, fused vs general
@@ -225,7 +227,7 @@ main() {
       ${TINY:+--images "$TINY/train2017"} "${WEIGHT_ARGS[@]}"
     stage "s/img: OPMask, baseline, torchvision" 150 "$PY" benchmarks/gpu_validate.py model --weights "$WORK/r50.pth" \
       --json "$OUT/model.json" "${MODEL_ARGS[@]}"
-    stage "static path: host syncs, s/img, CUDA graph" 150 "$PY" benchmarks/gpu_static.py --json "$OUT/static.json" \
+    stage "static path: host syncs, s/img, CUDA graph, stages" 200 "$PY" benchmarks/gpu_static.py --json "$OUT/static.json" \
       ${STATIC_ARGS[@]+"${STATIC_ARGS[@]}"} $( [ "$DRY" = 0 ] && echo --weights "$WORK/r50.pth" )
     stage "object_prior_add vs unfused vs floor" 120 "$PY" benchmarks/gpu_validate.py prior --json "$OUT/prior.json" \
       "${PRIOR_ARGS[@]}"

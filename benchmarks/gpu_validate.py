@@ -229,6 +229,11 @@ def cmd_summary(args) -> None:
         for row in prior["rows"]:
             lines.append(f"| R={row['R']} {row['dtype']} {row['mode']} | {row['unfused']:.3f} | {row[p]:.3f} | "
                          f"{row['floor_ms_measured_bw']:.3f} | {row['x_floor']:.1f}x | {row['speedup_vs_unfused']:.2f}x |")
+    static = _load(os.path.join(args.out, "static.json"))
+    if static:
+        from gpu_static import summary_lines
+
+        lines += summary_lines(static)
     path = _load(os.path.join(args.out, "prior_path.json"))
     if path:
         lines += ["", "the model's prior path (benchmarks/bench_prior_path.py): host ms (median, with a sync) and the "

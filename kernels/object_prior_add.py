@@ -7,7 +7,9 @@ backward program reads grad_out once (its channel sum), applies the transposed r
 derivative and writes the box-feature gradient (and the classifier's, by class) without any R x K x Hb x Wb
 intermediate; when RoIs index box-feature rows (`rows`, which may repeat), a second kernel writes every row's gradient
 once in the box features' dtype from the RoIs' R x Hb*Wb gradients (no atomics, no float32 copy of the gradient).
-Shapes (D, C, Hb, Wb, Hm, Wm) are compile-time constants: the model's are fixed, so each compiles once.
+Shapes (D, C, Hb, Wb, Hm, Wm) are compile-time constants: the model's are fixed, so each compiles once. The same
+forward kernel gives the prior alone (`object_prior`: one mask channel it does not read), with the unresized prior
+beside the resized map in the one launch.
 
 Only APIs present in Triton 3.6 through 3.9 are used (pointer arithmetic and masks; no block pointers). Every load and
 store is masked, because the interpreter (TRITON_INTERPRET=1) does not catch out-of-bounds accesses; the launchers make
@@ -64,9 +66,11 @@ def _object_prior_add_fwd_kernel(
     scale_ptr,  # (1,) gain tensor (read only with SCALE_PTR)
     out_ptr,  # (R, D, Q) output; may be mf_ptr itself (in-place inference)
     cam_ptr,  # (R, P) float32 raw CAM, saved for the backward
+    prior_ptr,  # (R, P) the normalised, unscaled, unresized prior in out's dtype (written only with STORE_PRIOR)
     scale_value, scale_h, scale_w, eps,
     D: tl.constexpr, C: tl.constexpr, P: tl.constexpr, Q: tl.constexpr, Hb: tl.constexpr, Wb: tl.constexpr,
     Wm: tl.constexpr, HAS_ROWS: tl.constexpr, SCALE_PTR: tl.constexpr, NORMALIZE: tl.constexpr,
+    READ_MF: tl.constexpr, STORE_PRIOR: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     r = tl.program_id(0).to(tl.int64)
@@ -99,6 +103,8 @@ def _object_prior_add_fwd_kernel(
         norm = tl.where(p_ok, tl.where(ok, (cam - lo) / tl.where(ok, span, 1.0), 0.0), 0.0)
     else:
         norm = tl.where(p_ok, cam, 0.0)
+    if STORE_PRIOR:
+        tl.store(prior_ptr + r * P + p, norm.to(prior_ptr.dtype.element_ty), mask=p_ok)
     if SCALE_PTR:
         norm = norm * tl.load(scale_ptr).to(tl.float32)
     else:
@@ -115,8 +121,11 @@ def _object_prior_add_fwd_kernel(
             d = d0 + d_off
             m = (d < D)[:, None] & q_ok[None, :]
             offs = base + d[:, None] * Q + q[None, :]
-            x = tl.load(mf_ptr + offs, mask=m, other=0.0)
-            y = x.to(tl.float32) + prior[None, :]
+            if READ_MF:
+                x = tl.load(mf_ptr + offs, mask=m, other=0.0)
+                y = x.to(tl.float32) + prior[None, :]
+            else:  # the prior alone (object_prior): nothing to read
+                y = tl.zeros((BLOCK_D, BLOCK_Q), dtype=tl.float32) + prior[None, :]
             tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -284,12 +293,39 @@ def object_prior_add_forward(mask_features: Tensor, box_features: Tensor, cls_we
     rows_t = cls if rows is None else rows.contiguous()
     scale_t, s_val = _scale_args(scale_value, scale, cls)
     _object_prior_add_fwd_kernel[(R,)](
-        mf, bf, w, cls, rows_t, scale_t, out, cam,
+        mf, bf, w, cls, rows_t, scale_t, out, cam, cam,
         s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
-        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize,
-        **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
+        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=True,
+        STORE_PRIOR=False, **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
     )
     return out, cam
+
+
+def object_prior_forward(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows: Tensor | None,
+                         size: tuple[int, int], normalize: bool, scale_value: float, scale: Tensor | None,
+                         with_prior: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The prior alone in one launch: returns (map Tensor[R, Hm, Wm] = scale * resize(prior) in the box features'
+    dtype, the prior itself Tensor[R, Hb * Wb] (normalised, unscaled, unresized; only `with_prior`, else None), raw
+    cam Tensor[R, Hb * Wb] float32). The forward kernel with one mask channel that it does not read."""
+    R = classes.shape[0]
+    N, C, Hb, Wb = box_features.shape
+    Hm, Wm = size
+    dev, dtype = box_features.device, box_features.dtype
+    out = _empty(R, Hm, Wm, dtype=dtype, device=dev)
+    cam = _empty(R, Hb * Wb, dtype=torch.float32, device=dev)
+    prior = _empty(R, Hb * Wb, dtype=dtype, device=dev) if with_prior else None
+    if R == 0:
+        return out, prior, cam
+    bf, w, cls = box_features.contiguous(), cls_weight.contiguous(), classes.contiguous()
+    rows_t = cls if rows is None else rows.contiguous()
+    scale_t, s_val = _scale_args(scale_value, scale, cls)
+    _object_prior_add_fwd_kernel[(R,)](
+        out, bf, w, cls, rows_t, scale_t, out, cam, cam if prior is None else prior,
+        s_val, Hb / Hm, Wb / Wm, EPS, D=1, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
+        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=False,
+        STORE_PRIOR=with_prior, **_blocks(C, Hb * Wb, Hm * Wm, 1), num_warps=4,
+    )
+    return out, prior, cam
 
 
 def object_prior_add_backward(grad_out: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,

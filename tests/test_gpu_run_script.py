@@ -29,6 +29,11 @@ def test_summary_table(tmp_path):
            "x_floor": 2.0, "speedup_vs_unfused": 2.5}
     (tmp_path / "prior.json").write_text(json.dumps({"device": "GPU X", "copy_TBps": 3.0, "fused_provider": "triton",
                                                      "rows": [row]}))
+    static = {"device": "GPU X", "size": [800, 1344], "host_syncs": "none", "load": {"class_candidates": 1000.0},
+              "rows": [{"model": "OPMask", "dtype": "bf16", "batch": 1, "dynamic_s_per_img": 0.03,
+                        "static_s_per_img": 0.025, "graph_s_per_img": 0.019}],
+              "stage_config": "bf16, batch 1", "stages": {"OPMask": [{"stage": "paste", "host_ms": 1.5, "gpu_ms": 0.25}]}}
+    (tmp_path / "static.json").write_text(json.dumps(static))
     # as train writes it: training records, then the evaluation's record
     (tmp_path / "train_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
         {"iteration": 40, "seconds_per_iter": 0.7, "loss": 3.0}, {"iteration": 50, "seconds_per_iter": 0.5, "loss": 2.0},
@@ -42,5 +47,6 @@ def test_summary_table(tmp_path):
     assert "| CUDA op tests | FAILED (exit 1) | 40 |" in out
     assert "| fp32 | 0.0600 | 0.0500 | 0.0800 | 1.20 |" in out and "| bf16 | 0.0400 | 0.0300 | 0.0500 | 1.33 |" in out
     assert "| R=512 fp32 fwd | 0.500 | 0.200 | 0.100 | 2.0x | 2.50x |" in out
+    assert "| OPMask | bf16 | 1 | 0.0300 | 0.0250 | 0.0190 |" in out and "| paste | 0.250 | 1.500 |" in out
     assert "training: 50 iterations, 0.500 s/iter, last loss 2.000" in out and "evaluation: 50 images" in out
     assert (tmp_path / "summary.md").read_text().strip() == out.strip()

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opmask_fast.ops.object_prior_add import (ObjectMaskPrior, _triton_kernels, object_prior, object_prior_add,
+from opmask_fast.ops import ObjectMaskPrior, object_prior
+from opmask_fast.ops.object_prior_add import (_triton_kernels, object_prior_add,
                                              object_prior_add_)
 from opmask_fast.ops.reference import object_prior_add as ref
 

@@ -5,7 +5,9 @@ from opmask_fast.ops.multi_level_roi_align import multi_level_roi_align
 from opmask_fast.ops.multi_scale_roi_align import multi_scale_roi_align
 from opmask_fast.ops.nms import batched_nms, nms
 from opmask_fast.ops.nms_topk import nms_topk
-from opmask_fast.ops.object_prior_add import ObjectMaskPrior, object_prior, object_prior_add
+from opmask_fast.ops.object_mask_prior import ObjectMaskPrior
+from opmask_fast.ops.object_prior import object_prior
+from opmask_fast.ops.object_prior_add import object_prior_add
 from opmask_fast.ops.prior_weight import PRIOR_SCALE_MODES, PriorWeight, parse_prior_scale
 from opmask_fast.ops.roi_align import roi_align
 

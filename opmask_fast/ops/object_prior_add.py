@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from opmask_fast.ops.prior_weight import PriorWeight
 from opmask_fast.ops.roi_align import _is_compiling
 from opmask_fast.ops.reference import object_prior_add as _ref
 from opmask_fast.ops._tracing import fx_leaf
@@ -74,16 +73,18 @@ def _resolve_backend(backend: str, mask_features: Tensor, box_features: Tensor) 
     return backend
 
 
-def _check_shapes(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
-                  rows: Optional[Tensor], scale: Optional[Tensor]) -> None:
-    """Shape, dtype and device checks; cheap, and valid on fake tensors too."""
-    if mask_features.dim() != 4 or box_features.dim() != 4:
-        raise ValueError(f"mask_features must be Tensor[R, D, Hm, Wm] and box_features Tensor[N, C, Hb, Wb], got "
-                         f"{tuple(mask_features.shape)} and {tuple(box_features.shape)}")
+def _check_shapes(mask_features: Optional[Tensor], box_features: Tensor, cls_weight: Tensor, classes: Tensor,
+                  rows: Optional[Tensor], scale: Optional[Tensor], size: Optional[tuple] = None) -> None:
+    """Shape, dtype and device checks; cheap, and valid on fake tensors too. Without mask features (`object_prior`)
+    the RoI count is classes' and `size` is the output's."""
+    if (mask_features is not None and mask_features.dim() != 4) or box_features.dim() != 4 or classes.dim() != 1:
+        raise ValueError(f"mask_features must be Tensor[R, D, Hm, Wm], box_features Tensor[N, C, Hb, Wb] and classes "
+                         f"Tensor[R], got {None if mask_features is None else tuple(mask_features.shape)}, "
+                         f"{tuple(box_features.shape)} and {tuple(classes.shape)}")
     if cls_weight.dim() != 2 or cls_weight.shape[1] != box_features.shape[1]:
         raise ValueError(f"cls_weight must be Tensor[K, C] with C = {box_features.shape[1]} (box feature channels), "
                          f"got {tuple(cls_weight.shape)}")
-    R = mask_features.shape[0]
+    R = classes.shape[0] if mask_features is None else mask_features.shape[0]
     if classes.shape != (R,):
         raise ValueError(f"classes must be Tensor[R] with R = {R} mask RoIs, got {tuple(classes.shape)}")
     if rows is not None and rows.shape != (R,):
@@ -92,15 +93,17 @@ def _check_shapes(mask_features: Tensor, box_features: Tensor, cls_weight: Tenso
         raise ValueError(f"without rows, RoI r takes box_features[r]: need N >= R, got N = {box_features.shape[0]}, "
                          f"R = {R}")
     for name, t in (("mask_features", mask_features), ("box_features", box_features), ("cls_weight", cls_weight)):
-        if not t.is_floating_point():
+        if t is not None and not t.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
     for name, t in (("classes", classes), ("rows", rows)):
         if t is not None and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
             raise TypeError(f"{name} must be an integer tensor, got {t.dtype}")
     if scale is not None and (scale.numel() != 1 or not scale.is_floating_point()):
         raise ValueError(f"a tensor scale must be one floating element, got {scale.dtype} {tuple(scale.shape)}")
-    if min(mask_features.shape[2:]) < 1 or min(box_features.shape[2:]) < 1:
-        raise ValueError("mask and box feature maps must have a non-empty spatial size")
+    out_size = tuple(mask_features.shape[2:]) if mask_features is not None else tuple(size)
+    if len(out_size) != 2 or min(out_size) < 1 or min(box_features.shape[2:]) < 1:
+        raise ValueError(f"mask (output) and box feature maps must have a non-empty spatial size, got {out_size} and "
+                         f"{tuple(box_features.shape[2:])}")
     tensors = [t for t in (mask_features, box_features, cls_weight, classes, rows, scale) if t is not None]
     if len({t.device for t in tensors}) != 1:
         raise ValueError(f"all inputs must be on one device, got {sorted({str(t.device) for t in tensors})}")
@@ -294,77 +297,3 @@ def object_prior_add_(mask_features: Tensor, box_features: Tensor, cls_weight: T
     _object_prior_add_inplace_op(mask_features, box_features, cls_weight, classes, rows, normalize, scale_value,
                                  scale_t, backend)
     return mask_features
-
-
-@fx_leaf
-def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows: Tensor | None = None,
-                 normalize: bool = True, backend: str = "auto", *, size: tuple[int, int] | None = None,
-                 scale: float | Tensor | None = None, validate: bool = True) -> Tensor:
-    """The prior alone: each RoI's (normalised) CAM, Tensor[R, Hb, Wb], differentiable like `object_prior_add`.
-
-    With `size=(Hm, Wm)` it comes resized bilinearly to Tensor[R, Hm, Wm] (and times `scale`): the per-RoI map that
-    RoIAlign adds to every channel as it writes its output (`roi_align(..., roi_map=prior)`, the fused design), and
-    each detection's prior returned by the model.
-    """
-    if box_features.dim() != 4 or classes.dim() != 1:
-        raise ValueError(f"box_features must be Tensor[N, C, Hb, Wb] and classes Tensor[R], got "
-                         f"{tuple(box_features.shape)} and {tuple(classes.shape)}")
-    Hm, Wm = box_features.shape[-2:] if size is None else size
-    # The op applied to zero mask features of one channel: out = resize(prior). Without size the resize is exact
-    # identity (source index = destination index, weight 1).
-    zeros = box_features.new_zeros((classes.shape[0], 1, Hm, Wm))
-    return object_prior_add(zeros, box_features, cls_weight, classes, rows, normalize, scale, backend,
-                            validate=validate).squeeze(1)
-
-
-def resize_prior(prior: Tensor, size: tuple[int, int], scale: float | Tensor | None = None) -> Tensor:
-    """`prior Tensor[R, Hb, Wb]` (normalised, from `object_prior`) resized bilinearly to Tensor[R, Hm, Wm] (and times
-    `scale`): what `object_prior(..., size=size, scale=scale)` gives, without a second pass over the box features
-    when the unresized prior is needed too (inference returns it)."""
-    return _ref.resized_prior(prior, size, normalize=False, scale=scale).squeeze(1)
-
-
-class ObjectMaskPrior(nn.Module):
-    """OPMask's object mask prior for any detector: adds the box classifier's CAM to the mask features.
-
-    Args:
-        classifier: the box classifier (nn.Linear over the global-average-pooled box features, weight Tensor[K, C]).
-            It is referenced, not registered: it stays a parameter of the box head only.
-        scale: the prior's weight, as the model's (`opmask_fast.ops.prior_weight`): "none" (gain 1, the paper),
-            "learnable", "feature_std", "feature_range" or a fixed float.
-        init: start of the learnable gain (None: std(mask features) / std(prior) of the first training batch).
-        normalize: per-RoI min-max normalisation of the CAM.
-        detach_weight: use the classifier weight detached (OPMask: mask gradients reach the box features only).
-        backend: "auto", "triton" or "reference".
-    """
-
-    def __init__(self, *, classifier: nn.Linear, scale: str | float = "none", init: float | None = 1.0,
-                 normalize: bool = True, detach_weight: bool = True, backend: str = "auto"):
-        super().__init__()
-        self._classifier = (classifier,)  # a tuple keeps nn.Module from registering it (no duplicate state_dict keys)
-        self.normalize, self.detach_weight, self.backend = normalize, detach_weight, backend
-        self.prior_weight = PriorWeight(scale="none" if scale is None else scale, init=init)
-
-    @property
-    def cls_weight(self) -> Tensor:
-        weight = self._classifier[0].weight
-        return weight.detach() if self.detach_weight else weight
-
-    def forward(self, mask_features: Tensor, box_features: Tensor, classes: Tensor,
-                rows: Tensor | None = None) -> Tensor:
-        """Tensor[R, D, Hm, Wm] mask features + prior; box_features Tensor[N, C, Hb, Wb], classes/rows Tensor[R]."""
-        if self.prior_weight.needs_init():
-            self.prior_weight.initialize(mask_features, self.prior(box_features, classes, rows))
-        if self.prior_weight.fusable:  # one fused pass: the prior is weighted and added as the output is written
-            return object_prior_add(mask_features, box_features, self.cls_weight, classes, rows, self.normalize,
-                                    self.prior_weight.value(), self.backend)
-        prior_map = object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend,
-                                 size=tuple(mask_features.shape[-2:]))
-        return self.prior_weight(mask_features, prior_map)
-
-    def prior(self, box_features: Tensor, classes: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Each RoI's normalised CAM, Tensor[R, Hb, Wb]."""
-        return object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend)
-
-    def extra_repr(self) -> str:
-        return f"normalize={self.normalize}, detach_weight={self.detach_weight}, backend={self.backend}"

@@ -24,7 +24,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_inference, maskrcnn_loss
 from torchvision.ops import boxes as box_ops
 
-from opmask_fast.ops.object_prior_add import ObjectMaskPrior
+from opmask_fast.ops.object_mask_prior import ObjectMaskPrior
 
 
 class ConvGAPBoxHead(nn.Module):

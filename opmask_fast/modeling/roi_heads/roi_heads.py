@@ -8,7 +8,6 @@ from torch import Tensor, nn
 
 from opmask_fast.ops import (PriorWeight, batched_nms, multi_scale_roi_align, object_prior, object_prior_add,
                              roi_align)
-from opmask_fast.ops.object_prior_add import resize_prior
 
 from ..box_coder import BoxCoder
 from ..box_ops import clip_boxes, pairwise_iou
@@ -172,21 +171,25 @@ class RoIHeads(nn.Module):
         if self.prior_resolution == "mask":
             return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior)
         init = self.use_prior and weight.needs_init()
-        # The baseline reports the prior too (its prior AP), it just does not add it.
-        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) if (return_prior or init) else None
+        fused_map = self.use_prior and self._fused() and self.prior_impl == "roi_align"
+        # The baseline reports the prior too (its prior AP), it just does not add it. Where the map rides on RoIAlign
+        # and no gradient is asked (inference), one launch gives the returned 7x7 prior and the 14x14 map.
+        one_pass = fused_map and return_prior and not torch.is_grad_enabled()
+        prior = object_prior(box_feats, cls_w, classes, rows, validate=False) \
+            if (return_prior or init) and not one_pass else None
         if not self.use_prior:
             return self.mask_head(self.pool(features, boxes, res)), prior
-        if self._fused():
+        if fused_map:
             # The prior, resized (and weighted when the weight is a constant), rides on RoIAlign's output write: no
             # extra pass over the mask features. An adaptive weight is read off each RoI's output by RoIAlign itself.
-            if self.prior_impl == "roi_align":
-                scale = None if weight.adaptive else weight.value()
-                # With the 7x7 prior at hand (inference returns it) the map is its resize: one pass over the box
-                # features, not two. In training the map is computed directly (its gradient path).
-                roi_map = resize_prior(prior, (res, res), scale) if prior is not None and not prior.requires_grad \
-                    else object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=scale, validate=False)
-                feats = self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)
-                return self.mask_head(feats), prior
+            scale = None if weight.adaptive else weight.value()
+            roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), scale=scale,
+                                   with_unresized=one_pass, validate=False)
+            if one_pass:
+                roi_map, prior = roi_map
+            feats = self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)
+            return self.mask_head(feats), prior
+        if self._fused():
             return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                                    normalize=True, scale=weight.value(), validate=False)), prior
         feats = self.pool(features, boxes, res)
