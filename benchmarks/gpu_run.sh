@@ -15,6 +15,8 @@
 #      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md); then the model's
 #      own prior path (benchmarks/bench_prior_path.py: RoIAlign + prior, paper recipe and feature_std, fused vs general
 #      vs unfused, kernel time from the profiler beside the host time);
+#   5b. the prior's share of an R-50 training step: the headline recipe against the baseline with the same box term,
+#      the paper's against the plain baseline (benchmarks/gpu_train_step.py; bf16 and fp32, CUDA events);
 #   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
 #      its evaluation on tiny_coco's validation images.
 # The backbones of 4 and 6 are a torchvision ResNet-50 file with random weights and BatchNorm statistics measured on
@@ -187,6 +189,7 @@ main() {
     PRIOR_ARGS=(--device cpu --sizes 100 --dtypes fp32 --reps 1)
     WEIGHT_ARGS=(--device cpu --count 2 --side 128)
     STATIC_ARGS=(--device cpu --size 128x128 --batches 1 --rounds 1 --proposals 10)
+    STEP_ARGS=(--device cpu --size 128x192 --batch 1 --proposals 50 --rounds 1 --dtypes fp32)
     stage "extension (CPU kernels)" 60 "$PY" -c "import opmask_fast._extension as e; assert e.has_C(), e.load_error()"
     stage "C++ errors reach Python" 60 bash -c error_paths
     skip "CUDA op tests" "no GPU"
@@ -199,6 +202,7 @@ main() {
     PRIOR_ARGS=(--device cuda)
     WEIGHT_ARGS=(--device cuda)
     STATIC_ARGS=(--device cuda)
+    STEP_ARGS=(--device cuda)
     export -f build
     stage "build" 300 bash -c build
     if [ "$LAST_RC" != 0 ]; then
@@ -234,6 +238,8 @@ main() {
     stage "the model's prior path: fused vs general vs unfused" 120 "$PY" -m pytest -q -p no:cacheprovider \
       benchmarks/bench_prior_path.py --benchmark-only --benchmark-json "$OUT/prior_path.json" \
       $( [ "$DRY" = 1 ] && echo -k 100-float32 )
+    stage "the prior's share of an R-50 training step" 120 "$PY" benchmarks/gpu_train_step.py \
+      --json "$OUT/train_step.json" ${STEP_ARGS[@]+"${STEP_ARGS[@]}"} $( [ "$DRY" = 0 ] && echo --weights "$WORK/r50.pth" )
     if [ -n "$TINY" ]; then
       export -f train_run; export DEVICE TRAIN_ITERS TRAIN_BATCH LOG_PERIOD EVAL_MAX TINY DRY OUT
       stage "train R-50 ${TRAIN_ITERS} its (AMP) + eval" 300 bash -c train_run

@@ -231,9 +231,14 @@ def cmd_summary(args) -> None:
                          f"{row['floor_ms_measured_bw']:.3f} | {row['x_floor']:.1f}x | {row['speedup_vs_unfused']:.2f}x |")
     static = _load(os.path.join(args.out, "static.json"))
     if static:
-        from gpu_static import summary_lines
+        import gpu_static
 
-        lines += summary_lines(static)
+        lines += gpu_static.summary_lines(static)
+    step = _load(os.path.join(args.out, "train_step.json"))
+    if step:
+        import gpu_train_step
+
+        lines += gpu_train_step.summary_lines(step)
     path = _load(os.path.join(args.out, "prior_path.json"))
     if path:
         lines += ["", "the model's prior path (benchmarks/bench_prior_path.py): host ms (median, with a sync) and the "

@@ -34,6 +34,10 @@ def test_summary_table(tmp_path):
                         "static_s_per_img": 0.025, "graph_s_per_img": 0.019}],
               "stage_config": "bf16, batch 1", "stages": {"OPMask": [{"stage": "paste", "host_ms": 1.5, "gpu_ms": 0.25}]}}
     (tmp_path / "static.json").write_text(json.dumps(static))
+    step = {"device": "GPU X", "size": "800x1344", "batch": 2, "rounds": 15,
+            "rows": [{"dtype": "bf16", "recipe": "headline", "step_s": 0.2, "without_prior_s": 0.198, "share": 0.01,
+                      "prior_kernels_ms": 0.5}]}
+    (tmp_path / "train_step.json").write_text(json.dumps(step))
     # as train writes it: training records, then the evaluation's record
     (tmp_path / "train_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
         {"iteration": 40, "seconds_per_iter": 0.7, "loss": 3.0}, {"iteration": 50, "seconds_per_iter": 0.5, "loss": 2.0},
@@ -48,5 +52,6 @@ def test_summary_table(tmp_path):
     assert "| fp32 | 0.0600 | 0.0500 | 0.0800 | 1.20 |" in out and "| bf16 | 0.0400 | 0.0300 | 0.0500 | 1.33 |" in out
     assert "| R=512 fp32 fwd | 0.500 | 0.200 | 0.100 | 2.0x | 2.50x |" in out
     assert "| OPMask | bf16 | 1 | 0.0300 | 0.0250 | 0.0190 |" in out and "| paste | 0.250 | 1.500 |" in out
+    assert "| bf16 | headline | 0.2000 | 0.1980 | 1.0% | 0.500 |" in out
     assert "training: 50 iterations, 0.500 s/iter, last loss 2.000" in out and "evaluation: 50 images" in out
     assert (tmp_path / "summary.md").read_text().strip() == out.strip()
