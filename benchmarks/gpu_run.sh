@@ -4,7 +4,8 @@
 #   1. build the extension for the local GPU (FORCE_CUDA=1);
 #   2. the extension's C++ errors reach Python (cuda-gdb's stack of a process that dies), its tests on CUDA
 #      (roi_align, nms, multi_scale_roi_align; under pytest-xdist where installed) and a compute-sanitizer memcheck;
-#   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, compiled kernels, fp32/fp16/bf16);
+#   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, test_object_prior.py; compiled kernels,
+#      fp32/fp16/bf16);
 #   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
 #      1000 proposals, 100 detections with masks pasted);
 #   4b. the static-shape inference path (benchmarks/gpu_static.py) at a trained model's load (classifier scores spread
@@ -223,7 +224,7 @@ main() {
         skip "compute-sanitizer memcheck" "not installed"
       fi
       stage "Triton prior tests (CUDA)" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
-        tests/test_object_prior_add.py
+        tests/test_object_prior_add.py tests/test_object_prior.py
     fi
   fi
   if [ "$BUILD_OK" = 1 ]; then
