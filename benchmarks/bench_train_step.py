@@ -2,12 +2,12 @@
 
 The main job trains the lite preset (``opmask_r18_lite``: ResNet-18 32 wide, box head 64-64-64-64, 32 RoIs per image
 at half foreground, 4 mask-head convs) on batches of the embedded synthetic dataset (4 images of 128 px, generated
-into a temporary cache on first use), one torch thread per training. Providers: the main job's three variants (the
-headline, prior x feature std + box projection loss; the baseline; the paper's recipe), the headline with the prior at
-the mask head's resolution (the box head trained through it, or detached), then the study's other models: the lite
-preset with OPMask's 7 mask-head convs and the tiny preset (``opmask_r18_tiny``: 64 wide, box
-head 64-64-128-128, 64 RoIs per image, 7 mask-head convs), so each cut's speed-up and the prior's share of a step are
-read off in one run (see ``PROVIDERS``).
+into a temporary cache on first use), one torch thread per training. Providers: the 7x7 recipe (prior x feature std +
+box projection loss, the box head's own 7x7 map as the prior; the reference of the ratios), the baseline and the
+paper's recipe, the prior at the mask head's resolution with the box head trained through it or detached (the
+headline), then the study's other models: the lite preset with OPMask's 7 mask-head convs and the tiny preset
+(``opmask_r18_tiny``: 64 wide, box head 64-64-128-128, 64 RoIs per image, 7 mask-head convs), so each cut's speed-up
+and the prior's share of a step are read off in one run (see ``PROVIDERS``).
 
     python -m pytest benchmarks/bench_train_step.py --benchmark-only --benchmark-timer=time.process_time
 
@@ -30,11 +30,10 @@ from opmask_fast.variants import apply_variant
 # glibc malloc as the main job's processes set it (opmask_fast/training/host_memory.py); OPMASK_FAST_MALLOC=0 times glibc's defaults.
 keep_freed_memory()
 
-# provider -> (preset, variant of opmask_fast.variants, `--set` overrides). The first three are the main job's trainings;
-# the others are the other models of docs/study.md (the prior at mask resolution, the lite preset with OPMask's 7-conv
-# mask head, the tiny preset),
-# kept so the ratios between them are measured in every run. The summary's ratios are against the first provider (the
-# main job's headline), in the same run.
+# provider -> (preset, variant of opmask_fast.variants, `--set` overrides): the 7x7 recipe, the main job's baseline and
+# paper recipe, the prior at mask resolution (detached: the main job's headline), then the other models of
+# docs/study.md (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the ratios between them are
+# measured in every run. The summary's ratios are against the first provider, in the same run.
 PROVIDERS = {
     "lite_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", []),
     "lite_baseline": ("opmask_r18_lite", "baseline", []),

@@ -16,8 +16,8 @@
 #      floor (minimum bytes over the measured copy bandwidth, as in ../shared/notes/performance.md); then the model's
 #      own prior path (benchmarks/bench_prior_path.py: RoIAlign + prior, paper recipe and feature_std, fused vs general
 #      vs unfused, kernel time from the profiler beside the host time);
-#   5b. the prior's share of an R-50 training step: the headline recipe against the baseline with the same box term,
-#      the paper's against the plain baseline (benchmarks/gpu_train_step.py; bf16 and fp32, CUDA events);
+#   5b. the prior's share of an R-50 training step: the headline recipe (and with the 7x7 prior) against the baseline
+#      with the same box term, the paper's against the plain baseline (benchmarks/gpu_train_step.py; CUDA events);
 #   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
 #      its evaluation on tiny_coco's validation images.
 # The backbones of 4 and 6 are a torchvision ResNet-50 file with random weights and BatchNorm statistics measured on

@@ -6,12 +6,14 @@ call; providers with the same weights and inputs, timed interleaved (CUDA events
 on a CPU), median of --rounds:
 
 - baseline_boxproj: the Mask R-CNN baseline with the box projection term (the headline without its prior);
-- headline: the feature-std prior on RoIAlign's write + the box projection term (the recommended recipe);
+- headline: the feature-std prior at the mask head's resolution (the box head's convs over each RoI's 14x14 mask
+  features, read without gradient) on RoIAlign's write + the box projection term (the recommended recipe);
+- prior_7x7: the same with the box head's own 7x7 map as the prior;
 - baseline / paper: the plain baseline and the paper's recipe (prior added as is).
 
-The prior's share is (headline - baseline_boxproj) / headline, and (paper - baseline) / paper; beside it the prior's
-own kernels from the profiler (the object_prior kernels; the weighted RoIAlign replaces the plain one, so the share of
-step time is the number that counts).
+The prior's share is (with - without) / with for each pair (headline, prior_7x7 against baseline_boxproj; paper
+against baseline); beside it the prior's own Triton kernels from the profiler (the weighted RoIAlign replaces the plain
+one and the CAM pass runs cuDNN convs, so the share of step time is the number that counts).
 
     python benchmarks/gpu_train_step.py --json OUT/train_step.json [--weights r50.pth] [--device cpu --size 128x192]
 """
@@ -30,9 +32,9 @@ from opmask_fast.modeling import build_model
 from opmask_fast.variants import apply_variant
 
 # provider -> the study variant (opmask_fast.variants) applied to the R-50 preset
-PROVIDERS = {"baseline_boxproj": "baseline_boxproj", "headline": "opmask_std_boxproj", "baseline": "baseline",
-             "paper": "opmask"}
-PAIRS = [("headline", "baseline_boxproj"), ("paper", "baseline")]
+PROVIDERS = {"baseline_boxproj": "baseline_boxproj", "headline": "opmask_std_boxproj_maskres_detach",
+             "prior_7x7": "opmask_std_boxproj", "baseline": "baseline", "paper": "opmask"}
+PAIRS = [("headline", "baseline_boxproj"), ("prior_7x7", "baseline_boxproj"), ("paper", "baseline")]
 
 
 def _model(args, name: str):

@@ -47,10 +47,18 @@ _PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
 _ALL = [
     _v("baseline", "Mask R-CNN baseline", use_prior=False),
     _v("opmask", "OPMask (paper recipe)"),
-    _v("opmask_std_boxproj", "OPMask + prior x feature std + box projection loss", prior_scale="feature_std", **_PROJ),
+    # The headline: the prior at the mask head's resolution (the box head's CAM over each RoI's own 14x14 mask
+    # features, the box head read, not trained, through it), weighted by the features' std, + the box projection term.
+    _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached", prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0,
+       **_PROJ),
     # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
     _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all",
-       prior_scale="feature_std", **_PROJ),
+       prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0, **_PROJ),
+    # The same recipe with the 7x7 prior (the box head's own map, resized), and its upper bound.
+    _v("opmask_std_boxproj", "OPMask + prior x feature std + box projection loss", prior_scale="feature_std", **_PROJ),
+    _v("upper_bound_7x7", "Upper bound of the 7x7 prior: its model with every class mask-supervised",
+       train_split="all", prior_scale="feature_std", **_PROJ),
     # The study (docs/study.md): weights of the prior, what is done to the features, the CAM, box supervision alone.
     _v("opmask_gain", "OPMask + learnable gain", prior_scale="learnable"),
     _v("opmask_range", "OPMask + prior x feature range", prior_scale="feature_range"),
@@ -72,13 +80,9 @@ _ALL = [
     _v("opmask_std_boxproj_pairwise_warm", "OPMask + prior x feature std + box projection + pairwise colour loss "
        "(BoxInst's warm-up)", prior_scale="feature_std", roi_heads__weak_mask_loss="box_projection_pairwise",
        roi_heads__pairwise_warmup_iters=89),  # the first ninth of the lite schedule's 800 steps, as BoxInst's 10k/90k
-    # The headline with the prior at the mask head's resolution: the box head's CAM over the mask's own 14x14 features.
+    # The headline with the box convs trained through its prior (the mask losses reach them, as the paper's 7x7 CAM).
     _v("opmask_std_boxproj_maskres", "OPMask + prior x feature std + box projection loss, prior at mask resolution",
        prior_scale="feature_std", prior_resolution="mask", **_PROJ),
-    # ... with the box head read, not trained, through that prior (its convs get no gradient from the mask losses).
-    _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution, box head detached", prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0,
-       **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
@@ -88,7 +92,7 @@ _ALL = [
        prior_grad_scale=0.0),
 ]
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
-MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj")
+MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj_maskres_detach")
 BASELINE = VARIANTS["baseline"]
 
 

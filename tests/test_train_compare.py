@@ -89,9 +89,9 @@ def test_every_training_gets_compares_preset():
     args = compare.build_parser().parse_args(["--preset", "opmask_r18_tiny", "--", "--iters", "5"])
     cmd = compare.train_command("baseline", 2, args, "out")
     assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-4:] == ["--variant", "baseline", "--iters", "5"]
-    default = compare.train_command("opmask_std_boxproj", 0, compare.build_parser().parse_args([]), "out")
+    default = compare.train_command("opmask_std_boxproj_maskres_detach", 0, compare.build_parser().parse_args([]), "out")
     assert default[default.index("--preset") + 1] == "opmask_r18_lite"
-    assert default[-2:] == ["--variant", "opmask_std_boxproj"]
+    assert default[-2:] == ["--variant", "opmask_std_boxproj_maskres_detach"]
 
 
 def test_lite_preset_is_the_tiny_model_made_cheaper():
@@ -124,11 +124,12 @@ def test_lite_preset_is_the_recommended_recipe_and_the_paper_one_preset_away():
 
     lite, paper = get_preset("opmask_r18_lite"), get_preset("opmask_r18_lite_paper")
     assert (lite.prior_scale, lite.roi_heads.weak_mask_loss) == ("feature_std", "box_projection")
+    assert (lite.prior_resolution, lite.prior_grad_scale) == ("mask", 0.0)  # the prior at mask resolution, read
     assert (paper.prior_scale, paper.roi_heads.weak_mask_loss) == ("none", "none")
     default, _ = model_config_from_args(build_parser().parse_args([]))
     assert default.to_dict() == lite.to_dict()
     for variant, preset in (("opmask", "opmask_r18_lite_paper"), ("baseline", "baseline_r18_lite"),
-                            ("opmask_std_boxproj", "opmask_r18_lite")):
+                            ("opmask_std_boxproj_maskres_detach", "opmask_r18_lite")):
         for start in ("opmask_r18_lite", "opmask_r18_lite_paper", "baseline_r18_lite"):
             assert apply_variant(get_preset(start), variant).to_dict() == get_preset(preset).to_dict(), (variant, start)
     no_prior, _ = model_config_from_args(build_parser().parse_args(["--no-prior"]))
@@ -165,10 +166,11 @@ def test_every_variant_is_named_again_from_its_stored_config():
         for preset in ("opmask_r18_lite", "opmask_r18_tiny", "baseline_r18_lite"):
             stored = apply_variant(get_preset(preset), name).to_dict()
             assert label_of(stored, variant.train_split) == variant.label
-    # the upper bound is the headline's model trained on another split: told apart by the split alone
-    assert VARIANTS["upper_bound"].fields == VARIANTS["opmask_std_boxproj"].fields
-    assert label_of(apply_variant(get_preset("opmask_r18_lite"), "upper_bound").to_dict()) == \
-        VARIANTS["opmask_std_boxproj"].label
+    # the upper bound is the headline's model trained on another split: told apart by the split alone (and the 7x7
+    # prior's upper bound is its model's)
+    for bound, model in (("upper_bound", "opmask_std_boxproj_maskres_detach"), ("upper_bound_7x7", "opmask_std_boxproj")):
+        assert VARIANTS[bound].fields == VARIANTS[model].fields
+        assert label_of(apply_variant(get_preset("opmask_r18_lite"), bound).to_dict()) == VARIANTS[model].label
     odd = apply_variant(get_preset("opmask_r18_lite"), "opmask")
     odd.prior_scale, odd.prior_cam = 3.0, "class_vs_background"
     assert label_of(odd.to_dict()) == "OPMask (prior_scale=3.0, prior_cam=class_vs_background)"
