@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = p.add_argument_group("model")
     m.add_argument("--preset", default="opmask_r18_lite",
                    help="model preset (opmask_fast.config.PRESETS; default: the CPU model with the recommended recipe, "
-                        "the feature-std prior and the box projection term; opmask_r18_lite_paper: the paper's)")
+                        "the feature-std prior at the mask head's resolution and the box projection term; "
+                        "opmask_r18_lite_paper: the paper's)")
     m.add_argument("--variant", choices=list(VARIANTS), default=None,
                    help="a variant of the study (opmask_fast.variants) on top of the preset, e.g. opmask: the "
                         "paper recipe, baseline: the Mask R-CNN baseline")
