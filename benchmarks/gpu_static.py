@@ -173,7 +173,10 @@ def stage_table(static: StaticInference, x: torch.Tensor, ctx, rounds: int, devi
                 return fn()
         row = {"stage": name, "host_ms": _time(run, rounds, device) * 1e3}
         if device == "cuda":
-            row["gpu_ms"] = _gpu_ms(_graph(run), rounds)
+            try:
+                row["gpu_ms"] = _gpu_ms(_graph(run), rounds)
+            except Exception as e:  # noqa: BLE001 - one stage that cannot be captured must not lose the others
+                row["graph_error"] = str(e).splitlines()[0][:300]
         table.append(row)
         print(row, flush=True)
     return table
@@ -193,7 +196,7 @@ def summary_lines(result: dict) -> list[str]:
         lines += ["", f"{model}, stages of the static path ({result.get('stage_config', '')}): GPU ms of each stage's "
                       f"CUDA graph, eager host ms", "", "| stage | GPU ms | host ms |", "|---|---|---|"]
         for r in table:
-            gpu = f"{r['gpu_ms']:.3f}" if "gpu_ms" in r else "-"
+            gpu = f"{r['gpu_ms']:.3f}" if "gpu_ms" in r else ("capture failed" if "graph_error" in r else "-")
             lines.append(f"| {r['stage']} | {gpu} | {r['host_ms']:.3f} |")
     return lines
 
@@ -261,13 +264,18 @@ def main() -> None:
                         row["graph_error"] = str(e).splitlines()[0][:300]
                 result["rows"].append(row)
                 print(row, flush=True)
+    _write(args.json, result)  # the rows so far, should the stage table fail
     bf16 = lambda: torch.autocast(dev, dtype=torch.bfloat16)  # noqa: E731
     for name in models:
         result["stages"][name] = stage_table(statics[name], image, bf16, args.rounds, dev)
     for line in summary_lines(result):
         print(line)
-    if args.json:
-        with open(args.json, "w") as f:
+    _write(args.json, result)
+
+
+def _write(path: str | None, result: dict) -> None:
+    if path:
+        with open(path, "w") as f:
             json.dump(result, f, indent=1)
 
 

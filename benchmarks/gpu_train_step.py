@@ -116,18 +116,24 @@ def main() -> None:
     args = p.parse_args()
     images, targets = _inputs(args)
     result = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "size": args.size,
-              "batch": args.batch, "rounds": args.rounds, "rows": []}
+              "batch": args.batch, "rounds": args.rounds, "rows": [], "errors": {}}
     for dtype in args.dtypes.split(","):
-        steps = {name: _step(_model(args, name), images, targets, dtype, args.device) for name in PROVIDERS}
-        for step in steps.values():
-            step()
-            step()  # warm-up: autotuning, caches
+        steps = {}
+        for name in PROVIDERS:
+            try:  # a provider that fails is reported, and the others are still timed
+                step = _step(_model(args, name), images, targets, dtype, args.device)
+                step()
+                step()  # warm-up: autotuning, caches
+                steps[name] = step
+            except Exception as e:  # noqa: BLE001
+                result["errors"][f"{name} {dtype}"] = str(e).splitlines()[0][:300]
+                print(f"{name} {dtype}: FAILED {result['errors'][f'{name} {dtype}']}", flush=True)
         samples = {name: [] for name in steps}
         for _ in range(args.rounds):  # interleaved: a slow moment hits every provider alike
             for name, step in steps.items():
                 samples[name].append(_timed(step, args.device))
         med = {name: statistics.median(v) for name, v in samples.items()}
-        for with_prior, without in PAIRS:
+        for with_prior, without in [p for p in PAIRS if p[0] in med and p[1] in med]:
             row = {"dtype": dtype, "recipe": with_prior, "step_s": med[with_prior], "without_prior_s": med[without],
                    "share": (med[with_prior] - med[without]) / med[with_prior],
                    "prior_kernels_ms": _prior_kernels_ms(steps[with_prior], args.device)}
@@ -139,6 +145,8 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    if result["errors"]:
+        raise SystemExit(f"{len(result['errors'])} provider(s) failed: {', '.join(result['errors'])}")
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -149,6 +157,7 @@ def summary_lines(result: dict) -> list[str]:
         kern = "-" if r["prior_kernels_ms"] is None else f"{r['prior_kernels_ms']:.3f}"
         lines.append(f"| {r['dtype']} | {r['recipe']} | {r['step_s']:.4f} | {r['without_prior_s']:.4f} | "
                      f"{r['share'] * 100:.1f}% | {kern} |")
+    lines += [f"FAILED {k}: {v}" for k, v in result.get("errors", {}).items()]
     return lines
 
 
