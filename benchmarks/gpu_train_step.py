@@ -50,18 +50,13 @@ def _model(args, name: str):
 
 
 def _inputs(args):
+    """bench_model's image and targets (three boxes, one of them box-only, so the box term runs), batch times."""
+    import bench_model as bm
+
+    bm.DEVICE = args.device
     h, w = (int(v) for v in args.size.split("x"))
-    g = torch.Generator().manual_seed(0)
-    img = torch.rand(3, h, w, generator=g) * 255
-    boxes = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.4, 0.3, 0.9, 0.8], [0.2, 0.5, 0.45, 0.95]]) * \
-        torch.tensor([w, h, w, h])
-    masks = torch.zeros(3, h, w, dtype=torch.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes.round().int().tolist()):
-        masks[i, y1:y2, x1:x2] = 1
-    target = {"boxes": boxes, "labels": torch.tensor([0, 1, 2]), "masks": masks,
-              "has_mask": torch.tensor([True, False, True])}  # one weak instance: the box term runs
-    target = {k: v.to(args.device) for k, v in target.items()}
-    return [img.to(args.device)] * args.batch, [target] * args.batch
+    img, target = bm.make_inputs(("r50", "r50_coco", (h, w), args.proposals, args.proposals, 512, 80))
+    return [img] * args.batch, [target] * args.batch
 
 
 def _step(model, images, targets, dtype: str, device: str):

@@ -272,6 +272,26 @@ def _scale_args(scale_value: float, scale: Tensor | None, like: Tensor) -> tuple
     return scale.contiguous(), 1.0
 
 
+def _launch_forward(mf: Tensor | None, out: Tensor, cam: Tensor, prior: Tensor | None, box_features: Tensor,
+                    cls_weight: Tensor, classes: Tensor, rows: Tensor | None, normalize: bool, scale_value: float,
+                    scale: Tensor | None, D: int, Hm: int, Wm: int) -> None:
+    """One forward launch over R = len(classes) RoIs: out (R, D, Hm, Wm) = mf + scale * resize(prior), or the map
+    alone when `mf` is None (nothing read); the raw CAM into `cam`, the unresized prior into `prior` when given."""
+    R = classes.shape[0]
+    if R == 0:
+        return
+    N, C, Hb, Wb = box_features.shape
+    bf, w, cls = box_features.contiguous(), cls_weight.contiguous(), classes.contiguous()
+    rows_t = cls if rows is None else rows.contiguous()
+    scale_t, s_val = _scale_args(scale_value, scale, cls)
+    _object_prior_add_fwd_kernel[(R,)](
+        out if mf is None else mf, bf, w, cls, rows_t, scale_t, out, cam, cam if prior is None else prior,
+        s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
+        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=mf is not None,
+        STORE_PRIOR=prior is not None, **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
+    )
+
+
 def object_prior_add_forward(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
                              rows: Tensor | None, normalize: bool, scale_value: float, scale: Tensor | None,
                              out: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -281,23 +301,14 @@ def object_prior_add_forward(mask_features: Tensor, box_features: Tensor, cls_we
     be contiguous. Non-contiguous inputs are copied to contiguous ones here: the kernel assumes contiguous strides.
     """
     R, D, Hm, Wm = mask_features.shape
-    N, C, Hb, Wb = box_features.shape
+    Hb, Wb = box_features.shape[-2:]
     mf = mask_features.contiguous()
     if out is None:
         out = _empty(*mf.shape, dtype=mf.dtype, device=mf.device)
     assert out.is_contiguous() and out.shape == mf.shape
     cam = _empty(R, Hb * Wb, dtype=torch.float32, device=mf.device)
-    if R == 0:
-        return out, cam
-    bf, w, cls = box_features.contiguous(), cls_weight.contiguous(), classes.contiguous()
-    rows_t = cls if rows is None else rows.contiguous()
-    scale_t, s_val = _scale_args(scale_value, scale, cls)
-    _object_prior_add_fwd_kernel[(R,)](
-        mf, bf, w, cls, rows_t, scale_t, out, cam, cam,
-        s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
-        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=True,
-        STORE_PRIOR=False, **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
-    )
+    _launch_forward(mf, out, cam, None, box_features, cls_weight, classes, rows, normalize, scale_value, scale, D, Hm,
+                    Wm)
     return out, cam
 
 
@@ -308,23 +319,14 @@ def object_prior_forward(box_features: Tensor, cls_weight: Tensor, classes: Tens
     dtype, the prior itself Tensor[R, Hb * Wb] (normalised, unscaled, unresized; only `with_prior`, else None), raw
     cam Tensor[R, Hb * Wb] float32). The forward kernel with one mask channel that it does not read."""
     R = classes.shape[0]
-    N, C, Hb, Wb = box_features.shape
+    Hb, Wb = box_features.shape[-2:]
     Hm, Wm = size
     dev, dtype = box_features.device, box_features.dtype
     out = _empty(R, Hm, Wm, dtype=dtype, device=dev)
     cam = _empty(R, Hb * Wb, dtype=torch.float32, device=dev)
     prior = _empty(R, Hb * Wb, dtype=dtype, device=dev) if with_prior else None
-    if R == 0:
-        return out, prior, cam
-    bf, w, cls = box_features.contiguous(), cls_weight.contiguous(), classes.contiguous()
-    rows_t = cls if rows is None else rows.contiguous()
-    scale_t, s_val = _scale_args(scale_value, scale, cls)
-    _object_prior_add_fwd_kernel[(R,)](
-        out, bf, w, cls, rows_t, scale_t, out, cam, cam if prior is None else prior,
-        s_val, Hb / Hm, Wb / Wm, EPS, D=1, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
-        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=False,
-        STORE_PRIOR=with_prior, **_blocks(C, Hb * Wb, Hm * Wm, 1), num_warps=4,
-    )
+    _launch_forward(None, out, cam, prior, box_features, cls_weight, classes, rows, normalize, scale_value, scale, 1,
+                    Hm, Wm)
     return out, prior, cam
 
 

@@ -28,9 +28,9 @@ def make_case(R=5, C=24, hb=7, wb=7, *, rows=True, seed=0, K=9):
                 rows=torch.randint(0, N, (R,), generator=g) if rows else None)
 
 
-def expected(case, size, scale):
-    """float64 reference: the resized, weighted map and the unresized normalised prior."""
-    prior = ref.object_prior(case["box_features"], case["cls_weight"], case["classes"], case["rows"])
+def expected(case, size, scale, normalize=True):
+    """float64 reference: the resized, weighted map and the unresized (normalised) prior."""
+    prior = ref.object_prior(case["box_features"], case["cls_weight"], case["classes"], case["rows"], normalize)
     resized = ref.resized_prior(prior, size, normalize=False, scale=scale)[:, 0]
     return resized, prior
 
@@ -41,20 +41,21 @@ def close(got, want, dtype):
 
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
-@pytest.mark.parametrize("size,rows,scale", [((14, 14), True, None), ((13, 9), False, 2.5), ((7, 7), True, 0.5),
-                                              ((28, 28), False, None)])
-def test_map_and_unresized_prior_from_one_call(backend, size, rows, scale):
+@pytest.mark.parametrize("size,rows,scale,normalize", [((14, 14), True, None, True), ((13, 9), False, 2.5, True),
+                                                        ((7, 7), True, 0.5, False), ((28, 28), False, None, False)])
+def test_map_and_unresized_prior_from_one_call(backend, size, rows, scale, normalize):
     case = make_case(rows=rows)
     dtype = torch.float64 if backend == "reference" else torch.float32
     bf, w = (case[k].to(DEVICE, dtype) for k in ("box_features", "cls_weight"))
     idx = [None if case[k] is None else case[k].to(DEVICE) for k in ("classes", "rows")]
-    want_map, want_prior = expected(case, size, scale)
-    got_map, got_prior = object_prior(bf, w, *idx, size=size, scale=scale, with_unresized=True, backend=backend)
+    want_map, want_prior = expected(case, size, scale, normalize)
+    got_map, got_prior = object_prior(bf, w, *idx, normalize, size=size, scale=scale, with_unresized=True,
+                                      backend=backend)
     assert got_map.shape == (5, *size) and got_prior.shape == (5, 7, 7)
     close(got_map, want_map, dtype)
     close(got_prior, want_prior, dtype)
     # The map alone is the same map.
-    close(object_prior(bf, w, *idx, size=size, scale=scale, backend=backend), want_map, dtype)
+    close(object_prior(bf, w, *idx, normalize, size=size, scale=scale, backend=backend), want_map, dtype)
 
 
 @needs_triton

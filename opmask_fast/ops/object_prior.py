@@ -39,10 +39,11 @@ def _object_prior_op(box_features: Tensor, cls_weight: Tensor, classes: Tensor, 
         return out, box_features.new_empty(0) if prior is None else prior.view(R, Hb, Wb), cam
     with torch.no_grad():
         cam = _ref.class_activation(box_features, cls_weight, classes, rows)
-        grid = cam.view(-1, Hb, Wb)
-        out = _ref.resized_prior(grid, (height, width), normalize, scale if scale is not None else scale_value)
-        prior = (_ref.normalize_cam(cam) if normalize else cam).view(R, Hb, Wb) if with_prior else cam.new_empty(0)
-        return (out.squeeze(1).to(box_features.dtype), prior.to(box_features.dtype),
+        # Normalised once, for both outputs; unnormalised, a copy (an op's outputs must not alias each other).
+        prior = (_ref.normalize_cam(cam) if normalize else cam.clone()).view(R, Hb, Wb)
+        out = _ref.resized_prior(prior, (height, width), False, scale if scale is not None else scale_value)
+        return (out.squeeze(1).to(box_features.dtype),
+                prior.to(box_features.dtype) if with_prior else cam.new_empty(0, dtype=box_features.dtype),
                 cam.to(_cam_dtype(box_features)))
 
 
@@ -106,8 +107,3 @@ def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows
                                      scale_value, scale_t, backend, with_unresized)
     return (out, prior) if with_unresized else out
 
-
-def resize_prior(prior: Tensor, size: tuple[int, int], scale: float | Tensor | None = None) -> Tensor:
-    """`prior Tensor[R, Hb, Wb]` (normalised, from `object_prior`) resized bilinearly to Tensor[R, Hm, Wm] (and times
-    `scale`), in PyTorch: the unfused path's resize."""
-    return _ref.resized_prior(prior, size, normalize=False, scale=scale).squeeze(1)

@@ -171,7 +171,8 @@ class RoIHeads(nn.Module):
         if self.prior_resolution == "mask":
             return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior)
         init = self.use_prior and weight.needs_init()
-        fused_map = self.use_prior and self._fused() and self.prior_impl == "roi_align"
+        fused = self.use_prior and self._fused()
+        fused_map = fused and self.prior_impl == "roi_align"
         # The baseline reports the prior too (its prior AP), it just does not add it. Where the map rides on RoIAlign
         # and no gradient is asked (inference), one launch gives the returned 7x7 prior and the 14x14 map.
         one_pass = fused_map and return_prior and not torch.is_grad_enabled()
@@ -189,7 +190,7 @@ class RoIHeads(nn.Module):
                 roi_map, prior = roi_map
             feats = self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)
             return self.mask_head(feats), prior
-        if self._fused():
+        if fused:
             return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                                    normalize=True, scale=weight.value(), validate=False)), prior
         feats = self.pool(features, boxes, res)
