@@ -1,5 +1,6 @@
 """The model's own prior path, timed as the model runs it: the mask pooler (RoIAlign on P2) with the object prior,
-for the paper's recipe (prior added as is) and the headline's (prior x std(RoI features) / std(prior)).
+for the paper's recipe (prior added as is), the 7x7 feature-std recipe (prior x std(RoI features) / std(prior)) and
+the headline's (`feature_std_maskres`: the prior at the mask head's resolution, weighted the same way).
 
 Providers per (recipe, R, dtype, mode) group:
 - fused: the model's path: `object_prior(size=14x14)` (at inference the returned 7x7 prior resized) then RoIAlign
@@ -9,6 +10,11 @@ Providers per (recipe, R, dtype, mode) group:
 - unfused: plain PyTorch/torchvision (all-class CAM convolution, gather, min-max, interpolate, std, add).
 At inference (R = 100, rows index 1000 proposals) every provider also computes the 7x7 prior the model returns.
 Training (R = 512, 1024) gathers `rows` of 2R box-feature rows, as the model's mask RoIs do.
+The headline's prior is the CAM of the box convs run on the pooled features themselves, so it exists only after the
+pooling; that CAM pass (the same convs, without gradient, in every provider) is left out and a [0, 1] map stands in
+for its result. Its providers: fused: RoIAlign, then `add_weighted_map` (the weight read off each RoI, the map added,
+one pass over the pooled features); general: RoIAlign, then `PriorWeight`; unfused: torchvision's RoIAlign, then the
+std weight and the add in PyTorch.
 
 GPU: D = 256 mask channels, C = 1024 box channels, K = 81, P2 of two 800x1088 images. CPU: the main job's lite model
 (D = C = 64, K = 6, P2 of two 256x256 images). Columns: median ms per call (pytest-benchmark: host wall time with a
@@ -26,7 +32,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opmask_fast.ops import PriorWeight, object_prior, roi_align
+from opmask_fast.ops import PriorWeight, add_weighted_map, object_prior, roi_align
 
 tv_ops = pytest.importorskip("torchvision.ops")
 
@@ -52,13 +58,16 @@ def make_case(R: int, dtype: torch.dtype, grad: bool, seed: int = 0):
     classes = torch.randint(0, k, (R,), **kw)
     rows = torch.randperm(rows_n, **kw)[:R]
     grad_out = torch.randn(R, d, HM, HM, **kw).to(dtype)
-    return (feat, rois, box, cls_w, classes, rows), grad_out
+    prior_mask_res = torch.rand(R, HM, HM, **kw).to(dtype)  # the mask-resolution prior (detached, as the headline's)
+    return (feat, rois, box, cls_w, classes, rows, prior_mask_res), grad_out
 
 
 def fused(recipe):
+    if recipe == "feature_std_maskres":
+        return _mask_res(lambda feats, prior: add_weighted_map(feats, prior, "feature_std"))
     weight = PriorWeight(scale=recipe)
 
-    def run(feat, rois, box, cls_w, classes, rows):
+    def run(feat, rois, box, cls_w, classes, rows, _prior_mask_res):
         if torch.is_grad_enabled():
             prior = object_prior(box, cls_w, classes, rows, size=(HM, HM), validate=False)
         else:  # inference, as the model: the returned 7x7 prior and the 14x14 map from one launch
@@ -69,16 +78,37 @@ def fused(recipe):
 
 
 def general(recipe):
+    if recipe == "feature_std_maskres":
+        return _mask_res(PriorWeight(scale="feature_std"))
     weight = PriorWeight(scale=recipe)
 
-    def run(feat, rois, box, cls_w, classes, rows):
+    def run(feat, rois, box, cls_w, classes, rows, _prior_mask_res):
         feats = roi_align(feat, rois, HM, SCALE, 0, True)
         return weight(feats, object_prior(box, cls_w, classes, rows, size=(HM, HM), validate=False))
     return run
 
 
+def _std_weighted(feats, prior):
+    gain = feats.detach().float().flatten(1).std(1) / prior.detach().float().flatten(1).std(1).clamp(min=1e-6)
+    return prior * torch.nan_to_num(gain, nan=0.0, posinf=0.0).to(prior.dtype)[:, None, None, None]
+
+
+def _mask_res(add):
+    """The headline's path after its CAM pass: the plain pooling, then `add(features, prior)`."""
+    def run(feat, rois, box, cls_w, classes, rows, prior_mask_res):
+        return add(roi_align(feat, rois, HM, SCALE, 0, True), prior_mask_res)
+    run.computes_prior = True  # the returned prior is the map itself: nothing else to compute
+    return run
+
+
 def unfused(recipe):
-    def run(feat, rois, box, cls_w, classes, rows, eps=1e-6):
+    if recipe == "feature_std_maskres":
+        def run_mask_res(feat, rois, box, cls_w, classes, rows, prior_mask_res):
+            feats = tv_ops.roi_align(feat.float(), rois.float(), HM, SCALE, 0, True).to(feat.dtype)
+            return feats + _std_weighted(feats, prior_mask_res[:, None])
+        return run_mask_res
+
+    def run(feat, rois, box, cls_w, classes, rows, _prior_mask_res, eps=1e-6):
         # torchvision's CUDA roi_align has no bfloat16 kernel: pooled in float32, as a user of it would
         feats = tv_ops.roi_align(feat.float(), rois.float(), HM, SCALE, 0, True).to(feat.dtype)
         cams = F.conv2d(box[rows], cls_w[:, :, None, None])                      # every class's CAM
@@ -87,8 +117,7 @@ def unfused(recipe):
         cam = torch.where(hi - lo >= eps, (cam - lo) / (hi - lo).clamp_min(eps), torch.zeros_like(cam))
         prior = F.interpolate(cam[:, None], size=(HM, HM), mode="bilinear", align_corners=False)
         if recipe == "feature_std":
-            gain = feats.detach().float().flatten(1).std(1) / prior.detach().float().flatten(1).std(1).clamp(min=1e-6)
-            prior = prior * torch.nan_to_num(gain, nan=0.0, posinf=0.0).to(prior.dtype)[:, None, None, None]
+            prior = _std_weighted(feats, prior)
         return feats + prior
     return run
 
@@ -98,7 +127,7 @@ PROVIDERS = {"fused": fused, "general": general, "unfused": unfused}
 
 def make_step(fn, args, grad_out, mode):
     if mode == "fwd":
-        feat, rois, box, cls_w, classes, rows = args
+        feat, rois, box, cls_w, classes, rows, _ = args
 
         def step():
             with torch.no_grad():
@@ -108,15 +137,16 @@ def make_step(fn, args, grad_out, mode):
         return step
     leaves = [args[0], args[2]]
 
-    def step():  # autograd.grad: no .grad accumulation inside the timed step
-        return torch.autograd.grad(fn(*args), leaves, grad_out)
+    def step():  # autograd.grad: no .grad accumulation inside the timed step (the headline's reads no box features)
+        return torch.autograd.grad(fn(*args), leaves, grad_out, allow_unused=True)
     return step
 
 
-def floor_bytes(R: int, dtype: torch.dtype, mode: str) -> int:
+def floor_bytes(R: int, dtype: torch.dtype, mode: str, recipe: str) -> int:
     d, c, _, (n, h, w) = DIMS
     size = torch.empty(0, dtype=dtype).element_size()
-    out, box = R * d * HM * HM, R * c * HB * HB
+    # the headline reads its ready prior map (R x 14 x 14), no box features
+    out, box = R * d * HM * HM, R * HM * HM if recipe == "feature_std_maskres" else R * c * HB * HB
     return size * (out + box + (out + box + n * d * h * w if mode == "fwd+bwd" else 0))
 
 
@@ -133,7 +163,8 @@ def kernel_ms(step, reps: int = 20) -> float:
     return total_us / reps / 1e3
 
 
-CASES = [(p, recipe, R, dt, mode) for recipe in ("none", "feature_std") for R in (100, 512, 1024)
+RECIPES = ("none", "feature_std", "feature_std_maskres")
+CASES = [(p, recipe, R, dt, mode) for recipe in RECIPES for R in (100, 512, 1024)
          for dt in ((torch.float32, torch.bfloat16) if CUDA else (torch.float32,))
          for mode in (("fwd",) if R == 100 else ("fwd", "fwd+bwd")) for p in PROVIDERS]
 
@@ -153,5 +184,5 @@ def test_prior_path(benchmark, provider, recipe, R, dtype, mode):
     if CUDA:
         ms = kernel_ms(step)
         benchmark.extra_info["kernel_ms"] = ms
-        benchmark.extra_info["floor_GBps"] = floor_bytes(R, dtype, mode) / (ms * 1e-3) / 1e9
+        benchmark.extra_info["floor_GBps"] = floor_bytes(R, dtype, mode, recipe) / (ms * 1e-3) / 1e9
         benchmark.extra_info["device"] = torch.cuda.get_device_name()

@@ -121,7 +121,7 @@ PYEOF
 memcheck() {
   "$CUDA_HOME/bin/compute-sanitizer" --tool memcheck --error-exitcode 9 "$PY" - << 'PYEOF'
 import torch
-from opmask_fast.ops import roi_align, nms, batched_nms, nms_topk, multi_level_roi_align
+from opmask_fast.ops import roi_align, nms, batched_nms, nms_topk, multi_level_roi_align, add_weighted_map
 torch.manual_seed(0)
 for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     x = torch.randn(2, 5, 13, 17, device="cuda", dtype=dtype, requires_grad=True)
@@ -132,6 +132,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     roi_align(x, rois, 2, 0.5, 2, False).sum().backward()
     for weight in ("feature_std", "feature_range"):
         roi_align(x, rois, (3, 4), 1.0, 0, True, roi_map=m, map_weight=weight).sum().backward()
+        add_weighted_map(x[:, :, :3, :4].expand(5, -1, -1, -1), m[:, :3, :4], weight).sum().backward()
         with torch.no_grad():
             multi_level_roi_align([x, x[:, :, ::2, ::2].contiguous()], rois, torch.tensor([0, 1, 0, 1, 1], device="cuda"),
                                   (3, 4), [1.0, 0.5], roi_map=m, map_weight=weight)
@@ -215,7 +216,7 @@ main() {
       "$PY" -c "import xdist" 2> /dev/null && xdist=(-n 4)
       stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
         tests/test_nms.py tests/test_multi_scale_roi_align.py tests/test_multi_level_roi_align.py tests/test_nms_topk.py \
-        tests/test_roi_align_weighted.py
+        tests/test_roi_align_weighted.py tests/test_add_weighted_map.py
       stage "C++ errors reach Python" 150 bash -c error_paths
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
         export -f memcheck; export CUDA_HOME

@@ -10,7 +10,8 @@ The prior's options, and why each is here:
   the paper's.
 - `prior_impl`: which fused op adds a fixed-weight prior (RoIAlign's output write or the separate op); same maths.
 - Study switches, kept because docs/study.md's tables reproduce with them (`opmask_fast.variants`):
-  `prior_feature_norm`, `prior_cam`, `prior_every_conv`, `prior_grad_scale`, `prior_gain_init`, `prior_resolution`.
+  `prior_feature_norm`, `prior_cam`, `prior_every_conv`, `prior_grad_scale`, `prior_grad_rois`, `prior_gain_init`,
+  `prior_resolution`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ IMAGENET_RGB_STD = (58.395, 57.120, 57.375)
 PriorScale = Union[str, float]  # one of PRIOR_SCALE_MODES or a fixed float gain (opmask_fast.ops.prior_weight)
 PRIOR_CAMS = ("class", "class_vs_background")
 PRIOR_RESOLUTIONS = ("box", "mask")
+PRIOR_GRAD_ROIS = ("all", "mask_supervised")
 WEAK_MASK_LOSSES = ("none", "box_projection", "box_projection_pairwise")
 
 
@@ -115,6 +117,9 @@ class ModelConfig:
     # head's convs run on the mask's own 14x14 RoI features, so the prior has the mask head's resolution
     prior_resolution: str = "box"
     prior_grad_scale: float | None = None  # gradient reaching the box head through the prior; None: the forward gain
+    # Whose mask losses reach the box head through the prior: "all" RoIs, or "mask_supervised" ones only (the weak
+    # classes' box-supervised terms then train the mask head alone, as in the paper no weak-class loss reaches it)
+    prior_grad_rois: str = "all"
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
     prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
     pixel_mean: tuple[float, float, float] = MSRA_BGR_MEAN  # subtracted from the image (in input_format order)
@@ -149,6 +154,8 @@ class ModelConfig:
         if self.prior_resolution not in PRIOR_RESOLUTIONS:
             raise ValueError(f"prior_resolution must be one of {', '.join(PRIOR_RESOLUTIONS)}, "
                              f"got {self.prior_resolution!r}")
+        if self.prior_grad_rois not in PRIOR_GRAD_ROIS:
+            raise ValueError(f"prior_grad_rois must be one of {', '.join(PRIOR_GRAD_ROIS)}, got {self.prior_grad_rois!r}")
         if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
                              f"got {self.roi_heads.weak_mask_loss!r}")

@@ -20,6 +20,7 @@ STUDY_FIELDS = {
     "prior_cam": "class",
     "prior_every_conv": False,
     "prior_grad_scale": None,
+    "prior_grad_rois": "all",
     "prior_resolution": "box",
     "roi_heads.weak_mask_loss": "none",
     "roi_heads.pairwise_warmup_iters": 0,
@@ -52,6 +53,11 @@ _ALL = [
     _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution, box head detached", prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0,
        **_PROJ),
+    # The headline with the prior also added before every later mask-head conv (each weighted by that conv input's
+    # own std), so the deeper layers see the holes and gaps the mask-resolution prior shows.
+    _v("opmask_std_boxproj_maskres_detach_deep", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached, prior at every mask conv", prior_scale="feature_std", prior_resolution="mask",
+       prior_grad_scale=0.0, prior_every_conv=True, **_PROJ),
     # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
     _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all",
        prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0, **_PROJ),
@@ -83,6 +89,11 @@ _ALL = [
     # The headline with the box convs trained through its prior (the mask losses reach them, as the paper's 7x7 CAM).
     _v("opmask_std_boxproj_maskres", "OPMask + prior x feature std + box projection loss, prior at mask resolution",
        prior_scale="feature_std", prior_resolution="mask", **_PROJ),
+    # ... trained by the mask-supervised RoIs' loss only (the box projection term of the weak RoIs trains the mask head
+    # alone), so no loss that sees only a box's extent shapes the box convs.
+    _v("opmask_std_boxproj_maskres_suponly", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head trained by the mask-supervised RoIs", prior_scale="feature_std", prior_resolution="mask",
+       prior_grad_rois="mask_supervised", **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

@@ -86,7 +86,7 @@ def test_detached_box_head_gets_no_mask_gradient_and_the_same_forward():
 @pytest.mark.parametrize("grad_scale", [None, 0.0])
 @pytest.mark.parametrize("scale", ["feature_std", 2.5])
 def test_fused_path_equals_the_general_path(scale, grad_scale):
-    """RoIAlign adding the mask-resolution prior as it writes (after a plain pooling for the CAM) gives the general
+    """The fused path (one pooling, the weighted mask-resolution prior added by `add_weighted_map`) gives the general
     path's losses, gradients and inference masks in float64; a probe on the prior map forces the general path."""
     from opmask_fast.modeling.roi_heads.prior import prior_statistics
     model = _model(_cfg(prior_scale=scale, prior_resolution="mask", prior_grad_scale=grad_scale)).double()
@@ -154,3 +154,34 @@ def test_config_names_the_bad_resolution():
     cfg = ModelConfig(prior_resolution="pixel")
     with pytest.raises(ValueError, match="prior_resolution must be one of box, mask, got 'pixel'"):
         cfg.validate()
+
+
+@pytest.mark.parametrize("res", ["box", "mask"])
+def test_prior_grad_rois_keeps_only_the_mask_supervised_rois_gradient(res):
+    """With grad_rois (prior_grad_rois="mask_supervised") a RoI outside it sends nothing back to the box convs
+    through its prior, one inside it does, and the forward is unchanged. Eval mode: the mask head's BatchNorm then
+    does not mix RoIs, so each RoI's logits depend on its own prior only."""
+    model = _model(_cfg(prior_scale="feature_std", prior_resolution=res)).eval()
+    img, t = _sample()
+    heads = model.roi_heads
+    features = model.extract([img])[0]
+    boxes, classes = [t["boxes"]], t["labels"]
+    box_feats, _, _ = heads.box_head(heads.pool(features, boxes, heads.rc.box_pooler_resolution))
+    rows = torch.arange(2)
+    convs = [c[0].weight for c in heads.box_head.convs]
+    grads, logits = {}, {}
+    for name, grad_rois in (("all", None), ("first", torch.tensor([True, False]))):
+        out, _ = heads.mask_forward(features, boxes, box_feats, classes, rows, grad_rois=grad_rois)
+        logits[name] = out.detach()
+        grads[name] = [torch.autograd.grad(out[r].sum(), convs, retain_graph=True) for r in range(2)]
+    torch.testing.assert_close(logits["first"], logits["all"], rtol=0, atol=0)
+    assert all(g.abs().sum() > 0 for r in range(2) for g in grads["all"][r])
+    assert all(g.abs().sum() > 0 for g in grads["first"][0])
+    assert all(g.abs().sum() == 0 for g in grads["first"][1])  # the second RoI's prior carries no gradient
+    for a, b in zip(grads["first"][0], grads["all"][0]):
+        torch.testing.assert_close(a, b)
+
+
+def test_config_names_the_bad_prior_grad_rois():
+    with pytest.raises(ValueError, match="prior_grad_rois must be one of all, mask_supervised, got 'weak'"):
+        ModelConfig(prior_grad_rois="weak").validate()

@@ -33,20 +33,15 @@ __global__ void multi_level_roi_align_kernel(LevelMaps<scalar_t, acc_t> maps, co
                                              const int64_t* __restrict__ levels,
                                              const scalar_t* __restrict__ roi_map, scalar_t* __restrict__ out,
                                              int64_t n, int64_t c, int64_t ph, int64_t pw, int64_t sampling_ratio,
-                                             bool aligned, int64_t channels_per_block, int64_t map_weight) {
+                                             bool aligned, int64_t channels_per_block) {
   __shared__ AxisTap<acc_t> ytaps[kMaxAxisTaps];
   __shared__ AxisTap<acc_t> xtaps[kMaxAxisTaps];
-  __shared__ double buf[kWeightedThreads];
   const int64_t r = blockIdx.x;
   const int64_t lv = levels[r];
   CUDA_KERNEL_ASSERT(lv >= 0 && lv < maps.count);
   const auto g = roi_geometry<acc_t>(rois + 5 * r, n, maps.scale[lv], ph, pw, sampling_ratio, aligned);
-  // A weighted map: one block per RoI (channels_per_block == c), the map added after the RoI's statistics.
   pool_roi_block(maps.data[lv], g, r, blockIdx.y * channels_per_block, channels_per_block, c, maps.height[lv],
-                 maps.width[lv], ph, pw, map_weight == kMapWeightNone ? roi_map : nullptr, out, ytaps, xtaps);
-  if (map_weight != kMapWeightNone)
-    add_weighted_map_block<scalar_t, acc_t>(out + r * c * ph * pw, roi_map + r * ph * pw, c * ph * pw, ph * pw,
-                                            map_weight, buf);
+                 maps.width[lv], ph, pw, roi_map, out, ytaps, xtaps);
 }
 
 at::Tensor multi_level_roi_align_cuda(at::TensorList features_, const at::Tensor& rois_, const at::Tensor& levels_,
@@ -64,11 +59,10 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features_, const at::Tensor
   if (roi_map_.has_value()) roi_map = roi_map_->to(features[0].scalar_type()).contiguous();
   at::Tensor out = at::empty({k, c, ph, pw}, features[0].options());
   if (out.numel() == 0) return out;
-  int64_t cpb = c;
+  int64_t cpb = 0;
   const bool weighted = map_weight != kMapWeightNone;
   TORCH_CHECK(k < (int64_t(1) << 31), "opmask_fast::multi_level_roi_align: too many RoIs");
-  const dim3 grid = weighted ? dim3(static_cast<unsigned>(k), 1) : grid_for(k, c, ph * pw, &cpb);
-  const int threads = weighted ? kWeightedThreads : kThreads;
+  const dim3 grid = grid_for(k, c, ph * pw, &cpb);
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "multi_level_roi_align_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -80,11 +74,18 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features_, const at::Tensor
       maps.width[l] = features[l].size(3);
       maps.scale[l] = static_cast<acc_t>(scales[l]);
     }
-    multi_level_roi_align_kernel<scalar_t, acc_t><<<grid, threads, 0, stream>>>(
-        maps, rois.const_data_ptr<acc_t>(), levels.const_data_ptr<int64_t>(),
-        roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), n, c, ph,
-        pw, sampling_ratio, aligned, cpb, map_weight);
+    // A weighted map is added after the pooling, per RoI in place, once the RoI's statistics are known.
+    const scalar_t* map = roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    multi_level_roi_align_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        maps, rois.const_data_ptr<acc_t>(), levels.const_data_ptr<int64_t>(), weighted ? nullptr : map, o, n, c, ph,
+        pw, sampling_ratio, aligned, cpb);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (weighted) {
+      add_weighted_map_kernel<scalar_t, acc_t><<<static_cast<unsigned>(k), kWeightedThreads, 0, stream>>>(
+          o, map, o, static_cast<acc_t*>(nullptr), c * ph * pw, ph * pw, map_weight);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
   });
   return out;
 }

@@ -114,9 +114,9 @@ __device__ inline double block_std(const scalar_t* x, int64_t count, double* buf
   return sample_std(block_reduce(ssd, buf, SumOp()), count);
 }
 
-// The weighted map of one RoI (map_weight.h) after pool_roi_block wrote the whole RoI (all channels) to dst without
-// it: every thread reads back only the elements it wrote itself (same stride), so the pass runs from cache and
-// needs no barrier beyond the reductions'. Returns the weight (in every thread). Called by every thread.
+// The weighted map of one RoI (map_weight.h) on its values dst (all channels), already written: every thread reads
+// back only the elements it wrote itself (same stride), so no barrier is needed beyond the reductions'. Returns the
+// weight (in every thread). Called by every thread of the block.
 template <typename scalar_t, typename acc_t>
 __device__ inline acc_t add_weighted_map_block(scalar_t* dst, const scalar_t* __restrict__ map, int64_t count,
                                                int64_t nbins, int64_t mode, double* buf) {
@@ -137,6 +137,32 @@ __device__ inline acc_t add_weighted_map_block(scalar_t* dst, const scalar_t* __
   for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
     dst[e] = static_cast<scalar_t>(static_cast<acc_t>(dst[e]) + w * static_cast<acc_t>(map[e % nbins]));
   return w;
+}
+
+// The weighted map added to K RoIs of `count` values each (C x nbins): one block of kWeightedThreads per RoI copies
+// src to dst (nothing to copy when they alias: in place after a pooling launch), then add_weighted_map_block reads the
+// RoI's statistics, adds the map and returns the weight, stored when `weights` is given. The pooling runs before it
+// with the full (RoI, channel group) grid, so neither launch leaves SMs idle at a hundred RoIs; the RoI's output is
+// read back twice (statistics, add), which at these sizes mostly hits L2. map_weight none adds the map as is (w = 1).
+template <typename scalar_t, typename acc_t>
+__global__ void add_weighted_map_kernel(const scalar_t* src, const scalar_t* __restrict__ roi_map, scalar_t* dst,
+                                        acc_t* __restrict__ weights, int64_t count, int64_t nbins,
+                                        int64_t map_weight) {
+  __shared__ double buf[kWeightedThreads];
+  const int64_t r = blockIdx.x;
+  const scalar_t* map = roi_map + r * nbins;
+  src += r * count;
+  dst += r * count;
+  if (map_weight == kMapWeightNone) {
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
+      dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + static_cast<acc_t>(map[e % nbins]));
+    if (weights != nullptr && threadIdx.x == 0) weights[r] = acc_t(1);
+    return;
+  }
+  if (src != dst)  // each thread copies the elements it reads back (same stride): no barrier needed
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) dst[e] = src[e];
+  const acc_t weight = add_weighted_map_block<scalar_t, acc_t>(dst, map, count, nbins, map_weight, buf);
+  if (weights != nullptr && threadIdx.x == 0) weights[r] = weight;
 }
 
 // Blocks of one launch: one per (RoI, group of channels) with about kOutputsPerBlock outputs each.

@@ -4,8 +4,9 @@
 // shared memory - ph * grid_h rows and pw * grid_w columns - and every thread then reuses them for its
 // (channel, bin) outputs, instead of recomputing the sample positions and weights for each channel. Consecutive
 // threads take consecutive bins of one channel, so their loads hit neighbouring pixels and their stores are
-// contiguous. Backward scatters with atomics into a float32 (float64) buffer: run to run it may differ in the
-// last bits; the CPU kernel is the deterministic one.
+// contiguous. The weighted forward (roi_align_weighted) pools the same way, then adds the map per RoI in place
+// (add_weighted_map_kernel, roi_align_device.cuh). Backward scatters with atomics into a float32 (float64) buffer:
+// run to run it may differ in the last bits; the CPU kernel is the deterministic one.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -33,24 +34,6 @@ __global__ void roi_align_forward_kernel(const scalar_t* __restrict__ input, con
   const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
   pool_roi_block(input, g, r, blockIdx.y * channels_per_block, channels_per_block, c, h, w, ph, pw, roi_map, out,
                  ytaps, xtaps);
-}
-
-// One block per RoI (all channels), so the map's weight can be read off the block's own output (map_weight.h).
-template <typename scalar_t, typename acc_t>
-__global__ void roi_align_weighted_kernel(const scalar_t* __restrict__ input, const acc_t* __restrict__ rois,
-                                          const scalar_t* __restrict__ roi_map, scalar_t* __restrict__ out,
-                                          acc_t* __restrict__ weights, int64_t n, int64_t c, int64_t h, int64_t w,
-                                          int64_t ph, int64_t pw, acc_t spatial_scale, int64_t sampling_ratio,
-                                          bool aligned, int64_t map_weight) {
-  __shared__ AxisTap<acc_t> ytaps[kMaxAxisTaps];
-  __shared__ AxisTap<acc_t> xtaps[kMaxAxisTaps];
-  __shared__ double buf[kWeightedThreads];
-  const int64_t r = blockIdx.x, nbins = ph * pw;
-  const auto g = roi_geometry<acc_t>(rois + 5 * r, n, spatial_scale, ph, pw, sampling_ratio, aligned);
-  pool_roi_block(input, g, r, 0, c, c, h, w, ph, pw, static_cast<const scalar_t*>(nullptr), out, ytaps, xtaps);
-  const acc_t weight = add_weighted_map_block<scalar_t, acc_t>(out + r * c * nbins, roi_map + r * nbins, c * nbins,
-                                                               nbins, map_weight, buf);
-  if (threadIdx.x == 0) weights[r] = weight;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -132,12 +115,20 @@ std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cuda(const at::Tensor& inp
   at::Tensor weights = at::zeros({k}, input.options().dtype(at::toOpMathType(input.scalar_type())));
   if (out.numel() == 0) return {out, weights};
   const auto stream = at::cuda::getCurrentCUDAStream();
+  // The plain pooling over the full grid, then the weight and the map per RoI in place (add_weighted_map_kernel):
+  // a block per RoI pooling all channels would leave most SMs idle at the hundred RoIs of inference.
+  int64_t cpb = 0;
+  const dim3 grid = grid_for(k, c, ph * pw, &cpb);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_weighted_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    roi_align_weighted_kernel<scalar_t, acc_t><<<static_cast<unsigned>(k), kWeightedThreads, 0, stream>>>(
-        input.const_data_ptr<scalar_t>(), rois.const_data_ptr<acc_t>(), roi_map.const_data_ptr<scalar_t>(),
-        out.mutable_data_ptr<scalar_t>(), weights.mutable_data_ptr<acc_t>(), n, c, h, w, ph, pw,
-        static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, map_weight);
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    roi_align_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
+        input.const_data_ptr<scalar_t>(), rois.const_data_ptr<acc_t>(), static_cast<const scalar_t*>(nullptr), o, n,
+        c, h, w, ph, pw, static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, cpb);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    add_weighted_map_kernel<scalar_t, acc_t><<<static_cast<unsigned>(k), kWeightedThreads, 0, stream>>>(
+        o, roi_map.const_data_ptr<scalar_t>(), o, weights.mutable_data_ptr<acc_t>(), c * ph * pw, ph * pw,
+        map_weight);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, weights};

@@ -1,6 +1,7 @@
 """Public ops of opmask_fast (torchvision-compatible signatures where torchvision has the op), the prior's weight,
 and the swap-in module that adds the prior to other detectors. The lowest layer: imports nothing else of the package."""
 
+from opmask_fast.ops.add_weighted_map import add_weighted_map
 from opmask_fast.ops.multi_level_roi_align import multi_level_roi_align
 from opmask_fast.ops.multi_scale_roi_align import multi_scale_roi_align
 from opmask_fast.ops.nms import batched_nms, nms
@@ -13,6 +14,7 @@ from opmask_fast.ops.roi_align import roi_align
 
 __all__ = [
     "roi_align",
+    "add_weighted_map",
     "multi_scale_roi_align",
     "multi_level_roi_align",
     "nms",

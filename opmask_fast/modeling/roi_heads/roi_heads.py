@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from opmask_fast.ops import (PriorWeight, batched_nms, multi_scale_roi_align, object_prior, object_prior_add,
-                             roi_align)
+from opmask_fast.ops import (PriorWeight, add_weighted_map, batched_nms, multi_scale_roi_align, object_prior,
+                             object_prior_add, roi_align)
 
 from ..box_coder import BoxCoder
 from ..box_ops import clip_boxes, pairwise_iou
@@ -18,6 +18,14 @@ from .mask_head import MaskHead, box_projection_loss, mask_loss, mask_targets, p
 from .prior import PriorTap
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
+
+
+def _grad_only_from(prior: Tensor, grad_rois: Tensor | None) -> Tensor:
+    """`prior Tensor[R, H, W]` with the same values, its gradient kept only for the RoIs where `grad_rois Tensor[R]`
+    (bool) is set; None keeps every RoI's."""
+    if grad_rois is None or not prior.requires_grad:
+        return prior
+    return torch.where(grad_rois[:, None, None], prior, prior.detach())
 
 
 class RoIHeads(nn.Module):
@@ -41,6 +49,7 @@ class RoIHeads(nn.Module):
         self.prior_tap = PriorTap() if cfg.use_prior else None
         self.prior_feature_norm, self.prior_every_conv = cfg.prior_feature_norm, cfg.prior_every_conv
         self.prior_cam, self.prior_resolution = cfg.prior_cam, cfg.prior_resolution
+        self.prior_grad_rois = cfg.prior_grad_rois
         if rc.weak_mask_loss == "box_projection_pairwise":
             # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
             self.register_buffer("pairwise_step", torch.zeros((), dtype=torch.int64))
@@ -127,8 +136,9 @@ class RoIHeads(nn.Module):
             if pairwise:
                 losses["loss_mask_pairwise"] = losses["loss_mask"].clone()
             return losses
-        mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t)
         supervised_t = torch.cat(supervised)
+        grad_rois = supervised_t if self.prior_grad_rois == "mask_supervised" else None
+        mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t, grad_rois=grad_rois)
         losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), supervised_t)
         if self.rc.weak_mask_loss != "none":
             losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), torch.cat(gt_boxes),
@@ -158,18 +168,20 @@ class RoIHeads(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------- mask + prior
     def mask_forward(self, features: list[Tensor], boxes: list[Tensor], box_feats: Tensor, classes: Tensor,
-                     rows: Tensor, *, return_prior: bool = False) -> tuple[Tensor, Tensor | None]:
+                     rows: Tensor, *, return_prior: bool = False,
+                     grad_rois: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Mask logits `Tensor[R, 28, 28]` for the RoIs `boxes` (per image, R in all), with the prior of class `classes`
         `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, P, P]` when asked or computed
         (P = `prior_size`). With `prior_resolution="mask"` the prior is the CAM of the box head's convs over the RoIs'
-        own mask features instead (`box_feats` and `rows` are not read)."""
+        own mask features instead (`box_feats` and `rows` are not read). `grad_rois Tensor[R]` (bool, training): only
+        these RoIs' priors carry the mask losses' gradient back to the box head (`prior_grad_rois`)."""
         res = self.rc.mask_pooler_resolution
         cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
         if self.prior_cam == "class_vs_background":
             cls_w = cls_w - cls_w[-1:]  # the map of the class-vs-background logit (background is the last row)
         weight = self.prior_gain
         if self.prior_resolution == "mask":
-            return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior)
+            return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior, grad_rois)
         init = self.use_prior and weight.needs_init()
         fused = self.use_prior and self._fused()
         fused_map = fused and self.prior_impl == "roi_align"
@@ -188,40 +200,37 @@ class RoIHeads(nn.Module):
                                    with_unresized=one_pass, validate=False)
             if one_pass:
                 roi_map, prior = roi_map
+            roi_map = _grad_only_from(roi_map, grad_rois)
             feats = self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)
             return self.mask_head(feats), prior
         if fused:
             return self.mask_head(object_prior_add(self.pool(features, boxes, res), box_feats, cls_w, classes, rows,
                                                    normalize=True, scale=weight.value(), validate=False)), prior
         feats = self.pool(features, boxes, res)
-        return self._add_in_second_pass(feats, object_prior(box_feats, cls_w, classes, rows, size=(res, res),
-                                                            validate=False), prior, init)
+        roi_map = object_prior(box_feats, cls_w, classes, rows, size=(res, res), validate=False)
+        return self._add_in_second_pass(feats, _grad_only_from(roi_map, grad_rois), prior, init)
 
     def _mask_resolution_forward(self, features: list[Tensor], boxes: list[Tensor], cls_w: Tensor, classes: Tensor,
-                                 return_prior: bool) -> tuple[Tensor, Tensor | None]:
+                                 return_prior: bool, grad_rois: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """`mask_forward` with `prior_resolution="mask"`: the box head's convs run on the mask's own RoI features
         (the inputs they are trained on, before any standardisation) and the CAM of that map is the prior, at the
         mask head's resolution, so a hole or a gap narrower than a 7x7 cell can show in it; no resize. The prior exists
-        only after a plain pooling, so the fused path pools twice (the second time adding the weighted map as it
-        writes). With prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without
-        autograd, and the map, carrying no gradient, fuses whatever the weight."""
+        only after the pooling, so the fused path adds the weighted map to the pooled features in one pass over them
+        (`add_weighted_map`: the weight read off each RoI as RoIAlign's `map_weight` reads it). With
+        prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without autograd."""
         res, weight = self.rc.mask_pooler_resolution, self.prior_gain
+        pooled = self.pool(features, boxes, res)
         if not self.use_prior:  # the baseline reports the prior (its prior AP) when asked, it never adds it
-            pooled = self.pool(features, boxes, res)
             prior = object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False) \
                 if return_prior else None
             return self.mask_head(pooled), prior
-        detached = weight.grad_scale == 0
-        fused = self._fused()
-        grad = torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad and not (fused and detached)):
-            pooled = self.pool(features, boxes, res)
-        with torch.set_grad_enabled(grad and not detached):
-            prior = object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False)
-        if fused:
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight.grad_scale != 0):
+            prior = _grad_only_from(object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False),
+                                    grad_rois)
+        if self._fused():
             scale = None if weight.adaptive else weight.value()
             roi_map = prior if scale is None else prior * scale
-            return self.mask_head(self.pool(features, boxes, res, roi_map=roi_map, map_weight=weight.map_weight)), prior
+            return self.mask_head(add_weighted_map(pooled, roi_map, weight.map_weight)), prior
         return self._add_in_second_pass(pooled, prior, prior, weight.needs_init())
 
     def _add_in_second_pass(self, feats: Tensor, roi_map: Tensor, prior: Tensor | None,
@@ -242,13 +251,15 @@ class RoIHeads(nn.Module):
         """Whether the weighted prior can be added as the mask features are written: a weight the fused op can
         compute (RoIAlign: any, adaptive ones too; object_prior_add: a constant), nothing done to the features first,
         and no probe attached to the prior map (the probes need the map apart: the general path). At mask resolution
-        RoIAlign adds it; a map without gradient (prior_grad_scale=0) fuses with any weight."""
+        `add_weighted_map` adds it to the pooled features, with any weight whose gradient is autograd's own or none."""
         probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
         weight = self.prior_gain
         if self.prior_resolution == "mask":
             fusable = self.prior_impl == "roi_align" and weight.grad_scale in (None, 0) and not weight.needs_init()
-        else:
-            fusable = weight.fusable_in_roi_align if self.prior_impl == "roi_align" else weight.fusable
+        elif self.prior_impl == "roi_align":
+            fusable = weight.fusable_in_roi_align
+        else:  # the separate op takes the box features whole: no per-RoI choice of whose gradient reaches them
+            fusable = weight.fusable and self.prior_grad_rois == "all"
         return fusable and not (self.prior_feature_norm or self.prior_every_conv or probed)
 
     # ----------------------------------------------------------------------------------------------------- inference

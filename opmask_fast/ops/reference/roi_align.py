@@ -41,6 +41,14 @@ def map_gain(features: Tensor, roi_map: Tensor, map_weight: str) -> Tensor:
     return torch.nan_to_num(gain, nan=0.0, posinf=0.0)
 
 
+def add_weighted_map(features: Tensor, roi_map: Tensor, map_weight: str) -> tuple[Tensor, Tensor]:
+    """``features Tensor[K, C, H, W]`` + ``map_gain`` x ``roi_map Tensor[K, H, W]`` on every channel, summed in the
+    gain's dtype and rounded once, and the gains ``Tensor[K]``: what RoIAlign's ``map_weight`` adds to its output."""
+    gain = map_gain(features, roi_map, map_weight)
+    out = features.to(gain.dtype) + gain[:, None, None, None] * roi_map.to(gain.dtype)[:, None]
+    return out.to(features.dtype).contiguous(), gain
+
+
 def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, size: int):
     """Bilinear taps along one axis.
 
