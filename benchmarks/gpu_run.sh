@@ -132,7 +132,7 @@ for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
     roi_align(x, rois, 2, 0.5, 2, False).sum().backward()
     for weight in ("feature_std", "feature_range"):
         roi_align(x, rois, (3, 4), 1.0, 0, True, roi_map=m, map_weight=weight).sum().backward()
-        add_weighted_map(x[:, :, :3, :4].expand(5, -1, -1, -1), m[:, :3, :4], weight).sum().backward()
+        add_weighted_map(x[:1, :, :3, :4].expand(5, -1, -1, -1), m, weight).sum().backward()
         with torch.no_grad():
             multi_level_roi_align([x, x[:, :, ::2, ::2].contiguous()], rois, torch.tensor([0, 1, 0, 1, 1], device="cuda"),
                                   (3, 4), [1.0, 0.5], roi_map=m, map_weight=weight)
