@@ -7,13 +7,14 @@ on a CPU), median of --rounds:
 
 - baseline_boxproj: the Mask R-CNN baseline with the box projection term (the headline without its prior);
 - headline: the feature-std prior at the mask head's resolution (the box head's convs over each RoI's 14x14 mask
-  features, read without gradient) on RoIAlign's write + the box projection term (the recommended recipe);
+  features, read without gradient) added to the pooled features by `add_weighted_map` + the box projection term (the
+  recommended recipe);
 - prior_7x7: the same with the box head's own 7x7 map as the prior;
 - baseline / paper: the plain baseline and the paper's recipe (prior added as is).
 
 The prior's share is (with - without) / with for each pair (headline, prior_7x7 against baseline_boxproj; paper
-against baseline); beside it the prior's own Triton kernels from the profiler (the weighted RoIAlign replaces the plain
-one and the CAM pass runs cuDNN convs, so the share of step time is the number that counts).
+against baseline); beside it the prior's own Triton kernels from the profiler (the weighted add or RoIAlign replaces
+the plain one and the CAM pass runs cuDNN convs, so the share of step time is the number that counts).
 
     python benchmarks/gpu_train_step.py --json OUT/train_step.json [--weights r50.pth] [--device cpu --size 128x192]
 """

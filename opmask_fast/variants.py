@@ -45,22 +45,21 @@ def _v(name: str, label: str, train_split: str | None = None, **changes) -> Vari
 
 
 _PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
+# The headline's fields: the prior at the mask head's resolution, read without training the box head, x feature std.
+_HEADLINE = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_grad_scale": 0.0, **_PROJ}
 _ALL = [
     _v("baseline", "Mask R-CNN baseline", use_prior=False),
     _v("opmask", "OPMask (paper recipe)"),
     # The headline: the prior at the mask head's resolution (the box head's CAM over each RoI's own 14x14 mask
     # features, the box head read, not trained, through it), weighted by the features' std, + the box projection term.
     _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution, box head detached", prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0,
-       **_PROJ),
+       "resolution, box head detached", **_HEADLINE),
     # The headline with the prior also added before every later mask-head conv (each weighted by that conv input's
     # own std), so the deeper layers see the holes and gaps the mask-resolution prior shows.
     _v("opmask_std_boxproj_maskres_detach_deep", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution, box head detached, prior at every mask conv", prior_scale="feature_std", prior_resolution="mask",
-       prior_grad_scale=0.0, prior_every_conv=True, **_PROJ),
+       "resolution, box head detached, prior at every mask conv", prior_every_conv=True, **_HEADLINE),
     # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
-    _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all",
-       prior_scale="feature_std", prior_resolution="mask", prior_grad_scale=0.0, **_PROJ),
+    _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all", **_HEADLINE),
     # The same recipe with the 7x7 prior (the box head's own map, resized), and its upper bound.
     _v("opmask_std_boxproj", "OPMask + prior x feature std + box projection loss", prior_scale="feature_std", **_PROJ),
     _v("upper_bound_7x7", "Upper bound of the 7x7 prior: its model with every class mask-supervised",

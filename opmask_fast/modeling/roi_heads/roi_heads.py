@@ -220,13 +220,14 @@ class RoIHeads(nn.Module):
         prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without autograd."""
         res, weight = self.rc.mask_pooler_resolution, self.prior_gain
         pooled = self.pool(features, boxes, res)
-        if not self.use_prior:  # the baseline reports the prior (its prior AP) when asked, it never adds it
-            prior = object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False) \
-                if return_prior else None
-            return self.mask_head(pooled), prior
-        with torch.set_grad_enabled(torch.is_grad_enabled() and weight.grad_scale != 0):
+        if not (self.use_prior or return_prior):
+            return self.mask_head(pooled), None
+        trains_box_head = self.use_prior and weight.grad_scale != 0
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains_box_head):
             prior = _grad_only_from(object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False),
                                     grad_rois)
+        if not self.use_prior:  # the baseline reports the prior (its prior AP), it never adds it
+            return self.mask_head(pooled), prior
         if self._fused():
             scale = None if weight.adaptive else weight.value()
             roi_map = prior if scale is None else prior * scale
@@ -251,11 +252,12 @@ class RoIHeads(nn.Module):
         """Whether the weighted prior can be added as the mask features are written: a weight the fused op can
         compute (RoIAlign: any, adaptive ones too; object_prior_add: a constant), nothing done to the features first,
         and no probe attached to the prior map (the probes need the map apart: the general path). At mask resolution
-        `add_weighted_map` adds it to the pooled features, with any weight whose gradient is autograd's own or none."""
+        `add_weighted_map` adds it to the pooled features (whatever `prior_impl`), with any weight whose gradient is
+        autograd's own or none."""
         probed = bool(self.prior_tap._forward_hooks)  # torch has no public query of a module's hooks
         weight = self.prior_gain
         if self.prior_resolution == "mask":
-            fusable = self.prior_impl == "roi_align" and weight.grad_scale in (None, 0) and not weight.needs_init()
+            fusable = weight.grad_scale in (None, 0) and not weight.needs_init()
         elif self.prior_impl == "roi_align":
             fusable = weight.fusable_in_roi_align
         else:  # the separate op takes the box features whole: no per-RoI choice of whose gradient reaches them
