@@ -88,6 +88,8 @@ _ALL = [
     # The headline with the box convs trained through its prior (the mask losses reach them, as the paper's 7x7 CAM).
     _v("opmask_std_boxproj_maskres", "OPMask + prior x feature std + box projection loss, prior at mask resolution",
        prior_scale="feature_std", prior_resolution="mask", **_PROJ),
+    _v("upper_bound_maskres", "Upper bound of the mask-resolution prior trained through: its model with every class "
+       "mask-supervised", train_split="all", prior_scale="feature_std", prior_resolution="mask", **_PROJ),
     # ... trained by the mask-supervised RoIs' loss only (the box projection term of the weak RoIs trains the mask head
     # alone), so no loss that sees only a box's extent shapes the box convs.
     _v("opmask_std_boxproj_maskres_suponly", "OPMask + prior x feature std + box projection loss, prior at mask "

@@ -1,7 +1,6 @@
-// add_weighted_map CPU kernel: one RoI at a time (at::parallel_for), its features copied to the output and the
-// weighted map added by the same helper roi_align_weighted runs on its pooled output (roi_align_taps.h), so
-// add_weighted_map(roi_align(x), map) equals roi_align_weighted(x, map) bit for bit. The copy leaves the RoI in cache
-// for the statistics and the add.
+// add_weighted_map CPU kernel: one RoI at a time (at::parallel_for), by the same helper roi_align_weighted runs on
+// its pooled output (roi_align_taps.h), so add_weighted_map(roi_align(x), map) equals roi_align_weighted(x, map) bit
+// for bit. The statistics pass leaves the RoI's features in cache for the add, which writes the output directly.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,18 +33,9 @@ std::tuple<at::Tensor, at::Tensor> add_weighted_map_cpu(const at::Tensor& featur
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     acc_t* weight = weights.mutable_data_ptr<acc_t>();
     at::parallel_for(0, k, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* src = x + r * c * nbins;
-        scalar_t* dst = o + r * c * nbins;
-        std::copy(src, src + c * nbins, dst);
-        if (map_weight == kMapWeightNone) {
-          for (int64_t e = 0; e < c * nbins; ++e)
-            dst[e] = static_cast<scalar_t>(static_cast<acc_t>(dst[e]) + static_cast<acc_t>(map[r * nbins + e % nbins]));
-          weight[r] = acc_t(1);
-        } else {
-          weight[r] = cpu::add_weighted_map<scalar_t, acc_t>(dst, map + r * nbins, c, nbins, map_weight);
-        }
-      }
+      for (int64_t r = begin; r < end; ++r)
+        weight[r] = cpu::add_weighted_map<scalar_t, acc_t>(x + r * c * nbins, o + r * c * nbins, map + r * nbins, c,
+                                                           nbins, map_weight);
     });
   });
   return {out, weights};

@@ -73,7 +73,7 @@ at::Tensor multi_level_roi_align_cpu(at::TensorList features_, const at::Tensor&
                                                                   h * w, nbins);
         if (ch < c) cpu::pool_channels<scalar_t, acc_t, 1>(taps, planes, dst, map_r, ch, c - ch, h * w, nbins);
         if (map_weight != kMapWeightNone)
-          cpu::add_weighted_map<scalar_t, acc_t>(dst, map + r * nbins, c, nbins, map_weight);
+          cpu::add_weighted_map<scalar_t, acc_t>(dst, dst, map + r * nbins, c, nbins, map_weight);
       }
     });
   });

@@ -134,7 +134,7 @@ at::Tensor roi_align_forward_impl(const at::Tensor& input_, const at::Tensor& ro
           if (ch < c) pool_channels<scalar_t, acc_t, 1>(taps, planes, dst, map_r, ch, c - ch, h * w, nbins);
         }
         if (map_weight != kMapWeightNone)
-          weight[r] = cpu::add_weighted_map<scalar_t, acc_t>(dst, map + r * nbins, c, nbins, map_weight);
+          weight[r] = cpu::add_weighted_map<scalar_t, acc_t>(dst, dst, map + r * nbins, c, nbins, map_weight);
       }
     });
   });

@@ -111,31 +111,57 @@ inline void pool_channels(const RoiTaps<acc_t>& t, const scalar_t* planes, scala
   }
 }
 
-// The weighted map of one RoI (map_weight.h): reads the RoI's pooled output dst (C x nbins, just written without the
-// map, so still in cache), computes its weight and adds weight * map[bin] to every channel. Returns the weight.
+// Sums in double over kSumLanes interleaved accumulators: the lanes are independent chains the compiler vectorises
+// (no reassociation needed), where one accumulator would wait on each add's latency. The order differs from a plain
+// loop's only in the last bits of a double; the weight is rounded to the RoI's accumulate type afterwards.
+constexpr int64_t kSumLanes = 8;
+
+template <typename scalar_t, typename Term>
+inline double lane_sum(const scalar_t* x, int64_t n, Term term) {
+  double lane[kSumLanes] = {};
+  int64_t i = 0;
+  for (; i + kSumLanes <= n; i += kSumLanes)
+    for (int64_t j = 0; j < kSumLanes; ++j) lane[j] += term(static_cast<double>(x[i + j]));
+  double total = 0.0;
+  for (; i < n; ++i) total += term(static_cast<double>(x[i]));
+  for (int64_t j = 0; j < kSumLanes; ++j) total += lane[j];
+  return total;
+}
+
+// Sample std of n values, two passes (map_weight.h: exact where sum and sum of squares would cancel).
+template <typename scalar_t>
+inline double sample_std_of(const scalar_t* x, int64_t n) {
+  const double mean = lane_sum(x, n, [](double v) { return v; }) / static_cast<double>(n);
+  return sample_std(lane_sum(x, n, [mean](double v) { return (v - mean) * (v - mean); }), n);
+}
+
+// The weighted map of one RoI (map_weight.h): reads the RoI's features src (C x nbins; RoIAlign passes its output
+// just written, still in cache, as both src and dst), computes its weight and writes dst = src + weight * map[bin] on
+// every channel. Returns the weight.
 template <typename scalar_t, typename acc_t>
-inline acc_t add_weighted_map(scalar_t* dst, const scalar_t* map, int64_t channels, int64_t nbins, int64_t mode) {
+inline acc_t add_weighted_map(const scalar_t* src, scalar_t* dst, const scalar_t* map, int64_t channels, int64_t nbins,
+                              int64_t mode) {
   const int64_t count = channels * nbins;
-  double weight = 0.0;
+  double weight = 1.0;
   if (mode == kMapWeightStd) {
-    auto std_of = [](const scalar_t* x, int64_t n) {
-      double sum = 0.0, ssd = 0.0;
-      for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i]);
-      const double mean = sum / static_cast<double>(n);
-      for (int64_t i = 0; i < n; ++i) ssd += (static_cast<double>(x[i]) - mean) * (static_cast<double>(x[i]) - mean);
-      return sample_std(ssd, n);
-    };
-    weight = std_weight(std_of(dst, count), std_of(map, nbins));
-  } else {
+    weight = std_weight(sample_std_of(src, count), sample_std_of(map, nbins));
+  } else if (mode == kMapWeightRange) {
     RangeAcc range = range_init();
-    for (int64_t i = 0; i < count; ++i) range_add(range, static_cast<double>(dst[i]));
+    for (int64_t i = 0; i < count; ++i) range_add(range, static_cast<double>(src[i]));
     weight = range_weight(range);
   }
   const acc_t w = static_cast<acc_t>(weight);
-  for (int64_t ch = 0; ch < channels; ++ch)
-    for (int64_t b = 0; b < nbins; ++b)
-      dst[ch * nbins + b] =
-          static_cast<scalar_t>(static_cast<acc_t>(dst[ch * nbins + b]) + w * static_cast<acc_t>(map[b]));
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    const scalar_t* s = src + ch * nbins;
+    scalar_t* d = dst + ch * nbins;
+    if (mode == kMapWeightNone) {  // the map as is: no multiply, as RoIAlign adds it during the pooling
+      for (int64_t b = 0; b < nbins; ++b)
+        d[b] = static_cast<scalar_t>(static_cast<acc_t>(s[b]) + static_cast<acc_t>(map[b]));
+    } else {
+      for (int64_t b = 0; b < nbins; ++b)
+        d[b] = static_cast<scalar_t>(static_cast<acc_t>(s[b]) + w * static_cast<acc_t>(map[b]));
+    }
+  }
   return w;
 }
 

@@ -114,19 +114,20 @@ __device__ inline double block_std(const scalar_t* x, int64_t count, double* buf
   return sample_std(block_reduce(ssd, buf, SumOp()), count);
 }
 
-// The weighted map of one RoI (map_weight.h) on its values dst (all channels), already written: every thread reads
-// back only the elements it wrote itself (same stride), so no barrier is needed beyond the reductions'. Returns the
-// weight (in every thread). Called by every thread of the block.
+// The weighted map of one RoI (map_weight.h): reads the RoI's values src (all channels) for its statistics and writes
+// dst = src + weight * map[bin]. In place after a pooling launch src and dst alias: every thread reads back only the
+// elements it wrote itself (same stride), so no barrier is needed beyond the reductions'. Returns the weight (in every
+// thread). Called by every thread of the block.
 template <typename scalar_t, typename acc_t>
-__device__ inline acc_t add_weighted_map_block(scalar_t* dst, const scalar_t* __restrict__ map, int64_t count,
-                                               int64_t nbins, int64_t mode, double* buf) {
-  double weight;
+__device__ inline acc_t add_weighted_map_block(const scalar_t* src, scalar_t* dst, const scalar_t* __restrict__ map,
+                                               int64_t count, int64_t nbins, int64_t mode, double* buf) {
+  double weight = 1.0;
   if (mode == kMapWeightStd) {
-    const double feature_std = block_std(dst, count, buf);
+    const double feature_std = block_std(src, count, buf);
     weight = std_weight(feature_std, block_std(map, nbins, buf));
-  } else {
+  } else if (mode == kMapWeightRange) {
     RangeAcc range = range_init();
-    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) range_add(range, static_cast<double>(dst[e]));
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) range_add(range, static_cast<double>(src[e]));
     const double any_nan = block_reduce(range.nan ? 1.0 : 0.0, buf, MaxOp());
     range.lo = block_reduce(range.lo, buf, MinOp());
     range.hi = block_reduce(range.hi, buf, MaxOp());
@@ -134,34 +135,29 @@ __device__ inline acc_t add_weighted_map_block(scalar_t* dst, const scalar_t* __
     weight = range_weight(range);
   }
   const acc_t w = static_cast<acc_t>(weight);
-  for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
-    dst[e] = static_cast<scalar_t>(static_cast<acc_t>(dst[e]) + w * static_cast<acc_t>(map[e % nbins]));
+  if (mode == kMapWeightNone) {  // the map as is: no multiply, as the pooling adds it
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
+      dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + static_cast<acc_t>(map[e % nbins]));
+  } else {
+    for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
+      dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + w * static_cast<acc_t>(map[e % nbins]));
+  }
   return w;
 }
 
-// The weighted map added to K RoIs of `count` values each (C x nbins): one block of kWeightedThreads per RoI copies
-// src to dst (nothing to copy when they alias: in place after a pooling launch), then add_weighted_map_block reads the
-// RoI's statistics, adds the map and returns the weight, stored when `weights` is given. The pooling runs before it
-// with the full (RoI, channel group) grid, so neither launch leaves SMs idle at a hundred RoIs; the RoI's output is
-// read back twice (statistics, add), which at these sizes mostly hits L2. map_weight none adds the map as is (w = 1).
+// The weighted map added to K RoIs of `count` values each (C x nbins): one block of kWeightedThreads per RoI, by
+// add_weighted_map_block (src and dst alias when it runs in place after a pooling launch; the standalone op reads the
+// features and writes its output directly). The pooling runs before it with the full (RoI, channel group) grid, so
+// neither launch leaves SMs idle at a hundred RoIs; the RoI's values are read twice (statistics, add), which at these
+// sizes mostly hits L2. map_weight none adds the map as is (w = 1).
 template <typename scalar_t, typename acc_t>
 __global__ void add_weighted_map_kernel(const scalar_t* src, const scalar_t* __restrict__ roi_map, scalar_t* dst,
                                         acc_t* __restrict__ weights, int64_t count, int64_t nbins,
                                         int64_t map_weight) {
   __shared__ double buf[kWeightedThreads];
   const int64_t r = blockIdx.x;
-  const scalar_t* map = roi_map + r * nbins;
-  src += r * count;
-  dst += r * count;
-  if (map_weight == kMapWeightNone) {
-    for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
-      dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + static_cast<acc_t>(map[e % nbins]));
-    if (weights != nullptr && threadIdx.x == 0) weights[r] = acc_t(1);
-    return;
-  }
-  if (src != dst)  // each thread copies the elements it reads back (same stride): no barrier needed
-    for (int64_t e = threadIdx.x; e < count; e += blockDim.x) dst[e] = src[e];
-  const acc_t weight = add_weighted_map_block<scalar_t, acc_t>(dst, map, count, nbins, map_weight, buf);
+  const acc_t weight = add_weighted_map_block<scalar_t, acc_t>(src + r * count, dst + r * count, roi_map + r * nbins,
+                                                               count, nbins, map_weight, buf);
   if (weights != nullptr && threadIdx.x == 0) weights[r] = weight;
 }
 
