@@ -22,6 +22,7 @@ STUDY_FIELDS = {
     "prior_grad_scale": None,
     "prior_grad_rois": "all",
     "prior_resolution": "box",
+    "prior_conv_residual": False,
     "roi_heads.weak_mask_loss": "none",
     "roi_heads.pairwise_warmup_iters": 0,
 }
@@ -95,6 +96,11 @@ _ALL = [
     _v("opmask_std_boxproj_maskres_suponly", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution, box head trained by the mask-supervised RoIs", prior_scale="feature_std", prior_resolution="mask",
        prior_grad_rois="mask_supervised", **_PROJ),
+    # ... trained through zero-initialised residuals of the box convs' weights instead (the box head, and the features
+    # it reads, get no gradient from the prior): a sharper prior without the mask losses pulling detection.
+    _v("opmask_std_boxproj_maskres_residual", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution through residual box convs", prior_scale="feature_std", prior_resolution="mask",
+       prior_conv_residual=True, **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

@@ -185,3 +185,54 @@ def test_prior_grad_rois_keeps_only_the_mask_supervised_rois_gradient(res):
 def test_config_names_the_bad_prior_grad_rois():
     with pytest.raises(ValueError, match="prior_grad_rois must be one of all, mask_supervised, got 'weak'"):
         ModelConfig(prior_grad_rois="weak").validate()
+
+
+@pytest.mark.parametrize("norm", ["BN", "GN", ""])
+def test_conv_map_with_residuals_trains_them_and_not_the_box_head(norm):
+    torch.manual_seed(0)
+    head = BoxHead(in_channels=6, conv_dims=(8, 5), norm=norm, num_classes=3).train()
+    head(torch.randn(9, 6, 7, 7) * 2 + 1)
+    residual = torch.nn.ParameterList([torch.nn.Parameter(torch.zeros_like(c[0].weight)) for c in head.convs])
+    x = torch.randn(4, 6, 14, 13)
+    torch.testing.assert_close(head.conv_map(x, residual), head.conv_map(x), rtol=0, atol=0)  # zero residuals: the same
+    with torch.no_grad():
+        residual[0].add_(torch.randn_like(residual[0]) * 0.1)
+    out = head.conv_map(x, residual)
+    shifted = copy.deepcopy(head)
+    with torch.no_grad():
+        shifted.convs[0][0].weight.add_(residual[0])
+    torch.testing.assert_close(out, shifted.conv_map(x))  # the residual adds to the conv's weight
+    out.square().sum().backward()
+    assert all(r.grad is not None and r.grad.abs().sum() > 0 for r in residual)
+    assert all(p.grad is None for p in head.parameters())  # nothing reaches the box head
+
+
+def test_residual_prior_trains_only_its_residuals_through_the_prior():
+    """prior_conv_residual: at the start (residuals 0) the loss is the detached prior's; the mask loss reaches the
+    residuals, not the box convs, and the backbone gets the same gradient as with the detached prior (the prior's pass
+    reads the pooled features without gradient)."""
+    img, t = _sample(has_mask=(True, True))
+    runs = {}
+    for name, kw in (("detached", {"prior_grad_scale": 0.0}), ("residual", {"prior_conv_residual": True})):
+        torch.manual_seed(0)
+        model = _mask_res_model(**kw).train()
+        torch.manual_seed(1)
+        loss = model([img], [t])["loss_mask"]
+        loss.backward()
+        runs[name] = loss.detach(), model
+    (loss_d, det), (loss_r, res) = runs["detached"], runs["residual"]
+    torch.testing.assert_close(loss_r, loss_d, rtol=0, atol=0)
+    assert all(r.grad.abs().sum() > 0 for r in res.roi_heads.prior_conv_residual)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in res.roi_heads.box_head.parameters())
+    p2_det, p2_res = det.backbone.output_convs[0][0].weight.grad, res.backbone.output_convs[0][0].weight.grad
+    torch.testing.assert_close(p2_res, p2_det)
+    assert det.roi_heads.prior_conv_residual is None and "prior_conv_residual.0" not in det.state_dict()
+
+
+@pytest.mark.parametrize("kw", [{"prior_resolution": "box"}, {"prior_grad_scale": 0.0}, {"use_prior": False}])
+def test_config_names_a_residual_prior_that_nothing_trains(kw):
+    cfg = ModelConfig(prior_resolution="mask", prior_conv_residual=True)
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    with pytest.raises(ValueError, match="prior_conv_residual needs use_prior, prior_resolution='mask'"):
+        cfg.validate()

@@ -37,20 +37,35 @@ class BoxHead(nn.Module):
         pooled = feats.mean(dim=(2, 3))
         return feats, self.cls_score(pooled), self.bbox_pred(pooled)
 
-    def conv_map(self, x: Tensor) -> Tensor:
+    def conv_map(self, x: Tensor, residual: nn.ParameterList | None = None) -> Tensor:
         """The last conv map of `x Tensor[R, in_channels, H, W]` at any H x W (the convs are 3x3, padded), each
         BatchNorm applied with its running statistics and leaving them unchanged, in training too: the CAM at the mask
         head's resolution reads the box head as it stands, the same way in training and at inference, and does not
         pull the statistics the box classifier normalises with towards another resolution's. Gradients flow to the
-        conv and norm weights as in `forward`. -> `Tensor[R, C, H, W]`."""
-        for conv, norm, _ in self.convs:
-            x = conv(x)
-            if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and norm.running_mean is not None:
-                x = F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+        conv and norm weights as in `forward`; with `residual` (one tensor per conv, shaped like its weight) each conv
+        runs with weight.detach() + residual and the norms' weights detached, so a gradient trains the residuals and
+        never the box head. -> `Tensor[R, C, H, W]`."""
+        for i, (conv, norm, _) in enumerate(self.convs):
+            if residual is None:
+                x = conv(x)
             else:
+                bias = None if conv.bias is None else conv.bias.detach()
+                x = F.conv2d(x, conv.weight.detach() + residual[i], bias, conv.stride, conv.padding)
+            if isinstance(norm, (nn.BatchNorm2d, nn.SyncBatchNorm)) and norm.running_mean is not None:
+                x = F.batch_norm(x, norm.running_mean, norm.running_var, *_affine(norm, residual is not None), False,
+                                 0.0, norm.eps)
+            elif isinstance(norm, nn.GroupNorm) and residual is not None:
+                x = F.group_norm(x, norm.num_groups, *_affine(norm, True), norm.eps)
+            else:  # identity, frozen BatchNorm (no trained weights), or GroupNorm read as is
                 x = norm(x)
             x = F.relu(x)
         return x
+
+
+def _affine(norm: nn.Module, detach: bool) -> tuple[Tensor | None, Tensor | None]:
+    """A norm layer's weight and bias (None without affine), detached when asked."""
+    weight, bias = norm.weight, norm.bias
+    return (weight, bias) if not detach or weight is None else (weight.detach(), bias.detach())
 
 
 def box_losses(logits: Tensor, deltas: Tensor, gt_classes: Tensor, gt_deltas: Tensor, *,

@@ -3,6 +3,7 @@ partially supervised loss and the box-supervised terms for box-only RoIs (BoxIns
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -52,6 +53,42 @@ def mask_targets(gt_masks: Tensor, boxes: Tensor, gt_index: Tensor, size: int) -
     rois = torch.cat([gt_index[:, None].to(torch.float32), boxes.float()], dim=1)
     out = roi_align(gt_masks[:, None].to(torch.float32), rois, (size, size), 1.0, 0, True)
     return (out[:, 0] >= 0.5).to(torch.float32)
+
+
+@dataclass
+class MaskRoIs:
+    """The mask branch's training RoIs over the batch (R in all)."""
+    boxes: list[Tensor]  # per image, `Tensor[R_i, 4]`
+    rows: Tensor  # `Tensor[R]`: each RoI's row among the batch's sampled RoIs (its box-head features)
+    classes: Tensor  # `Tensor[R]`
+    targets: Tensor  # `Tensor[R, S, S]`: mask targets (zeros where the GT has no mask)
+    supervised: Tensor  # `Tensor[R]` bool: the GT has a mask
+    gt_boxes: Tensor | None  # `Tensor[R, 4]`: the GT boxes, for the box-supervised terms (None when not asked)
+
+
+def mask_training_rois(samples: list[dict], targets: list[dict], *, mask_size: int, supervised_only: bool,
+                       with_gt_boxes: bool) -> MaskRoIs:
+    """The foreground RoIs of each image's `samples` (RoIHeads.label_and_sample: foreground first), all of them or
+    (`supervised_only`) those whose GT has a mask, with their mask targets of side `mask_size`."""
+    boxes, rows, classes, masks, supervised, gt_boxes = [], [], [], [], [], []
+    offset = 0
+    for s, t in zip(samples, targets):
+        nf = s["num_fg"]
+        gi = s["gt_index"][:nf]
+        has = t["has_mask"].to(gi.device).bool()[gi] if nf else gi.new_zeros(0, dtype=torch.bool)
+        keep = has if supervised_only else torch.ones_like(has)
+        b = s["boxes"][:nf][keep]
+        boxes.append(b)
+        rows.append(torch.arange(offset, offset + nf, device=gi.device)[keep])
+        classes.append(s["classes"][:nf][keep])
+        supervised.append(has[keep])
+        if with_gt_boxes:
+            gt_boxes.append(t["boxes"].to(b)[gi[keep]] if nf else b.new_zeros((0, 4)))
+        masks.append(mask_targets(t["masks"], b, gi[keep], mask_size) if bool(has.any()) else
+                     b.new_zeros((b.shape[0], mask_size, mask_size)))
+        offset += s["boxes"].shape[0]
+    return MaskRoIs(boxes, torch.cat(rows), torch.cat(classes), torch.cat(masks), torch.cat(supervised),
+                    torch.cat(gt_boxes) if with_gt_boxes else None)
 
 
 def mask_loss(logits: Tensor, targets: Tensor, supervised: Tensor) -> Tensor:

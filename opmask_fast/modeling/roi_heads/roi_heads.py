@@ -14,7 +14,8 @@ from ..box_ops import clip_boxes, pairwise_iou
 from ..matcher import Matcher
 from ..sampler import subsample_labels
 from .box_head import BoxHead, box_losses
-from .mask_head import MaskHead, box_projection_loss, mask_loss, mask_targets, pairwise_color_loss, rgb_to_lab
+from .mask_head import (MaskHead, box_projection_loss, mask_loss, mask_training_rois, pairwise_color_loss,
+                        rgb_to_lab)
 from .prior import PriorTap
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
@@ -50,6 +51,9 @@ class RoIHeads(nn.Module):
         self.prior_feature_norm, self.prior_every_conv = cfg.prior_feature_norm, cfg.prior_every_conv
         self.prior_cam, self.prior_resolution = cfg.prior_cam, cfg.prior_resolution
         self.prior_grad_rois = cfg.prior_grad_rois
+        # prior_conv_residual: what the prior's gradient trains in place of the box convs (BoxHead.conv_map).
+        self.prior_conv_residual = nn.ParameterList([nn.Parameter(torch.zeros_like(unit[0].weight))
+                                                     for unit in self.box_head.convs]) if cfg.prior_conv_residual else None
         if rc.weak_mask_loss == "box_projection_pairwise":
             # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
             self.register_buffer("pairwise_step", torch.zeros((), dtype=torch.int64))
@@ -104,50 +108,33 @@ class RoIHeads(nn.Module):
         losses = box_losses(logits, deltas, gt_classes, torch.cat(gt_deltas), smooth_l1_beta=self.rc.smooth_l1_beta)
 
         # Mask branch on foreground RoIs (sampled fg come first in each image), prior from the RoI's own box features.
-        mask_boxes, rows, classes, targets_m, supervised, gt_boxes = [], [], [], [], [], []
-        offset = 0
-        for s, t in zip(samples, targets):
-            nf = s["num_fg"]
-            gi = s["gt_index"][:nf]
-            has = t["has_mask"].to(gi.device).bool()[gi] if nf else gi.new_zeros(0, dtype=torch.bool)
-            keep = has if self.rc.mask_head_on_supervised_only else torch.ones_like(has)
-            b = s["boxes"][:nf][keep]
-            mask_boxes.append(b)
-            rows.append(torch.arange(offset, offset + nf, device=gi.device)[keep])
-            classes.append(s["classes"][:nf][keep])
-            supervised.append(has[keep])
-            if self.rc.weak_mask_loss != "none":  # the GT boxes only the box projection loss reads
-                gt_boxes.append(t["boxes"].to(b)[gi[keep]] if nf else b.new_zeros((0, 4)))
-            tm = mask_targets(t["masks"], b, gi[keep], self.mask_size) if bool(has.any()) else \
-                b.new_zeros((b.shape[0], self.mask_size, self.mask_size))
-            targets_m.append(tm)
-            offset += s["boxes"].shape[0]
-        rows_t, classes_t = torch.cat(rows), torch.cat(classes)
+        m = mask_training_rois(samples, targets, mask_size=self.mask_size,
+                               supervised_only=self.rc.mask_head_on_supervised_only,
+                               with_gt_boxes=self.rc.weak_mask_loss != "none")
+        mask_boxes, rows_t, classes_t, supervised_t = m.boxes, m.rows, m.classes, m.supervised
         if rows_t.numel() == 0:
             if self.use_prior and self.prior_gain.needs_init():
                 self.prior_gain.initialize(None, None)  # a collective when distributed: the others may measure now
             # No foreground RoI anywhere: an exact zero that still reaches every mask-branch parameter (DDP needs them
             # all used in every step).
-            params = list(self.mask_head.parameters()) + ([] if self.prior_gain is None else
-                                                           list(self.prior_gain.parameters()))
+            params = [*self.mask_head.parameters(), *(self.prior_gain.parameters() if self.use_prior else ()),
+                      *(self.prior_conv_residual or ())]
             losses["loss_mask"] = sum(p.sum() for p in params) * 0.0
             if self.rc.weak_mask_loss != "none":  # same keys in every step (ranks reduce them as one vector)
                 losses["loss_mask_box"] = losses["loss_mask"].clone()
             if pairwise:
                 losses["loss_mask_pairwise"] = losses["loss_mask"].clone()
             return losses
-        supervised_t = torch.cat(supervised)
         grad_rois = supervised_t if self.prior_grad_rois == "mask_supervised" else None
         mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t, grad_rois=grad_rois)
-        losses["loss_mask"] = mask_loss(mask_logits, torch.cat(targets_m), supervised_t)
+        losses["loss_mask"] = mask_loss(mask_logits, m.targets, supervised_t)
         if self.rc.weak_mask_loss != "none":
-            losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), torch.cat(gt_boxes),
-                                                          ~supervised_t)
+            losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), m.gt_boxes, ~supervised_t)
         if pairwise:
             # The image's Lab colour at the mask's cells, by the same RoIAlign convention as the mask targets.
             lab = roi_align(rgb_to_lab(images), mask_boxes, mask_logits.shape[-1], 1.0, 0, True)
             losses["loss_mask_pairwise"] = pairwise_color_loss(mask_logits, lab, torch.cat(mask_boxes),
-                                                               torch.cat(gt_boxes), ~supervised_t) * self._ramp()
+                                                               m.gt_boxes, ~supervised_t) * self._ramp()
         return losses
 
     def _ramp(self) -> Tensor | float:
@@ -223,9 +210,10 @@ class RoIHeads(nn.Module):
         if not (self.use_prior or return_prior):
             return self.mask_head(pooled), None
         trains_box_head = self.use_prior and weight.grad_scale != 0
+        residual = self.prior_conv_residual
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_box_head):
-            prior = _grad_only_from(object_prior(self.box_head.conv_map(pooled), cls_w, classes, None, validate=False),
-                                    grad_rois)
+            conv_map = self.box_head.conv_map(pooled if residual is None else pooled.detach(), residual)
+            prior = _grad_only_from(object_prior(conv_map, cls_w, classes, None, validate=False), grad_rois)
         if not self.use_prior:  # the baseline reports the prior (its prior AP), it never adds it
             return self.mask_head(pooled), prior
         if self._fused():
