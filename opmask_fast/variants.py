@@ -59,6 +59,10 @@ _ALL = [
     # own std), so the deeper layers see the holes and gaps the mask-resolution prior shows.
     _v("opmask_std_boxproj_maskres_detach_deep", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution, box head detached, prior at every mask conv", prior_every_conv=True, **_HEADLINE),
+    # The headline with the CAM of the class-vs-background logit: a hole or a concave gap that looks like background
+    # scores below the object's own cells.
+    _v("opmask_std_boxproj_maskres_detach_cambg", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached, class-vs-background CAM", prior_cam="class_vs_background", **_HEADLINE),
     # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
     _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all", **_HEADLINE),
     # The same recipe with the 7x7 prior (the box head's own map, resized), and its upper bound.
