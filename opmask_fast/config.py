@@ -11,7 +11,7 @@ The prior's options, and why each is here:
 - `prior_impl`: which fused op adds a fixed-weight prior (RoIAlign's output write or the separate op); same maths.
 - Study switches, kept because docs/study.md's tables reproduce with them (`opmask_fast.variants`):
   `prior_feature_norm`, `prior_cam`, `prior_every_conv`, `prior_grad_scale`, `prior_grad_rois`, `prior_gain_init`,
-  `prior_resolution`, `prior_conv_residual`.
+  `prior_resolution`, `prior_convs`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ PriorScale = Union[str, float]  # one of PRIOR_SCALE_MODES or a fixed float gain
 PRIOR_CAMS = ("class", "class_vs_background")
 PRIOR_RESOLUTIONS = ("box", "mask")
 PRIOR_GRAD_ROIS = ("all", "mask_supervised")
+PRIOR_CONVS = ("box_head", "residual", "separate")
 WEAK_MASK_LOSSES = ("none", "box_projection", "box_projection_pairwise")
 
 
@@ -120,10 +121,12 @@ class ModelConfig:
     # Whose mask losses reach the box head through the prior: "all" RoIs, or "mask_supervised" ones only (the weak
     # classes' box-supervised terms then train the mask head alone, as in the paper no weak-class loss reaches it)
     prior_grad_rois: str = "all"
-    # With prior_resolution="mask": the prior's pass runs the box convs plus zero-initialised residuals of their weights
-    # that only the prior's gradient trains (the box head itself and the pooled features get none), so the prior sharpens
-    # as a trained-through one does while detection stays the detached prior's
-    prior_conv_residual: bool = False
+    # With prior_resolution="mask", whose convs the prior's pass runs and its gradient trains: the "box_head"'s; the box
+    # convs plus zero-initialised "residual"s of their weights, the only thing the prior's gradient trains; or a
+    # "separate" head of the box head's shape (convs and classifier) that classifies the mask RoIs at the mask
+    # resolution, trained by that loss and the prior's gradient. The last two leave the box head and the features it
+    # reads to detection.
+    prior_convs: str = "box_head"
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
     prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
     pixel_mean: tuple[float, float, float] = MSRA_BGR_MEAN  # subtracted from the image (in input_format order)
@@ -160,10 +163,12 @@ class ModelConfig:
                              f"got {self.prior_resolution!r}")
         if self.prior_grad_rois not in PRIOR_GRAD_ROIS:
             raise ValueError(f"prior_grad_rois must be one of {', '.join(PRIOR_GRAD_ROIS)}, got {self.prior_grad_rois!r}")
-        if self.prior_conv_residual and not (self.use_prior and self.prior_resolution == "mask"
-                                             and self.prior_grad_scale != 0):
-            raise ValueError("prior_conv_residual needs use_prior, prior_resolution='mask' and a prior that passes "
-                             f"gradient (prior_grad_scale not 0), got use_prior={self.use_prior}, "
+        if self.prior_convs not in PRIOR_CONVS:
+            raise ValueError(f"prior_convs must be one of {', '.join(PRIOR_CONVS)}, got {self.prior_convs!r}")
+        if self.prior_convs != "box_head" and not (self.use_prior and self.prior_resolution == "mask"
+                                                   and self.prior_grad_scale != 0):
+            raise ValueError(f"prior_convs={self.prior_convs!r} needs use_prior, prior_resolution='mask' and a prior "
+                             f"that passes gradient (prior_grad_scale not 0), got use_prior={self.use_prior}, "
                              f"prior_resolution={self.prior_resolution!r}, prior_grad_scale={self.prior_grad_scale!r}")
         if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "

@@ -22,7 +22,7 @@ STUDY_FIELDS = {
     "prior_grad_scale": None,
     "prior_grad_rois": "all",
     "prior_resolution": "box",
-    "prior_conv_residual": False,
+    "prior_convs": "box_head",
     "roi_heads.weak_mask_loss": "none",
     "roi_heads.pairwise_warmup_iters": 0,
 }
@@ -104,7 +104,11 @@ _ALL = [
     # it reads, get no gradient from the prior): a sharper prior without the mask losses pulling detection.
     _v("opmask_std_boxproj_maskres_residual", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution through residual box convs", prior_scale="feature_std", prior_resolution="mask",
-       prior_conv_residual=True, **_PROJ),
+       prior_convs="residual", **_PROJ),
+    # ... trained through a prior head of its own that classifies the mask RoIs at the mask resolution.
+    _v("opmask_std_boxproj_maskres_separate", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution from a separate prior head", prior_scale="feature_std", prior_resolution="mask",
+       prior_convs="separate", **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

@@ -208,12 +208,12 @@ def test_conv_map_with_residuals_trains_them_and_not_the_box_head(norm):
 
 
 def test_residual_prior_trains_only_its_residuals_through_the_prior():
-    """prior_conv_residual: at the start (residuals 0) the loss is the detached prior's; the mask loss reaches the
+    """prior_convs="residual": at the start (residuals 0) the loss is the detached prior's; the mask loss reaches the
     residuals, not the box convs, and the backbone gets the same gradient as with the detached prior (the prior's pass
     reads the pooled features without gradient)."""
     img, t = _sample(has_mask=(True, True))
     runs = {}
-    for name, kw in (("detached", {"prior_grad_scale": 0.0}), ("residual", {"prior_conv_residual": True})):
+    for name, kw in (("detached", {"prior_grad_scale": 0.0}), ("residual", {"prior_convs": "residual"})):
         torch.manual_seed(0)
         model = _mask_res_model(**kw).train()
         torch.manual_seed(1)
@@ -229,10 +229,46 @@ def test_residual_prior_trains_only_its_residuals_through_the_prior():
     assert det.roi_heads.prior_conv_residual is None and "prior_conv_residual.0" not in det.state_dict()
 
 
+def test_separate_prior_head_trains_by_its_classification_and_the_mask_loss_alone():
+    """prior_convs="separate": the prior is the min-max CAM of the prior head's own convs and classifier; the mask
+    loss and the prior head's classification loss of the mask RoIs train it, never the box head."""
+    img, t = _sample(has_mask=(True, False))
+    model = _mask_res_model(prior_convs="separate").train()
+    losses = model([img], [t])
+    assert set(losses) >= {"loss_prior_cls", "loss_mask"} and losses["loss_prior_cls"] > 0
+    heads = model.roi_heads
+    (losses["loss_mask"] + losses["loss_prior_cls"]).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads.prior_head.parameters())
+    model.zero_grad()
+    model([img], [t])["loss_mask"].backward()  # the mask loss alone: the prior head, not the box head
+    assert all(c[0].weight.grad.abs().sum() > 0 for c in heads.prior_head.convs)
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in heads.box_head.parameters())
+    assert heads.prior_head.cls_score.weight.grad is None  # the CAM reads the classifier detached
+    model.eval()
+    with torch.no_grad():
+        out = model.predict_masks_for_boxes([img], [t["boxes"]], [t["labels"]])[0]
+        feats = heads.pool(model.extract([img])[0], [t["boxes"]], 14)
+        cam_feats, _ = heads.prior_head(feats)
+    w = heads.prior_head.cls_score.weight.double()[t["labels"]]
+    cam = torch.einsum("rchw,rc->rhw", cam_feats.double(), w)
+    lo, hi = cam.amin(dim=(1, 2), keepdim=True), cam.amax(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(out["priors"].double(), (cam - lo) / (hi - lo), atol=1e-5, rtol=1e-4)
+    # the static path runs the same head and exports
+    static = StaticInference(model)
+    with torch.no_grad():
+        dyn, st = model([img])[0], static(img[None])
+    n = int(st["count"][0])
+    torch.testing.assert_close(st["priors"][0, :n], dyn["priors"], atol=1e-5, rtol=1e-4)
+    torch.export.export(static, (img[None],))
+
+
+@pytest.mark.parametrize("convs", ["residual", "separate"])
 @pytest.mark.parametrize("kw", [{"prior_resolution": "box"}, {"prior_grad_scale": 0.0}, {"use_prior": False}])
-def test_config_names_a_residual_prior_that_nothing_trains(kw):
-    cfg = ModelConfig(prior_resolution="mask", prior_conv_residual=True)
+def test_config_names_prior_convs_that_nothing_trains(kw, convs):
+    cfg = ModelConfig(prior_resolution="mask", prior_convs=convs)
     for k, v in kw.items():
         setattr(cfg, k, v)
-    with pytest.raises(ValueError, match="prior_conv_residual needs use_prior, prior_resolution='mask'"):
+    with pytest.raises(ValueError, match=f"prior_convs='{convs}' needs use_prior, prior_resolution='mask'"):
         cfg.validate()
+    with pytest.raises(ValueError, match="prior_convs must be one of box_head, residual, separate, got 'own'"):
+        ModelConfig(prior_convs="own").validate()

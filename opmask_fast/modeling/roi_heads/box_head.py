@@ -62,6 +62,28 @@ class BoxHead(nn.Module):
         return x
 
 
+class PriorHead(nn.Module):
+    """The box head's convs and classifier without its box regression, for a prior of its own
+    (`prior_convs="separate"`): it classifies each mask RoI from its mask-resolution features (the classification
+    loss keeps its classifier rows, which the CAM reads, matched to its convs), and its last conv map is the CAM's
+    source. Its BatchNorms use the mask RoIs' batch statistics in training, as the box head's use the sampled RoIs'.
+
+    forward: `Tensor[R, in_channels, H, W]` -> (conv map `Tensor[R, C, H, W]`, class logits `Tensor[R, K + 1]`).
+    """
+
+    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], norm: str, num_classes: int):
+        super().__init__()
+        dims = (in_channels, *conv_dims)
+        self.convs = nn.Sequential(*[conv_norm_relu(a, b, norm=norm) for a, b in zip(dims[:-1], dims[1:])])
+        self.cls_score = nn.Linear(dims[-1], num_classes + 1)  # background last, as the box head's
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.zeros_(self.cls_score.bias)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.convs(x)
+        return feats, self.cls_score(feats.mean(dim=(2, 3)))
+
+
 def _affine(norm: nn.Module, detach: bool) -> tuple[Tensor | None, Tensor | None]:
     """A norm layer's weight and bias (None without affine), detached when asked."""
     weight, bias = norm.weight, norm.bias

@@ -10,10 +10,10 @@ from opmask_fast.ops import (PriorWeight, add_weighted_map, batched_nms, multi_s
                              object_prior_add, roi_align)
 
 from ..box_coder import BoxCoder
-from ..box_ops import clip_boxes, pairwise_iou
+from ..box_ops import clip_boxes
 from ..matcher import Matcher
-from ..sampler import subsample_labels
-from .box_head import BoxHead, box_losses
+from ..sampler import label_and_sample
+from .box_head import BoxHead, PriorHead, box_losses
 from .mask_head import (MaskHead, box_projection_loss, mask_loss, mask_training_rois, pairwise_color_loss,
                         rgb_to_lab)
 from .prior import PriorTap
@@ -39,8 +39,9 @@ class RoIHeads(nn.Module):
         super().__init__()
         rc = cfg.roi_heads
         self.rc, self.num_classes, self.use_prior, self.prior_impl = rc, cfg.num_classes, cfg.use_prior, cfg.prior_impl
-        self.box_head = BoxHead(in_channels=in_channels, conv_dims=tuple(rc.box_head_conv_dims), norm=rc.box_head_norm,
-                                num_classes=cfg.num_classes)
+        box_kw = dict(in_channels=in_channels, conv_dims=tuple(rc.box_head_conv_dims), norm=rc.box_head_norm,
+                      num_classes=cfg.num_classes)
+        self.box_head = BoxHead(**box_kw)
         self.mask_head = MaskHead(in_channels=in_channels, conv_dim=rc.mask_head_conv_dim,
                                   num_convs=rc.mask_head_num_convs, norm=rc.mask_head_norm)
         # The prior's weight (ops.prior_weight; named prior_gain in checkpoints) and the point where the prior map meets
@@ -51,9 +52,12 @@ class RoIHeads(nn.Module):
         self.prior_feature_norm, self.prior_every_conv = cfg.prior_feature_norm, cfg.prior_every_conv
         self.prior_cam, self.prior_resolution = cfg.prior_cam, cfg.prior_resolution
         self.prior_grad_rois = cfg.prior_grad_rois
-        # prior_conv_residual: what the prior's gradient trains in place of the box convs (BoxHead.conv_map).
-        self.prior_conv_residual = nn.ParameterList([nn.Parameter(torch.zeros_like(unit[0].weight))
-                                                     for unit in self.box_head.convs]) if cfg.prior_conv_residual else None
+        # prior_convs: what the prior's gradient trains in place of the box convs, residuals of their weights
+        # (BoxHead.conv_map) or a prior head of its own.
+        residual = cfg.prior_convs == "residual"
+        self.prior_conv_residual = nn.ParameterList([torch.zeros_like(u[0].weight) for u in self.box_head.convs]) \
+            if residual else None
+        self.prior_head = PriorHead(**box_kw) if cfg.prior_convs == "separate" else None
         if rc.weak_mask_loss == "box_projection_pairwise":
             # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
             self.register_buffer("pairwise_step", torch.zeros((), dtype=torch.int64))
@@ -68,26 +72,13 @@ class RoIHeads(nn.Module):
                                      map_weight=map_weight, static=not torch.is_grad_enabled())
 
     # ------------------------------------------------------------------------------------------------------ training
-    @torch.no_grad()
     def label_and_sample(self, proposals: list[Tensor], targets: list[dict]) -> list[dict]:
         """Per image: sampled RoI `boxes Tensor[S, 4]`, `classes Tensor[S]` (K = background), `gt_index Tensor[S]`,
-        foreground first."""
-        out = []
-        k = self.num_classes
-        for props, t in zip(proposals, targets):
-            gt = t["boxes"].to(props)
-            if self.rc.proposal_append_gt:
-                props = torch.cat([props, gt])
-            matches, labels = self.matcher(pairwise_iou(gt, props))
-            if gt.shape[0] > 0:
-                classes = t["labels"].to(props.device)[matches]
-            else:
-                classes = torch.full_like(matches, k)
-            classes = torch.where(labels == 0, torch.full_like(classes, k), classes)
-            pos, neg = subsample_labels(classes, self.rc.batch_size_per_image, self.rc.positive_fraction, k)
-            idx = torch.cat([pos, neg])
-            out.append({"boxes": props[idx], "classes": classes[idx], "gt_index": matches[idx], "num_fg": pos.numel()})
-        return out
+        foreground first (`sampler.label_and_sample`)."""
+        rc = self.rc
+        return label_and_sample(proposals, targets, matcher=self.matcher, num_classes=self.num_classes,
+                                batch_size_per_image=rc.batch_size_per_image, positive_fraction=rc.positive_fraction,
+                                append_gt=rc.proposal_append_gt)
 
     def forward_train(self, features: list[Tensor], proposals: list[Tensor], targets: list[dict], *,
                       images: Tensor | None = None) -> dict[str, Tensor]:
@@ -118,15 +109,21 @@ class RoIHeads(nn.Module):
             # No foreground RoI anywhere: an exact zero that still reaches every mask-branch parameter (DDP needs them
             # all used in every step).
             params = [*self.mask_head.parameters(), *(self.prior_gain.parameters() if self.use_prior else ()),
-                      *(self.prior_conv_residual or ())]
+                      *(self.prior_conv_residual or ()), *(() if self.prior_head is None else self.prior_head.parameters())]
             losses["loss_mask"] = sum(p.sum() for p in params) * 0.0
-            if self.rc.weak_mask_loss != "none":  # same keys in every step (ranks reduce them as one vector)
+            if self.prior_head is not None:  # same keys in every step (ranks reduce them as one vector)
+                losses["loss_prior_cls"] = losses["loss_mask"].clone()
+            if self.rc.weak_mask_loss != "none":
                 losses["loss_mask_box"] = losses["loss_mask"].clone()
             if pairwise:
                 losses["loss_mask_pairwise"] = losses["loss_mask"].clone()
             return losses
         grad_rois = supervised_t if self.prior_grad_rois == "mask_supervised" else None
-        mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t, grad_rois=grad_rois)
+        aux: dict[str, Tensor] = {}
+        mask_logits, _ = self.mask_forward(features, mask_boxes, box_feats, classes_t, rows_t, grad_rois=grad_rois,
+                                           aux=aux)
+        if self.prior_head is not None:  # the prior head classifies the mask RoIs (all foreground)
+            losses["loss_prior_cls"] = F.cross_entropy(aux["prior_logits"].float(), classes_t)
         losses["loss_mask"] = mask_loss(mask_logits, m.targets, supervised_t)
         if self.rc.weak_mask_loss != "none":
             losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), m.gt_boxes, ~supervised_t)
@@ -155,20 +152,22 @@ class RoIHeads(nn.Module):
 
     # ---------------------------------------------------------------------------------------------------- mask + prior
     def mask_forward(self, features: list[Tensor], boxes: list[Tensor], box_feats: Tensor, classes: Tensor,
-                     rows: Tensor, *, return_prior: bool = False,
-                     grad_rois: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                     rows: Tensor, *, return_prior: bool = False, grad_rois: Tensor | None = None,
+                     aux: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
         """Mask logits `Tensor[R, 28, 28]` for the RoIs `boxes` (per image, R in all), with the prior of class `classes`
         `Tensor[R]` taken from `box_feats[rows]`; also the normalised prior `Tensor[R, P, P]` when asked or computed
         (P = `prior_size`). With `prior_resolution="mask"` the prior is the CAM of the box head's convs over the RoIs'
         own mask features instead (`box_feats` and `rows` are not read). `grad_rois Tensor[R]` (bool, training): only
-        these RoIs' priors carry the mask losses' gradient back to the box head (`prior_grad_rois`)."""
+        these RoIs' priors carry the mask losses' gradient back to the box head (`prior_grad_rois`). `aux` (training,
+        `prior_convs="separate"`) receives the prior head's class logits of the RoIs, "prior_logits"."""
         res = self.rc.mask_pooler_resolution
-        cls_w = self.box_head.cls_score.weight.detach()  # the CAM never trains the classifier
+        head = self.box_head if self.prior_head is None else self.prior_head
+        cls_w = head.cls_score.weight.detach()  # the CAM never trains the classifier
         if self.prior_cam == "class_vs_background":
             cls_w = cls_w - cls_w[-1:]  # the map of the class-vs-background logit (background is the last row)
         weight = self.prior_gain
         if self.prior_resolution == "mask":
-            return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior, grad_rois)
+            return self._mask_resolution_forward(features, boxes, cls_w, classes, return_prior, grad_rois, aux)
         init = self.use_prior and weight.needs_init()
         fused = self.use_prior and self._fused()
         fused_map = fused and self.prior_impl == "roi_align"
@@ -198,7 +197,8 @@ class RoIHeads(nn.Module):
         return self._add_in_second_pass(feats, _grad_only_from(roi_map, grad_rois), prior, init)
 
     def _mask_resolution_forward(self, features: list[Tensor], boxes: list[Tensor], cls_w: Tensor, classes: Tensor,
-                                 return_prior: bool, grad_rois: Tensor | None) -> tuple[Tensor, Tensor | None]:
+                                 return_prior: bool, grad_rois: Tensor | None,
+                                 aux: dict[str, Tensor] | None) -> tuple[Tensor, Tensor | None]:
         """`mask_forward` with `prior_resolution="mask"`: the box head's convs run on the mask's own RoI features
         (the inputs they are trained on, before any standardisation) and the CAM of that map is the prior, at the
         mask head's resolution, so a hole or a gap narrower than a 7x7 cell can show in it; no resize. The prior exists
@@ -212,7 +212,12 @@ class RoIHeads(nn.Module):
         trains_box_head = self.use_prior and weight.grad_scale != 0
         residual = self.prior_conv_residual
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains_box_head):
-            conv_map = self.box_head.conv_map(pooled if residual is None else pooled.detach(), residual)
+            if self.prior_head is not None:  # its own convs and classifier, on features detection keeps to itself
+                conv_map, prior_logits = self.prior_head(pooled.detach())
+                if aux is not None:
+                    aux["prior_logits"] = prior_logits
+            else:
+                conv_map = self.box_head.conv_map(pooled if residual is None else pooled.detach(), residual)
             prior = _grad_only_from(object_prior(conv_map, cls_w, classes, None, validate=False), grad_rois)
         if not self.use_prior:  # the baseline reports the prior (its prior AP), it never adds it
             return self.mask_head(pooled), prior
