@@ -109,6 +109,8 @@ _ALL = [
     _v("opmask_std_boxproj_maskres_separate", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head", prior_scale="feature_std", prior_resolution="mask",
        prior_convs="separate", **_PROJ),
+    _v("upper_bound_separate", "Upper bound of the separate prior head: its model with every class mask-supervised",
+       train_split="all", prior_scale="feature_std", prior_resolution="mask", prior_convs="separate", **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

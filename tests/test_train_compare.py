@@ -169,7 +169,8 @@ def test_every_variant_is_named_again_from_its_stored_config():
     # the upper bound is the headline's model trained on another split: told apart by the split alone (and the 7x7
     # prior's upper bound is its model's)
     for bound, model in (("upper_bound", "opmask_std_boxproj_maskres_detach"), ("upper_bound_7x7", "opmask_std_boxproj"),
-                         ("upper_bound_maskres", "opmask_std_boxproj_maskres")):
+                         ("upper_bound_maskres", "opmask_std_boxproj_maskres"),
+                         ("upper_bound_separate", "opmask_std_boxproj_maskres_separate")):
         assert VARIANTS[bound].fields == VARIANTS[model].fields
         assert label_of(apply_variant(get_preset("opmask_r18_lite"), bound).to_dict()) == VARIANTS[model].label
     odd = apply_variant(get_preset("opmask_r18_lite"), "opmask")
