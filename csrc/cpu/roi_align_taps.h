@@ -150,17 +150,12 @@ inline acc_t add_weighted_map(const scalar_t* src, scalar_t* dst, const scalar_t
     for (int64_t i = 0; i < count; ++i) range_add(range, static_cast<double>(src[i]));
     weight = range_weight(range);
   }
-  const acc_t w = static_cast<acc_t>(weight);
+  const acc_t w = static_cast<acc_t>(weight);  // 1 for the map as is: 1 * m is m exactly, so one loop serves both
   for (int64_t ch = 0; ch < channels; ++ch) {
     const scalar_t* s = src + ch * nbins;
     scalar_t* d = dst + ch * nbins;
-    if (mode == kMapWeightNone) {  // the map as is: no multiply, as RoIAlign adds it during the pooling
-      for (int64_t b = 0; b < nbins; ++b)
-        d[b] = static_cast<scalar_t>(static_cast<acc_t>(s[b]) + static_cast<acc_t>(map[b]));
-    } else {
-      for (int64_t b = 0; b < nbins; ++b)
-        d[b] = static_cast<scalar_t>(static_cast<acc_t>(s[b]) + w * static_cast<acc_t>(map[b]));
-    }
+    for (int64_t b = 0; b < nbins; ++b)
+      d[b] = static_cast<scalar_t>(static_cast<acc_t>(s[b]) + w * static_cast<acc_t>(map[b]));
   }
   return w;
 }

@@ -134,14 +134,9 @@ __device__ inline acc_t add_weighted_map_block(const scalar_t* src, scalar_t* ds
     range.nan = any_nan > 0.0;
     weight = range_weight(range);
   }
-  const acc_t w = static_cast<acc_t>(weight);
-  if (mode == kMapWeightNone) {  // the map as is: no multiply, as the pooling adds it
-    for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
-      dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + static_cast<acc_t>(map[e % nbins]));
-  } else {
-    for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
-      dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + w * static_cast<acc_t>(map[e % nbins]));
-  }
+  const acc_t w = static_cast<acc_t>(weight);  // 1 for the map as is: 1 * m (or fma(1, m, s)) is exact
+  for (int64_t e = threadIdx.x; e < count; e += blockDim.x)
+    dst[e] = static_cast<scalar_t>(static_cast<acc_t>(src[e]) + w * static_cast<acc_t>(map[e % nbins]));
   return w;
 }
 

@@ -4,10 +4,10 @@ The weight is read off each RoI's own features, as :func:`opmask_fast.ops.roi_al
 ``map_weight`` (``reference.map_gain``: std(features) / std(map), or max - min of the features). This op is that
 second half alone, for features pooled before the map exists: the prior at the mask head's resolution is the CAM of
 the pooled features themselves, so the model pools once, computes the prior and adds it here, in one pass over the
-features (per RoI the statistics, then the add that writes the output, the RoI's features still in cache), where a second weighted pooling
-would sample the feature map again. ``add_weighted_map(roi_align(x, b, ...), m, w)`` equals ``roi_align(x, b, ...,
-roi_map=m, map_weight=w)`` bit for bit: the kernels share the helper (csrc/cpu/roi_align_taps.h,
-csrc/cuda/roi_align_device.cuh).
+features (per RoI the statistics, then the add that writes the output, the RoI's features still in cache), where a
+second weighted pooling would sample the feature map again. ``add_weighted_map(roi_align(x, b, ...), m, w)`` equals
+``roi_align(x, b, ..., roi_map=m, map_weight=w)`` bit for bit: the kernels share the helper
+(csrc/cpu/roi_align_taps.h, csrc/cuda/roi_align_device.cuh).
 
 The weight is a constant of the backward, as in RoIAlign: the features' gradient is the output's, the map's is
 weight x the output gradient's channel sum. Compiled kernels (CPU, CUDA) through ``torch.ops.opmask_fast``; without

@@ -54,9 +54,8 @@ class RoIHeads(nn.Module):
         self.prior_grad_rois = cfg.prior_grad_rois
         # prior_convs: what the prior's gradient trains in place of the box convs, residuals of their weights
         # (BoxHead.conv_map) or a prior head of its own.
-        residual = cfg.prior_convs == "residual"
         self.prior_conv_residual = nn.ParameterList([torch.zeros_like(u[0].weight) for u in self.box_head.convs]) \
-            if residual else None
+            if cfg.prior_convs == "residual" else None
         self.prior_head = PriorHead(**box_kw) if cfg.prior_convs == "separate" else None
         if rc.weak_mask_loss == "box_projection_pairwise":
             # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
@@ -109,7 +108,7 @@ class RoIHeads(nn.Module):
             # No foreground RoI anywhere: an exact zero that still reaches every mask-branch parameter (DDP needs them
             # all used in every step).
             params = [*self.mask_head.parameters(), *(self.prior_gain.parameters() if self.use_prior else ()),
-                      *(self.prior_conv_residual or ()), *(() if self.prior_head is None else self.prior_head.parameters())]
+                      *(self.prior_conv_residual or ()), *(self.prior_head.parameters() if self.prior_head else ())]
             losses["loss_mask"] = sum(p.sum() for p in params) * 0.0
             if self.prior_head is not None:  # same keys in every step (ranks reduce them as one vector)
                 losses["loss_prior_cls"] = losses["loss_mask"].clone()
@@ -204,14 +203,16 @@ class RoIHeads(nn.Module):
         mask head's resolution, so a hole or a gap narrower than a 7x7 cell can show in it; no resize. The prior exists
         only after the pooling, so the fused path adds the weighted map to the pooled features in one pass over them
         (`add_weighted_map`: the weight read off each RoI as RoIAlign's `map_weight` reads it). With
-        prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without autograd."""
+        prior_grad_scale=0 the box head gets nothing back through the prior: its convs run without autograd. With
+        `prior_convs` "residual" or "separate" the prior's gradient trains the residuals or the prior head instead,
+        which read the pooled features without gradient (see ModelConfig.prior_convs)."""
         res, weight = self.rc.mask_pooler_resolution, self.prior_gain
         pooled = self.pool(features, boxes, res)
         if not (self.use_prior or return_prior):
             return self.mask_head(pooled), None
-        trains_box_head = self.use_prior and weight.grad_scale != 0
+        trains_prior = self.use_prior and weight.grad_scale != 0  # the prior's convs learn through it
         residual = self.prior_conv_residual
-        with torch.set_grad_enabled(torch.is_grad_enabled() and trains_box_head):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains_prior):
             if self.prior_head is not None:  # its own convs and classifier, on features detection keeps to itself
                 conv_map, prior_logits = self.prior_head(pooled.detach())
                 if aux is not None:
