@@ -127,6 +127,9 @@ class ModelConfig:
     # resolution, trained by that loss and the prior's gradient. The last two leave the box head and the features it
     # reads to detection.
     prior_convs: str = "box_head"
+    # The separate prior head's conv width (as many convs as the box head); 0: the box head's own widths. Its convs
+    # run on every mask RoI at 14x14, four times the box head's 7x7 cells: a narrower head keeps it cheap.
+    prior_head_width: int = 0
     prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
     prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
     pixel_mean: tuple[float, float, float] = MSRA_BGR_MEAN  # subtracted from the image (in input_format order)
@@ -170,6 +173,9 @@ class ModelConfig:
             raise ValueError(f"prior_convs={self.prior_convs!r} needs use_prior, prior_resolution='mask' and a prior "
                              f"that passes gradient (prior_grad_scale not 0), got use_prior={self.use_prior}, "
                              f"prior_resolution={self.prior_resolution!r}, prior_grad_scale={self.prior_grad_scale!r}")
+        if self.prior_head_width < 0 or (self.prior_head_width and self.prior_convs != "separate"):
+            raise ValueError(f"prior_head_width must be 0 (the box head's widths) or, with prior_convs='separate', a "
+                             f"positive width; got {self.prior_head_width!r} with prior_convs={self.prior_convs!r}")
         if self.roi_heads.weak_mask_loss not in WEAK_MASK_LOSSES:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
                              f"got {self.roi_heads.weak_mask_loss!r}")

@@ -23,6 +23,7 @@ STUDY_FIELDS = {
     "prior_grad_rois": "all",
     "prior_resolution": "box",
     "prior_convs": "box_head",
+    "prior_head_width": 0,
     "roi_heads.weak_mask_loss": "none",
     "roi_heads.pairwise_warmup_iters": 0,
 }
@@ -109,8 +110,18 @@ _ALL = [
     _v("opmask_std_boxproj_maskres_separate", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head", prior_scale="feature_std", prior_resolution="mask",
        prior_convs="separate", **_PROJ),
+    # ... the same head 32 and 16 channels wide (its convs at 14x14 cost twice the box head's at full width).
+    _v("opmask_std_boxproj_maskres_separate32", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution from a separate prior head, 32 wide", prior_scale="feature_std", prior_resolution="mask",
+       prior_convs="separate", prior_head_width=32, **_PROJ),
+    _v("opmask_std_boxproj_maskres_separate16", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution from a separate prior head, 16 wide", prior_scale="feature_std", prior_resolution="mask",
+       prior_convs="separate", prior_head_width=16, **_PROJ),
     _v("upper_bound_separate", "Upper bound of the separate prior head: its model with every class mask-supervised",
        train_split="all", prior_scale="feature_std", prior_resolution="mask", prior_convs="separate", **_PROJ),
+    _v("upper_bound_separate32", "Upper bound of the 32-wide prior head: its model with every class mask-supervised",
+       train_split="all", prior_scale="feature_std", prior_resolution="mask", prior_convs="separate",
+       prior_head_width=32, **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.

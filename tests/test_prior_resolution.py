@@ -229,11 +229,16 @@ def test_residual_prior_trains_only_its_residuals_through_the_prior():
     assert det.roi_heads.prior_conv_residual is None and "prior_conv_residual.0" not in det.state_dict()
 
 
-def test_separate_prior_head_trains_by_its_classification_and_the_mask_loss_alone():
+@pytest.mark.parametrize("width", [0, 5])
+def test_separate_prior_head_trains_by_its_classification_and_the_mask_loss_alone(width):
     """prior_convs="separate": the prior is the min-max CAM of the prior head's own convs and classifier; the mask
-    loss and the prior head's classification loss of the mask RoIs train it, never the box head."""
+    loss and the prior head's classification loss of the mask RoIs train it, never the box head. prior_head_width
+    sets its convs' width (0: the box head's)."""
     img, t = _sample(has_mask=(True, False))
-    model = _mask_res_model(prior_convs="separate").train()
+    model = _mask_res_model(prior_convs="separate", prior_head_width=width).train()
+    box_widths = [c[0].out_channels for c in model.roi_heads.box_head.convs]
+    assert [c[0].out_channels for c in model.roi_heads.prior_head.convs] == ([width] * len(box_widths) if width
+                                                                             else box_widths)
     losses = model([img], [t])
     assert set(losses) >= {"loss_prior_cls", "loss_mask"} and losses["loss_prior_cls"] > 0
     heads = model.roi_heads
@@ -272,3 +277,10 @@ def test_config_names_prior_convs_that_nothing_trains(kw, convs):
         cfg.validate()
     with pytest.raises(ValueError, match="prior_convs must be one of box_head, residual, separate, got 'own'"):
         ModelConfig(prior_convs="own").validate()
+
+
+@pytest.mark.parametrize("convs,width", [("box_head", 32), ("separate", -1)])
+def test_config_names_a_prior_head_width_without_a_prior_head(convs, width):
+    cfg = ModelConfig(use_prior=True, prior_resolution="mask", prior_convs=convs, prior_head_width=width)
+    with pytest.raises(ValueError, match=f"prior_head_width must be 0 .* got {width} with prior_convs='{convs}'"):
+        cfg.validate()
