@@ -357,13 +357,15 @@ def _lite(use_prior: bool) -> ModelConfig:
 
 
 def opmask_r18_lite() -> ModelConfig:
-    # The recommended recipe at this scale (docs/study.md): the prior at the mask head's resolution (the box head's
-    # CAM over each RoI's own 14x14 mask features; the box head is read, not trained, through it), weighted per RoI by
-    # its mask features' std, and box-only RoIs training the mask head through BoxInst's projection term.
+    # The recommended recipe at this scale (docs/study.md): the prior at the mask head's resolution, the CAM of a
+    # 32-wide prior head of its own over each mask RoI's 14x14 features (it classifies the mask RoIs; the mask losses
+    # train it through its CAM, and the box head stays detection's), weighted per RoI by its mask features' std, and
+    # box-only RoIs training the mask head through BoxInst's projection term.
     cfg = _lite(True)
     cfg.prior_scale = "feature_std"
     cfg.prior_resolution = "mask"
-    cfg.prior_grad_scale = 0.0
+    cfg.prior_convs = "separate"
+    cfg.prior_head_width = 32
     cfg.roi_heads.weak_mask_loss = "box_projection"
     return cfg.validate()
 

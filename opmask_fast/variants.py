@@ -47,25 +47,33 @@ def _v(name: str, label: str, train_split: str | None = None, **changes) -> Vari
 
 
 _PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
-# The headline's fields: the prior at the mask head's resolution, read without training the box head, x feature std.
-_HEADLINE = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_grad_scale": 0.0, **_PROJ}
+# The headline's fields: the prior at the mask head's resolution from a 32-wide prior head of its own (its convs and
+# classifier on each mask RoI's 14x14 features, trained by the mask losses and by classifying the mask RoIs; the box
+# head left to detection), weighted by the features' std, + the box projection term.
+_HEADLINE = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_convs": "separate",
+             "prior_head_width": 32, **_PROJ}
+# The prior at the mask head's resolution from the box head's own convs, read without training them.
+_DETACHED = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_grad_scale": 0.0, **_PROJ}
 _ALL = [
     _v("baseline", "Mask R-CNN baseline", use_prior=False),
     _v("opmask", "OPMask (paper recipe)"),
-    # The headline: the prior at the mask head's resolution (the box head's CAM over each RoI's own 14x14 mask
-    # features, the box head read, not trained, through it), weighted by the features' std, + the box projection term.
-    _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution, box head detached", **_HEADLINE),
-    # The headline with the prior also added before every later mask-head conv (each weighted by that conv input's
-    # own std), so the deeper layers see the holes and gaps the mask-resolution prior shows.
-    _v("opmask_std_boxproj_maskres_detach_deep", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution, box head detached, prior at every mask conv", prior_every_conv=True, **_HEADLINE),
-    # The headline with the CAM of the class-vs-background logit: a hole or a concave gap that looks like background
-    # scores below the object's own cells.
-    _v("opmask_std_boxproj_maskres_detach_cambg", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution, box head detached, class-vs-background CAM", prior_cam="class_vs_background", **_HEADLINE),
+    _v("opmask_std_boxproj_maskres_separate32", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution from a 32-wide prior head", **_HEADLINE),
     # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
     _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all", **_HEADLINE),
+    # The box head's CAM over each RoI's own 14x14 mask features, the box head read, not trained, through it.
+    _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached", **_DETACHED),
+    _v("upper_bound_detach", "Upper bound of the detached mask-resolution prior: its model with every class "
+       "mask-supervised", train_split="all", **_DETACHED),
+    # ... with the prior also added before every later mask-head conv (each weighted by that conv input's own std),
+    # so the deeper layers see the holes and gaps the mask-resolution prior shows.
+    _v("opmask_std_boxproj_maskres_detach_deep", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached, prior at every mask conv", prior_every_conv=True, **_DETACHED),
+    # ... with the CAM of the class-vs-background logit: a hole or a concave gap that looks like background scores
+    # below the object's own cells.
+    _v("opmask_std_boxproj_maskres_detach_cambg", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution, box head detached, class-vs-background CAM", prior_cam="class_vs_background", **_DETACHED),
     # The same recipe with the 7x7 prior (the box head's own map, resized), and its upper bound.
     _v("opmask_std_boxproj", "OPMask + prior x feature std + box projection loss", prior_scale="feature_std", **_PROJ),
     _v("upper_bound_7x7", "Upper bound of the 7x7 prior: its model with every class mask-supervised",
@@ -91,7 +99,8 @@ _ALL = [
     _v("opmask_std_boxproj_pairwise_warm", "OPMask + prior x feature std + box projection + pairwise colour loss "
        "(BoxInst's warm-up)", prior_scale="feature_std", roi_heads__weak_mask_loss="box_projection_pairwise",
        roi_heads__pairwise_warmup_iters=89),  # the first ninth of the lite schedule's 800 steps, as BoxInst's 10k/90k
-    # The headline with the box convs trained through its prior (the mask losses reach them, as the paper's 7x7 CAM).
+    # The mask-resolution prior from the box convs trained through it (the mask losses reach them, as the paper's 7x7
+    # CAM).
     _v("opmask_std_boxproj_maskres", "OPMask + prior x feature std + box projection loss, prior at mask resolution",
        prior_scale="feature_std", prior_resolution="mask", **_PROJ),
     _v("upper_bound_maskres", "Upper bound of the mask-resolution prior trained through: its model with every class "
@@ -110,18 +119,13 @@ _ALL = [
     _v("opmask_std_boxproj_maskres_separate", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head", prior_scale="feature_std", prior_resolution="mask",
        prior_convs="separate", **_PROJ),
-    # ... the same head 32 and 16 channels wide (its convs at 14x14 cost twice the box head's at full width).
-    _v("opmask_std_boxproj_maskres_separate32", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution from a separate prior head, 32 wide", prior_scale="feature_std", prior_resolution="mask",
-       prior_convs="separate", prior_head_width=32, **_PROJ),
+    # ... the same head 16 channels wide (the headline's is 32 wide; at the box head's width its convs at 14x14 cost
+    # twice the box head's at 7x7).
     _v("opmask_std_boxproj_maskres_separate16", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head, 16 wide", prior_scale="feature_std", prior_resolution="mask",
        prior_convs="separate", prior_head_width=16, **_PROJ),
     _v("upper_bound_separate", "Upper bound of the separate prior head: its model with every class mask-supervised",
        train_split="all", prior_scale="feature_std", prior_resolution="mask", prior_convs="separate", **_PROJ),
-    _v("upper_bound_separate32", "Upper bound of the 32-wide prior head: its model with every class mask-supervised",
-       train_split="all", prior_scale="feature_std", prior_resolution="mask", prior_convs="separate",
-       prior_head_width=32, **_PROJ),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
@@ -131,7 +135,7 @@ _ALL = [
        prior_grad_scale=0.0),
 ]
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
-MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj_maskres_detach")
+MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj_maskres_separate32")
 BASELINE = VARIANTS["baseline"]
 
 

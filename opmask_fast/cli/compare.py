@@ -9,7 +9,7 @@ mask IoU and seconds per image. ``--seeds 0,1,2`` repeats every variant per seed
 
 Variants (``opmask_fast.variants``; default the main three): the Mask R-CNN baseline (no prior), OPMask with the
 paper's recipe (the min-max normalised prior added as is), and the recommended recipe: the prior at the mask head's
-resolution (the box head's convs, read without gradient, over each RoI's own 14x14 mask features), weighted per RoI by
+resolution (the CAM of a 32-wide prior head of its own over each mask RoI's 14x14 features), weighted per RoI by
 the standard deviation of that RoI's mask features (no constant tuned on any dataset), with the box-only RoIs' masks
 trained by BoxInst's projection term. The study's other variants reproduce docs/study.md. Every training uses
 ``--preset`` (default ``opmask_r18_lite``) with the variant's fields on top (``opmask_fast.train --variant``).
