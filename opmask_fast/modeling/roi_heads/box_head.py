@@ -67,13 +67,14 @@ class PriorHead(nn.Module):
     (`prior_convs="separate"`): it classifies each mask RoI from its mask-resolution features (the classification
     loss keeps its classifier rows, which the CAM reads, matched to its convs), and its last conv map is the CAM's
     source. Its BatchNorms use the mask RoIs' batch statistics in training, as the box head's use the sampled RoIs'.
+    `width`: each conv's output channels (as many convs as `conv_dims`); 0: `conv_dims`, the box head's.
 
     forward: `Tensor[R, in_channels, H, W]` -> (conv map `Tensor[R, C, H, W]`, class logits `Tensor[R, K + 1]`).
     """
 
-    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], norm: str, num_classes: int):
+    def __init__(self, *, in_channels: int, conv_dims: tuple[int, ...], norm: str, num_classes: int, width: int = 0):
         super().__init__()
-        dims = (in_channels, *conv_dims)
+        dims = (in_channels, *((width,) * len(conv_dims) if width else conv_dims))
         self.convs = nn.Sequential(*[conv_norm_relu(a, b, norm=norm) for a, b in zip(dims[:-1], dims[1:])])
         self.cls_score = nn.Linear(dims[-1], num_classes + 1)  # background last, as the box head's
         nn.init.normal_(self.cls_score.weight, std=0.01)

@@ -56,8 +56,7 @@ class RoIHeads(nn.Module):
         # (BoxHead.conv_map) or a prior head of its own.
         self.prior_conv_residual = nn.ParameterList([torch.zeros_like(u[0].weight) for u in self.box_head.convs]) \
             if cfg.prior_convs == "residual" else None
-        prior_dims = (cfg.prior_head_width,) * len(box_kw["conv_dims"]) if cfg.prior_head_width else box_kw["conv_dims"]
-        self.prior_head = PriorHead(**{**box_kw, "conv_dims": prior_dims}) if cfg.prior_convs == "separate" else None
+        self.prior_head = PriorHead(**box_kw, width=cfg.prior_head_width) if cfg.prior_convs == "separate" else None
         if rc.weak_mask_loss == "box_projection_pairwise":
             # Training steps taken, for the pairwise term's warm-up (a buffer: a resumed run continues the ramp).
             self.register_buffer("pairwise_step", torch.zeros((), dtype=torch.int64))
