@@ -83,18 +83,22 @@ def test_detached_box_head_gets_no_mask_gradient_and_the_same_forward():
     assert all(c[0].weight.grad.abs().sum() > 0 for c in out[None][1].convs)
 
 
-@pytest.mark.parametrize("grad_scale", [None, 0.0])
-@pytest.mark.parametrize("scale", ["feature_std", 2.5])
-def test_fused_path_equals_the_general_path(scale, grad_scale):
+@pytest.mark.parametrize("scale,grad_scale,convs", [("feature_std", None, "box_head"), ("feature_std", 0.0, "box_head"),
+                                                    (2.5, None, "box_head"), (2.5, 0.0, "box_head"),
+                                                    ("feature_std", None, "separate")])
+def test_fused_path_equals_the_general_path(scale, grad_scale, convs):
     """The fused path (one pooling, the weighted mask-resolution prior added by `add_weighted_map`) gives the general
-    path's losses, gradients and inference masks in float64; a probe on the prior map forces the general path."""
+    path's losses, gradients and inference masks in float64; a probe on the prior map forces the general path. With
+    `prior_convs="separate"` (the headline's prior head) the prior's convs are the prior head's."""
     from opmask_fast.modeling.roi_heads.prior import prior_statistics
-    model = _model(_cfg(prior_scale=scale, prior_resolution="mask", prior_grad_scale=grad_scale)).double()
+    model = _model(_cfg(prior_scale=scale, prior_resolution="mask", prior_grad_scale=grad_scale, prior_convs=convs,
+                        prior_head_width=3 if convs == "separate" else 0)).double()
     img, t = _sample(has_mask=(True, False))
     img = img.double()
     assert model.roi_heads._fused()
-    # the box convs (through the prior), P2's output conv (through the pooled features), the mask head
-    params = [model.roi_heads.box_head.convs[-1][0].weight, model.backbone.output_convs[0][0].weight,
+    # the prior's convs (through the prior), P2's output conv (through the pooled features), the mask head
+    prior_convs = (model.roi_heads.prior_head or model.roi_heads.box_head).convs
+    params = [prior_convs[-1][0].weight, model.backbone.output_convs[0][0].weight,
               *model.roi_heads.mask_head.parameters()]
     runs, state = {}, copy.deepcopy(model.state_dict())
     for path in ("fused", "general"):
