@@ -116,7 +116,7 @@ def cmd_model(args) -> dict:
             results[f"{p} {dtype}"] = {"s_per_img": statistics.median(v), "min": min(v), "detections": detections[p]}
             print(f"{p:12s} {dtype:5s} {h}x{w}: {statistics.median(v):.4f} s/img (min {min(v):.4f}, "
                   f"{detections[p]} detections)", flush=True)
-        del models
+        models.clear()  # free the weights before the next dtype's models
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     return {"device": device_name(args.device), "size": [h, w], "proposals": args.proposals, "rounds": args.rounds,
