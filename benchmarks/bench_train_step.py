@@ -31,8 +31,8 @@ from opmask_fast.variants import apply_variant
 keep_freed_memory()
 
 # provider -> (preset, variant of opmask_fast.variants, `--set` overrides): the 7x7 recipe, the main job's baseline and
-# paper recipe, the prior at mask resolution (from a 32-wide prior head of its own: the main job's headline; trained
-# through the box head; the box head detached), then the other models of
+# paper recipe, the prior at mask resolution (box convs trained through it; the main job's headline, a 32-wide prior
+# head of its own; the box head read without gradient), then the other models of
 # docs/study.md (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the ratios between them are
 # measured in every run. The summary's ratios are against the first provider, in the same run.
 PROVIDERS = {

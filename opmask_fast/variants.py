@@ -50,8 +50,8 @@ _PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
 # The headline's fields: the prior at the mask head's resolution from a 32-wide prior head of its own (its convs and
 # classifier on each mask RoI's 14x14 features, trained by the mask losses and by classifying the mask RoIs; the box
 # head left to detection), weighted by the features' std, + the box projection term.
-_HEADLINE = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_convs": "separate",
-             "prior_head_width": 32, **_PROJ}
+_SEPARATE = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_convs": "separate", **_PROJ}
+_HEADLINE = {**_SEPARATE, "prior_head_width": 32}
 # The prior at the mask head's resolution from the box head's own convs, read without training them.
 _DETACHED = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_grad_scale": 0.0, **_PROJ}
 _ALL = [
@@ -117,15 +117,13 @@ _ALL = [
        prior_convs="residual", **_PROJ),
     # ... trained through a prior head of its own that classifies the mask RoIs at the mask resolution.
     _v("opmask_std_boxproj_maskres_separate", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution from a separate prior head", prior_scale="feature_std", prior_resolution="mask",
-       prior_convs="separate", **_PROJ),
+       "resolution from a separate prior head", **_SEPARATE),
     # ... the same head 16 channels wide (the headline's is 32 wide; at the box head's width its convs at 14x14 cost
     # twice the box head's at 7x7).
     _v("opmask_std_boxproj_maskres_separate16", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution from a separate prior head, 16 wide", prior_scale="feature_std", prior_resolution="mask",
-       prior_convs="separate", prior_head_width=16, **_PROJ),
+       "resolution from a separate prior head, 16 wide", prior_head_width=16, **_SEPARATE),
     _v("upper_bound_separate", "Upper bound of the separate prior head: its model with every class mask-supervised",
-       train_split="all", prior_scale="feature_std", prior_resolution="mask", prior_convs="separate", **_PROJ),
+       train_split="all", **_SEPARATE),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
        prior_scale="feature_range", prior_feature_norm=True, **_PROJ),
     # Diagnostics: the prior's forward weight and the gradient it sends into the box head, apart.
