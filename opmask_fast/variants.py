@@ -122,6 +122,11 @@ _ALL = [
     # twice the box head's at 7x7).
     _v("opmask_std_boxproj_maskres_separate16", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head, 16 wide", prior_head_width=16, **_SEPARATE),
+    # ... the headline's 32-wide head trained through the mask-supervised RoIs' priors only: the weak RoIs' projection
+    # term, which a box-filling prior satisfies, trains the mask head alone (the prior head still learns their class).
+    _v("opmask_std_boxproj_maskres_separate32_suponly", "OPMask + prior x feature std + box projection loss, prior at "
+       "mask resolution from a 32-wide prior head trained by the mask-supervised RoIs", prior_grad_rois="mask_supervised",
+       **_HEADLINE),
     _v("upper_bound_separate", "Upper bound of the separate prior head: its model with every class mask-supervised",
        train_split="all", **_SEPARATE),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",

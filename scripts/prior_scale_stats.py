@@ -14,7 +14,6 @@ would apply.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 
 import torch

@@ -17,7 +17,7 @@ from ..weights import load_backbone_weights
 
 
 class OPMaskModel(nn.Module):
-    """Build with `opmask_fast.config.build_model(cfg)`.
+    """Build with `opmask_fast.modeling.build_model(cfg)`.
 
     Training: `model(images, targets) -> {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask"}`.
     Inference: `model(images, output_sizes=None) -> list[dict]` with `boxes Tensor[M, 4]`, `scores Tensor[M]`,

@@ -183,3 +183,20 @@ def pairwise_color_loss(logits: Tensor, lab: Tensor, rois: Tensor, gt_boxes: Ten
         total = total - (same * w).sum()
         count = count + w.sum()
     return total / count.clamp(min=1.0)
+
+
+def weak_mask_losses(logits: Tensor, boxes: list[Tensor], gt_boxes: Tensor, weak: Tensor, *, kind: str,
+                     images: Tensor | None = None, pairwise_weight: Tensor | float = 1.0) -> dict[str, Tensor]:
+    """The box-supervised terms `kind` (`RoIHeadsConfig.weak_mask_loss`) of the mask `logits Tensor[R, M, M]` of the
+    RoIs `boxes` (per image) on the box-only RoIs `weak Tensor[R]` (bool), whose GT boxes are `gt_boxes Tensor[R, 4]`:
+    "loss_mask_box" (projection) and, with the pairwise term, "loss_mask_pairwise" times `pairwise_weight` (its
+    warm-up), which reads the image's colour (`images Tensor[N, 3, H, W]`, RGB 0..255) at the mask's cells."""
+    if kind == "none":
+        return {}
+    rois = torch.cat(boxes)
+    out = {"loss_mask_box": box_projection_loss(logits, rois, gt_boxes, weak)}
+    if kind == "box_projection_pairwise":
+        # The image's Lab colour at the mask's cells, by the same RoIAlign convention as the mask targets.
+        lab = roi_align(rgb_to_lab(images), boxes, logits.shape[-1], 1.0, 0, True)
+        out["loss_mask_pairwise"] = pairwise_color_loss(logits, lab, rois, gt_boxes, weak) * pairwise_weight
+    return out

@@ -7,15 +7,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from opmask_fast.ops import (PriorWeight, add_weighted_map, batched_nms, multi_scale_roi_align, object_prior,
-                             object_prior_add, roi_align)
+                             object_prior_add)
 
 from ..box_coder import BoxCoder
 from ..box_ops import clip_boxes
 from ..matcher import Matcher
 from ..sampler import label_and_sample
 from .box_head import BoxHead, PriorHead, box_losses
-from .mask_head import (MaskHead, box_projection_loss, mask_loss, mask_training_rois, pairwise_color_loss,
-                        rgb_to_lab)
+from .mask_head import MaskHead, mask_loss, mask_training_rois, weak_mask_losses
 from .prior import PriorTap
 
 _SCALES = [1 / 4, 1 / 8, 1 / 16, 1 / 32]  # RoIs are pooled from P2..P5
@@ -124,13 +123,8 @@ class RoIHeads(nn.Module):
         if self.prior_head is not None:  # the prior head classifies the mask RoIs (all foreground)
             losses["loss_prior_cls"] = F.cross_entropy(aux["prior_logits"].float(), classes_t)
         losses["loss_mask"] = mask_loss(mask_logits, m.targets, supervised_t)
-        if self.rc.weak_mask_loss != "none":
-            losses["loss_mask_box"] = box_projection_loss(mask_logits, torch.cat(mask_boxes), m.gt_boxes, ~supervised_t)
-        if pairwise:
-            # The image's Lab colour at the mask's cells, by the same RoIAlign convention as the mask targets.
-            lab = roi_align(rgb_to_lab(images), mask_boxes, mask_logits.shape[-1], 1.0, 0, True)
-            losses["loss_mask_pairwise"] = pairwise_color_loss(mask_logits, lab, torch.cat(mask_boxes),
-                                                               m.gt_boxes, ~supervised_t) * self._ramp()
+        losses.update(weak_mask_losses(mask_logits, mask_boxes, m.gt_boxes, ~supervised_t, kind=self.rc.weak_mask_loss,
+                                       images=images, pairwise_weight=self._ramp() if pairwise else 1.0))
         return losses
 
     def _ramp(self) -> Tensor | float:
