@@ -31,15 +31,17 @@ from opmask_fast.variants import apply_variant
 keep_freed_memory()
 
 # provider -> (preset, variant of opmask_fast.variants, `--set` overrides): the 7x7 recipe, the main job's baseline and
-# paper recipe, the prior at mask resolution (box convs trained through it; the main job's headline, a 32-wide prior
-# head of its own; the box head read without gradient), then the other models of
-# docs/study.md (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the ratios between them are
-# measured in every run. The summary's ratios are against the first provider, in the same run.
+# paper recipe, the prior at mask resolution (box convs trained through it; the main job's headline, a 16-wide prior
+# head of its own trained by the mask-supervised RoIs; the same head 32 wide; the box head read without gradient), then
+# the other models of docs/study.md (the lite preset with OPMask's 7-conv mask head, the tiny preset), kept so the
+# ratios between them are measured in every run. The summary's ratios are against the first provider, in the same run.
 PROVIDERS = {
     "lite_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", []),
     "lite_baseline": ("opmask_r18_lite", "baseline", []),
     "lite_opmask": ("opmask_r18_lite", "opmask", []),
     "lite_std_boxproj_maskres": ("opmask_r18_lite", "opmask_std_boxproj_maskres", []),
+    "lite_std_boxproj_maskres_separate16_suponly": ("opmask_r18_lite", "opmask_std_boxproj_maskres_separate16_suponly",
+                                                    []),
     "lite_std_boxproj_maskres_separate32": ("opmask_r18_lite", "opmask_std_boxproj_maskres_separate32", []),
     "lite_std_boxproj_maskres_detach": ("opmask_r18_lite", "opmask_std_boxproj_maskres_detach", []),
     "lite7_std_boxproj": ("opmask_r18_lite", "opmask_std_boxproj", ["roi_heads.mask_head_num_convs=7"]),

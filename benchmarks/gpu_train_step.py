@@ -6,8 +6,8 @@ call; providers with the same weights and inputs, timed interleaved (CUDA events
 on a CPU), median of --rounds:
 
 - baseline_boxproj: the Mask R-CNN baseline with the box projection term (the headline without its prior);
-- headline: the feature-std prior at the mask head's resolution (the CAM of a 32-wide prior head of its own over each
-  mask RoI's 14x14 features) added to the pooled features by `add_weighted_map` + the box projection term (the
+- headline: the feature-std prior at the mask head's resolution (the CAM of a 16-wide prior head of its own over each
+  mask RoI's 14x14 features, trained by the mask-supervised RoIs) added to the pooled features by `add_weighted_map` + the box projection term (the
   recommended recipe);
 - prior_7x7: the same with the box head's own 7x7 map as the prior;
 - baseline / paper: the plain baseline and the paper's recipe (prior added as is).
@@ -33,7 +33,7 @@ from opmask_fast.modeling import build_model
 from opmask_fast.variants import apply_variant
 
 # provider -> the study variant (opmask_fast.variants) applied to the R-50 preset
-PROVIDERS = {"baseline_boxproj": "baseline_boxproj", "headline": "opmask_std_boxproj_maskres_separate32",
+PROVIDERS = {"baseline_boxproj": "baseline_boxproj", "headline": "opmask_std_boxproj_maskres_separate16_suponly",
              "prior_7x7": "opmask_std_boxproj", "baseline": "baseline", "paper": "opmask"}
 PAIRS = [("headline", "baseline_boxproj"), ("prior_7x7", "baseline_boxproj"), ("paper", "baseline")]
 

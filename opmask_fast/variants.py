@@ -47,19 +47,22 @@ def _v(name: str, label: str, train_split: str | None = None, **changes) -> Vari
 
 
 _PROJ = {"roi_heads__weak_mask_loss": "box_projection"}
-# The headline's fields: the prior at the mask head's resolution from a 32-wide prior head of its own (its convs and
+# The separate prior head's fields: the prior at the mask head's resolution from a prior head of its own (its convs and
 # classifier on each mask RoI's 14x14 features, trained by the mask losses and by classifying the mask RoIs; the box
 # head left to detection), weighted by the features' std, + the box projection term.
 _SEPARATE = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_convs": "separate", **_PROJ}
-_HEADLINE = {**_SEPARATE, "prior_head_width": 32}
+# The headline's: that head 16 wide, trained through the mask-supervised RoIs' priors only (the weak RoIs' projection
+# term, which a box-filling prior satisfies, trains the mask head alone; the prior head still learns their class).
+_HEADLINE = {**_SEPARATE, "prior_head_width": 16, "prior_grad_rois": "mask_supervised"}
 # The prior at the mask head's resolution from the box head's own convs, read without training them.
 _DETACHED = {"prior_scale": "feature_std", "prior_resolution": "mask", "prior_grad_scale": 0.0, **_PROJ}
 _ALL = [
     _v("baseline", "Mask R-CNN baseline", use_prior=False),
     _v("opmask", "OPMask (paper recipe)"),
-    _v("opmask_std_boxproj_maskres_separate32", "OPMask + prior x feature std + box projection loss, prior at mask "
-       "resolution from a 32-wide prior head", **_HEADLINE),
-    # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP.
+    _v("opmask_std_boxproj_maskres_separate16_suponly", "OPMask + prior x feature std + box projection loss, prior at "
+       "mask resolution from a 16-wide prior head trained by the mask-supervised RoIs", **_HEADLINE),
+    # The headline's model with every class mask-supervised: the upper bound of the weak classes' mask AP (with every
+    # RoI mask-supervised, prior_grad_rois changes nothing).
     _v("upper_bound", "Upper bound: the headline with every class mask-supervised", train_split="all", **_HEADLINE),
     # The box head's CAM over each RoI's own 14x14 mask features, the box head read, not trained, through it.
     _v("opmask_std_boxproj_maskres_detach", "OPMask + prior x feature std + box projection loss, prior at mask "
@@ -118,15 +121,18 @@ _ALL = [
     # ... trained through a prior head of its own that classifies the mask RoIs at the mask resolution.
     _v("opmask_std_boxproj_maskres_separate", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head", **_SEPARATE),
-    # ... the same head 16 channels wide (the headline's is 32 wide; at the box head's width its convs at 14x14 cost
-    # twice the box head's at 7x7).
+    # ... the same head 16 channels wide, trained by every RoI's mask losses (at the box head's width its convs at
+    # 14x14 cost twice the box head's at 7x7).
     _v("opmask_std_boxproj_maskres_separate16", "OPMask + prior x feature std + box projection loss, prior at mask "
        "resolution from a separate prior head, 16 wide", prior_head_width=16, **_SEPARATE),
-    # ... the headline's 32-wide head trained through the mask-supervised RoIs' priors only: the weak RoIs' projection
-    # term, which a box-filling prior satisfies, trains the mask head alone (the prior head still learns their class).
+    # ... 32 wide, trained by every RoI's mask losses (with its upper bound), and by the mask-supervised RoIs' only.
+    _v("opmask_std_boxproj_maskres_separate32", "OPMask + prior x feature std + box projection loss, prior at mask "
+       "resolution from a 32-wide prior head", prior_head_width=32, **_SEPARATE),
+    _v("upper_bound_separate32", "Upper bound of the 32-wide prior head: its model with every class mask-supervised",
+       train_split="all", prior_head_width=32, **_SEPARATE),
     _v("opmask_std_boxproj_maskres_separate32_suponly", "OPMask + prior x feature std + box projection loss, prior at "
-       "mask resolution from a 32-wide prior head trained by the mask-supervised RoIs", prior_grad_rois="mask_supervised",
-       **_HEADLINE),
+       "mask resolution from a 32-wide prior head trained by the mask-supervised RoIs", prior_head_width=32,
+       prior_grad_rois="mask_supervised", **_SEPARATE),
     _v("upper_bound_separate", "Upper bound of the separate prior head: its model with every class mask-supervised",
        train_split="all", **_SEPARATE),
     _v("opmask_norm_range_boxproj", "OPMask + standardised features + prior x range + box projection loss",
@@ -138,7 +144,7 @@ _ALL = [
        prior_grad_scale=0.0),
 ]
 VARIANTS: dict[str, Variant] = {v.name: v for v in _ALL}
-MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj_maskres_separate32")
+MAIN_VARIANTS = ("baseline", "opmask", "opmask_std_boxproj_maskres_separate16_suponly")
 BASELINE = VARIANTS["baseline"]
 
 

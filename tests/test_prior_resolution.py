@@ -83,16 +83,18 @@ def test_detached_box_head_gets_no_mask_gradient_and_the_same_forward():
     assert all(c[0].weight.grad.abs().sum() > 0 for c in out[None][1].convs)
 
 
-@pytest.mark.parametrize("scale,grad_scale,convs", [("feature_std", None, "box_head"), ("feature_std", 0.0, "box_head"),
-                                                    (2.5, None, "box_head"), (2.5, 0.0, "box_head"),
-                                                    ("feature_std", None, "separate")])
-def test_fused_path_equals_the_general_path(scale, grad_scale, convs):
+@pytest.mark.parametrize("scale,grad_scale,convs,grad_rois", [
+    ("feature_std", None, "box_head", "all"), ("feature_std", 0.0, "box_head", "all"), (2.5, None, "box_head", "all"),
+    (2.5, 0.0, "box_head", "all"), ("feature_std", None, "separate", "all"),
+    ("feature_std", None, "separate", "mask_supervised")])
+def test_fused_path_equals_the_general_path(scale, grad_scale, convs, grad_rois):
     """The fused path (one pooling, the weighted mask-resolution prior added by `add_weighted_map`) gives the general
     path's losses, gradients and inference masks in float64; a probe on the prior map forces the general path. With
-    `prior_convs="separate"` (the headline's prior head) the prior's convs are the prior head's."""
+    `prior_convs="separate"` the prior's convs are the prior head's; with it and `prior_grad_rois="mask_supervised"`
+    (the headline) only the mask-supervised RoIs' priors carry gradient."""
     from opmask_fast.modeling.roi_heads.prior import prior_statistics
     model = _model(_cfg(prior_scale=scale, prior_resolution="mask", prior_grad_scale=grad_scale, prior_convs=convs,
-                        prior_head_width=3 if convs == "separate" else 0)).double()
+                        prior_head_width=3 if convs == "separate" else 0, prior_grad_rois=grad_rois)).double()
     img, t = _sample(has_mask=(True, False))
     img = img.double()
     assert model.roi_heads._fused()
@@ -160,19 +162,22 @@ def test_config_names_the_bad_resolution():
         cfg.validate()
 
 
-@pytest.mark.parametrize("res", ["box", "mask"])
+@pytest.mark.parametrize("res", ["box", "mask", "separate"])
 def test_prior_grad_rois_keeps_only_the_mask_supervised_rois_gradient(res):
-    """With grad_rois (prior_grad_rois="mask_supervised") a RoI outside it sends nothing back to the box convs
-    through its prior, one inside it does, and the forward is unchanged. Eval mode: the mask head's BatchNorm then
-    does not mix RoIs, so each RoI's logits depend on its own prior only."""
-    model = _model(_cfg(prior_scale="feature_std", prior_resolution=res)).eval()
+    """With grad_rois (prior_grad_rois="mask_supervised") a RoI outside it sends nothing back to the prior's convs (the
+    box head's, or with "separate" the prior head's, as in the headline) through its prior, one inside it does, and
+    the forward is unchanged. Eval mode: the mask head's BatchNorm then does not mix RoIs, so each RoI's logits depend
+    on its own prior only."""
+    separate = res == "separate"
+    model = _model(_cfg(prior_scale="feature_std", prior_resolution="mask" if separate else res,
+                        prior_convs="separate" if separate else "box_head", prior_head_width=5 if separate else 0)).eval()
     img, t = _sample()
     heads = model.roi_heads
     features = model.extract([img])[0]
     boxes, classes = [t["boxes"]], t["labels"]
     box_feats, _, _ = heads.box_head(heads.pool(features, boxes, heads.rc.box_pooler_resolution))
     rows = torch.arange(2)
-    convs = [c[0].weight for c in heads.box_head.convs]
+    convs = [c[0].weight for c in (heads.prior_head if separate else heads.box_head).convs]
     grads, logits = {}, {}
     for name, grad_rois in (("all", None), ("first", torch.tensor([True, False]))):
         out, _ = heads.mask_forward(features, boxes, box_feats, classes, rows, grad_rois=grad_rois)

@@ -89,10 +89,10 @@ def test_every_training_gets_compares_preset():
     args = compare.build_parser().parse_args(["--preset", "opmask_r18_tiny", "--", "--iters", "5"])
     cmd = compare.train_command("baseline", 2, args, "out")
     assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-4:] == ["--variant", "baseline", "--iters", "5"]
-    default = compare.train_command("opmask_std_boxproj_maskres_separate32", 0, compare.build_parser().parse_args([]),
-                                    "out")
+    default = compare.train_command("opmask_std_boxproj_maskres_separate16_suponly", 0,
+                                    compare.build_parser().parse_args([]), "out")
     assert default[default.index("--preset") + 1] == "opmask_r18_lite"
-    assert default[-2:] == ["--variant", "opmask_std_boxproj_maskres_separate32"]
+    assert default[-2:] == ["--variant", "opmask_std_boxproj_maskres_separate16_suponly"]
 
 
 def test_lite_preset_is_the_tiny_model_made_cheaper():
@@ -125,13 +125,14 @@ def test_lite_preset_is_the_recommended_recipe_and_the_paper_one_preset_away():
 
     lite, paper = get_preset("opmask_r18_lite"), get_preset("opmask_r18_lite_paper")
     assert (lite.prior_scale, lite.roi_heads.weak_mask_loss) == ("feature_std", "box_projection")
-    # the prior at mask resolution from a 32-wide prior head of its own
-    assert (lite.prior_resolution, lite.prior_convs, lite.prior_head_width) == ("mask", "separate", 32)
+    # the prior at mask resolution from a 16-wide prior head of its own, trained by the mask-supervised RoIs' priors
+    assert (lite.prior_resolution, lite.prior_convs, lite.prior_head_width, lite.prior_grad_rois) == (
+        "mask", "separate", 16, "mask_supervised")
     assert (paper.prior_scale, paper.roi_heads.weak_mask_loss) == ("none", "none")
     default, _ = model_config_from_args(build_parser().parse_args([]))
     assert default.to_dict() == lite.to_dict()
     for variant, preset in (("opmask", "opmask_r18_lite_paper"), ("baseline", "baseline_r18_lite"),
-                            ("opmask_std_boxproj_maskres_separate32", "opmask_r18_lite")):
+                            ("opmask_std_boxproj_maskres_separate16_suponly", "opmask_r18_lite")):
         for start in ("opmask_r18_lite", "opmask_r18_lite_paper", "baseline_r18_lite"):
             assert apply_variant(get_preset(start), variant).to_dict() == get_preset(preset).to_dict(), (variant, start)
     no_prior, _ = model_config_from_args(build_parser().parse_args(["--no-prior"]))
@@ -170,7 +171,8 @@ def test_every_variant_is_named_again_from_its_stored_config():
             assert label_of(stored, variant.train_split) == variant.label
     # the upper bound is the headline's model trained on another split: told apart by the split alone (and the 7x7
     # prior's upper bound is its model's)
-    for bound, model in (("upper_bound", "opmask_std_boxproj_maskres_separate32"),
+    for bound, model in (("upper_bound", "opmask_std_boxproj_maskres_separate16_suponly"),
+                         ("upper_bound_separate32", "opmask_std_boxproj_maskres_separate32"),
                          ("upper_bound_detach", "opmask_std_boxproj_maskres_detach"), ("upper_bound_7x7", "opmask_std_boxproj"),
                          ("upper_bound_maskres", "opmask_std_boxproj_maskres"),
                          ("upper_bound_separate", "opmask_std_boxproj_maskres_separate")):

@@ -9,10 +9,11 @@ mask IoU and seconds per image. ``--seeds 0,1,2`` repeats every variant per seed
 
 Variants (``opmask_fast.variants``; default the main three): the Mask R-CNN baseline (no prior), OPMask with the
 paper's recipe (the min-max normalised prior added as is), and the recommended recipe: the prior at the mask head's
-resolution (the CAM of a 32-wide prior head of its own over each mask RoI's 14x14 features), weighted per RoI by
-the standard deviation of that RoI's mask features (no constant tuned on any dataset), with the box-only RoIs' masks
-trained by BoxInst's projection term. The study's other variants reproduce docs/study.md. Every training uses
-``--preset`` (default ``opmask_r18_lite``) with the variant's fields on top (``opmask_fast.train --variant``).
+resolution (the CAM of a 16-wide prior head of its own over each mask RoI's 14x14 features, trained through it by the
+mask-supervised RoIs), weighted per RoI by the standard deviation of that RoI's mask features (no constant tuned on any
+dataset), with the box-only RoIs' masks trained by BoxInst's projection term. The study's other variants reproduce
+docs/study.md. Every training uses ``--preset`` (default ``opmask_r18_lite``) with the variant's fields on top
+(``opmask_fast.train --variant``).
 """
 
 from __future__ import annotations

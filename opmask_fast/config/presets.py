@@ -89,14 +89,16 @@ def _lite(use_prior: bool) -> ModelConfig:
 
 def opmask_r18_lite() -> ModelConfig:
     # The recommended recipe at this scale (docs/study.md): the prior at the mask head's resolution, the CAM of a
-    # 32-wide prior head of its own over each mask RoI's 14x14 features (it classifies the mask RoIs; the mask losses
-    # train it through its CAM, and the box head stays detection's), weighted per RoI by its mask features' std, and
-    # box-only RoIs training the mask head through BoxInst's projection term.
+    # 16-wide prior head of its own over each mask RoI's 14x14 features (it classifies the mask RoIs; the
+    # mask-supervised RoIs' mask losses train it through its CAM, and the box head stays detection's), weighted per RoI
+    # by its mask features' std, and box-only RoIs training the mask head alone through BoxInst's projection term
+    # (through the prior it would teach the CAM to fill the box, concave gaps included).
     cfg = _lite(True)
     cfg.prior_scale = "feature_std"
     cfg.prior_resolution = "mask"
     cfg.prior_convs = "separate"
-    cfg.prior_head_width = 32
+    cfg.prior_head_width = 16
+    cfg.prior_grad_rois = "mask_supervised"
     cfg.roi_heads.weak_mask_loss = "box_projection"
     return cfg.validate()
 
