@@ -7,8 +7,8 @@ on a CPU), median of --rounds:
 
 - baseline_boxproj: the Mask R-CNN baseline with the box projection term (the headline without its prior);
 - headline: the feature-std prior at the mask head's resolution (the CAM of a 16-wide prior head of its own over each
-  mask RoI's 14x14 features, trained by the mask-supervised RoIs) added to the pooled features by `add_weighted_map` + the box projection term (the
-  recommended recipe);
+  mask RoI's 14x14 features, trained by the mask-supervised RoIs) added to the pooled features by `add_weighted_map`
+  + the box projection term (the recommended recipe);
 - prior_7x7: the same with the box head's own 7x7 map as the prior;
 - baseline / paper: the plain baseline and the paper's recipe (prior added as is).
 

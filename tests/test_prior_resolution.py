@@ -170,7 +170,8 @@ def test_prior_grad_rois_keeps_only_the_mask_supervised_rois_gradient(res):
     on its own prior only."""
     separate = res == "separate"
     model = _model(_cfg(prior_scale="feature_std", prior_resolution="mask" if separate else res,
-                        prior_convs="separate" if separate else "box_head", prior_head_width=5 if separate else 0)).eval()
+                        prior_convs="separate" if separate else "box_head",
+                        prior_head_width=5 if separate else 0)).eval()
     img, t = _sample()
     heads = model.roi_heads
     features = model.extract([img])[0]
