@@ -154,6 +154,20 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
+def upper_bound_of(name: str) -> str | None:
+    """The variant that trains `name`'s model with every class mask-supervised (its upper bound), or None when the
+    study defines none or `name` is itself trained on another split. `prior_grad_rois` is left out of the match: with
+    every RoI mask-supervised it changes nothing, so e.g. the 16-wide prior head's bound is the headline's too."""
+    variant = get_variant(name)
+    if variant.train_split is not None:
+        return None
+    key = {k: v for k, v in variant.fields.items() if k != "prior_grad_rois"}
+    for bound in _ALL:
+        if bound.train_split == "all" and {k: v for k, v in bound.fields.items() if k != "prior_grad_rois"} == key:
+            return bound.name
+    return None
+
+
 def apply_variant(cfg, name: str):
     """Sets every study field of `cfg` (a `ModelConfig`) to the variant's value; returns `cfg`."""
     for key, value in get_variant(name).fields.items():

@@ -163,7 +163,7 @@ def test_every_variant_is_named_again_from_its_stored_config():
     """One definition of the variants and their labels: a run's stored config gives back its variant's label (what the
     analyses and compare print); a config no variant names gets a label of its differing fields."""
     from opmask_fast.config import get_preset
-    from opmask_fast.variants import VARIANTS, apply_variant, label_of
+    from opmask_fast.variants import VARIANTS, apply_variant, label_of, upper_bound_of
 
     for name, variant in VARIANTS.items():
         for preset in ("opmask_r18_lite", "opmask_r18_tiny", "baseline_r18_lite"):
@@ -178,6 +178,7 @@ def test_every_variant_is_named_again_from_its_stored_config():
                          ("upper_bound_separate", "opmask_std_boxproj_maskres_separate")):
         assert VARIANTS[bound].fields == VARIANTS[model].fields
         assert label_of(apply_variant(get_preset("opmask_r18_lite"), bound).to_dict()) == VARIANTS[model].label
+        assert upper_bound_of(model) == bound and upper_bound_of(bound) is None
     odd = apply_variant(get_preset("opmask_r18_lite"), "opmask")
     odd.prior_scale, odd.prior_cam = 3.0, "class_vs_background"
     assert label_of(odd.to_dict()) == "OPMask (prior_scale=3.0, prior_cam=class_vs_background)"
@@ -211,3 +212,30 @@ def test_upper_bound_trains_every_class_with_masks_and_is_evaluated_on_the_study
     assert "weak mask AP as a share of the upper bound's (40.0): " \
            "OPMask + prior x feature std + box projection loss 75%" in table
     assert "share of the upper bound's (40.0): Mask R-CNN baseline 2%" in table
+    # a variant whose own upper bound ran is shared out against that one; the bounds themselves are not
+    results["upper_bound_7x7"] = [dict(_metrics(20.0, 31.0), seed=0)]
+    table = compare.format_comparison(results)
+    assert "weak mask AP as a share of upper_bound_7x7's (20.0): " \
+           "OPMask + prior x feature std + box projection loss 150%" in table
+    assert "share of the upper bound's (40.0): Mask R-CNN baseline 2%" in table
+    shares = [line for line in table.splitlines() if line.startswith("weak mask AP as a share")]
+    assert len(shares) == 2 and not any("Upper bound" in line for line in shares)
+
+
+def test_each_variant_has_at_most_one_upper_bound_and_prior_grad_rois_does_not_split_them():
+    """upper_bound_of pairs a variant with the variant that trains its model with every class mask-supervised:
+    `prior_grad_rois` only routes the weak RoIs' gradient, so the heads trained by the mask-supervised RoIs share their
+    bound with the same head trained by every RoI; every bound of the study bounds some variant."""
+    from opmask_fast.variants import VARIANTS, upper_bound_of
+
+    assert upper_bound_of("opmask_std_boxproj_maskres_separate16") == "upper_bound"
+    assert upper_bound_of("opmask_std_boxproj_maskres_separate32_suponly") == "upper_bound_separate32"
+    assert upper_bound_of("opmask_std_boxproj_maskres_suponly") == "upper_bound_maskres"
+    assert upper_bound_of("baseline") is None and upper_bound_of("opmask") is None
+    bounds = {n for n, v in VARIANTS.items() if v.train_split == "all"}
+    assert bounds == {upper_bound_of(n) for n in VARIANTS} - {None}
+    for name in VARIANTS:  # never two bounds for one variant: the first match is the only one
+        fields = {k: v for k, v in VARIANTS[name].fields.items() if k != "prior_grad_rois"}
+        matches = [b for b in bounds if {k: v for k, v in VARIANTS[b].fields.items() if k != "prior_grad_rois"}
+                   == fields]
+        assert len(matches) <= 1, (name, matches)
