@@ -43,7 +43,8 @@ class BackboneConfig:
     freeze_at: int = 2  # 0 trains everything, 1 freezes the stem, 2 the stem + res2 (detectron2), up to 5
     stride_in_1x1: bool = True  # MSRA/detectron2 weights put the stride in the 1x1 conv, torchvision's in the 3x3
     fpn_channels: int = 256  # width of P2-P6 and of every RoI feature
-    weights: str | None = None  # local file with ImageNet weights (torchvision .pth or detectron2 .pkl); never downloaded
+    # a local file with ImageNet weights (torchvision .pth or detectron2 .pkl); never downloaded
+    weights: str | None = None
 
 
 @dataclass
@@ -77,7 +78,8 @@ class RoIHeadsConfig:
     mask_head_conv_dim: int = 256  # channels of the class-agnostic mask head
     mask_head_num_convs: int = 7  # seven 3x3 convs give a receptive field spanning the whole 14x14 RoI
     mask_head_norm: str = "BN"  # BatchNorm in the mask head, as in OPMask and its baseline
-    mask_head_on_supervised_only: bool = False  # True runs the mask head only on RoIs with masks (faster, BN stats differ)
+    # True runs the mask head only on RoIs with masks (faster, BN stats differ)
+    mask_head_on_supervised_only: bool = False
     # "box_projection": box-only RoIs train the mask head through their box's x/y extent; "box_projection_pairwise":
     # also BoxInst's pairwise term (neighbouring RoI cells of similar colour take the same label)
     weak_mask_loss: str = "none"
@@ -127,8 +129,10 @@ class ModelConfig:
     # The separate prior head's conv width (as many convs as the box head); 0: the box head's own widths. Its convs
     # run on every mask RoI at 14x14, four times the box head's 7x7 cells: a narrower head keeps it cheap.
     prior_head_width: int = 0
-    prior_gain_init: float | None = None  # learnable gain's start; None: std(mask features) / std(prior) of the first batch
-    prior_impl: str = "roi_align"  # "roi_align": prior fused into RoIAlign's output; "object_prior_add": the separate op
+    # the learnable gain's start; None: std(mask features) / std(prior) of the first batch
+    prior_gain_init: float | None = None
+    # "roi_align": the prior fused into RoIAlign's output; "object_prior_add": the separate op
+    prior_impl: str = "roi_align"
     pixel_mean: tuple[float, float, float] = MSRA_BGR_MEAN  # subtracted from the image (in input_format order)
     pixel_std: tuple[float, float, float] = MSRA_BGR_STD  # divides the image after the mean
     input_format: str = "BGR"  # channel order the backbone weights expect; images arrive RGB
@@ -162,7 +166,8 @@ class ModelConfig:
             raise ValueError(f"prior_resolution must be one of {', '.join(PRIOR_RESOLUTIONS)}, "
                              f"got {self.prior_resolution!r}")
         if self.prior_grad_rois not in PRIOR_GRAD_ROIS:
-            raise ValueError(f"prior_grad_rois must be one of {', '.join(PRIOR_GRAD_ROIS)}, got {self.prior_grad_rois!r}")
+            raise ValueError(f"prior_grad_rois must be one of {', '.join(PRIOR_GRAD_ROIS)}, "
+                             f"got {self.prior_grad_rois!r}")
         if self.prior_convs not in PRIOR_CONVS:
             raise ValueError(f"prior_convs must be one of {', '.join(PRIOR_CONVS)}, got {self.prior_convs!r}")
         if self.prior_convs != "box_head" and not (self.use_prior and self.prior_resolution == "mask"
@@ -177,7 +182,8 @@ class ModelConfig:
             raise ValueError(f"roi_heads.weak_mask_loss must be one of {', '.join(WEAK_MASK_LOSSES)}, "
                              f"got {self.roi_heads.weak_mask_loss!r}")
         if self.roi_heads.pairwise_warmup_iters < 0:
-            raise ValueError(f"roi_heads.pairwise_warmup_iters must be >= 0, got {self.roi_heads.pairwise_warmup_iters}")
+            raise ValueError(f"roi_heads.pairwise_warmup_iters must be >= 0, "
+                             f"got {self.roi_heads.pairwise_warmup_iters}")
         if self.roi_heads.weak_mask_loss != "none" and self.roi_heads.mask_head_on_supervised_only:
             raise ValueError("roi_heads.weak_mask_loss trains the mask head on box-only RoIs, which "
                              "roi_heads.mask_head_on_supervised_only=True leaves out: set one of them")
@@ -189,7 +195,8 @@ class ModelConfig:
             raise ValueError("roi_heads.box_head_conv_dims needs at least one conv: the prior is a CAM of a conv map")
         # Counts of zero pass through the model as empty tensors and fail far from the option that set them.
         counts = {f"rpn.{k}": getattr(self.rpn, k) for k in (
-            "pre_nms_topk_train", "pre_nms_topk_test", "post_nms_topk_train", "post_nms_topk_test", "batch_size_per_image")}
+            "pre_nms_topk_train", "pre_nms_topk_test", "post_nms_topk_train", "post_nms_topk_test",
+            "batch_size_per_image")}
         counts.update({f"roi_heads.{k}": getattr(self.roi_heads, k) for k in (
             "batch_size_per_image", "detections_per_image", "box_pooler_resolution", "mask_pooler_resolution")})
         for name, value in counts.items():
