@@ -154,18 +154,21 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
+def _model_key(variant: Variant) -> tuple:
+    # The fields that make a model trained with every class mask-supervised: prior_grad_rois only routes the box-only
+    # RoIs' gradient, so with every RoI mask-supervised it changes nothing.
+    return tuple(sorted((k, v) for k, v in variant.fields.items() if k != "prior_grad_rois"))
+
+
+_UPPER_BOUNDS = {_model_key(v): v.name for v in _ALL if v.train_split == "all"}
+
+
 def upper_bound_of(name: str) -> str | None:
     """The variant that trains `name`'s model with every class mask-supervised (its upper bound), or None when the
-    study defines none or `name` is itself trained on another split. `prior_grad_rois` is left out of the match: with
-    every RoI mask-supervised it changes nothing, so e.g. the 16-wide prior head's bound is the headline's too."""
+    study defines none or `name` is itself trained on another split; e.g. the 16-wide prior head's bound is the
+    headline's too (they differ in `prior_grad_rois` only)."""
     variant = get_variant(name)
-    if variant.train_split is not None:
-        return None
-    key = {k: v for k, v in variant.fields.items() if k != "prior_grad_rois"}
-    for bound in _ALL:
-        if bound.train_split == "all" and {k: v for k, v in bound.fields.items() if k != "prior_grad_rois"} == key:
-            return bound.name
-    return None
+    return None if variant.train_split is not None else _UPPER_BOUNDS.get(_model_key(variant))
 
 
 def apply_variant(cfg, name: str):

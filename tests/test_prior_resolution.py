@@ -162,28 +162,26 @@ def test_config_names_the_bad_resolution():
         cfg.validate()
 
 
-@pytest.mark.parametrize("res", ["box", "mask", "separate"])
-def test_prior_grad_rois_keeps_only_the_mask_supervised_rois_gradient(res):
+@pytest.mark.parametrize("res,convs", [("box", "box_head"), ("mask", "box_head"), ("mask", "separate")])
+def test_prior_grad_rois_keeps_only_the_mask_supervised_rois_gradient(res, convs):
     """With grad_rois (prior_grad_rois="mask_supervised") a RoI outside it sends nothing back to the prior's convs (the
     box head's, or with "separate" the prior head's, as in the headline) through its prior, one inside it does, and
     the forward is unchanged. Eval mode: the mask head's BatchNorm then does not mix RoIs, so each RoI's logits depend
     on its own prior only."""
-    separate = res == "separate"
-    model = _model(_cfg(prior_scale="feature_std", prior_resolution="mask" if separate else res,
-                        prior_convs="separate" if separate else "box_head",
-                        prior_head_width=5 if separate else 0)).eval()
+    model = _model(_cfg(prior_scale="feature_std", prior_resolution=res, prior_convs=convs,
+                        prior_head_width=5 if convs == "separate" else 0)).eval()
     img, t = _sample()
     heads = model.roi_heads
     features = model.extract([img])[0]
     boxes, classes = [t["boxes"]], t["labels"]
     box_feats, _, _ = heads.box_head(heads.pool(features, boxes, heads.rc.box_pooler_resolution))
     rows = torch.arange(2)
-    convs = [c[0].weight for c in (heads.prior_head if separate else heads.box_head).convs]
+    weights = [c[0].weight for c in (heads.prior_head if convs == "separate" else heads.box_head).convs]
     grads, logits = {}, {}
     for name, grad_rois in (("all", None), ("first", torch.tensor([True, False]))):
         out, _ = heads.mask_forward(features, boxes, box_feats, classes, rows, grad_rois=grad_rois)
         logits[name] = out.detach()
-        grads[name] = [torch.autograd.grad(out[r].sum(), convs, retain_graph=True) for r in range(2)]
+        grads[name] = [torch.autograd.grad(out[r].sum(), weights, retain_graph=True) for r in range(2)]
     torch.testing.assert_close(logits["first"], logits["all"], rtol=0, atol=0)
     assert all(g.abs().sum() > 0 for r in range(2) for g in grads["all"][r])
     assert all(g.abs().sum() > 0 for g in grads["first"][0])
