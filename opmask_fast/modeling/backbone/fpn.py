@@ -48,5 +48,8 @@ class FPN(nn.Module):
             top_down = F.interpolate(prev, scale_factor=2.0, mode="nearest")
             prev = self.lateral_convs[i](feats[i]) + top_down
             outs.insert(0, self.output_convs[i](prev))
-        outs.append(F.max_pool2d(outs[-1], kernel_size=1, stride=2))  # P6
+        # P6: every second row and column of P5, which is max_pool2d(kernel_size=1, stride=2) (detectron2's
+        # LastLevelMaxPool) written as a slice: torch < 2.14 guards on P5's size parity when exporting that pooling
+        # with a dynamic image size, and the slice has no such guard.
+        outs.append(outs[-1][:, :, ::2, ::2])
         return outs
