@@ -68,4 +68,45 @@ C10_HOST_DEVICE inline void range_add(RangeAcc& a, double v) {
 
 C10_HOST_DEVICE inline double range_weight(const RangeAcc& a) { return a.nan ? 0.0 : finite_or_zero(a.hi - a.lo); }
 
+// The statistics of a run of values in one pass, mergeable in any tree (the CUDA kernels: per thread, per block, per
+// RoI): count, mean and sum of squared deviations (Welford's update, Chan et al.'s merge), and the range. As stable
+// as the two-pass std for these sizes; a NaN or infinite value makes the std weight NaN -> 0, as in two passes.
+struct MapStats {
+  double n, mean, m2;
+  RangeAcc range;
+};
+
+C10_HOST_DEVICE inline MapStats map_stats_init() { return {0.0, 0.0, 0.0, range_init()}; }
+
+C10_HOST_DEVICE inline void map_stats_add(MapStats& s, double v) {
+  s.n += 1.0;
+  const double d = v - s.mean;
+  s.mean += d / s.n;
+  s.m2 += d * (v - s.mean);
+  range_add(s.range, v);
+}
+
+C10_HOST_DEVICE inline MapStats map_stats_merge(const MapStats& a, const MapStats& b) {
+  if (b.n == 0.0) return a;
+  if (a.n == 0.0) return b;
+  MapStats s;
+  s.n = a.n + b.n;
+  const double d = b.mean - a.mean;
+  s.mean = a.mean + d * (b.n / s.n);
+  s.m2 = a.m2 + b.m2 + d * d * (a.n * (b.n / s.n));
+  s.range.lo = b.range.lo < a.range.lo ? b.range.lo : a.range.lo;
+  s.range.hi = b.range.hi > a.range.hi ? b.range.hi : a.range.hi;
+  s.range.nan = a.range.nan || b.range.nan;
+  return s;
+}
+
+// The weight (mode kMapWeight*) from the RoI's feature statistics and its map's; 1 for the map as is.
+C10_HOST_DEVICE inline double map_stats_weight(const MapStats& features, const MapStats& map, int64_t mode) {
+  if (mode == kMapWeightStd)
+    return std_weight(sample_std(features.m2, static_cast<int64_t>(features.n)),
+                      sample_std(map.m2, static_cast<int64_t>(map.n)));
+  if (mode == kMapWeightRange) return range_weight(features.range);
+  return 1.0;
+}
+
 }  // namespace opmask_fast

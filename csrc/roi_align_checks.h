@@ -8,6 +8,7 @@
 
 #include "error_message.h"
 #include "map_weight.h"
+#include "roi_align_common.h"
 
 namespace opmask_fast {
 
@@ -39,9 +40,6 @@ inline void check_roi_align_grad(const at::Tensor& grad, const at::Tensor& rois,
                   grad.size(3) == pw,
               "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
 }
-
-// Pyramid levels one multi-level launch accepts (FPN uses 4 or 5).
-constexpr int64_t kMaxLevels = 8;
 
 // Everything of a multi-level RoIAlign call that can be checked without reading data; the levels' values are
 // checked by the kernels (CPU: before any work; CUDA: a device-side assert).

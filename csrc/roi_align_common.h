@@ -16,6 +16,9 @@ namespace opmask_fast {
 // kernel runs; the clamp only keeps a direct op call on an absurd box from overflowing an int or running for hours.
 constexpr int64_t kMaxGridPerAxis = 1 << 13;
 
+// Pyramid levels one multi-level launch accepts (FPN uses 4 or 5).
+constexpr int64_t kMaxLevels = 8;
+
 template <typename acc_t>
 struct RoiGeometry {
   int64_t batch;      // image index, -1 when the stored value is not a valid index

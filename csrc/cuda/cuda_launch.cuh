@@ -1,0 +1,33 @@
+// The GPU side of the launch plans in roi_align_kernels.cuh: a launcher on the current stream that checks each launch,
+// and the buffer of per-block statistics the weighted plans fill.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+
+#include "../map_weight.h"
+
+namespace opmask_fast {
+
+struct CudaLaunch {
+  template <typename... KernelArgs, typename... Args>
+  void operator()(dim3 grid, int threads, void (*kernel)(KernelArgs...), Args... args) const {
+    kernel<<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(static_cast<KernelArgs>(args)...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+// Room for one MapStats per block of grid (K x groups), uninitialised: every block writes its own slot.
+inline at::Tensor map_stats_buffer(int64_t k, dim3 grid, const at::Device& device) {
+  static_assert(sizeof(MapStats) % sizeof(double) == 0, "MapStats is stored as doubles");
+  const int64_t per_block = sizeof(MapStats) / sizeof(double);
+  return at::empty({k, static_cast<int64_t>(grid.y), per_block},
+                   at::TensorOptions().dtype(at::kDouble).device(device));
+}
+
+inline MapStats* map_stats_ptr(at::Tensor& buffer) {
+  return reinterpret_cast<MapStats*>(buffer.mutable_data_ptr<double>());
+}
+
+}  // namespace opmask_fast
