@@ -3,7 +3,8 @@
 # deadline is cut short or skipped, and the table says so):
 #   1. build the extension for the local GPU (FORCE_CUDA=1);
 #   2. the extension's C++ errors reach Python (cuda-gdb's stack of a process that dies), its tests on CUDA
-#      (roi_align, nms, multi_scale_roi_align; under pytest-xdist where installed) and a compute-sanitizer memcheck;
+#      (roi_align, nms, multi_scale_roi_align; under pytest-xdist where installed) and compute-sanitizer's memcheck,
+#      racecheck and synccheck on small cases;
 #   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, test_object_prior.py; compiled kernels,
 #      fp32/fp16/bf16);
 #   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
@@ -118,8 +119,9 @@ PYEOF
   return $rc
 }
 
-memcheck() {
-  "$CUDA_HOME/bin/compute-sanitizer" --tool memcheck --error-exitcode 9 "$PY" - << 'PYEOF'
+sanitize() {  # sanitize TOOL: the ops' small cases under compute-sanitizer (memcheck, racecheck: shared memory
+  # hazards of the block reductions, synccheck: barriers under divergent branches)
+  "$CUDA_HOME/bin/compute-sanitizer" --tool "$1" --error-exitcode 9 "$PY" - << 'PYEOF'
 import torch
 from opmask_fast.ops import roi_align, nms, batched_nms, nms_topk, multi_level_roi_align, add_weighted_map
 torch.manual_seed(0)
@@ -140,7 +142,7 @@ b = torch.rand(200, 4, device="cuda") * 100; b[:, 2:] += b[:, :2]
 s = torch.rand(200, device="cuda")
 c = torch.randint(0, 5, (200,), device="cuda")
 nms(b, s, 0.5); batched_nms(b, s, c, 0.5); nms(b[:1], s[:1], 0.5); nms_topk(b, s, 0.5, 20, c); nms_topk(b, s, 0.5, 300)
-torch.cuda.synchronize(); print("memcheck case ran")
+torch.cuda.synchronize(); print("sanitizer case ran")
 PYEOF
 }
 
@@ -219,10 +221,12 @@ main() {
         tests/test_roi_align_weighted.py tests/test_add_weighted_map.py
       stage "C++ errors reach Python" 150 bash -c error_paths
       if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
-        export -f memcheck; export CUDA_HOME
-        stage "compute-sanitizer memcheck" 120 bash -c memcheck
+        export -f sanitize; export CUDA_HOME
+        for tool in memcheck racecheck synccheck; do
+          stage "compute-sanitizer $tool" 120 bash -c "sanitize $tool"
+        done
       else
-        skip "compute-sanitizer memcheck" "not installed"
+        skip "compute-sanitizer" "not installed"
       fi
       stage "Triton prior tests (CUDA)" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
         tests/test_object_prior_add.py tests/test_object_prior.py

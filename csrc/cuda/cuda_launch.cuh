@@ -1,5 +1,6 @@
-// The GPU side of the launch plans in roi_align_kernels.cuh: a launcher on the current stream that checks each launch,
-// and the buffer of per-block statistics the weighted plans fill.
+// The GPU side of the launch plans in roi_align_kernels.cuh and nms_kernels.cuh: a launcher on the current stream
+// that checks each launch (grid, threads per block, dynamic shared memory bytes), and the buffer of per-block
+// statistics the weighted RoIAlign plans fill.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -12,8 +13,8 @@ namespace opmask_fast {
 
 struct CudaLaunch {
   template <typename... KernelArgs, typename... Args>
-  void operator()(dim3 grid, int threads, void (*kernel)(KernelArgs...), Args... args) const {
-    kernel<<<grid, threads, 0, at::cuda::getCurrentCUDAStream()>>>(static_cast<KernelArgs>(args)...);
+  void operator()(dim3 grid, int threads, size_t shared_bytes, void (*kernel)(KernelArgs...), Args... args) const {
+    kernel<<<grid, threads, shared_bytes, at::cuda::getCurrentCUDAStream()>>>(static_cast<KernelArgs>(args)...);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 };

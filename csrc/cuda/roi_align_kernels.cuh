@@ -10,8 +10,9 @@
 //   roi_align_backward_kernel  scatters each output's gradient with atomics (a float32 / float64 buffer).
 //
 // So the weighted forward reads the pooled values once more (the add) instead of three times (mean, deviations,
-// add), and every launch has K x groups blocks, not one block per RoI. A plan `launch(grid, threads, kernel, args...)`
-// is what each op runs; cuda/*.cu pass a launcher for the GPU, the emulation one of its own.
+// add), and every launch has K x groups blocks, not one block per RoI. A plan calls `launch(grid, threads,
+// shared_bytes, kernel, args...)` for each launch of an op; cuda/*.cu pass a launcher for the GPU (cuda_launch.cuh),
+// the emulation one of its own.
 #pragma once
 
 #include <cstdint>
@@ -166,14 +167,14 @@ void roi_align_forward_plan(Launch&& launch, dim3 grid, int64_t cpb, const scala
                             int64_t map_weight, int64_t n, int64_t c, int64_t h, int64_t w, int64_t ph, int64_t pw,
                             acc_t spatial_scale, int64_t sampling_ratio, bool aligned) {
   if (map_weight == kMapWeightNone) {
-    launch(grid, kThreads, roi_align_forward_kernel<scalar_t, acc_t, false>, input, rois, roi_map, out, partials, n,
+    launch(grid, kThreads, 0, roi_align_forward_kernel<scalar_t, acc_t, false>, input, rois, roi_map, out, partials, n,
            c, h, w, ph, pw, spatial_scale, sampling_ratio, aligned, cpb);
     return;
   }
-  launch(grid, kThreads, roi_align_forward_kernel<scalar_t, acc_t, true>, input, rois,
+  launch(grid, kThreads, 0, roi_align_forward_kernel<scalar_t, acc_t, true>, input, rois,
          static_cast<const scalar_t*>(nullptr), out, partials, n, c, h, w, ph, pw, spatial_scale, sampling_ratio,
          aligned, cpb);
-  launch(grid, kThreads, add_weighted_map_kernel<scalar_t, acc_t>, static_cast<const scalar_t*>(out), roi_map, out,
+  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, static_cast<const scalar_t*>(out), roi_map, out,
          static_cast<const MapStats*>(partials), weights, c, ph * pw, cpb, map_weight);
 }
 
@@ -183,13 +184,13 @@ void multi_level_plan(Launch&& launch, dim3 grid, int64_t cpb, const LevelMaps<s
                       MapStats* partials, int64_t map_weight, int64_t n, int64_t c, int64_t ph, int64_t pw,
                       int64_t sampling_ratio, bool aligned) {
   if (map_weight == kMapWeightNone) {
-    launch(grid, kThreads, multi_level_kernel<scalar_t, acc_t, false>, maps, rois, levels, roi_map, out, partials, n,
+    launch(grid, kThreads, 0, multi_level_kernel<scalar_t, acc_t, false>, maps, rois, levels, roi_map, out, partials, n,
            c, ph, pw, sampling_ratio, aligned, cpb);
     return;
   }
-  launch(grid, kThreads, multi_level_kernel<scalar_t, acc_t, true>, maps, rois, levels,
+  launch(grid, kThreads, 0, multi_level_kernel<scalar_t, acc_t, true>, maps, rois, levels,
          static_cast<const scalar_t*>(nullptr), out, partials, n, c, ph, pw, sampling_ratio, aligned, cpb);
-  launch(grid, kThreads, add_weighted_map_kernel<scalar_t, acc_t>, static_cast<const scalar_t*>(out), roi_map, out,
+  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, static_cast<const scalar_t*>(out), roi_map, out,
          static_cast<const MapStats*>(partials), static_cast<acc_t*>(nullptr), c, ph * pw, cpb, map_weight);
 }
 
@@ -199,8 +200,8 @@ void add_weighted_map_plan(Launch&& launch, dim3 grid, int64_t cpb, const scalar
                            scalar_t* out, MapStats* partials, acc_t* weights, int64_t map_weight, int64_t c,
                            int64_t nbins) {
   if (map_weight != kMapWeightNone)
-    launch(grid, kThreads, map_stats_kernel<scalar_t>, features, partials, c, nbins, cpb);
-  launch(grid, kThreads, add_weighted_map_kernel<scalar_t, acc_t>, features, roi_map, out,
+    launch(grid, kThreads, 0, map_stats_kernel<scalar_t>, features, partials, c, nbins, cpb);
+  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, features, roi_map, out,
          static_cast<const MapStats*>(partials), weights, c, nbins, cpb, map_weight);
 }
 
@@ -208,7 +209,7 @@ template <typename scalar_t, typename acc_t, typename Launch>
 void roi_align_backward_plan(Launch&& launch, dim3 grid, int64_t cpb, const scalar_t* grad, const acc_t* rois,
                              acc_t* grad_input, int64_t n, int64_t c, int64_t h, int64_t w, int64_t ph, int64_t pw,
                              acc_t spatial_scale, int64_t sampling_ratio, bool aligned) {
-  launch(grid, kThreads, roi_align_backward_kernel<scalar_t, acc_t>, grad, rois, grad_input, n, c, h, w, ph, pw,
+  launch(grid, kThreads, 0, roi_align_backward_kernel<scalar_t, acc_t>, grad, rois, grad_input, n, c, h, w, ph, pw,
          spatial_scale, sampling_ratio, aligned, cpb);
 }
 

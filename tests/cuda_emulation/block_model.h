@@ -1,7 +1,7 @@
 // CUDA's execution model on the CPU, enough to run the extension's kernels (csrc/cuda/*_kernels.cuh) unchanged: each
 // thread of a block is a std::thread, __syncthreads a barrier, __shared__ a static (blocks run one after another,
-// so one copy serves every block), gpuAtomicAdd an atomic add. The tests then compare what the GPU code computes
-// with the CPU kernels and the float64 reference, on a machine without a GPU.
+// so one copy serves every block), dynamic shared memory one buffer per launch, gpuAtomicAdd an atomic add. The tests
+// then compare what the GPU code computes with the CPU kernels and the float64 reference, on a machine without a GPU.
 //
 // Checked on every block: no CUDA_KERNEL_ASSERT fails (a failing one ends its thread, as a trap ends a GPU kernel),
 // and all threads pass the same number of barriers (a barrier under a divergent branch is a bug on a GPU even where
@@ -13,6 +13,11 @@
 
 #include <atomic>
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
 #include <cstdint>
 #include <memory>
 #include <stdexcept>
@@ -31,7 +36,9 @@ inline thread_local dim3 thread_idx, block_idx;
 inline dim3 block_dim, grid_dim;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local int64_t barriers_passed = 0;
-inline std::atomic<int64_t> failed_block{-1};  // the first block in which a CUDA_KERNEL_ASSERT failed
+inline std::atomic<int64_t> failed_block{-1};
+inline std::vector<unsigned char> dynamic_smem;
+constexpr int kWatchdogSeconds = 300;  // the first block in which a CUDA_KERNEL_ASSERT failed
 
 // A failed CUDA_KERNEL_ASSERT ends its thread, as a trap ends the kernel on a GPU; the launch then fails.
 struct AssertFailure {
@@ -55,6 +62,19 @@ void run_grid(dim3 grid, unsigned threads, Body body) {
   for (int64_t b = 0; b < blocks; ++b) inside.push_back(std::make_unique<std::barrier<>>(threads));
   std::barrier<> between(threads);
   std::vector<int64_t> passed(static_cast<size_t>(blocks * threads), 0);
+  // A launch that never ends (threads waiting at a barrier no other thread reaches) would hang the test run: after
+  // kWatchdogSeconds the process stops with a message instead.
+  std::mutex done_mutex;
+  std::condition_variable done_cv;
+  bool done = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(done_mutex);
+    if (!done_cv.wait_for(lock, std::chrono::seconds(kWatchdogSeconds), [&] { return done; })) {
+      std::fprintf(stderr, "cuda_emulation: a launch of %u x %u blocks did not end in %d s; stopping\n", grid.x,
+                   grid.y, kWatchdogSeconds);
+      std::abort();
+    }
+  });
   std::vector<std::thread> pool;
   pool.reserve(threads);
   for (unsigned t = 0; t < threads; ++t)
@@ -74,10 +94,19 @@ void run_grid(dim3 grid, unsigned threads, Body body) {
         passed[b * threads + t] = barriers_passed;
         block_barrier->arrive_and_drop();  // an exited thread no longer holds the others at a barrier
         between.arrive_and_wait();         // the next block starts when this one has ended (shared memory is one)
-        if (failed_block >= 0) return;
+        // Stop after the block an assert failed in. Compared with b: a thread of the next block may already have
+        // failed it, and every thread must take the same decision here.
+        const int64_t failed = failed_block;
+        if (failed >= 0 && failed <= b) return;
       }
     });
   for (auto& th : pool) th.join();
+  {
+    std::lock_guard<std::mutex> lock(done_mutex);
+    done = true;
+  }
+  done_cv.notify_one();
+  watchdog.join();
   auto where = [&](int64_t b) {
     return "block (" + std::to_string(b % grid.x) + ", " + std::to_string(b / grid.x % grid.y) + ")";
   };
@@ -92,9 +121,12 @@ void run_grid(dim3 grid, unsigned threads, Body body) {
 }
 
 // The launcher the kernels' plans take (csrc/cuda/cuda_launch.cuh is the GPU's).
+// Its dynamic shared memory is one buffer, filled with 0xff bytes before the launch so that a kernel reading what
+// it did not write sees garbage.
 struct Launch {
   template <typename... KernelArgs, typename... Args>
-  void operator()(dim3 grid, int threads, void (*kernel)(KernelArgs...), Args... args) const {
+  void operator()(dim3 grid, int threads, size_t shared_bytes, void (*kernel)(KernelArgs...), Args... args) const {
+    dynamic_smem.assign(shared_bytes + 16, 0xff);
     run_grid(grid, static_cast<unsigned>(threads), [&] { kernel(static_cast<KernelArgs>(args)...); });
   }
 };
@@ -118,4 +150,9 @@ struct Launch {
 template <typename T>
 inline T gpuAtomicAdd(T* address, T value) {
   return std::atomic_ref<T>(*address).fetch_add(value);
+}
+
+template <typename T>
+inline T* dynamic_shared() {
+  return reinterpret_cast<T*>(::cuda_emulation::dynamic_smem.data());
 }

@@ -1,5 +1,5 @@
 // The RoIAlign family's CUDA kernels, run by their own launch plans (csrc/cuda/roi_align_kernels.cuh) under the
-// emulated block model (block_model.h), behind a C interface for tests/test_cuda_emulated.py (ctypes).
+// emulated block model (block_model.h), behind a C interface for tests/test_cuda_emulated_roi_align.py (ctypes).
 //
 // dtype: 0 float32, 1 float64, 2 float16, 3 bfloat16; RoIs, weights and the backward's gradient buffer are in the
 // accumulation type (float64 for float64, else float32), as on the GPU. Each entry
@@ -161,7 +161,7 @@ int emu_roi_align_backward(int dtype, const void* grad, const void* rois, void* 
 }
 
 int emu_divergent_barrier(char* err, int err_len) {
-  return guarded(err, err_len, [&] { cuda_emulation::Launch{}(dim3(1), 8, divergent_barrier_kernel); });
+  return guarded(err, err_len, [&] { cuda_emulation::Launch{}(dim3(1), 8, 0, divergent_barrier_kernel); });
 }
 
 }  // extern "C"

@@ -1,84 +1,35 @@
 """The RoIAlign family's CUDA kernels, run on the CPU: tests/cuda_emulation compiles csrc/cuda/roi_align_kernels.cuh
-with g++ under an emulation of CUDA's block model (a thread per CUDA thread, barriers, shared memory, atomics) and
-runs each op's own launch plan. So the GPU code's indexing, block reductions, per-block statistics and launch order
-are checked here, against the CPU kernels (float32: the same arithmetic per output) and the float64 reference, on
-inputs that give one and several channel groups per RoI, edge boxes, non-finite features and degenerate maps. Every
-output starts as NaN, so an element no block writes shows. What the emulation cannot show (memory coalescing, races
+with g++ under an emulation of CUDA's block model (a thread per CUDA thread, barriers, shared memory, atomics; the
+`emu` fixture of tests/conftest.py) and runs each op's own launch plan. So the GPU code's indexing, block
+reductions, per-block statistics and launch order are checked here, against the CPU kernels (float32: the same
+arithmetic per output) and the float64 reference, on inputs that give one and several channel groups per RoI, edge
+boxes, non-finite features and degenerate maps. Every output starts as NaN, so an element no block writes shows. What the emulation cannot show (memory coalescing, races
 between blocks, timing) the GPU run does (benchmarks/gpu_run.sh)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
 
 import pytest
 import torch
 
+from cuda_emulation.emulation import I64, P, acc, call, code, poisoned, ptr
 from opmask_fast import _extension
 from opmask_fast.ops import reference
 from test_roi_align import edge_rois, random_rois
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODES = {"none": 0, "feature_std": 1, "feature_range": 2}
-P = ctypes.c_void_p
-I64 = ctypes.c_int64
-
-
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory):
-    """The kernels built for the emulation (a few seconds of g++); a build error fails the tests that use it."""
-    from torch.utils.cpp_extension import include_paths, library_paths
-
-    gxx = shutil.which(os.environ.get("CXX", "g++"))
-    if gxx is None:
-        pytest.skip("needs g++ to build the emulated kernels")
-    out = str(tmp_path_factory.mktemp("cuda_emulation") / "roi_align_emulated.so")
-    libdir = library_paths()[0]
-    cmd = [gxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wall",
-           f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
-           f"-I{ROOT}/csrc", f"-I{ROOT}/tests/cuda_emulation", *(f"-I{p}" for p in include_paths()),
-           f"{ROOT}/tests/cuda_emulation/roi_align_emulated.cpp", "-o", out, f"-L{libdir}", "-lc10",
-           f"-Wl,-rpath,{libdir}"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return ctypes.CDLL(out)
-
-
-def _call(fn, *args):
-    err = ctypes.create_string_buffer(512)
-    rc = fn(*args, err, len(err))
-    if rc != 0:
-        raise RuntimeError(err.value.decode())
-
-
-def _ptr(t):
-    return P(t.data_ptr()) if t is not None else P(None)
-
-
-def _poisoned(shape, dtype):
-    return torch.full(shape, float("nan"), dtype=dtype)
-
-
-DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-
-
-def _code(dtype):
-    return DTYPE_CODES[dtype]
-
-
-def _acc(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def emulated_roi_align(emu, x, rois, size, scale, sampling_ratio, aligned, roi_map=None, map_weight="none"):
     k, (ph, pw) = rois.shape[0], size
-    out = _poisoned((k, x.shape[1], ph, pw), x.dtype)
-    weights = _poisoned((k,), _acc(x.dtype))
-    _call(emu.emu_roi_align_forward, ctypes.c_int(_code(x.dtype)), _ptr(x), _ptr(rois), _ptr(roi_map), _ptr(out),
-          _ptr(weights), I64(MODES[map_weight]), *map(I64, (*x.shape, k, ph, pw)), ctypes.c_double(scale),
-          I64(sampling_ratio), ctypes.c_int(int(aligned)))
+    out = poisoned((k, x.shape[1], ph, pw), x.dtype)
+    weights = poisoned((k,), acc(x.dtype))
+    call(emu.emu_roi_align_forward, code(x.dtype), ptr(x), ptr(rois), ptr(roi_map), ptr(out),
+         ptr(weights), I64(MODES[map_weight]), *map(I64, (*x.shape, k, ph, pw)), ctypes.c_double(scale),
+         I64(sampling_ratio), ctypes.c_int(int(aligned)))
     return out, weights
 
 
@@ -87,7 +38,7 @@ def _inputs(seed, *, n=2, c=40, h=19, w=23, k=12, size=(7, 7), scale=0.5, dtype=
     x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).to(dtype)
     rois = torch.cat([random_rois(k, n, h, w, scale=scale, gen=gen), edge_rois(int(h / scale), int(w / scale))])
     roi_map = torch.rand(rois.shape[0], *size, generator=gen, dtype=torch.float64).to(dtype)
-    return x, rois.to(_acc(dtype)), roi_map
+    return x, rois.to(acc(dtype)), roi_map
 
 
 # (channels, pooled size): one channel group per RoI (7 x 15 outputs), two (40 x 49: 21 channels per block), and one
@@ -163,12 +114,12 @@ def test_multi_level_matches_roi_align_per_level(emu, dtype, mode):
     rois = random_rois(14, 2, 24, 27, scale=0.25, gen=gen).to(dtype)
     levels = torch.randint(0, 3, (14,), generator=gen)
     roi_map = torch.rand(14, 7, 7, generator=gen, dtype=torch.float64).to(dtype)
-    out = _poisoned((14, 30, 7, 7), dtype)
+    out = poisoned((14, 30, 7, 7), dtype)
     data = (P * 3)(*(f.data_ptr() for f in feats))
     heights, widths = (I64 * 3)(*(f.shape[2] for f in feats)), (I64 * 3)(*(f.shape[3] for f in feats))
-    _call(emu.emu_multi_level_roi_align, ctypes.c_int(_code(dtype)), I64(3), data, heights, widths,
-          (ctypes.c_double * 3)(*scales), _ptr(rois), _ptr(levels), _ptr(roi_map), _ptr(out), I64(MODES[mode]),
-          I64(2), I64(30), I64(14), I64(7), I64(7), I64(2), ctypes.c_int(1))
+    call(emu.emu_multi_level_roi_align, code(dtype), I64(3), data, heights, widths,
+         (ctypes.c_double * 3)(*scales), ptr(rois), ptr(levels), ptr(roi_map), ptr(out), I64(MODES[mode]),
+         I64(2), I64(30), I64(14), I64(7), I64(7), I64(2), ctypes.c_int(1))
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     for lv in range(3):
         sel = levels == lv
@@ -180,19 +131,20 @@ def test_multi_level_matches_roi_align_per_level(emu, dtype, mode):
 def test_multi_level_refuses_a_level_out_of_range(emu):
     x = torch.randn(1, 4, 8, 8)
     rois = torch.tensor([[0, 1.0, 1.0, 5.0, 5.0], [0, 2.0, 2.0, 6.0, 6.0]])
-    out = _poisoned((2, 4, 2, 2), torch.float32)
+    out = poisoned((2, 4, 2, 2), torch.float32)
+    levels = torch.tensor([0, 1])  # level 1 of a one-level pyramid
     with pytest.raises(RuntimeError, match="CUDA_KERNEL_ASSERT"):
-        _call(emu.emu_multi_level_roi_align, ctypes.c_int(0), I64(1), (P * 1)(x.data_ptr()), (I64 * 1)(8),
-              (I64 * 1)(8), (ctypes.c_double * 1)(1.0), _ptr(rois), _ptr(torch.tensor([0, 1])), P(None), _ptr(out),
-              I64(0), I64(1), I64(4), I64(2), I64(2), I64(2), I64(2), ctypes.c_int(1))
+        call(emu.emu_multi_level_roi_align, ctypes.c_int(0), I64(1), (P * 1)(x.data_ptr()), (I64 * 1)(8),
+             (I64 * 1)(8), (ctypes.c_double * 1)(1.0), ptr(rois), ptr(levels), P(None), ptr(out),
+             I64(0), I64(1), I64(4), I64(2), I64(2), I64(2), I64(2), ctypes.c_int(1))
 
 
 def emulated_add_weighted_map(emu, features, roi_map, mode):
-    out = _poisoned(features.shape, features.dtype)
-    weights = _poisoned((features.shape[0],), _acc(features.dtype))
+    out = poisoned(features.shape, features.dtype)
+    weights = poisoned((features.shape[0],), acc(features.dtype))
     k, c, h, w = features.shape
-    _call(emu.emu_add_weighted_map, ctypes.c_int(_code(features.dtype)), _ptr(features), _ptr(roi_map), _ptr(out),
-          _ptr(weights), I64(MODES[mode]), I64(k), I64(c), I64(h * w))
+    call(emu.emu_add_weighted_map, code(features.dtype), ptr(features), ptr(roi_map), ptr(out),
+         ptr(weights), I64(MODES[mode]), I64(k), I64(c), I64(h * w))
     return out, weights
 
 
@@ -227,9 +179,9 @@ def test_roi_align_backward_matches_the_reference(emu, dtype, c, size):
     """The atomics' scatter of each output's gradient, against the reference's gradient."""
     x, rois, _ = _inputs(9, c=c, size=size, dtype=dtype)
     grad = torch.randn(rois.shape[0], c, *size, generator=torch.Generator().manual_seed(4), dtype=dtype)
-    gx = torch.zeros(x.shape, dtype=_acc(dtype))  # the kernel accumulates into a zeroed buffer, as the launcher's
-    _call(emu.emu_roi_align_backward, ctypes.c_int(_code(dtype)), _ptr(grad), _ptr(rois), _ptr(gx),
-          *map(I64, (*x.shape, rois.shape[0], *size)), ctypes.c_double(0.5), I64(0), ctypes.c_int(1))
+    gx = torch.zeros(x.shape, dtype=acc(dtype))  # the kernel accumulates into a zeroed buffer, as the launcher's
+    call(emu.emu_roi_align_backward, code(dtype), ptr(grad), ptr(rois), ptr(gx),
+         *map(I64, (*x.shape, rois.shape[0], *size)), ctypes.c_double(0.5), I64(0), ctypes.c_int(1))
     xr = x.double().requires_grad_()
     exp = reference.roi_align(xr, rois.double(), size, 0.5, 0, True)
     (ex,) = torch.autograd.grad(exp, xr, grad.double())
@@ -240,12 +192,13 @@ def test_roi_align_backward_matches_the_reference(emu, dtype, c, size):
 def test_the_emulation_refuses_a_barrier_under_a_divergent_branch(emu):
     """The check that the tests above rely on: threads that pass different numbers of barriers fail the launch."""
     with pytest.raises(RuntimeError, match="barriers"):
-        _call(emu.emu_divergent_barrier)
+        call(emu.emu_divergent_barrier)
 
 
 def test_the_cuda_kernels_run_their_plans():
-    """The launchers in csrc/cuda run the plans the emulation runs (not kernels of their own)."""
-    for name in ("roi_align_kernel.cu", "multi_level_roi_align_kernel.cu", "add_weighted_map_kernel.cu"):
+    """The launchers in csrc/cuda run the plans the emulation runs (no kernel or launch of their own)."""
+    for name in ("roi_align_kernel.cu", "multi_level_roi_align_kernel.cu", "add_weighted_map_kernel.cu",
+                 "nms_kernel.cu"):
         with open(os.path.join(ROOT, "csrc", "cuda", name)) as f:
             src = f.read()
         assert "_plan<" in src and "__global__" not in src and "<<<" not in src, name
