@@ -15,11 +15,12 @@
 #include <barrier>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <mutex>
-#include <cstdint>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -36,9 +37,10 @@ inline thread_local dim3 thread_idx, block_idx;
 inline dim3 block_dim, grid_dim;
 inline thread_local std::barrier<>* block_barrier = nullptr;
 inline thread_local int64_t barriers_passed = 0;
-inline std::atomic<int64_t> failed_block{-1};
+inline std::atomic<int64_t> failed_block{-1};  // the first block in which a CUDA_KERNEL_ASSERT failed, or -1
+inline const char* failed_condition = "";       // its condition
 inline std::vector<unsigned char> dynamic_smem;
-constexpr int kWatchdogSeconds = 300;  // the first block in which a CUDA_KERNEL_ASSERT failed
+constexpr int kWatchdogSeconds = 300;
 
 // A failed CUDA_KERNEL_ASSERT ends its thread, as a trap ends the kernel on a GPU; the launch then fails.
 struct AssertFailure {
@@ -87,9 +89,9 @@ void run_grid(dim3 grid, unsigned threads, Body body) {
         barriers_passed = 0;
         try {
           body();
-        } catch (const AssertFailure&) {
+        } catch (const AssertFailure& failure) {
           int64_t none = -1;
-          failed_block.compare_exchange_strong(none, b);
+          if (failed_block.compare_exchange_strong(none, b)) failed_condition = failure.condition;
         }
         passed[b * threads + t] = barriers_passed;
         block_barrier->arrive_and_drop();  // an exited thread no longer holds the others at a barrier
@@ -110,7 +112,9 @@ void run_grid(dim3 grid, unsigned threads, Body body) {
   auto where = [&](int64_t b) {
     return "block (" + std::to_string(b % grid.x) + ", " + std::to_string(b / grid.x % grid.y) + ")";
   };
-  if (failed_block >= 0) throw std::runtime_error("a CUDA_KERNEL_ASSERT failed in " + where(failed_block));
+  if (failed_block >= 0)
+    throw std::runtime_error("CUDA_KERNEL_ASSERT(" + std::string(failed_condition) + ") failed in " +
+                             where(failed_block));
   for (int64_t b = 0; b < blocks; ++b) {
     for (unsigned t = 1; t < threads; ++t)
       if (passed[b * threads + t] != passed[b * threads])
@@ -130,6 +134,18 @@ struct Launch {
     run_grid(grid, static_cast<unsigned>(threads), [&] { kernel(static_cast<KernelArgs>(args)...); });
   }
 };
+
+// The C entry points of the emulated ops: 0, or 1 with the exception's message in err.
+template <typename F>
+int guarded(char* err, int err_len, F body) {
+  try {
+    body();
+    return 0;
+  } catch (const std::exception& e) {
+    std::snprintf(err, static_cast<size_t>(err_len), "%s", e.what());
+    return 1;
+  }
+}
 
 }  // namespace cuda_emulation
 

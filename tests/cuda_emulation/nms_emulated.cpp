@@ -5,8 +5,6 @@
 
 #include "block_model.h"
 
-#include <cstdio>
-#include <exception>
 #include <vector>
 
 #include "cuda/nms_kernels.cuh"
@@ -14,17 +12,6 @@
 using namespace opmask_fast;
 
 namespace {
-
-template <typename F>
-int guarded(char* err, int err_len, F body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    std::snprintf(err, static_cast<size_t>(err_len), "%s", e.what());
-    return 1;
-  }
-}
 
 // The bitmask as the launcher allocates it (uninitialised there: every word is written), filled with ones here so a
 // word the mask kernel skips would suppress everything after it.
@@ -62,7 +49,7 @@ extern "C" {
 
 // keep[n]: flags of the score-sorted boxes (zeroed by the caller, as the launcher's).
 int emu_nms_bitmask(int dtype, int64_t n, double threshold, const void* sorted, bool* keep, char* err, int err_len) {
-  return guarded(err, err_len, [&] {
+  return cuda_emulation::guarded(err, err_len, [&] {
     dtype == 1 ? bitmask<double>(n, threshold, sorted, keep) : bitmask<float>(n, threshold, sorted, keep);
   });
 }
@@ -70,7 +57,7 @@ int emu_nms_bitmask(int dtype, int64_t n, double threshold, const void* sorted, 
 // sorted_scores may be null (batched_nms: every box a candidate); keep zeroed by the caller.
 int emu_nms_grouped(int dtype, int64_t n, const int64_t* group_order, const void* sorted, const void* sorted_scores,
                     const int64_t* cls, double threshold, int64_t max_keep, bool* keep, char* err, int err_len) {
-  return guarded(err, err_len, [&] {
+  return cuda_emulation::guarded(err, err_len, [&] {
     dtype == 1 ? grouped<double>(n, group_order, sorted, sorted_scores, cls, threshold, max_keep, keep)
                : grouped<float>(n, group_order, sorted, sorted_scores, cls, threshold, max_keep, keep);
   });
@@ -79,7 +66,7 @@ int emu_nms_grouped(int dtype, int64_t n, const int64_t* group_order, const void
 // out[max_keep] filled with -1 and *count zeroed by the caller, as the launcher's.
 int emu_nms_topk(int dtype, int64_t n, double threshold, const void* sorted, const int64_t* order,
                  const void* sorted_scores, int64_t max_keep, int64_t* out, int64_t* count, char* err, int err_len) {
-  return guarded(err, err_len, [&] {
+  return cuda_emulation::guarded(err, err_len, [&] {
     dtype == 1 ? topk<double>(n, threshold, sorted, order, sorted_scores, max_keep, out, count)
                : topk<float>(n, threshold, sorted, order, sorted_scores, max_keep, out, count);
   });

@@ -12,8 +12,6 @@
 #include "block_model.h"
 
 #include <cmath>
-#include <cstdio>
-#include <exception>
 #include <limits>
 #include <vector>
 
@@ -36,17 +34,6 @@ struct Acc<double> {
 std::vector<MapStats> poisoned_partials(int64_t k, dim3 grid) {
   const double nan = std::numeric_limits<double>::quiet_NaN();
   return std::vector<MapStats>(static_cast<size_t>(k * grid.y), MapStats{nan, nan, nan, {nan, nan, false}});
-}
-
-template <typename F>
-int guarded(char* err, int err_len, F body) {
-  try {
-    body();
-    return 0;
-  } catch (const std::exception& e) {
-    std::snprintf(err, static_cast<size_t>(err_len), "%s", e.what());
-    return 1;
-  }
 }
 
 template <typename scalar_t>
@@ -129,7 +116,7 @@ int emu_roi_align_forward(int dtype, const void* input, const void* rois, const 
                           void* weights, int64_t map_weight, int64_t n, int64_t c, int64_t h, int64_t w, int64_t k,
                           int64_t ph, int64_t pw, double scale, int64_t sampling_ratio, int aligned, char* err,
                           int err_len) {
-  return guarded(err, err_len, [&] {
+  return cuda_emulation::guarded(err, err_len, [&] {
     DISPATCH(dtype, roi_align_forward, input, rois, roi_map, out, weights, map_weight, n, c, h, w, k, ph, pw, scale,
              sampling_ratio, aligned != 0);
   });
@@ -139,7 +126,7 @@ int emu_multi_level_roi_align(int dtype, int64_t count, const void* const* data,
                               const int64_t* widths, const double* scales, const void* rois, const int64_t* levels,
                               const void* roi_map, void* out, int64_t map_weight, int64_t n, int64_t c, int64_t k,
                               int64_t ph, int64_t pw, int64_t sampling_ratio, int aligned, char* err, int err_len) {
-  return guarded(err, err_len, [&] {
+  return cuda_emulation::guarded(err, err_len, [&] {
     DISPATCH(dtype, multi_level, count, data, heights, widths, scales, rois, levels, roi_map, out, map_weight, n, c,
              k, ph, pw, sampling_ratio, aligned != 0);
   });
@@ -147,21 +134,23 @@ int emu_multi_level_roi_align(int dtype, int64_t count, const void* const* data,
 
 int emu_add_weighted_map(int dtype, const void* features, const void* roi_map, void* out, void* weights,
                          int64_t map_weight, int64_t k, int64_t c, int64_t nbins, char* err, int err_len) {
-  return guarded(err, err_len,
-                 [&] { DISPATCH(dtype, add_weighted_map, features, roi_map, out, weights, map_weight, k, c, nbins); });
+  return cuda_emulation::guarded(err, err_len, [&] {
+    DISPATCH(dtype, add_weighted_map, features, roi_map, out, weights, map_weight, k, c, nbins);
+  });
 }
 
 int emu_roi_align_backward(int dtype, const void* grad, const void* rois, void* grad_input, int64_t n, int64_t c,
                            int64_t h, int64_t w, int64_t k, int64_t ph, int64_t pw, double scale,
                            int64_t sampling_ratio, int aligned, char* err, int err_len) {
-  return guarded(err, err_len, [&] {
+  return cuda_emulation::guarded(err, err_len, [&] {
     DISPATCH(dtype, roi_align_backward, grad, rois, grad_input, n, c, h, w, k, ph, pw, scale, sampling_ratio,
              aligned != 0);
   });
 }
 
 int emu_divergent_barrier(char* err, int err_len) {
-  return guarded(err, err_len, [&] { cuda_emulation::Launch{}(dim3(1), 8, 0, divergent_barrier_kernel); });
+  return cuda_emulation::guarded(err, err_len,
+                                 [&] { cuda_emulation::Launch{}(dim3(1), 8, 0, divergent_barrier_kernel); });
 }
 
 }  // extern "C"

@@ -49,7 +49,7 @@ class FPN(nn.Module):
             prev = self.lateral_convs[i](feats[i]) + top_down
             outs.insert(0, self.output_convs[i](prev))
         # P6: every second row and column of P5, which is max_pool2d(kernel_size=1, stride=2) (detectron2's
-        # LastLevelMaxPool) written as a slice: torch < 2.14 guards on P5's size parity when exporting that pooling
-        # with a dynamic image size, and the slice has no such guard.
+        # LastLevelMaxPool) written as a slice: torch 2.11's export guards on P5's size parity in that pooling's
+        # output size and so refuses a dynamic image size; the slice has no such guard.
         outs.append(outs[-1][:, :, ::2, ::2])
         return outs
