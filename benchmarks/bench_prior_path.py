@@ -150,8 +150,9 @@ def floor_bytes(R: int, dtype: torch.dtype, mode: str, recipe: str) -> int:
     return size * (out + box + (out + box + n * d * h * w if mode == "fwd+bwd" else 0))
 
 
-def kernel_ms(step, reps: int = 20) -> float:
-    """The GPU kernels' own time per call (profiler), without the host's launch gaps."""
+def kernel_ms(step, reps: int = 20) -> tuple[float, list[tuple[str, float]]]:
+    """The GPU kernels' own time per call (profiler), without the host's launch gaps, and the four costliest kernels
+    (short name, ms per call): which of RoIAlign's pooling, the map's add or the prior the time goes to."""
     from torch.profiler import ProfilerActivity, profile
     step()
     torch.cuda.synchronize()
@@ -159,8 +160,26 @@ def kernel_ms(step, reps: int = 20) -> float:
         for _ in range(reps):
             step()
         torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages())
-    return total_us / reps / 1e3
+    events = [e for e in prof.key_averages() if e.self_device_time_total > 0]
+    total_us = sum(e.self_device_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:4]
+    return total_us / reps / 1e3, [(short_kernel_name(e.key), e.self_device_time_total / reps / 1e3) for e in top]
+
+
+def short_kernel_name(name: str) -> str:
+    """A kernel's name without namespaces, template arguments and parameters:
+    `void opmask_fast::add_weighted_map_kernel<float, float>(...)` -> `add_weighted_map_kernel`; a name that is no
+    C++ signature (a Triton kernel, a memcpy) as it is."""
+    if "::" not in name and "<" not in name:
+        return name.split("(")[0].strip()[:40]
+    name = name.split("(")[0]
+    depth, base = 0, ""
+    for ch in name:  # drop <...> template arguments, nested ones included
+        depth += ch == "<"
+        if depth == 0:
+            base += ch
+        depth -= ch == ">"
+    return base.split()[-1].split("::")[-1] if base.split() else name[:40]
 
 
 RECIPES = ("none", "feature_std", "feature_std_maskres")
@@ -182,7 +201,8 @@ def test_prior_path(benchmark, provider, recipe, R, dtype, mode):
     timed()
     benchmark.pedantic(timed, rounds=20 if CUDA else 10, iterations=1, warmup_rounds=1)
     if CUDA:
-        ms = kernel_ms(step)
+        ms, top = kernel_ms(step)
         benchmark.extra_info["kernel_ms"] = ms
+        benchmark.extra_info["top_kernels"] = top
         benchmark.extra_info["floor_GBps"] = floor_bytes(R, dtype, mode, recipe) / (ms * 1e-3) / 1e9
         benchmark.extra_info["device"] = torch.cuda.get_device_name()

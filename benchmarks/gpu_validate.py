@@ -243,14 +243,16 @@ def cmd_summary(args) -> None:
     if path:
         lines += ["", "the model's prior path (benchmarks/bench_prior_path.py): host ms (median, with a sync) and the "
                       "kernels' ms (profiler), their floor bytes per second over the datasheet HBM bandwidth", "",
-                  "| case | provider | host ms | kernel ms | floor fraction |", "|---|---|---|---|---|"]
+                  "| case | provider | host ms | kernel ms | floor fraction | costliest kernels (ms) |",
+                  "|---|---|---|---|---|---|"]
         for b in sorted(path["benchmarks"], key=lambda b: (b["group"], b["params"]["provider"])):
             extra = b.get("extra_info", {})
             kernel = f"{extra['kernel_ms']:.3f}" if "kernel_ms" in extra else "-"
             sheet = next((v for k, v in DATASHEET_TBS.items() if k in extra.get("device", "")), None)
             floor = f"{extra['floor_GBps'] / (sheet * 1e3):.2f}" if sheet and "floor_GBps" in extra else "-"
+            top = ", ".join(f"{name} {ms:.3f}" for name, ms in extra.get("top_kernels", [])) or "-"
             lines.append(f"| {b['group']} | {b['params']['provider']} | {b['stats']['median'] * 1e3:.3f} | {kernel} | "
-                         f"{floor} |")
+                         f"{floor} | {top} |")
     train = _load(os.path.join(args.out, "train_metrics.json"))
     log = os.path.join(args.out, "train_metrics.jsonl")
     if os.path.exists(log):

@@ -38,6 +38,12 @@ def test_summary_table(tmp_path):
             "rows": [{"dtype": "bf16", "recipe": "headline", "step_s": 0.2, "without_prior_s": 0.198, "share": 0.01,
                       "prior_kernels_ms": 0.5}]}
     (tmp_path / "train_step.json").write_text(json.dumps(step))
+    path = {"benchmarks": [{"group": "prior path feature_std R=512 float32 fwd cuda", "params": {"provider": "fused"},
+                            "stats": {"median": 0.002},
+                            "extra_info": {"kernel_ms": 1.5, "floor_GBps": 900.0, "device": "GPU X",
+                                           "top_kernels": [["roi_align_forward_kernel", 1.0],
+                                                           ["add_weighted_map_kernel", 0.4]]}}]}
+    (tmp_path / "prior_path.json").write_text(json.dumps(path))
     # as train writes it: training records, then the evaluation's record
     (tmp_path / "train_metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
         {"iteration": 40, "seconds_per_iter": 0.7, "loss": 3.0}, {"iteration": 50, "seconds_per_iter": 0.5, "loss": 2.0},
@@ -53,5 +59,24 @@ def test_summary_table(tmp_path):
     assert "| R=512 fp32 fwd | 0.500 | 0.200 | 0.100 | 2.0x | 2.50x |" in out
     assert "| OPMask | bf16 | 1 | 0.0300 | 0.0250 | 0.0190 |" in out and "| paste | 0.250 | 1.500 |" in out
     assert "| bf16 | headline | 0.2000 | 0.1980 | 1.0% | 0.500 |" in out
+    assert ("| prior path feature_std R=512 float32 fwd cuda | fused | 2.000 | 1.500 | - | roi_align_forward_kernel "
+            "1.000, add_weighted_map_kernel 0.400 |") in out
     assert "training: 50 iterations, 0.500 s/iter, last loss 2.000" in out and "evaluation: 50 images" in out
     assert (tmp_path / "summary.md").read_text().strip() == out.strip()
+
+
+def test_kernel_names_are_shortened_for_the_prior_path_table():
+    pytest.importorskip("torchvision")
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from bench_prior_path import short_kernel_name
+
+    cases = {
+        "void opmask_fast::add_weighted_map_kernel<float, float>(float const*, float const*, float*, "
+        "opmask_fast::MapStats const*, float*, long, long, long, long)": "add_weighted_map_kernel",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>, std::array<char*, 1ul> >"
+        "(int, at::native::FillFunctor<float>, std::array<char*, 1ul>)": "vectorized_elementwise_kernel",
+        "_object_prior_add_fwd_kernel": "_object_prior_add_fwd_kernel",
+        "Memcpy DtoD (Device -> Device)": "Memcpy DtoD",
+    }
+    for name, short in cases.items():
+        assert short_kernel_name(name) == short
