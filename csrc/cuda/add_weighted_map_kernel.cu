@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor> add_weighted_map_cuda(const at::Tensor& featu
   if (out.numel() == 0) return {out, weights};
   int64_t cpb = 0;
   const dim3 grid = grid_for(k, features.size(1), nbins, &cpb);
-  at::Tensor partials = map_stats_buffer(k, grid, features.device());
+  at::Tensor partials = map_stats_buffer(map_weight, k, grid, features.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "add_weighted_map_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     add_weighted_map_plan<scalar_t, acc_t>(CudaLaunch{}, grid, cpb, features.const_data_ptr<scalar_t>(),

@@ -19,16 +19,19 @@ struct CudaLaunch {
   }
 };
 
-// Room for one MapStats per block of grid (K x groups), uninitialised: every block writes its own slot.
-inline at::Tensor map_stats_buffer(int64_t k, dim3 grid, const at::Device& device) {
+// Room for one MapStats per block of grid (K x groups), uninitialised (every block writes its own slot); undefined
+// for map_weight none, which reads no statistics.
+inline at::Tensor map_stats_buffer(int64_t map_weight, int64_t k, dim3 grid, const at::Device& device) {
   static_assert(sizeof(MapStats) % sizeof(double) == 0, "MapStats is stored as doubles");
+  if (map_weight == kMapWeightNone) return at::Tensor();
   const int64_t per_block = sizeof(MapStats) / sizeof(double);
   return at::empty({k, static_cast<int64_t>(grid.y), per_block},
                    at::TensorOptions().dtype(at::kDouble).device(device));
 }
 
+// The buffer as the kernels take it (null when undefined).
 inline MapStats* map_stats_ptr(at::Tensor& buffer) {
-  return reinterpret_cast<MapStats*>(buffer.mutable_data_ptr<double>());
+  return buffer.defined() ? reinterpret_cast<MapStats*>(buffer.mutable_data_ptr<double>()) : nullptr;
 }
 
 }  // namespace opmask_fast

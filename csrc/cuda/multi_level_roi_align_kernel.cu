@@ -39,8 +39,7 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features_, const at::Tensor
   int64_t cpb = 0;
   TORCH_CHECK(k < (int64_t(1) << 31), "opmask_fast::multi_level_roi_align: too many RoIs");
   const dim3 grid = grid_for(k, c, ph * pw, &cpb);
-  at::Tensor partials;
-  if (map_weight != kMapWeightNone) partials = map_stats_buffer(k, grid, out.device());
+  at::Tensor partials = map_stats_buffer(map_weight, k, grid, out.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "multi_level_roi_align_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     LevelMaps<scalar_t, acc_t> maps{};
@@ -54,9 +53,8 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features_, const at::Tensor
     multi_level_plan<scalar_t, acc_t>(CudaLaunch{}, grid, cpb, maps, rois.const_data_ptr<acc_t>(),
                                       levels.const_data_ptr<int64_t>(),
                                       roi_map.defined() ? roi_map.const_data_ptr<scalar_t>() : nullptr,
-                                      out.mutable_data_ptr<scalar_t>(),
-                                      partials.defined() ? map_stats_ptr(partials) : nullptr, map_weight, n, c, ph,
-                                      pw, sampling_ratio, aligned);
+                                      out.mutable_data_ptr<scalar_t>(), map_stats_ptr(partials), map_weight, n, c,
+                                      ph, pw, sampling_ratio, aligned);
   });
   return out;
 }

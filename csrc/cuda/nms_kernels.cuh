@@ -170,13 +170,21 @@ inline int nms_gather_threads(int64_t col_blocks) {
   return ((threads + 31) / 32) * 32;
 }
 
+// The pairwise mask over the sorted boxes (n x col_blocks words; categories cls or null), one block per 64 x 64 tile.
+template <typename acc_t, typename Launch>
+void nms_mask_launch(Launch&& launch, int64_t n, float threshold, const acc_t* sorted, const int64_t* cls,
+                     unsigned long long* mask) {
+  const int64_t col_blocks = nms_col_blocks(n);
+  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));
+  launch(grid, kBoxesPerWord, 0, nms_mask_kernel<acc_t>, n, threshold, sorted, cls, mask, col_blocks);
+}
+
 // nms: keep flags of the sorted boxes by the bitmask walk. mask holds n x col_blocks words.
 template <typename acc_t, typename Launch>
 void nms_bitmask_plan(Launch&& launch, int64_t n, float threshold, const acc_t* sorted, const int64_t* cls,
                       unsigned long long* mask, bool* keep) {
   const int64_t col_blocks = nms_col_blocks(n);
-  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));
-  launch(grid, kBoxesPerWord, 0, nms_mask_kernel<acc_t>, n, threshold, sorted, cls, mask, col_blocks);
+  nms_mask_launch<acc_t>(launch, n, threshold, sorted, cls, mask);
   launch(dim3(1), nms_gather_threads(col_blocks), col_blocks * sizeof(unsigned long long), nms_gather_kernel, n,
          col_blocks, static_cast<const unsigned long long*>(mask), keep);
 }
@@ -199,9 +207,7 @@ void nms_topk_plan(Launch&& launch, int64_t n, float threshold, const acc_t* sor
                    const acc_t* sorted_scores, int64_t max_keep, unsigned long long* mask, int64_t* out,
                    int64_t* count) {
   const int64_t col_blocks = nms_col_blocks(n);
-  const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));
-  launch(grid, kBoxesPerWord, 0, nms_mask_kernel<acc_t>, n, threshold, sorted, static_cast<const int64_t*>(nullptr),
-         mask, col_blocks);
+  nms_mask_launch<acc_t>(launch, n, threshold, sorted, static_cast<const int64_t*>(nullptr), mask);
   launch(dim3(1), nms_gather_threads(col_blocks), col_blocks * sizeof(unsigned long long),
          nms_topk_gather_kernel<acc_t>, n, col_blocks, static_cast<const unsigned long long*>(mask), order,
          sorted_scores, max_keep, out, count);

@@ -66,7 +66,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cuda(const at::Tensor& inp
   if (out.numel() == 0) return {out, weights};
   int64_t cpb = 0;
   const dim3 grid = grid_for(k, c, ph * pw, &cpb);
-  at::Tensor partials = map_stats_buffer(k, grid, input.device());
+  at::Tensor partials = map_stats_buffer(map_weight, k, grid, input.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "roi_align_weighted_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     roi_align_forward_plan<scalar_t, acc_t>(

@@ -160,6 +160,15 @@ __global__ void roi_align_backward_kernel(const scalar_t* __restrict__ grad, con
 
 // The plans. grid = grid_for(k, c, nbins, &cpb); partials holds k x grid.y MapStats (null without a weight).
 
+// The weighted add over the (RoI, group) grid, after the partials are written (src and dst alias in place).
+template <typename scalar_t, typename acc_t, typename Launch>
+void add_weighted_map_launch(Launch&& launch, dim3 grid, int64_t cpb, const scalar_t* src, const scalar_t* roi_map,
+                             scalar_t* dst, const MapStats* partials, acc_t* weights, int64_t map_weight, int64_t c,
+                             int64_t nbins) {
+  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, src, roi_map, dst, partials, weights, c, nbins,
+         cpb, map_weight);
+}
+
 // roi_align (roi_map added as is, or none) and roi_align_weighted (map_weight != none: weights Tensor[K]).
 template <typename scalar_t, typename acc_t, typename Launch>
 void roi_align_forward_plan(Launch&& launch, dim3 grid, int64_t cpb, const scalar_t* input, const acc_t* rois,
@@ -174,8 +183,8 @@ void roi_align_forward_plan(Launch&& launch, dim3 grid, int64_t cpb, const scala
   launch(grid, kThreads, 0, roi_align_forward_kernel<scalar_t, acc_t, true>, input, rois,
          static_cast<const scalar_t*>(nullptr), out, partials, n, c, h, w, ph, pw, spatial_scale, sampling_ratio,
          aligned, cpb);
-  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, static_cast<const scalar_t*>(out), roi_map, out,
-         static_cast<const MapStats*>(partials), weights, c, ph * pw, cpb, map_weight);
+  add_weighted_map_launch<scalar_t, acc_t>(launch, grid, cpb, out, roi_map, out, partials, weights, map_weight, c,
+                                           ph * pw);
 }
 
 template <typename scalar_t, typename acc_t, typename Launch>
@@ -190,8 +199,8 @@ void multi_level_plan(Launch&& launch, dim3 grid, int64_t cpb, const LevelMaps<s
   }
   launch(grid, kThreads, 0, multi_level_kernel<scalar_t, acc_t, true>, maps, rois, levels,
          static_cast<const scalar_t*>(nullptr), out, partials, n, c, ph, pw, sampling_ratio, aligned, cpb);
-  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, static_cast<const scalar_t*>(out), roi_map, out,
-         static_cast<const MapStats*>(partials), static_cast<acc_t*>(nullptr), c, ph * pw, cpb, map_weight);
+  add_weighted_map_launch<scalar_t, acc_t>(launch, grid, cpb, out, roi_map, out, partials, nullptr, map_weight, c,
+                                           ph * pw);
 }
 
 // add_weighted_map: features Tensor[K, C, nbins] -> out, weights Tensor[K].
@@ -201,8 +210,8 @@ void add_weighted_map_plan(Launch&& launch, dim3 grid, int64_t cpb, const scalar
                            int64_t nbins) {
   if (map_weight != kMapWeightNone)
     launch(grid, kThreads, 0, map_stats_kernel<scalar_t>, features, partials, c, nbins, cpb);
-  launch(grid, kThreads, 0, add_weighted_map_kernel<scalar_t, acc_t>, features, roi_map, out,
-         static_cast<const MapStats*>(partials), weights, c, nbins, cpb, map_weight);
+  add_weighted_map_launch<scalar_t, acc_t>(launch, grid, cpb, features, roi_map, out, partials, weights, map_weight, c,
+                                           nbins);
 }
 
 template <typename scalar_t, typename acc_t, typename Launch>
