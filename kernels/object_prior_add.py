@@ -247,12 +247,17 @@ def _box_grad_rows_kernel(
         c = c0 + c_off
         c_ok = c < C
         acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
-        for i in range(first, last):  # the RoIs reading this row, in RoI order (a row no RoI reads gets zeros)
+        # The RoIs reading this row, in RoI order (a row no RoI reads gets zeros). A while loop, not range() over the
+        # loaded bounds: Triton's interpreter (3.6) turns range()'s bounds into Python ints, which numpy 2 refuses
+        # for its 1-element arrays; compiled, both are the same scf loop.
+        i = first
+        while i < last:
             r = tl.load(order_ptr + i)
             cls = tl.load(cls_ptr + r)
             w = tl.load(w_ptr + cls * C + c, mask=c_ok, other=0.0).to(tl.float32)
             g = tl.load(gcam_ptr + r * P + p, mask=p_ok, other=0.0)
             acc += w[:, None] * g[None, :]
+            i += 1
         tl.store(gbf_ptr + n * C * P + c[:, None] * P + p[None, :], acc.to(gbf_ptr.dtype.element_ty),
                  mask=c_ok[:, None] & p_ok[None, :])
 
