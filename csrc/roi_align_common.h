@@ -82,8 +82,8 @@ C10_HOST_DEVICE inline AxisTap<acc_t> axis_tap(acc_t start, acc_t bin, int64_t p
   AxisTap<acc_t> t;
   acc_t v = start + static_cast<acc_t>(p) * bin +
             (static_cast<acc_t>(i) + static_cast<acc_t>(0.5)) * bin / static_cast<acc_t>(grid);
-  // Written so that NaN also lands in the "outside" branch.
-  if (!(v >= static_cast<acc_t>(-1) && v <= static_cast<acc_t>(size))) {
+  // Written so that NaN also lands in the "outside" branch; an empty axis (size 0) has no pixel to read.
+  if (size <= 0 || !(v >= static_cast<acc_t>(-1) && v <= static_cast<acc_t>(size))) {
     t.lo = 0;
     t.hi = 0;
     t.w_lo = 0;

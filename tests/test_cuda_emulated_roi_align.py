@@ -139,6 +139,30 @@ def test_multi_level_refuses_a_level_out_of_range(emu):
              I64(0), I64(1), I64(4), I64(2), I64(2), I64(2), I64(2), ctypes.c_int(1))
 
 
+@pytest.mark.parametrize("empty", [(0, 5), (5, 0)])
+def test_an_empty_level_reads_nothing(emu, empty):
+    """Samples within a pixel of an empty axis tap nothing (they once read pixel -1): the map alone, and no gradient
+    written."""
+    x = torch.randn(1, 4, 8, 8, dtype=torch.float64)
+    e = torch.randn(1, 4, *empty, dtype=torch.float64)
+    rois = torch.tensor([[0, 0.0, 0.0, 2.0, 2.0], [0, -0.6, -0.3, 0.4, 0.2], [0, 1.0, 1.0, 6.0, 5.0]],
+                        dtype=torch.float64)
+    levels = torch.tensor([1, 1, 0])
+    roi_map = torch.rand(3, 2, 2, dtype=torch.float64)
+    out = poisoned((3, 4, 2, 2), torch.float64)
+    call(emu.emu_multi_level_roi_align, code(torch.float64), I64(2), (P * 2)(x.data_ptr(), e.data_ptr()),
+         (I64 * 2)(8, empty[0]), (I64 * 2)(8, empty[1]), (ctypes.c_double * 2)(1.0, 0.5), ptr(rois), ptr(levels),
+         ptr(roi_map), ptr(out), I64(0), I64(1), I64(4), I64(3), I64(2), I64(2), I64(2), ctypes.c_int(1))
+    torch.testing.assert_close(out[:2], roi_map[:2, None].expand(2, 4, 2, 2), rtol=0, atol=0)
+    exp = reference.roi_align(x, rois[2:], (2, 2), 1.0, 2, True, roi_map=roi_map[2:])
+    torch.testing.assert_close(out[2:], exp, rtol=1e-12, atol=1e-12)
+    ge = torch.zeros(e.shape, dtype=torch.float64)
+    call(emu.emu_roi_align_backward, code(torch.float64), ptr(torch.ones(2, 4, 2, 2, dtype=torch.float64)),
+         ptr(rois[:2].contiguous()), ptr(ge), *map(I64, (*e.shape, 2, 2, 2)), ctypes.c_double(0.5), I64(2),
+         ctypes.c_int(1))
+    assert ge.numel() == 0
+
+
 def emulated_add_weighted_map(emu, features, roi_map, mode):
     out = poisoned(features.shape, features.dtype)
     weights = poisoned((features.shape[0],), acc(features.dtype))

@@ -115,6 +115,48 @@ def test_bad_inputs_are_refused():
         multi_level_roi_align(feats, rois, torch.tensor([0, 5]), 2, scales, validate=False)
 
 
+def test_every_scale_checked_and_no_silent_missing_gradient():
+    gen = torch.Generator().manual_seed(4)
+    feats = _pyramid(1, 2, [(8, 8), (4, 4)], gen=gen)
+    rois = torch.tensor([[0, 1.0, 1, 6, 6], [0, 2.0, 2, 7, 7]], dtype=torch.float64)
+    levels = torch.tensor([0, 1])
+    for bad in (float("nan"), 0.0, -0.5, float("inf")):  # the coarser level's scale, not only the largest
+        with pytest.raises(ValueError, match="spatial_scales\\[1\\]"):
+            multi_level_roi_align(feats, rois, levels, 2, [1.0, bad])
+    with torch.no_grad():
+        multi_level_roi_align(feats, rois, levels, 2, [1.0, 0.5])  # the inference pooler
+    feats = [f.requires_grad_() for f in feats]
+    with pytest.raises(ValueError, match="no backward"):
+        multi_level_roi_align(feats, rois, levels, 2, [1.0, 0.5])
+    # Called directly, the op's output needs a gradient it cannot give: backward says so (never a gradient of None).
+    out = torch.ops.opmask_fast.multi_level_roi_align(feats, rois, levels, [1.0, 0.5], 2, 2, 0, True, None, 0)
+    with pytest.raises(RuntimeError, match="no backward"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("empty", [(0, 4), (4, 0), (0, 0)])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_an_empty_level_pools_zeros_unvalidated_and_is_refused_validated(empty, aligned):
+    # A sample within a pixel of an empty axis once read pixel -1 (a crash); the kernels and the reference now read
+    # nothing there: zeros, plus the map.
+    gen = torch.Generator().manual_seed(5)
+    feats = [torch.randn(1, 3, 8, 8, generator=gen, dtype=torch.float64),
+             torch.randn(1, 3, *empty, generator=gen, dtype=torch.float64)]
+    rois = torch.tensor([[0, 0.0, 0, 2, 2], [0, -0.7, -0.4, 0.3, 0.2], [0, 1.0, 1, 6, 5]], dtype=torch.float64)
+    levels = torch.tensor([1, 1, 0])
+    roi_map = torch.randn(3, 2, 2, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        got = multi_level_roi_align(feats, rois, levels, 2, [1.0, 0.5], 2, aligned, roi_map=roi_map, validate=False)
+        expected = reference.multi_level_roi_align(feats, rois, levels, (2, 2), [1.0, 0.5], 2, aligned, roi_map)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got[:2], roi_map[:2, None].expand(2, 3, 2, 2))
+    if _extension.has_C():  # the compiled roi_align called directly (the public op refuses an empty input)
+        one = torch.ops.opmask_fast.roi_align(feats[1], rois[:2], 0.5, 2, 2, 2, aligned, None)
+        assert one.shape == (2, 3, 2, 2) and one.abs().max() == 0
+    with pytest.raises(ValueError, match="features\\[1\\] has an empty spatial size"):
+        multi_level_roi_align(feats, rois, levels, 2, [1.0, 0.5], 2, aligned)
+
+
 @needs_c
 def test_opcheck():
     gen = torch.Generator().manual_seed(2)

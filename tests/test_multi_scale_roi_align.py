@@ -79,6 +79,20 @@ def test_empty_and_bad_scales():
         multi_scale_roi_align(feats, [torch.zeros(0, 4)], 7, spatial_scales=[1 / 4, 1 / 6, 1 / 16, 1 / 32])
     with pytest.raises(ValueError, match="one spatial scale per"):
         multi_scale_roi_align(feats, [torch.zeros(0, 4)], 7, spatial_scales=SCALES[:3])
+    boxes = [torch.tensor([[1.0, 2, 30, 40]])]
+    for scales in ([1 / 4, 0.0, 1 / 16, 1 / 32], [1 / 4, -1 / 8, 1 / 16, 1 / 32]):
+        with pytest.raises(ValueError, match="spatial_scales\\[1\\]"):
+            multi_scale_roi_align(feats, boxes, 7, spatial_scales=scales)
+    for static in (False, True):
+        with torch.no_grad():
+            with pytest.raises(ValueError, match="output_size"):
+                multi_scale_roi_align(feats, boxes, (3,), spatial_scales=SCALES, static=static)
+            with pytest.raises(ValueError, match="features\\[2\\]"):
+                multi_scale_roi_align([*feats[:2], feats[2].half(), feats[3]], boxes, 7, spatial_scales=SCALES,
+                                      static=static)
+            with pytest.raises(ValueError, match="features\\[1\\]"):
+                multi_scale_roi_align([feats[0], feats[1][:, :1], *feats[2:]], boxes, 7, spatial_scales=SCALES,
+                                      static=static)
 
 
 @pytest.mark.parametrize("num_boxes", [1, 0])

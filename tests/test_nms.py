@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -126,6 +127,11 @@ def test_empty_and_validation():
         batched_nms(boxes, torch.ones(2), torch.ones(2), 0.5)
     with pytest.raises(TypeError, match="floating"):
         nms(boxes.long(), torch.ones(2), 0.5)
+    with pytest.raises(TypeError, match="iou_threshold"):
+        nms(boxes, torch.ones(2), True)
+    # NumPy's scalars are numbers, as torchvision takes them.
+    assert nms(boxes, torch.tensor([0.9, 0.8]), np.float32(0.2)).tolist() == [0]
+    assert batched_nms(boxes, torch.tensor([0.9, 0.8]), torch.tensor([0, 0]), np.float64(0.3)).tolist() == [0, 1]
 
 
 @needs_c

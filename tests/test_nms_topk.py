@@ -2,6 +2,7 @@
 -1, invalid (-inf / NaN score) candidates ignored, on the compiled kernel and the reference; schema, fake kernel
 and autograd registration checked by opcheck; traceable by torch.export with a fixed result shape."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,6 +88,19 @@ def test_bad_arguments_are_refused():
     boxes, scores, idxs = _case(5, seed=0)
     with pytest.raises(ValueError, match="max_keep"):
         nms_topk(boxes, scores, 0.5, -1)
+    with pytest.raises(TypeError, match="max_keep"):
+        nms_topk(boxes, scores, 0.5, 2.0)
+    assert torch.equal(nms_topk(boxes, scores, 0.5, np.int64(3))[0], nms_topk(boxes, scores, 0.5, 3)[0])
+    # Shapes and dtypes are checked with or without the data check, naming the argument.
+    for validate in (True, False):
+        with pytest.raises(ValueError, match="scores must be a Tensor\\[5\\]"):
+            nms_topk(boxes, scores[:4], 0.5, 3, validate=validate)
+        with pytest.raises(ValueError, match="boxes must be a Tensor\\[N, 4\\]"):
+            nms_topk(boxes[:, :3], scores, 0.5, 3, validate=validate)
+        with pytest.raises(ValueError, match="idxs must be a Tensor\\[5\\]"):
+            nms_topk(boxes, scores, 0.5, 3, idxs[:2], validate=validate)
+        with pytest.raises(TypeError, match="idxs must be an integer"):
+            nms_topk(boxes, scores, 0.5, 3, idxs.float(), validate=validate)
     bad = boxes.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):

@@ -7,6 +7,7 @@ fallback, and those that call the kernel itself skip."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -217,6 +218,15 @@ def test_bad_arguments_raise():
         roi_align(x, rois, 2, roi_map=torch.zeros(1, 3, 3))
     with pytest.raises(ValueError, match="batch size"):
         roi_align(x, [rois[:, 1:]] * 3, 2)
+    for size in (2.5, (2.5, 2.5), (2, 2.0), True, (3,)):  # never silently truncated to another size
+        with pytest.raises((TypeError, ValueError), match="output_size"):
+            roi_align(x, rois, size)
+    with pytest.raises(TypeError, match="sampling_ratio"):
+        roi_align(x, rois, 2, 1.0, 1.5)
+    # NumPy's integers are ints, as torchvision takes them.
+    expected = roi_align(x, rois, 3, 1.0, 2)
+    assert torch.equal(roi_align(x, rois, np.int64(3), 1.0, np.int32(2)), expected)
+    assert torch.equal(roi_align(x, rois, (np.int64(3), 3), np.float32(1.0), 2), expected)
 
 
 def test_huge_box_with_fixed_sampling_is_finite():

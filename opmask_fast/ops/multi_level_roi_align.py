@@ -10,6 +10,8 @@ float64-exact reference (``ops/reference/multi_level_roi_align.py``).
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -20,7 +22,7 @@ from opmask_fast.ops import reference
 from opmask_fast.ops.roi_align import _pair, check_roi_align_inputs, map_weight_code
 from opmask_fast.ops._tracing import fx_leaf
 
-__all__ = ["multi_level_roi_align"]
+__all__ = ["multi_level_roi_align", "check_levels"]
 
 MAX_LEVELS = 8  # csrc/roi_align_checks.h kMaxLevels
 
@@ -45,16 +47,11 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
     Returns:
         Tensor[K, C, Ho, Wo] in the features' dtype.
     """
-    if not isinstance(features, (list, tuple)) or not 1 <= len(features) <= MAX_LEVELS:
-        raise ValueError(f"features must be a list of 1 to {MAX_LEVELS} Tensor[N, C, H, W]")
-    if len(spatial_scales) != len(features):
-        raise ValueError(f"{len(features)} feature levels but {len(spatial_scales)} spatial scales")
+    check_levels(features, spatial_scales)
     first = features[0]
-    for i, f in enumerate(features):
-        if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[:2] != first.shape[:2] or f.dtype != first.dtype \
-                or f.device != first.device:
-            raise ValueError(f"features[{i}] must be a Tensor[{first.shape[0]}, {first.shape[1]}, H, W] of "
-                             f"{first.dtype} on {first.device}, got {getattr(f, 'shape', type(f))}")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [*features, roi_map]):
+        raise ValueError("multi_level_roi_align has no backward (the inference pooler): call it under "
+                         "torch.no_grad(), or pool each level with opmask_fast.ops.roi_align to train")
     if not isinstance(levels, Tensor) or levels.dim() != 1 or levels.dtype != torch.int64 \
             or levels.device != first.device:
         raise ValueError(f"levels must be an int64 Tensor[K] on {first.device}, got {getattr(levels, 'shape', levels)}")
@@ -68,6 +65,10 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
         if rois.shape[0] > 0 and not bool(((levels >= 0) & (levels < len(features))).all()):
             bad = int(((levels < 0) | (levels >= len(features))).nonzero()[0, 0])
             raise ValueError(f"box {bad} has level {int(levels[bad])}; levels must be in [0, {len(features)})")
+        empty = [i for i, f in enumerate(features) if f.shape[2] == 0 or f.shape[3] == 0]
+        if rois.shape[0] > 0 and empty:  # as roi_align refuses it (unvalidated, the kernels pool zeros there)
+            raise ValueError(f"features[{empty[0]}] has an empty spatial size {tuple(features[empty[0]].shape[2:])} "
+                             f"but {rois.shape[0]} boxes")
     else:
         ph, pw = _pair(output_size)
         rois = rois.to(torch.promote_types(first.dtype, torch.float32))
@@ -78,9 +79,32 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
                                                       ph, pw, int(sampling_ratio), bool(aligned), roi_map, weight)
 
 
+def check_levels(features: list[Tensor], spatial_scales: list[float]) -> None:
+    """The pyramid's structure: 1 to 8 levels of Tensor[N, C, H_l, W_l] (one N, C, dtype and device), each with a
+    positive finite scale. No data read."""
+    if not isinstance(features, (list, tuple)) or not 1 <= len(features) <= MAX_LEVELS:
+        raise ValueError(f"features must be a list of 1 to {MAX_LEVELS} Tensor[N, C, H, W]")
+    if len(spatial_scales) != len(features):
+        raise ValueError(f"{len(features)} feature levels but {len(spatial_scales)} spatial scales")
+    first = features[0]
+    for i, f in enumerate(features):
+        if not isinstance(f, Tensor) or f.dim() != 4 or f.shape[:2] != first.shape[:2] or f.dtype != first.dtype \
+                or f.device != first.device:
+            raise ValueError(f"features[{i}] must be a Tensor[{first.shape[0]}, {first.shape[1]}, H, W] of "
+                             f"{first.dtype} on {first.device}, got {getattr(f, 'shape', type(f))}")
+    for i, s in enumerate(spatial_scales):
+        if not isinstance(s, numbers.Real) or not 0 < s < math.inf:  # comparisons, not isfinite: Dynamo traces them
+            raise ValueError(f"spatial_scales[{i}] must be a positive finite float, got {s!r}")
+
+
 def _fake(features, rois, levels, spatial_scales, pooled_height, pooled_width, sampling_ratio, aligned, roi_map=None,
           map_weight=0):
     return features[0].new_empty((rois.shape[0], features[0].shape[1], pooled_height, pooled_width))
+
+
+def _no_backward(ctx, grad):
+    raise RuntimeError("opmask_fast::multi_level_roi_align has no backward (the inference pooler): pool each level "
+                       "with opmask_fast.ops.roi_align to train")
 
 
 if _extension.has_C():
@@ -96,3 +120,8 @@ else:
                                                    reference.MAP_WEIGHTS[map_weight])
 
     _fallback.register_fake(_fake)
+
+
+# A direct call of the op on inputs that need gradients gets an error at backward, not a silently missing gradient.
+torch.library.register_autograd("opmask_fast::multi_level_roi_align", _no_backward,
+                                setup_context=lambda ctx, inputs, output: None)

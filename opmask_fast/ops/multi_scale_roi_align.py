@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-from opmask_fast.ops.multi_level_roi_align import multi_level_roi_align
-from opmask_fast.ops.roi_align import convert_boxes_to_roi_format, roi_align
+from opmask_fast.ops.multi_level_roi_align import check_levels, multi_level_roi_align
+from opmask_fast.ops.roi_align import _pair, convert_boxes_to_roi_format, roi_align
 from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["multi_scale_roi_align", "assign_levels"]
@@ -92,13 +92,14 @@ def multi_scale_roi_align(
     if len(features) == 0 or len(features) != len(spatial_scales):
         raise ValueError(f"need one spatial scale per feature level, got {len(features)} levels and "
                          f"{len(spatial_scales)} scales")
+    check_levels(features, spatial_scales)
     levels = [-math.log2(s) for s in spatial_scales]
     if any(abs(lv - round(lv)) > 1e-6 for lv in levels) or any(
         round(b) - round(a) != 1 for a, b in zip(levels, levels[1:])
     ):
         raise ValueError(f"spatial_scales must be consecutive powers of 1/2 (finest first), got {spatial_scales}")
     rois = convert_boxes_to_roi_format(list(boxes))  # (K, 5); validation happens in roi_align
-    ho, wo = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    ho, wo = _pair(output_size)
     if static:
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [*features, roi_map]):
             raise ValueError("static=True pools without autograd (inference); call it under torch.no_grad() or "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -17,6 +19,22 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> None:
+    check_shapes(boxes, scores, idxs, iou_threshold)
+    if boxes.shape[0] > 0 and not _is_compiling():
+        check_finite(boxes, scores)
+
+
+def check_finite(boxes: Tensor, scores: Tensor) -> None:
+    """The data check (one host sync): finite boxes, no NaN score."""
+    boxes_ok, scores_ok = _finite(boxes, scores)
+    if not boxes_ok:
+        raise ValueError("boxes contain NaN or inf")
+    if not scores_ok:
+        raise ValueError("scores contain NaN")
+
+
+def check_shapes(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> None:
+    """Shapes, dtypes, devices and the threshold's type: no data read, so also done while tracing."""
     if not isinstance(boxes, Tensor) or boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must be a Tensor[N, 4], got {getattr(boxes, 'shape', type(boxes))}")
     n = boxes.shape[0]
@@ -33,14 +51,9 @@ def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: fl
             raise TypeError(f"idxs must be an integer tensor, got {idxs.dtype}")
         if idxs.device != boxes.device:
             raise ValueError(f"idxs are on {idxs.device} but boxes are on {boxes.device}")
-    if not isinstance(iou_threshold, (float, int)):
+    # numbers.Real takes NumPy's scalars too (torchvision takes them); a bool is a mistake, not a threshold.
+    if not isinstance(iou_threshold, numbers.Real) or isinstance(iou_threshold, (bool, np.bool_)):
         raise TypeError(f"iou_threshold must be a float, got {type(iou_threshold).__name__}")
-    if n > 0 and not _is_compiling():
-        boxes_ok, scores_ok = _finite(boxes, scores)
-        if not boxes_ok:
-            raise ValueError("boxes contain NaN or inf")
-        if not scores_ok:
-            raise ValueError("scores contain NaN")
 
 
 def _finite(boxes: Tensor, scores: Tensor) -> tuple[bool, bool]:

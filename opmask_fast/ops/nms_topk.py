@@ -16,8 +16,8 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
-from opmask_fast.ops.nms import _check
-from opmask_fast.ops.roi_align import _is_compiling
+from opmask_fast.ops.nms import check_finite, check_shapes
+from opmask_fast.ops.roi_align import _is_compiling, as_int
 from opmask_fast.ops._tracing import fx_leaf
 
 __all__ = ["nms_topk"]
@@ -42,11 +42,13 @@ def nms_topk(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int,
             ties: lower index first), then -1.
         count: Tensor[] int64, how many entries of `keep` are indices.
     """
-    if not isinstance(max_keep, int) or isinstance(max_keep, bool) or max_keep < 0:
+    max_keep = as_int(max_keep, "max_keep")
+    if max_keep < 0:
         raise ValueError(f"max_keep must be an integer >= 0, got {max_keep!r}")
-    if validate and not _is_compiling():
-        valid = scores > float("-inf")
-        _check(boxes[valid], scores[valid], None if idxs is None else idxs[valid], iou_threshold)
+    check_shapes(boxes, scores, idxs, iou_threshold)  # no data read: also with validate=False and while tracing
+    if validate and not _is_compiling() and boxes.shape[0] > 0:
+        valid = scores > float("-inf")  # NaN too is not valid: an ignored candidate
+        check_finite(boxes[valid], scores[valid])
     idxs = None if idxs is None else idxs.to(torch.int64)
     if not _extension.has_C():
         _extension.warn_fallback("nms_topk")

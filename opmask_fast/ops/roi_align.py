@@ -9,7 +9,9 @@ and gradients flow to ``input`` and ``roi_map`` (never to the boxes, as in torch
 from __future__ import annotations
 
 import math
+import operator
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,11 +28,21 @@ MAX_SAMPLES_PER_ROI = 2**26
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def as_int(value, name: str) -> int:
+    """``value`` as a Python int: ints and NumPy's integer scalars; a float (even 2.0) or a bool raises TypeError."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+
+
 def _pair(output_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(output_size, int):
-        size = (output_size, output_size)
+    if isinstance(output_size, (tuple, list)):
+        size = tuple(as_int(s, "output_size") for s in output_size)
     else:
-        size = tuple(int(s) for s in output_size)
+        size = (as_int(output_size, "output_size"),) * 2
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"output_size must be a positive int or a pair of positive ints, got {output_size!r}")
     return size  # type: ignore[return-value]
@@ -74,8 +86,7 @@ def check_roi_align_inputs(
     ph, pw = _pair(output_size)
     if not math.isfinite(spatial_scale) or spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be a positive finite float, got {spatial_scale}")
-    if not isinstance(sampling_ratio, int):
-        raise TypeError(f"sampling_ratio must be an int, got {type(sampling_ratio).__name__}")
+    sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
     if isinstance(boxes, (list, tuple)):
         if len(boxes) > input.shape[0]:
             raise ValueError(f"got boxes for {len(boxes)} images but input has batch size {input.shape[0]}")

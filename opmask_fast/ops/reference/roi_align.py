@@ -69,7 +69,7 @@ def _axis_samples(start: Tensor, bin_size: Tensor, grid: Tensor, pooled: int, si
     s, b, g = start[:, None, None], bin_size[:, None, None], grid[:, None, None].to(start.dtype)
     # Same evaluation order as the compiled kernels so float32 results agree to the last bits.
     coord = s + p * b + (i + 0.5) * b / g
-    valid = (i < g) & (coord >= -1.0) & (coord <= size)
+    valid = (i < g) & (coord >= -1.0) & (coord <= size) & (size > 0)  # an empty axis has no pixel to read
     coord = coord.clamp(min=0.0)
     low = coord.floor().clamp(max=size - 1)
     at_edge = low >= size - 1
