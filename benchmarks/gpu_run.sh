@@ -2,9 +2,7 @@
 # The one-call GPU validation, bounded to under 10 minutes (BUDGET_S, default 560 s; a stage that would pass the
 # deadline is cut short or skipped, and the table says so):
 #   1. build the extension for the local GPU (FORCE_CUDA=1);
-#   2. the extension's C++ errors reach Python (cuda-gdb's stack of a process that dies), its tests on CUDA
-#      (roi_align, nms, multi_scale_roi_align; under pytest-xdist where installed) and compute-sanitizer's memcheck,
-#      racecheck and synccheck on small cases;
+#   2. the extension's tests on CUDA (roi_align, nms, multi_scale_roi_align, ...; under pytest-xdist where installed);
 #   3. the Triton prior tests on CUDA (tests/test_object_prior_add.py, test_object_prior.py; compiled kernels,
 #      fp32/fp16/bf16);
 #   4. s/img of OPMask vs its baseline vs torchvision's Mask R-CNN at 800x1333 (R-50, batch 1, fp32 and bf16 autocast,
@@ -19,6 +17,9 @@
 #      vs unfused, kernel time from the profiler beside the host time);
 #   5b. the prior's share of an R-50 training step: the headline recipe (and with the 7x7 prior) against the baseline
 #      with the same box term, the paper's against the plain baseline (benchmarks/gpu_train_step.py; CUDA events);
+#   5c. diagnostics, after the measurements so that a slow sanitizer cannot crowd them out: the extension's C++ errors
+#      reach Python (cuda-gdb's stack of a process that dies) and compute-sanitizer's memcheck, racecheck and synccheck
+#      on small cases;
 #   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
 #      its evaluation on tiny_coco's validation images.
 # The backbones of 4 and 6 are a torchvision ResNet-50 file with random weights and BatchNorm statistics measured on
@@ -162,6 +163,19 @@ train_run() {
   cp "$WORK/train/metrics.jsonl" "$OUT/train_metrics.jsonl"
 }
 
+diagnostics() {  # GPU only, after the measurements: the extension's errors and the sanitizers, which take no
+  # number the issues' targets need and can be slow (racecheck); what the budget leaves them they get
+  stage "C++ errors reach Python" 150 bash -c error_paths
+  if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
+    export -f sanitize; export CUDA_HOME
+    for tool in memcheck racecheck synccheck; do
+      stage "compute-sanitizer $tool" 120 bash -c "sanitize $tool"
+    done
+  else
+    skip "compute-sanitizer" "not installed"
+  fi
+}
+
 main() {
   : > "$OUT/stages.tsv"
   BUILD_OK=1 LAST_RC=0
@@ -219,15 +233,6 @@ main() {
       stage "CUDA op tests" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/test_roi_align.py \
         tests/test_nms.py tests/test_multi_scale_roi_align.py tests/test_multi_level_roi_align.py tests/test_nms_topk.py \
         tests/test_roi_align_weighted.py tests/test_add_weighted_map.py
-      stage "C++ errors reach Python" 150 bash -c error_paths
-      if [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
-        export -f sanitize; export CUDA_HOME
-        for tool in memcheck racecheck synccheck; do
-          stage "compute-sanitizer $tool" 120 bash -c "sanitize $tool"
-        done
-      else
-        skip "compute-sanitizer" "not installed"
-      fi
       stage "Triton prior tests (CUDA)" 150 "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
         tests/test_object_prior_add.py tests/test_object_prior.py
     fi
@@ -246,6 +251,7 @@ main() {
       $( [ "$DRY" = 1 ] && echo -k 100-float32 )
     stage "the prior's share of an R-50 training step" 120 "$PY" benchmarks/gpu_train_step.py \
       --json "$OUT/train_step.json" ${STEP_ARGS[@]+"${STEP_ARGS[@]}"} $( [ "$DRY" = 0 ] && echo --weights "$WORK/r50.pth" )
+    [ "$DRY" = 0 ] && diagnostics
     if [ -n "$TINY" ]; then
       export -f train_run; export DEVICE TRAIN_ITERS TRAIN_BATCH LOG_PERIOD EVAL_MAX TINY DRY OUT
       stage "train R-50 ${TRAIN_ITERS} its (AMP) + eval" 300 bash -c train_run
