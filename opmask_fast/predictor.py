@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data.transforms import resize, resized_shape
+from .data.transforms import resize, resized_shape, rgb_array
 from .evaluation.mask_encoding import encode_masks
 from .modeling.meta_arch import StaticInference
 from .training.checkpoint import model_from_checkpoint
@@ -29,7 +29,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB of an image file; OSError naming the file when it cannot be read."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return rgb_array(im)
     except OSError as e:
         raise OSError(f"cannot read image {os.fspath(path)}: {e}") from None
 
@@ -40,7 +40,7 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        return rgb_array(image)
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):

@@ -102,6 +102,41 @@ def test_evaluation_ground_truth_has_no_dropped_and_ignores_box_only_masks(tmp_p
     assert subset_ap(evaluate(ds.coco, results, "bbox", image_ids=[1]))["AP50"] == pytest.approx(100.0)  # not left as a crowd
 
 
+@pytest.mark.parametrize("first_id", [1, 0, -4])
+def test_an_annotation_of_id_0_is_scored_like_any_other(tmp_path, first_id):
+    # COCOeval marks an unmatched ground truth with id 0: the annotation of id 0 gets a free id when loaded.
+    square, other = np.zeros((H, W)), np.zeros((H, W))
+    square[10:20, 10:20] = 1
+    other[25:35, 30:50] = 1
+    ann, img = _write(tmp_path, [{"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": _rle(square)},
+                                 {"category_id": 3, "bbox": [30, 25, 20, 10], "segmentation": _rle(other)}])
+    data = json.loads(open(ann).read())
+    data["annotations"][0]["id"] = first_id
+    open(ann, "w").write(json.dumps(data))
+    ds = CocoInstances(ann_file=ann, image_dir=img, masks="none")
+    assert 0 not in ds.coco.anns and len(ds.coco.anns) == 2
+    results = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [10, 10, 10, 10], "segmentation": _rle(square)},
+               {"image_id": 1, "category_id": 3, "score": 0.8, "bbox": [30, 25, 20, 10], "segmentation": _rle(other)}]
+    for iou_type in ("bbox", "segm"):
+        assert subset_ap(evaluate(ds.coco, results, iou_type, image_ids=[1]))["AP"] == pytest.approx(100.0)
+
+
+def test_sixteen_bit_grey_images_keep_their_contrast(tmp_path):
+    # PIL's convert("RGB") clips a 16-bit image's values to 255 (near white); the loaders keep the top byte.
+    from opmask_fast.predictor import read_image
+
+    ann, img = _write(tmp_path, [GOOD[0]])
+    grey = (np.arange(H * W, dtype=np.int64).reshape(H, W) * 65535 // (H * W - 1)).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "img" / "a.png")
+    with Image.open(tmp_path / "img" / "a.png") as im:
+        assert im.mode in ("I;16", "I")  # as PIL opens it
+    expected = np.repeat((grey >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+    assert np.array_equal(read_image(tmp_path / "img" / "a.png"), expected)
+    image = CocoInstances(ann_file=ann, image_dir=img, masks="none").load_image(0)
+    assert torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1).float())
+    assert int(image.min()) == 0 and int(image.max()) == 255
+
+
 def test_weak_masks_are_not_checked_in_training(tmp_path):
     ann, img = _write(tmp_path, [{"category_id": 3, "bbox": [10, 10, 10, 10], "segmentation": []}, GOOD[0]])
     assert CocoInstances(ann_file=ann, image_dir=img, split="person").dropped == {}
@@ -156,6 +191,14 @@ def test_box_and_mask_checks_directly():
     assert check_segmentation({"size": [H, W], "counts": _runs(m)}, H, W) == (20.0, None)
     assert check_segmentation(None, H, W) == (0.0, "mask_missing")
     assert check_segmentation({"size": [H, W], "counts": ""}, H, W) == (0.0, "mask_empty")
+    # A vertex far outside the image would make pycocotools allocate in proportion or crash: a broken mask, box kept.
+    square = [1.0, 1, 5, 1, 5, 5, 1, 5]
+    assert check_segmentation([square], H, W) == (16.0, None)
+    reach = 8 * max(H, W)
+    assert check_segmentation([[-reach, -reach, W + reach, -reach, W + reach, H + reach]], H, W)[1] is None
+    for far in ([1e9, 1e9], [-reach - 1.0, 2], [2, H + reach + 1.0], [-1e12, 3]):
+        assert check_segmentation([square[:6] + far], H, W) == (0.0, "mask_invalid"), far
+        assert check_segmentation([square, square[:6] + far], H, W) == (0.0, "mask_invalid"), far
 
 
 def _runs(mask):
@@ -167,6 +210,17 @@ def _runs(mask):
             value, n = v, 0
         n += 1
     return runs + [n]
+
+
+def test_split_of_int_ids_on_numeric_names():
+    # A digits dataset: category id 1 is named "0". A checkpoint's strong ids (ints) are ids; the user's strings are
+    # names first.
+    digits = [{"id": i + 1, "name": str(i)} for i in range(10)]
+    assert resolve_split([1, 2], digits) == {1, 2}
+    assert resolve_split("0,1", digits) == {1, 2}
+    assert resolve_split(["0", "1"], digits) == {1, 2}
+    with pytest.raises(ValueError, match="unknown categories"):
+        resolve_split([11], digits)
 
 
 def test_voc_split_by_coco_names():

@@ -21,7 +21,7 @@ from torch import Tensor
 from .sanitize import (DROP_REASONS, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation, check_structure,
                        summarize)
 from .splits import resolve_split
-from .transforms import ResizeFlip
+from .transforms import ResizeFlip, rgb_array
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ def load_coco(ann_file: str) -> COCO:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"annotation file {ann_file} is not valid JSON: {e}") from None
     check_structure(data, ann_file)
+    anns = data["annotations"]
+    if any(a["id"] == 0 for a in anns):
+        # COCOeval marks an unmatched ground truth with id 0, so a matched annotation of id 0 would count as missed
+        # (AP too low): it gets the next free id (ids are unique integers, see check_structure).
+        free = max(a["id"] for a in anns) + 1
+        data = {**data, "annotations": [{**a, "id": free} if a["id"] == 0 else a for a in anns]}
     return _index(data)
 
 
@@ -218,7 +224,7 @@ class CocoInstances(torch.utils.data.Dataset):
         path = os.path.join(self.image_dir, r["file_name"])
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                arr = rgb_array(im)
         except FileNotFoundError:
             raise FileNotFoundError(f"image not found: {path}") from None
         except OSError as e:

@@ -31,7 +31,8 @@ DROP_REASONS = {
 BOX_ONLY_REASONS = {
     "mask_missing": "no segmentation",
     "mask_empty": "empty segmentation (no polygon of three points, or no RLE counts)",
-    "mask_invalid": "malformed segmentation (odd or non-numeric polygon, RLE of the wrong size)",
+    "mask_invalid": "malformed segmentation (odd or non-numeric polygon, a vertex eight image sizes past the "
+                    "border, RLE of the wrong size)",
     "mask_zero_area": "segmentation covers no pixel of the image",
 }
 REASONS = {**DROP_REASONS, **BOX_ONLY_REASONS}
@@ -80,6 +81,13 @@ def check_segmentation(segm, height: int, width: int) -> tuple[float, str | None
         polys = [[float(v) for v in p] for p in segm if len(p) >= 6]  # shorter ones are annotation noise
         if not polys:
             return 0.0, "mask_empty"
+        # pycocotools rasterises every edge at 5x resolution in int32: a vertex far outside the image takes memory
+        # in proportion (1e7 px: 1.2 GB for one polygon) or overflows and crashes. Eight image sizes past the border
+        # a polygon is a broken annotation, not a mask.
+        far = 8 * max(height, width, 1)
+        if any(not (-far <= v <= far + width) for p in polys for v in p[::2]) or \
+                any(not (-far <= v <= far + height) for p in polys for v in p[1::2]):
+            return 0.0, "mask_invalid"
         rle = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
     elif isinstance(segm, dict):
         counts, size = segm.get("counts"), segm.get("size")

@@ -8,6 +8,7 @@ classes have boxes only is fine.
 from __future__ import annotations
 
 import logging
+import numbers
 import random
 from typing import Iterable, Sequence
 
@@ -38,9 +39,10 @@ def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], 
 
     Args:
         split: one of ``voc`` (the 20 VOC classes), ``nonvoc`` (all others), ``all``, ``none``, ``voc40`` (VOC plus 20
-            non-VOC classes drawn with ``seed``), or a list of category names or ids; a string with commas is split
-            into such a list (``"circle,triangle"`` or ``"1,5,9"``). The VOC classes are found by name when the
-            categories are COCO's (``is_coco_categories``), else by COCO id.
+            non-VOC classes drawn with ``seed``), or a list of category names or ids (an int is an id; a string is a
+            name first, then an id); a string with commas is split into such a list (``"circle,triangle"`` or
+            ``"1,5,9"``). The VOC classes are found by name when the categories are COCO's (``is_coco_categories``),
+            else by COCO id.
         categories: the dataset's COCO ``categories`` entries (dicts with ``id`` and ``name``).
         seed: seed of the draw of the 20 extra classes of ``voc40``.
 
@@ -105,7 +107,12 @@ def _from_list(parts: Iterable[str | int], categories: Sequence[dict]) -> set[in
     unknown: list[str] = []
     for p in parts:
         key = str(p).strip()
-        if key.lower() in by_name:
+        if isinstance(p, numbers.Integral) and not isinstance(p, bool):  # an int is an id (names "0", "1" exist)
+            if int(p) in known_ids:
+                strong.add(int(p))
+            else:
+                unknown.append(key)
+        elif key.lower() in by_name:
             strong.add(by_name[key.lower()])
         elif key.lstrip("-").isdigit() and int(key) in known_ids:
             strong.add(int(key))

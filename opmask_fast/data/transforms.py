@@ -1,13 +1,28 @@
-"""Resize (short side / max side) and horizontal flip of an image with its instance targets."""
+"""Decoding an image to 8-bit RGB; resize (short side / max side) and horizontal flip of an image with its instance
+targets."""
 
 from __future__ import annotations
 
 import random
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
+
+# Integer modes PIL opens 16-bit files in (grey PNG/TIFF); convert("RGB") would clip every value above 255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def rgb_array(image: Image.Image) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB of a PIL image of any mode: 16-bit grey scaled to 8 bits (the top byte), every other
+    mode through PIL's own conversion."""
+    if image.mode in _SIXTEEN_BIT_MODES:
+        grey = (np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
