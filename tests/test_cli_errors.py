@@ -344,3 +344,33 @@ def test_prior_ablation_needs_a_prior(data, tmp_path, capsys):
     assert "--prior-ablation needs a model with a prior" in line and "baseline.pth" in line
     line = in_process(capsys, "evaluate", "--checkpoint", tmp_path / "baseline.pth", "--prior-ablation", "half")
     assert "argument --prior-ablation: invalid choice" in line
+
+
+def test_weights_that_do_not_fit_are_one_line_before_training(data, tmp_path, capsys):
+    """A whole model's --weights of another model (here the baseline, no prior head, into OPMask), and a checkpoint
+    whose weights do not fit its own config (a key lost), are refused in one line before any training step."""
+    from opmask_fast.config import get_preset
+    from opmask_fast.modeling import build_model
+    from opmask_fast.variants import BASELINE, apply_variant
+
+    cfg = get_preset("opmask_r18_lite")  # the default preset, whose prior has a head of its own
+    apply_variant(cfg, BASELINE.name)
+    cfg.num_classes = 6
+    state = build_model(cfg).state_dict()
+    meta = {"model_config": cfg.to_dict(), "category_ids": list(range(1, 7)),
+            "category_names": ["circle", "triangle", "cross", "ring", "square", "star"], "split": SPLIT[1],
+            "data": {"val_ann": data["val_ann"], "val_images": data["val_images"]}}
+    torch.save({"model": state, "meta": meta}, tmp_path / "baseline.pth")
+    line = in_process(capsys, "train", *_args(data), *SPLIT, *FAST, "--weights", tmp_path / "baseline.pth",
+                      "--output-dir", tmp_path / "o")
+    assert line.startswith("python -m opmask_fast.train: error: --weights: ") and "missing in file" in line, line
+    assert "prior_head" in line and not os.path.exists(tmp_path / "o" / "checkpoint.pth")
+    state.pop("backbone.bottom_up.conv1.weight")
+    torch.save({"model": state, "meta": meta}, tmp_path / "damaged.pth")
+    for command in (["evaluate", "--checkpoint", tmp_path / "damaged.pth"],
+                    ["predict", "--checkpoint", tmp_path / "damaged.pth", "--images", data["val_images"],
+                     "--output-dir", tmp_path / "p"]):
+        line = in_process(capsys, *command)
+        assert "damaged.pth: its weights do not fit its own model config" in line, line
+        assert "backbone.bottom_up.conv1.weight" in line
+

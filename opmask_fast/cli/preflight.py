@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 from ..config import PRESETS, ModelConfig
 from ..data import CocoInstances, load_coco, resolve_split, train_dataset, val_dataset
 from ..data.synthetic import DATASETS, default_cache_root, get_style
+from ..modeling.weights import read_model_state
 from ..training.checkpoint import model_from_checkpoint
+from ..training.initial_weights import check_model_weights
 from ..variants import VARIANTS, get_variant
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint)
@@ -157,12 +159,16 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
                      strong_ids=strong_ids)
 
 
-def check_run(cfg, train_set: CocoInstances, resume: str | None) -> None:
-    """The model config fits the data (``num_classes``), and ``--resume`` continues a run of the same config and
-    categories (``resume``: the checkpoint path, None without --resume)."""
+def check_run(cfg, train_set: CocoInstances, resume: str | None, weights=None) -> None:
+    """The model config fits the data (``num_classes``), a whole model's ``--weights`` (``weights``, a `WeightsFile`)
+    fit the model, and ``--resume`` continues a run of the same config and categories (``resume``: the checkpoint
+    path, None without --resume)."""
     if cfg.num_classes != len(train_set.category_ids):
         raise UsageError(f"the model has num_classes={cfg.num_classes} but {train_set.ann_file} has "
                          f"{len(train_set.category_ids)} categories; num_classes comes from the data, do not --set it")
+    if weights is not None and weights.kind != "backbone":
+        with user_errors("--weights"):  # e.g. a checkpoint of other classes or of a model without the prior
+            check_model_weights(cfg, read_model_state(weights.path), source=repr(weights.path))
     if not resume or not os.path.isfile(resume):
         return
     meta = read_checkpoint(resume, "--resume")["meta"]

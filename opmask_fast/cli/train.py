@@ -134,7 +134,7 @@ def _run(args, info, plan) -> dict | None:
     if not preflight.sets_num_classes(args):  # a --set one is checked against the data by check_run
         cfg.num_classes = len(train_set.category_ids)
     out = plan.output_dir
-    preflight.check_run(cfg, train_set, os.path.join(out, CHECKPOINT_NAME) if args.resume else None)
+    preflight.check_run(cfg, train_set, os.path.join(out, CHECKPOINT_NAME) if args.resume else None, weights)
     if info.is_main:
         logger.info("data: %s (%d training images; dropped: %s), strong: %s", paths["train_ann"], len(train_set),
                     train_set.dropped or "none",

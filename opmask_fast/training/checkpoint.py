@@ -13,7 +13,7 @@ import torch
 
 from ..config import ModelConfig, apply_override
 from ..modeling.weights import WeightsMismatchError
-from .initial_weights import build_with_weights
+from .initial_weights import build_with_weights, check_model_weights
 
 
 def save_atomic(obj: dict, path: str) -> None:
@@ -92,6 +92,14 @@ def check_model_checkpoint(state: dict, path: str) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint of opmask_fast.train: its meta has no {', '.join(missing)}")
     if not all(torch.is_tensor(v) for v in model.values()):
         raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
+    try:
+        cfg = ModelConfig.from_dict(meta["model_config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
+    try:  # shapes only (the meta device): a damaged file is refused before any data is read
+        check_model_weights(cfg, model, source=repr(path))
+    except WeightsMismatchError as e:
+        raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
     return state
 
 

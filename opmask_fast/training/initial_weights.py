@@ -16,8 +16,8 @@ import torch
 from ..config import ModelConfig, with_msra_weights, with_torchvision_weights
 from ..modeling import build_model
 from ..modeling.backbone import ResNet
-from ..modeling.weights import (WeightsFile, WeightsMismatchError, check_backbone_weights, inspect_weights_file,
-                               load_model_state, read_model_state)
+from ..modeling.weights import (WeightsFile, WeightsMismatchError, check_backbone_weights, check_state,
+                               inspect_weights_file, load_model_state, read_model_state)
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,21 @@ def _check_backbone(cfg: ModelConfig, path: str) -> None:
                 f"the model's ResNet-{bc.depth} is {bc.width} channels wide and published weights are 64 wide: "
                 f"--set backbone.width=64, or a 64-wide preset such as opmask_r18_tiny for the CPU model ({e})") from None
         raise WeightsMismatchError(f"{e}\n  (the model's backbone is a ResNet-{bc.depth}: backbone.depth)") from None
+
+
+def check_model_weights(cfg: ModelConfig, state: dict, *, source: str) -> None:
+    """Whether a whole model's weights ``state`` fit the model ``cfg`` builds, before any work: the model is built on
+    the meta device (shapes only, nothing allocated).
+
+    Raises:
+        WeightsMismatchError: every missing, unexpected or mis-shaped key, naming ``source``.
+    """
+    cfg = ModelConfig.from_dict(cfg.to_dict())
+    cfg.backbone.weights = None  # the state replaces every weight: no backbone file is read
+    with warnings.catch_warnings(), torch.device("meta"):
+        warnings.filterwarnings("ignore", message=".*FrozenBN but cfg.backbone.weights is not set")
+        target = build_model(cfg).state_dict()
+    check_state(state, target, what=f"model weights in {source}")
 
 
 def build_with_weights(cfg: ModelConfig, weights: WeightsFile | None = None, *, state: dict | None = None,
