@@ -269,6 +269,21 @@ def test_predict_skips_unreadable_images(bad_run, data, tmp_path):
                     "--output-dir", out), "predict", "--images", "not found")
 
 
+def test_predict_pictures_of_images_sharing_a_name_do_not_overwrite(bad_run, data, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    first, second = sorted(os.listdir(data["val_images"]))[:2]
+    Image.open(os.path.join(data["val_images"], first)).convert("RGB").save(images / "x.png")
+    Image.open(os.path.join(data["val_images"], second)).convert("RGB").save(images / "x.jpg")
+    Image.open(os.path.join(data["val_images"], first)).convert("RGB").save(images / "y.png")
+    out = tmp_path / "pred"
+    proc = run("predict", "--checkpoint", bad_run[1] / "checkpoint.pth", "--images", images, "--output-dir", out,
+               "--visualize")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["x.jpg_pred.png", "x.png_pred.png",
+                                                                         "y_pred.png"]
+
+
 def test_compare_checks_before_generating_or_training(tmp_path, capsys):
     proc = run("compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", "--", "--iters", "0")
     usage_error(proc, "compare", "training options after --: --iters must be >= 1")

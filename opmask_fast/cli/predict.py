@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.num_threads)
     predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)
     results, images, skipped = [], [], []
+    stems = [os.path.splitext(n)[0] for n in plan.files]
+    shared = {st for st in stems if stems.count(st) > 1}  # x.jpg and x.png: pictures named by the whole file name
     for image_id, name in enumerate(plan.files, start=1):
         path = os.path.join(args.images, name)
         try:
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         if args.visualize:
             pic = render(arr, inst, predictor.category_names, predictor.weak_labels)
-            pic.save(os.path.join(args.output_dir, os.path.splitext(name)[0] + "_pred.png"))
+            stem = os.path.splitext(name)[0]
+            pic.save(os.path.join(args.output_dir, (name if stem in shared else stem) + "_pred.png"))
     with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
         json.dump(results, f)
     with open(os.path.join(args.output_dir, "images.json"), "w") as f:
