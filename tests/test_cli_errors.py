@@ -327,6 +327,8 @@ def test_train_data_file_errors(data, tmp_path, capsys, case):
     (["--num-workers", "-1"], ["argument --num-workers"]),
     (["--eval-period", "x"], ["argument --eval-period"]),
     (["--prior-scale", "feature_mean"], ["--prior-scale must be one of", "feature_range"]),
+    (["--set", "input.min_size_train=0"], ["input.min_size_train must be >= 1"]),
+    (["--set", "input.max_size=0"], ["input.max_size must be >= 1"]),
 ])
 def test_synthetic_dataset_and_new_option_errors(tmp_path, capsys, extra, fragments):
     """The synthetic dataset's own classes decide the split; nothing is generated before the options pass."""

@@ -240,6 +240,8 @@ def check_evaluate(args) -> EvalPlan:
         if not args.output_dir:  # the model's own metrics stay where they are
             out = os.path.join(out, f"ablation_{args.prior_ablation}")
     out = check_output_dir(out)
+    if not any(r["anns"] for r in dataset.records):  # a valid set (e.g. images to predict on), but nothing to score
+        logger.warning("%s has no usable annotation: every AP is empty ('-')", data["val_ann"])
     return EvalPlan(state=state, dataset=dataset, split=split, output_dir=out, model=model)
 
 

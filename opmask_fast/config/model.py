@@ -199,6 +199,8 @@ class ModelConfig:
             "batch_size_per_image")}
         counts.update({f"roi_heads.{k}": getattr(self.roi_heads, k) for k in (
             "batch_size_per_image", "detections_per_image", "box_pooler_resolution", "mask_pooler_resolution")})
+        counts.update({"input.min_size_test": self.input.min_size_test, "input.max_size": self.input.max_size,
+                       "input.min_size_train": min(self.input.min_size_train, default=0)})
         for name, value in counts.items():
             if not value >= 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

@@ -80,6 +80,9 @@ def train(
             set_rng_state(rng[rank])
         if dist_info.is_main:
             logger.info("resumed from %s at iteration %d", ckpt_path, start_iter)
+            if start_iter >= cfg.max_iter:  # as detectron2: the run is complete, the model is evaluated as it is
+                logger.warning("the checkpoint is at iteration %d of %d (--iters): nothing left to train",
+                               start_iter, cfg.max_iter)
     elif resume and dist_info.is_main:
         logger.info("no checkpoint in %s: starting from scratch", output_dir)
 
