@@ -7,7 +7,8 @@ the pooled features themselves, so the model pools once, computes the prior and 
 features (per RoI the statistics, then the add that writes the output, the RoI's features still in cache), where a
 second weighted pooling would sample the feature map again. ``add_weighted_map(roi_align(x, b, ...), m, w)`` equals
 ``roi_align(x, b, ..., roi_map=m, map_weight=w)`` bit for bit: the kernels share the helper
-(csrc/cpu/roi_align_taps.h, csrc/cuda/roi_align_device.cuh).
+(csrc/cpu/roi_align_taps.h, csrc/cuda/roi_align_device.cuh). One exception: with ``map_weight="none"`` in float16 /
+bfloat16, ``roi_align`` adds the map before its one rounding, so the two may differ by one unit in the last place.
 
 The weight is a constant of the backward, as in RoIAlign: the features' gradient is the output's, the map's is
 weight x the output gradient's channel sum. Compiled kernels (CPU, CUDA) through ``torch.ops.opmask_fast``; without
