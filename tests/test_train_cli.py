@@ -119,3 +119,15 @@ def test_clear_errors(small_data, tmp_path, capsys):
                                                               str(tmp_path / "x")])
     assert "unknown config field" in _usage_error(
         capsys, [*small_data, *FAST, "--set", "roi_heads.nope=1", "--output-dir", str(tmp_path / "x")])
+
+
+def test_data_paths_given_relative_are_kept_absolute(tmp_path, monkeypatch):
+    # The checkpoint's meta keeps them: evaluate --checkpoint run from another folder must find the data.
+    import argparse
+
+    from opmask_fast.cli.options import resolve_data
+
+    monkeypatch.chdir(tmp_path)
+    names = dict(train_ann="a/train.json", train_images="a/train", val_ann="a/val.json", val_images="a/val")
+    paths = resolve_data(argparse.Namespace(**names, dataset=None, data_images=None))
+    assert {k: paths[k] for k in names} == {k: str(tmp_path / v) for k, v in names.items()}

@@ -93,12 +93,13 @@ def resolve_data(args, *, need_train: bool = True, need_val: bool = True) -> dic
         if missing:
             raise ValueError(f"with your own data give all of {', '.join('--' + k.replace('_', '-') for k in want)}; "
                              f"missing: {', '.join('--' + k.replace('_', '-') for k in missing)}")
+        # Absolute, as the synthetic dataset's: the checkpoint's meta keeps them for evaluate run from another folder.
         paths = {k: getattr(args, k, None) for k in ("train_ann", "train_images", "val_ann", "val_images")}
+        paths = {k: os.path.abspath(v) if v else v for k, v in paths.items()}
         return {**paths, "synthetic": False, "dataset": None, "default_split": None}
     dataset = dataset or "shapes"
     num_train, num_val = counts or (None, None)
     spec = dataset_spec(dataset, seed=getattr(args, "data_seed", 0), num_train=num_train, num_val=num_val)
-    # Absolute paths: the checkpoint's meta keeps them for evaluate, which may run from another folder.
     paths = {k: os.path.abspath(v) for k, v in ensure_synthetic(spec, getattr(args, "cache_dir", None)).items()}
     return {**paths, "synthetic": True, "dataset": dataset,
             "default_split": ",".join(get_style(spec.style).strong_classes)}

@@ -93,7 +93,7 @@ def check_levels(features: list[Tensor], spatial_scales: list[float]) -> None:
             raise ValueError(f"features[{i}] must be a Tensor[{first.shape[0]}, {first.shape[1]}, H, W] of "
                              f"{first.dtype} on {first.device}, got {getattr(f, 'shape', type(f))}")
     for i, s in enumerate(spatial_scales):
-        if not isinstance(s, numbers.Real) or not 0 < s < math.inf:  # comparisons, not isfinite: Dynamo traces them
+        if not isinstance(s, numbers.Real) or isinstance(s, bool) or not 0 < s < math.inf:  # not isfinite: Dynamo
             raise ValueError(f"spatial_scales[{i}] must be a positive finite float, got {s!r}")
 
 
