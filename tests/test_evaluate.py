@@ -125,6 +125,29 @@ def test_ambiguous_split(tmp_path):
     assert subset_ap(evaluate(coco, res, "bbox", image_ids=[1]))["AP"] < 100
 
 
+def test_box_only_ground_truth_stays_in_the_ambiguous_split_after_mask_ap(tmp_path):
+    # Box-only GT (its mask unusable) is a crowd-like region for mask AP only: the evaluation changes a copy, so the
+    # split read after it still counts the box-only instance and its overlap with its neighbour.
+    from PIL import Image
+
+    ann = _coco_json(tmp_path, [(1, (0, 0, 20, 20)), (2, (0, 0, 20, 16)), (2, (30, 30, 10, 10))])
+    data = json.loads(open(ann).read())
+    data["annotations"][1]["segmentation"] = []  # box-only
+    open(ann, "w").write(json.dumps(data))
+    (tmp_path / "img").mkdir()
+    Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    ds = CocoInstances(ann_file=ann, image_dir=str(tmp_path / "img"), masks="none")
+    before = ambiguous_ann_ids(ds.coco, [1])
+    assert before == ({1, 2}, {3})
+    res = [{"image_id": 1, "category_id": a["category_id"], "score": 1.0, "bbox": a["bbox"],
+            "segmentation": ds.coco.annToRLE(a)} for a in ds.coco.loadAnns([1, 3])]
+    for iou_type in ("segm", "bbox", "segm"):
+        ev = evaluate(ds.coco, res, iou_type, image_ids=[1])
+        assert ambiguous_ann_ids(ds.coco, [1]) == before and ds.coco.anns[2]["iscrowd"] == 0
+        # mask AP: the box-only GT neither missed nor matched (100); box AP: it is missed (class 2's AP 50)
+        assert subset_ap(ev, [2])["AP"] == pytest.approx(100.0 if iou_type == "segm" else 50.0, abs=1.0)
+
+
 def test_no_detections_and_empty_subset(tmp_path):
     from opmask_fast.data import load_coco
 

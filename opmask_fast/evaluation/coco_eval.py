@@ -26,13 +26,14 @@ class SubsetCOCOeval(COCOeval):
 
     def _prepare(self) -> None:
         super()._prepare()
-        for gts in self._gts.values():
-            for g in gts:
-                # Recomputed each time: pycocotools keeps these dicts between evaluations. A box-only ground truth
-                # (its mask was unusable, see opmask_fast.data.sanitize) counts for box AP; for mask AP its box is a
-                # crowd-like region: a detection inside it is neither a hit nor a false positive.
-                if "box_only_iscrowd" in g:
-                    g["iscrowd"] = 1 if self.params.iouType == "segm" else g["box_only_iscrowd"]
+        for key, gts in self._gts.items():
+            for i, g in enumerate(gts):
+                # A box-only ground truth (its mask was unusable, see opmask_fast.data.sanitize) counts for box AP;
+                # for mask AP its box is a crowd-like region: a detection inside it is neither a hit nor a false
+                # positive. Changed on a copy: the dataset's own annotation stays what it is (ambiguous_ann_ids
+                # reads its iscrowd after an evaluation).
+                if "box_only_iscrowd" in g and self.params.iouType == "segm":
+                    g = gts[i] = {**g, "iscrowd": 1}
                 g["ignore"] = bool(g.get("iscrowd", 0)) or g["id"] in self.ignore_ann_ids
 
 
