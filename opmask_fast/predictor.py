@@ -49,7 +49,10 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
         raise ValueError(f"an image array must be uint8 [H, W, 3] (RGB) or [H, W]; got {image.dtype} {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"empty image: {image.shape}")
-    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
+    if image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    # A flipped view (img[..., ::-1] after OpenCV, img[:, ::-1]) or a read-only one is copied: torch takes neither.
+    return image if image.flags.c_contiguous and image.flags.writeable else np.array(image, order="C")
 
 
 class Predictor:
@@ -79,6 +82,8 @@ class Predictor:
                  batch_size: int = 1, state: dict | None = None, static: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if score_thresh is not None and score_thresh != score_thresh:  # NaN: every comparison false, no detection
+            raise ValueError(f"score_thresh must be a number, got {score_thresh!r}")
         self.device = torch.device(device)
         self.model, self.meta = model_from_checkpoint(checkpoint, self.device, state=state)
         self.cfg = self.model.cfg

@@ -290,3 +290,23 @@ def test_no_detections_gives_empty_outputs():
     out = model([img], output_sizes=[(50, 60)])[0]
     assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 50, 60) and out["priors"].shape == (0, 7, 7)
     assert out["mask_probs"].shape == (0, 28, 28) and out["labels"].dtype == torch.int64
+
+
+def test_an_image_without_proposals_gives_no_detection_in_its_batch():
+    # A 3x3 image's proposals are all below min_box_size: its row is empty and the batch's other image is unharmed
+    # (the box decoding once failed on zero proposals); the static path agrees.
+    from opmask_fast.modeling.meta_arch import StaticInference
+
+    cfg = _cfg()
+    cfg.rpn.min_box_size = 4.0
+    model = _model(cfg).eval()
+    tiny, (img, _) = torch.rand(3, 3, 3) * 255, _sample()
+    with torch.no_grad():
+        alone = model([tiny])[0]
+        pair = model([tiny, img])
+        static = StaticInference(model)(tiny[None])
+    assert alone["boxes"].shape == (0, 4) and alone["masks"].shape == (0, 3, 3)
+    assert pair[0]["boxes"].shape == (0, 4) and pair[1]["boxes"].shape[0] > 0
+    assert static["count"].tolist() == [0]
+    with pytest.raises(ValueError, match="images\\[0\\] has NaN or inf"):
+        model([torch.full((3, 8, 8), float("nan"))])

@@ -98,6 +98,27 @@ def test_bad_inputs_name_the_problem(checkpoint, image, tmp_path):
         predictor(str(bad))
     with pytest.raises(ValueError, match="one image id per image"):
         predictor.coco_results([predictor(image)], [1, 2])
+    with pytest.raises(ValueError, match="score_thresh"):
+        Predictor(checkpoint, score_thresh=float("nan"))
+
+
+def test_views_and_image_modes_are_taken(checkpoint, image, recwarn):
+    """What a detectron2 user passes: flipped or read-only array views (BGR to RGB after OpenCV), PIL images of
+    modes PIL cannot turn into RGB directly (La), and 32-bit "I" images of 8-bit or 16-bit values."""
+    from opmask_fast import Predictor
+    from opmask_fast.predictor import as_rgb_array
+
+    predictor = Predictor(checkpoint)
+    want = predictor(image)
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    for view in (bgr[..., ::-1], np.broadcast_to(image, image.shape)):
+        assert torch.equal(predictor(view)["boxes"], want["boxes"])
+    assert not [w for w in recwarn if "writable" in str(w.message)]
+    grey = np.arange(12, dtype=np.int32).reshape(3, 4) * 20
+    assert np.array_equal(as_rgb_array(Image.fromarray(grey))[..., 0], grey)  # values <= 255: as they are
+    assert np.array_equal(as_rgb_array(Image.fromarray(grey * 257))[..., 0], grey)  # 16-bit values: the top byte
+    la = Image.new("La", (4, 3), (90, 255))
+    assert as_rgb_array(la).shape == (3, 4, 3) and (as_rgb_array(la) == 90).all()
 
 
 def test_import_stays_cheap():

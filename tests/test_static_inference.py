@@ -126,20 +126,32 @@ def test_no_detection_anywhere_gives_zero_padding(headline):
     assert out["priors"].shape[:2] == (1, m) and not out["priors"].any() and not out["masks"].any()
 
 
-def test_exports_with_a_dynamic_image_size_and_matches_eager(headline):
+def test_exports_with_a_dynamic_image_size_and_matches_eager(headline, tmp_path):
     """torch.export fails on any data-dependent shape or value read on the host (a .tolist(), nonzero, a Python
-    branch on a tensor): exporting the whole path proves it has no host synchronisation."""
+    branch on a tensor): exporting the whole path proves it has no host synchronisation. The program is saved and
+    loaded back, as a deployment would."""
     model, images, _ = headline
     static = StaticInference(model, paste=True)
     img = images[0][None]
     # From 96 px up, every FPN level of a padded image has at least 2 rows and columns (export specialises 1s).
     h, w = torch.export.Dim("h", min=96, max=2048), torch.export.Dim("w", min=96, max=2048)
-    ep = torch.export.export(static, (img,), dynamic_shapes=({2: h, 3: w},))
-    run = ep.module()
+    with torch.no_grad():  # with grad mode on the program keeps a set-grad-enabled wrapper torch.export.save refuses
+        ep = torch.export.export(static, (img,), dynamic_shapes=({2: h, 3: w},))
+    torch.export.save(ep, tmp_path / "static.pt2")
+    run = torch.export.load(tmp_path / "static.pt2").module()
     for x in (img, torch.nn.functional.interpolate(img, size=(96, 160)), torch.rand(1, 3, 200, 136) * 255):
         got, want = run(x), static(x)
         for k in want:
             torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
+
+
+def test_bad_image_batches_are_refused_by_shape(headline):
+    model, images, _ = headline
+    static = StaticInference(model)
+    img = images[0][None]
+    for bad in (img[:, :1], img[0], img[:, :, :0], img[:0], img.permute(0, 2, 3, 1)):
+        with pytest.raises(ValueError, match="images"):
+            static(bad)
 
 
 def test_compiles_without_a_graph_break(headline):

@@ -12,17 +12,27 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-# Integer modes PIL opens 16-bit files in (grey PNG/TIFF); convert("RGB") would clip every value above 255.
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Modes PIL opens 16-bit grey files in; convert("RGB") would clip every value above 255 (near white).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def rgb_array(image: Image.Image) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB of a PIL image of any mode: 16-bit grey scaled to 8 bits (the top byte), every other
-    mode through PIL's own conversion."""
-    if image.mode in _SIXTEEN_BIT_MODES:
-        grey = (np.asarray(image).astype(np.int64).clip(0, 65535) >> 8).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    """``uint8 [H, W, 3]`` RGB of a PIL image of any mode: 16-bit grey scaled to 8 bits (the top byte; a 32-bit "I"
+    image too when a value exceeds 255, as older Pillow opens 16-bit PNGs), every other mode through PIL's own
+    conversion (through LA or RGBA where PIL has no direct one, as for "La")."""
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "I":
+        grey = np.asarray(image).astype(np.int64)
+        if image.mode != "I" or grey.max(initial=0) > 255:
+            grey = grey.clip(0, 65535) >> 8
+        return np.repeat(grey.clip(0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    try:
+        rgb = image.convert("RGB")
+    except ValueError:  # e.g. "La" (premultiplied alpha) converts only to "LA"
+        try:
+            rgb = image.convert({"La": "LA"}.get(image.mode, "RGBA")).convert("RGB")
+        except ValueError:
+            raise ValueError(f"cannot convert an image of PIL mode {image.mode!r} to RGB") from None
+    return np.asarray(rgb, dtype=np.uint8).copy()
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:

@@ -49,4 +49,4 @@ class BoxCoder:
         cx, cy = dx * rw + rx, dy * rh + ry
         w, h = torch.exp(dw) * rw, torch.exp(dh) * rh
         out = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=2)  # (N, k, 4)
-        return out.reshape(deltas.shape[0], -1)
+        return out.reshape(deltas.shape[0], out.shape[1] * 4)  # not -1: N may be 0 (an image without proposals)

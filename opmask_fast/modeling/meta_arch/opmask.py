@@ -62,6 +62,9 @@ class OPMaskModel(nn.Module):
                 raise ValueError(f"images[{i}] must be a Tensor[3, H, W] (RGB), got {getattr(im, 'shape', type(im))}")
             if im.shape[1] < 1 or im.shape[2] < 1:
                 raise ValueError(f"images[{i}] is empty: {tuple(im.shape)}")
+            if not self.training and im.is_floating_point() and not bool(torch.isfinite(im).all()):
+                # (training leaves it to the loss check: no host sync per step)
+                raise ValueError(f"images[{i}] has NaN or inf pixels")
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
         d = self.cfg.size_divisibility
         hp = max(h for h, _ in sizes) + (-max(h for h, _ in sizes)) % d

@@ -51,6 +51,11 @@ class StaticInference(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> dict[str, Tensor]:
+        # Shapes only (no data read, so export and CUDA graphs keep them): a 1-channel batch would broadcast silently.
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be a Tensor[B, 3, H, W] (RGB), got {getattr(images, 'shape', type(images))}")
+        if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+            raise ValueError(f"images is empty: {tuple(images.shape)}")
         b, _, h, w = images.shape
         out = self.detect(self.model.backbone(self.normalize(images)), b, h, w)
         if self.paste:
