@@ -152,7 +152,10 @@ def test_no_detections_and_empty_subset(tmp_path):
     from opmask_fast.data import load_coco
 
     coco = load_coco(_coco_json(tmp_path, [(1, (0, 0, 20, 20))]))
-    assert evaluate(coco, [], "segm", image_ids=[1]) is None
+    for iou_type in ("segm", "bbox"):  # no detection: 0 where there is ground truth, NaN (null) where there is none
+        empty = evaluate(coco, [], iou_type, image_ids=[1])
+        assert subset_ap(empty) == {"AP": 0.0, "AP50": 0.0} and subset_ap(empty, [1])["AP"] == 0.0
+        assert math.isnan(subset_ap(empty, [2])["AP"])
     assert subset_ap(None) == {"AP": 0.0, "AP50": 0.0}
     det = {"image_id": 1, "category_id": 1, "score": 1.0, "bbox": [0, 0, 20, 20]}
     ev = evaluate(coco, [det], "bbox", image_ids=[1])

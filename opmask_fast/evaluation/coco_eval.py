@@ -38,8 +38,9 @@ class SubsetCOCOeval(COCOeval):
 
 
 def evaluate(coco_gt: COCO, results: list[dict], iou_type: str, *, image_ids: list[int],
-             ignore_ann_ids: Iterable[int] = ()) -> SubsetCOCOeval | None:
-    """Runs evaluate + accumulate quietly; ``None`` when there is no detection at all (every AP is then 0).
+             ignore_ann_ids: Iterable[int] = ()) -> SubsetCOCOeval:
+    """Runs evaluate + accumulate quietly. With no detection at all every AP is 0, and NaN for a subset without
+    ground truth, as with any other result list.
 
     Args:
         results: COCO results (``image_id``, ``category_id``, ``score``, ``bbox`` xywh and/or ``segmentation`` RLE).
@@ -48,8 +49,6 @@ def evaluate(coco_gt: COCO, results: list[dict], iou_type: str, *, image_ids: li
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
-    if not results:
-        return None
     # loadRes and COCOeval add and replace keys of each result (area, id, iscrowd, segmentation) but never change the
     # values inside: a copy of each dict keeps the caller's list intact without a deep copy of every RLE.
     results = [dict(r) for r in results]
@@ -58,7 +57,13 @@ def evaluate(coco_gt: COCO, results: list[dict], iou_type: str, *, image_ids: li
         for r in results:
             r.pop("bbox", None)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # loadRes cannot take an empty list: an empty result set of the same images and categories
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(coco_gt.dataset.get("images", [])), "annotations": [],
+                               "categories": list(coco_gt.dataset.get("categories", []))}
+            coco_dt.createIndex()
         ev = SubsetCOCOeval(coco_gt, coco_dt, iou_type, ignore_ann_ids=ignore_ann_ids)
         ev.params.imgIds = list(image_ids)
         # Area "all" only: it is the one subset_ap reads, and the small/medium/large passes were three quarters of
@@ -74,7 +79,7 @@ def subset_ap(ev: SubsetCOCOeval | None, category_ids: Iterable[int] | None = No
     """AP (IoU 0.50:0.95) and AP50 in percent over ``category_ids`` (all when ``None``), area "all", 100 detections.
 
     Same averaging as COCOeval.summarize: the mean of the precision entries that exist (categories without ground
-    truth have none). NaN when the subset has no ground truth; 0 when there was no detection at all.
+    truth have none). NaN when the subset has no ground truth; ``ev`` None (nothing evaluated) gives 0.
     """
     if ev is None:
         return {"AP": 0.0, "AP50": 0.0}
