@@ -92,12 +92,8 @@ def check_model_checkpoint(state: dict, path: str) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint of opmask_fast.train: its meta has no {', '.join(missing)}")
     if not all(torch.is_tensor(v) for v in model.values()):
         raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
-    try:
-        cfg = ModelConfig.from_dict(meta["model_config"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
     try:  # shapes only (the meta device): a damaged file is refused before any data is read
-        check_model_weights(cfg, model, source=repr(path))
+        check_model_weights(checkpoint_config(state, path), model, source=repr(path))
     except WeightsMismatchError as e:
         raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
     return state
@@ -133,6 +129,14 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
+def checkpoint_config(state: dict, path: str) -> ModelConfig:
+    """The model config a checkpoint's meta holds (a fresh copy); CheckpointError naming ``path`` if unusable."""
+    try:
+        return ModelConfig.from_dict(state["meta"]["model_config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
+
+
 def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, state: dict | None = None,
                           overrides: Sequence[str] = ()):
     """Rebuilds the model a checkpoint was trained with and loads its weights. Returns ``(model, meta)``.
@@ -146,10 +150,7 @@ def model_from_checkpoint(path: str, device: str | torch.device = "cpu", *, stat
     """
     state = check_model_checkpoint(load_checkpoint(path) if state is None else state, path)
     meta = state["meta"]
-    try:
-        cfg = ModelConfig.from_dict(meta["model_config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: its model config cannot be used: {e}") from None
+    cfg = checkpoint_config(state, path)
     for item in overrides:
         apply_override(cfg, item)
     cfg.validate()
