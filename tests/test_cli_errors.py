@@ -290,7 +290,18 @@ def test_compare_checks_before_generating_or_training(tmp_path, capsys):
     for args, fragment in ((["--variants", "baseline,foo"], "--variants: unknown ['foo']"),
                            (["--", "--bogus"], "training options after --: unrecognized arguments: --bogus"),
                            (["--seeds", "0,x"], "--seeds must be integers"),
-                           (["--preset", "opmask_r18_nope"], "--preset: unknown 'opmask_r18_nope'")):
+                           (["--preset", "opmask_r18_nope"], "--preset: unknown 'opmask_r18_nope'"),
+                           (["--seeds", "\u00b2"], "--seeds must be integers"),  # "²".isdigit() is True
+                           (["--variants", "baseline,baseline"], "--variants names baseline more than once"),
+                           (["--seeds", "0,1,0"], "--seeds names 0 more than once"),
+                           # what compare sets per run would win after -- and make the table wrong
+                           (["--", "--variant", "opmask"], "--variant: compare trains each of --variants"),
+                           (["--", "--no-prior"], "--no-prior: the baseline is a variant"),
+                           (["--", "--seed=5"], "--seed: give --seeds to compare"),
+                           (["--", "--data-s", "3"], "--data-seed: give --data-seed to compare"),
+                           (["--", "--output-dir", "x", "--no-eval"], "--no-eval: compare reads each run's "
+                                                                      "evaluation; --output-dir: give --output-dir"),
+                           (["--", "--steps", "\u00b2"], "--steps must be iterations")):
         line = in_process(capsys, "compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", *args)
         assert fragment in line, line
     assert not os.path.exists(tmp_path / "cache" / "synthetic")

@@ -21,7 +21,7 @@ from ..training.initial_weights import check_model_weights
 from ..variants import VARIANTS, get_variant
 from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
                      check_same_categories, check_strong_masks, choose_split, read_checkpoint)
-from .errors import UsageError, user_errors
+from .errors import UsageError, option_name, user_errors
 from .options import default_output_dir, model_config_from_args, resolve_data, train_config_from_args
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def check_train_options(args) -> tuple:
     steps = getattr(args, "steps", None)
     if steps is not None:
         parts = [p.strip() for p in steps.split(",") if p.strip()]
-        if not all(p.isdigit() and int(p) >= 1 for p in parts):
+        if not all(p.isascii() and p.isdigit() and int(p) >= 1 for p in parts):  # "²".isdigit() is True
             raise UsageError(f"--steps must be iterations (integers >= 1) separated by commas, got {steps!r}")
     weights_file = getattr(args, "weights", None)
     with user_errors():
@@ -266,6 +266,32 @@ def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
     return PredictPlan(state=state, files=files)
 
 
+# The training options compare sets for each run, and what to give instead.
+# The training options compare sets for each run, and what to give instead (a --preset or --num-threads after -- is
+# the same for every run, so it stays allowed).
+COMPARE_OWNS = {
+    "variant": "compare trains each of --variants", "no_prior": "the baseline is a variant of --variants",
+    "prior_scale": "each variant sets its own prior scale", "seed": "give --seeds to compare, before --",
+    "data_seed": "give --data-seed to compare, before --", "output_dir": "give --output-dir to compare, before --",
+    "cache_dir": "give --cache-dir to compare, before --", "no_eval": "compare reads each run's evaluation",
+}
+
+
+def _options_given(parser, tokens: list[str]) -> set[str]:
+    """The dests of the options among ``tokens``, abbreviations resolved as argparse resolves them."""
+    actions = parser._option_string_actions
+    dests = set()
+    for tok in tokens:
+        if not tok.startswith("--"):
+            continue
+        name = tok.split("=", 1)[0]
+        matches = {actions[name].dest} if name in actions else \
+            {a.dest for o, a in actions.items() if o.startswith(name)}
+        if len(matches) == 1:
+            dests |= matches
+    return dests
+
+
 def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     """``opmask_fast.compare``'s options and the training options after ``--``. Returns (variants, seeds)."""
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -273,8 +299,12 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     if unknown or not names:
         raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(VARIANTS)}")
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if not parts or not all(p.isdigit() for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
         raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {args.seeds!r}")
+    for what, items in (("--variants", names), ("--seeds", [int(p) for p in parts])):
+        twice = sorted({str(i) for i in items if items.count(i) > 1})
+        if twice:  # two trainings would write one run folder at once
+            raise UsageError(f"{what} names {', '.join(twice)} more than once")
     if args.preset not in PRESETS:
         raise UsageError(f"--preset: unknown {args.preset!r}; known: {', '.join(sorted(PRESETS))}")
     check_number(args, "jobs", minimum=1)
@@ -296,6 +326,11 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
         if given:
             raise UsageError(f"{', '.join(given)}: compare trains on a synthetic dataset; give --dataset and "
                              "--data-images to compare itself, before --")
+        # What compare sets per run: given after --, it would win (the later option) and make the table wrong, e.g.
+        # one model in every column or one seed for all.
+        owned = sorted(_options_given(train_parser, extra) & set(COMPARE_OWNS))
+        if owned:
+            raise UsageError("; ".join(f"{option_name(d)}: {COMPARE_OWNS[d]}" for d in owned))
         check_train_options(targs)
     except UsageError as e:
         raise UsageError(f"training options after --: {e}") from e
