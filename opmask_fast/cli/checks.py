@@ -16,7 +16,7 @@ import torch
 
 from ..data import CocoInstances, is_coco_categories
 from ..data.splits import VOC_SPLITS
-from ..training.checkpoint import check_model_checkpoint, load_checkpoint
+from ..training.checkpoint import check_checkpoint_weights, check_model_checkpoint, load_checkpoint
 from .errors import UsageError, option_name, user_errors
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,9 @@ def read_checkpoint(path: str, option: str = "--checkpoint") -> dict:
     """A checkpoint written by ``opmask_fast.train`` (weights and the meta to rebuild its model)."""
     check_paths(files={option: path})
     with user_errors("" if option == "--checkpoint" else option):
-        return check_model_checkpoint(load_checkpoint(path), path)
+        state = check_model_checkpoint(load_checkpoint(path), path)
+        check_checkpoint_weights(state, path)
+        return state
 
 
 # ---- split -----------------------------------------------------------------------------------------------------------

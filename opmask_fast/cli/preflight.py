@@ -266,7 +266,6 @@ def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
     return PredictPlan(state=state, files=files)
 
 
-# The training options compare sets for each run, and what to give instead.
 # The training options compare sets for each run, and what to give instead (a --preset or --num-threads after -- is
 # the same for every run, so it stays allowed).
 COMPARE_OWNS = {

@@ -92,11 +92,17 @@ def check_model_checkpoint(state: dict, path: str) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint of opmask_fast.train: its meta has no {', '.join(missing)}")
     if not all(torch.is_tensor(v) for v in model.values()):
         raise CheckpointError(f"{path}: its 'model' entry is not a state dict of tensors")
-    try:  # shapes only (the meta device): a damaged file is refused before any data is read
-        check_model_weights(checkpoint_config(state, path), model, source=repr(path))
+    return state
+
+
+def check_checkpoint_weights(state: dict, path: str) -> None:
+    """Whether a checkpoint's weights fit its own model config, shapes only (the model built on the meta device), so
+    a command refuses a damaged file before any data is read (``model_from_checkpoint`` finds the same when it builds
+    the model, after the data)."""
+    try:
+        check_model_weights(checkpoint_config(state, path), state["model"], source=repr(path))
     except WeightsMismatchError as e:
         raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
-    return state
 
 
 def get_rng_state() -> dict:
