@@ -3,49 +3,17 @@ unusable annotations counted instead of trained on, unreadable images skipped by
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from _cli import in_process, run, usage_error
 from opmask_fast.data import SyntheticSpec, ensure_synthetic
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ["--iters", "2", "--batch-size", "2", "--quiet", "--num-threads", "1"]
 SPLIT = ["--split", "circle,triangle,cross"]
-
-
-def run(command: str, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"opmask_fast.{command}", *map(str, args)], cwd=ROOT,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})), capture_output=True, text=True,
-                          timeout=600)
-
-
-def usage_error(proc: subprocess.CompletedProcess, command: str, *fragments: str) -> str:
-    """Asserts the one-line usage error and returns it."""
-    lines = [l for l in proc.stderr.splitlines() if ": error:" in l]
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith(f"python -m opmask_fast.{command}: error: "), proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
-
-
-def in_process(capsys, command: str, *args) -> str:
-    """The same command through ``main(argv)`` (cheaper than a process): SystemExit(2) and the one error line."""
-    import importlib
-
-    main = importlib.import_module(f"opmask_fast.{command}").main
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if ": error:" in l]
-    assert e.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"python -m opmask_fast.{command}: error: ")
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -284,29 +252,6 @@ def test_predict_pictures_of_images_sharing_a_name_do_not_overwrite(bad_run, dat
                                                                          "y_pred.png"]
 
 
-def test_compare_checks_before_generating_or_training(tmp_path, capsys):
-    proc = run("compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", "--", "--iters", "0")
-    usage_error(proc, "compare", "training options after --: --iters must be >= 1")
-    for args, fragment in ((["--variants", "baseline,foo"], "--variants: unknown ['foo']"),
-                           (["--", "--bogus"], "training options after --: unrecognized arguments: --bogus"),
-                           (["--seeds", "0,x"], "--seeds must be integers"),
-                           (["--preset", "opmask_r18_nope"], "--preset: unknown 'opmask_r18_nope'"),
-                           (["--seeds", "\u00b2"], "--seeds must be integers"),  # "²".isdigit() is True
-                           (["--variants", "baseline,baseline"], "--variants names baseline more than once"),
-                           (["--seeds", "0,1,0"], "--seeds names 0 more than once"),
-                           # what compare sets per run would win after -- and make the table wrong
-                           (["--", "--variant", "opmask"], "--variant: compare trains each of --variants"),
-                           (["--", "--no-prior"], "--no-prior: the baseline is a variant"),
-                           (["--", "--seed=5"], "--seed: give --seeds to compare"),
-                           (["--", "--data-s", "3"], "--data-seed: give --data-seed to compare"),
-                           (["--", "--output-dir", "x", "--no-eval"], "--no-eval: compare reads each run's "
-                                                                      "evaluation; --output-dir: give --output-dir"),
-                           (["--", "--steps", "\u00b2"], "--steps must be iterations")):
-        line = in_process(capsys, "compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", *args)
-        assert fragment in line, line
-    assert not os.path.exists(tmp_path / "cache" / "synthetic")
-
-
 @pytest.mark.parametrize("case", ["invalid JSON", "not COCO", "image missing", "annotation file is a folder"])
 def test_train_data_file_errors(data, tmp_path, capsys, case):
     ann = tmp_path / "ann.json"
@@ -340,6 +285,7 @@ def test_train_data_file_errors(data, tmp_path, capsys, case):
     (["--prior-scale", "feature_mean"], ["--prior-scale must be one of", "feature_range"]),
     (["--set", "input.min_size_train=0"], ["input.min_size_train must be >= 1"]),
     (["--set", "input.max_size=0"], ["input.max_size must be >= 1"]),
+    (["--set", "num_classes=3"], ["num_classes=3 but the synthetic dataset shapes has 6 categories"]),
 ])
 def test_synthetic_dataset_and_new_option_errors(tmp_path, capsys, extra, fragments):
     """The synthetic dataset's own classes decide the split; nothing is generated before the options pass."""

@@ -163,6 +163,14 @@ def test_errors_before_any_work(tmp_path, capsys):
     (tmp_path / "bad" / "metrics.json").write_text("{")
     check([tmp_path / "bad", "--train-ann", ann], "not valid JSON")
     check([tmp_path / "r", "--train-ann", ann, "--min-classes", "2"], "--min-classes")
+    (tmp_path / "a_file").write_text("")
+    for extra, needles in ((["--device", "bogus"], ["--device 'bogus' is not a device"]),
+                           (["--num-threads", "0"], ["--num-threads must be >= 1"]),
+                           (["--output-dir", tmp_path / "a_file"], ["--output-dir", "a_file is a file"]),
+                           (["--docs-picture", tmp_path], ["--docs-picture", "is a folder"]),
+                           (["--docs-picture", tmp_path / "a_file" / "x.png"], ["--docs-picture's folder", "a_file"]),
+                           (["--docs-picture", tmp_path / "x.png"], ["x.png needs two runs with checkpoints"])):
+        check([tmp_path / "r", "--train-ann", ann, *extra], *needles)
     assert not os.path.exists(tmp_path / "r" / "report.md")  # nothing was written
 
 

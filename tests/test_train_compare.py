@@ -45,6 +45,70 @@ def test_reuse_reads_finished_runs(tmp_path):
     assert results["opmask"][0]["seed"] == 0 and math.isclose(results["opmask"][0]["train_minutes"], 100 / 60)
 
 
+def test_reuse_retrains_a_run_recorded_with_other_settings(tmp_path, monkeypatch):
+    """--reuse keeps a finished run only when compare gave it the same training command as now: a run of the same
+    folder trained with other options after -- is trained again, not shown in the table under today's settings."""
+    import sys
+
+    def fake_command(variant, seed, args, out):
+        extra = [a for a in args.train_args if a != "--"]
+        weak = 3.0 if extra else 2.0  # what this "training" reports depends on its options
+        return [sys.executable, "-c", f"import json; json.dump({_metrics(weak, 20.0)!r}, "
+                                      f"open({os.path.join(out, 'metrics.json')!r}, 'w'))", *extra]
+
+    monkeypatch.setattr(compare, "train_command", fake_command)
+
+    def weak(*extra):
+        args = compare.build_parser().parse_args(["--variants", "baseline", "--output-dir", str(tmp_path), "--reuse",
+                                                  *extra])
+        results, failed = compare.run_all(args)
+        assert failed == []
+        return results["baseline"][0]["mask_AP_weak"]
+
+    assert weak() == 2.0
+    recorded = json.load(open(tmp_path / "baseline_s0" / compare.RUN_COMMAND))
+    default = compare.build_parser().parse_args([])
+    assert recorded == fake_command("baseline", 0, default, str(tmp_path / "baseline_s0"))[1:]
+    os.remove(tmp_path / "baseline_s0" / "metrics.json")
+    json.dump(_metrics(7.0, 20.0), open(tmp_path / "baseline_s0" / "metrics.json", "w"))
+    assert weak() == 7.0  # the same command: reused as it is
+    assert weak("--", "--iters", "9") == 3.0  # other options after --: trained again
+    json.dump(_metrics(8.0, 20.0), open(tmp_path / "baseline_s0" / "metrics.json", "w"))
+    assert weak("--", "--iters", "9") == 8.0  # recorded with these options now: reused
+
+
+def test_sigterm_to_compare_ends_its_trainings(tmp_path):
+    """A compare killed with SIGTERM (a scheduler's stop) ends the trainings it started instead of leaving them
+    running on the machine."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = f"""
+import os, sys
+from opmask_fast.cli import compare
+def fake_command(variant, seed, args, out):
+    return [sys.executable, "-c", "import os, time; open(os.path.join(%r, 'pid'), 'w').write(str(os.getpid())); "
+            "time.sleep(600)" % out]
+compare.train_command = fake_command
+compare.main(["--variants", "baseline,opmask", "--output-dir", {str(tmp_path / 'out')!r}, "--data-images", "2,2",
+              "--cache-dir", {str(tmp_path / 'cache')!r}])
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    pid_files = [tmp_path / "out" / f"{v}_s0" / "pid" for v in ("baseline", "opmask")]
+    deadline = time.time() + 300
+    while not all(p.is_file() and p.read_text() for p in pid_files):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.2)
+    children = [int(p.read_text()) for p in pid_files]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    for pid in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_compare_exits_1_naming_each_failed_run_and_still_prints_the_table(tmp_path, monkeypatch, capsys):
     """A training that fails (exit 3), one killed by a signal and one that exits 0 without metrics.json: compare prints
     the table of the run that finished, names each failed run with its log, and exits 1, never 0. A stale

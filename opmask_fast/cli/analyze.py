@@ -28,6 +28,8 @@ from ..analysis.plots import plot_figure3
 from ..analysis.report import write_comparison_report, write_run_report
 from ..analysis.runs import analyze, format_analysis, load_run
 from ..data.coco import load_coco
+from .checks import check_device, check_output_dir
+from .errors import UsageError
 
 PROG = "python -m opmask_fast.analyze"
 
@@ -80,6 +82,18 @@ def prepare(argv: list[str] | None = None):
         fail(f"--min-classes must be at least 3 (a line through 2 points has no test), got {args.min_classes}")
     if args.images < 0 or args.top < 0:
         fail("--images and --top must be >= 0")
+    if args.num_threads is not None and args.num_threads < 1:
+        fail(f"--num-threads must be >= 1, got {args.num_threads}")
+    try:
+        check_device(args.device)
+        if args.output_dir:
+            check_output_dir(args.output_dir)
+        if args.docs_picture:
+            if os.path.isdir(args.docs_picture):
+                raise UsageError(f"--docs-picture {args.docs_picture} is a folder; give the PNG file to write")
+            check_output_dir(os.path.dirname(os.path.abspath(args.docs_picture)), "--docs-picture's folder")
+    except UsageError as e:
+        fail(str(e))
     try:
         runs = [load_run(a) for a in args.runs]
     except (FileNotFoundError, ValueError) as e:
@@ -87,6 +101,8 @@ def prepare(argv: list[str] | None = None):
     folders = [r.folder for r in runs]
     if len(set(folders)) != len(folders):
         fail("a run is given twice: " + ", ".join(sorted({f for f in folders if folders.count(f) > 1})))
+    if args.docs_picture and (args.images == 0 or sum(r.checkpoint is not None for r in runs) < 2):
+        fail(f"--docs-picture {args.docs_picture} needs two runs with checkpoints and --images > 0")
     train_ann = args.train_ann
     if train_ann is None:
         known = {r.train_ann for r in runs if r.train_ann}
@@ -155,7 +171,7 @@ def report_runs(folders: list[str], output_dir: str, *, images: int = 3, device=
 
 def main(argv: list[str] | None = None) -> dict:
     args, runs, train_ann = prepare(argv)
-    if args.num_threads:
+    if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     return run_analysis(args, runs, train_ann)
 

@@ -22,9 +22,11 @@ import argparse
 import json
 import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -94,12 +96,48 @@ def train_command(variant: str, seed: int, args, out: str) -> list[str]:
     return cmd + ["--variant", variant, *extra]
 
 
+RUN_COMMAND = "compare_command.json"  # in each run folder: the training command compare gave it (for --reuse)
+
+
 def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
     cmd = train_command(variant, seed, args, out)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, RUN_COMMAND), "w") as f:
+        json.dump(cmd[1:], f)
     log = open(os.path.join(out, "log.txt"), "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _reusable(variant: str, seed: int, args, out: str) -> bool:
+    """With --reuse: the run finished (metrics.json) and, where compare recorded its training command, with the same
+    command as now (other options after --, another preset or dataset retrain it)."""
+    if not (args.reuse and os.path.isfile(os.path.join(out, "metrics.json"))):
+        return False
+    try:
+        with open(os.path.join(out, RUN_COMMAND)) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == train_command(variant, seed, args, out)[1:]:
+        return True
+    print(f"{variant} seed {seed}: trained with other settings than this compare's, trained again", flush=True)
+    return False
+
+
+def _stop(running: dict) -> None:
+    """Ends the trainings still running (compare itself was interrupted or killed): none outlives it."""
+    for proc, _, _ in running.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc, _, _ in running.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def output_root(args) -> str:
@@ -140,28 +178,31 @@ def run_all(args) -> tuple[dict[str, list[dict]], list[Failure]]:
     running: dict[tuple, tuple] = {}
     failed = []
     start = time.time()
-    while queue or running:
-        while queue and len(running) < max(args.jobs, 1):
-            v, s = queue.pop(0)
-            out = os.path.join(args.output_dir, f"{v}_s{s}")
-            if args.reuse and os.path.isfile(os.path.join(out, "metrics.json")):
-                continue
-            if os.path.isfile(os.path.join(out, "metrics.json")):  # a failed run must not show an older one's numbers
-                os.remove(os.path.join(out, "metrics.json"))
-            running[(v, s)] = (_launch(v, s, args, out), time.time(), out)
-            print(f"[{time.time() - start:5.0f} s] started {v} seed {s}", flush=True)
-        time.sleep(1.0)
-        for key, (proc, t0, out) in list(running.items()):
-            if proc.poll() is not None:
-                del running[key]
-                log = os.path.join(out, "log.txt")
-                if proc.returncode != 0:
-                    failed.append(Failure(f"{key[0]} seed {key[1]}", _exit_reason(proc.returncode), log))
-                elif not os.path.isfile(os.path.join(out, "metrics.json")):
-                    failed.append(Failure(f"{key[0]} seed {key[1]}", "finished without metrics.json", log))
-                status = "done" if proc.returncode == 0 else f"FAILED ({failed[-1]})"
-                print(f"[{time.time() - start:5.0f} s] {key[0]} seed {key[1]} {status} in {time.time() - t0:.0f} s",
-                      flush=True)
+    try:
+        while queue or running:
+            while queue and len(running) < max(args.jobs, 1):
+                v, s = queue.pop(0)
+                out = os.path.join(args.output_dir, f"{v}_s{s}")
+                if _reusable(v, s, args, out):
+                    continue
+                if os.path.isfile(os.path.join(out, "metrics.json")):  # a failed run must not show older numbers
+                    os.remove(os.path.join(out, "metrics.json"))
+                running[(v, s)] = (_launch(v, s, args, out), time.time(), out)
+                print(f"[{time.time() - start:5.0f} s] started {v} seed {s}", flush=True)
+            time.sleep(1.0)
+            for key, (proc, t0, out) in list(running.items()):
+                if proc.poll() is not None:
+                    del running[key]
+                    log = os.path.join(out, "log.txt")
+                    if proc.returncode != 0:
+                        failed.append(Failure(f"{key[0]} seed {key[1]}", _exit_reason(proc.returncode), log))
+                    elif not os.path.isfile(os.path.join(out, "metrics.json")):
+                        failed.append(Failure(f"{key[0]} seed {key[1]}", "finished without metrics.json", log))
+                    status = "done" if proc.returncode == 0 else f"FAILED ({failed[-1]})"
+                    print(f"[{time.time() - start:5.0f} s] {key[0]} seed {key[1]} {status} in "
+                          f"{time.time() - t0:.0f} s", flush=True)
+    finally:
+        _stop(running)
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for v in variants:
         for s in seeds:
@@ -261,6 +302,17 @@ def main(argv: list[str] | None = None) -> dict:
     args.output_dir = output_root(args)
     # The options of compare and of the trainings after -- are checked before any dataset or training.
     preflight.check_compare(args, train_parser=train_command_line.build_parser())
+    if threading.current_thread() is not threading.main_thread():
+        return _compare(args)
+    # SIGTERM (a job scheduler, `kill`) unwinds as Ctrl-C does, so run_all ends the trainings it started.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _compare(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _compare(args) -> dict:
     start = time.time()
     num_train, num_val = args.data_images or (None, None)
     spec = dataset_spec(args.dataset, seed=args.data_seed, num_train=num_train, num_val=num_val)
@@ -287,6 +339,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{PROG}: error: {len(failed)} failed: " + "; ".join(str(f) for f in failed), file=sys.stderr)
         raise SystemExit(1)
     return results
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def _write_report(results: dict[str, list[dict]], output_dir: str) -> list[Failure]:

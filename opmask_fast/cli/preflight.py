@@ -108,17 +108,31 @@ def check_train(args) -> TrainPlan:
                     folders={DATA_OPTIONS[k]: paths[k] for k in ("train_images", "val_images")})
         plan.data = prepare_train_data(args, paths, cfg.input, need_val=need_val)
     else:
-        # The synthetic dataset is generated later (once); its categories are known now.
         check_output_dir(args.cache_dir or default_cache_root(), "--cache-dir")
-        name = _synthetic_name(args)
-        style = get_style(DATASETS[name].style)
-        cats = [{"id": i + 1, "name": n} for i, n in enumerate(style.classes)]
-        what = f"the synthetic dataset {name}"
-        split = choose_split(args.split, cats, ann_file=what, default=",".join(style.strong_classes))
-        with user_errors():
-            strong = resolve_split(split, cats, seed=args.split_seed)
-        check_groups(split, _Groups(cats, strong, what))
+        check_synthetic(args, cfg)
     return plan
+
+
+def check_num_classes(cfg, count: int, source: str) -> None:
+    """The model's class count is the data's (``source`` names the data)."""
+    if cfg.num_classes != count:
+        raise UsageError(f"the model has num_classes={cfg.num_classes} but {source} has {count} categories; "
+                         "num_classes comes from the data, do not --set it")
+
+
+def check_synthetic(args, cfg) -> None:
+    """The split and a ``--set num_classes`` against the synthetic dataset ``args.dataset``, which is generated later
+    (once): its categories are known now."""
+    name = _synthetic_name(args)
+    style = get_style(DATASETS[name].style)
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(style.classes)]
+    what = f"the synthetic dataset {name}"
+    if sets_num_classes(args):
+        check_num_classes(cfg, len(cats), what)
+    split = choose_split(args.split, cats, ann_file=what, default=",".join(style.strong_classes))
+    with user_errors():
+        strong = resolve_split(split, cats, seed=args.split_seed)
+    check_groups(split, _Groups(cats, strong, what))
 
 
 class _Groups:
@@ -163,9 +177,7 @@ def check_run(cfg, train_set: CocoInstances, resume: str | None, weights=None) -
     """The model config fits the data (``num_classes``), a whole model's ``--weights`` (``weights``, a `WeightsFile`)
     fit the model, and ``--resume`` continues a run of the same config and categories (``resume``: the checkpoint
     path, None without --resume)."""
-    if cfg.num_classes != len(train_set.category_ids):
-        raise UsageError(f"the model has num_classes={cfg.num_classes} but {train_set.ann_file} has "
-                         f"{len(train_set.category_ids)} categories; num_classes comes from the data, do not --set it")
+    check_num_classes(cfg, len(train_set.category_ids), train_set.ann_file)
     if weights is not None and weights.kind != "backbone":
         with user_errors("--weights"):  # e.g. a checkpoint of other classes or of a model without the prior
             check_model_weights(cfg, read_model_state(weights.path), source=repr(weights.path))
@@ -310,6 +322,9 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     check_number(args, "data_seed", minimum=0)
     check_number(args, "threads", minimum=1)
     check_output_dir(args.output_dir)
+    for run in (f"{v}_s{s}" for v in names for s in {int(p) for p in parts}):
+        if os.path.exists(os.path.join(args.output_dir, run)):
+            check_output_dir(os.path.join(args.output_dir, run), "--output-dir: the run folder")
     if args.cache_dir:
         check_output_dir(args.cache_dir, "--cache-dir")
 
@@ -330,7 +345,10 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
         owned = sorted(_options_given(train_parser, extra) & set(COMPARE_OWNS))
         if owned:
             raise UsageError("; ".join(f"{option_name(d)}: {COMPARE_OWNS[d]}" for d in owned))
-        check_train_options(targs)
+        cfg, _, _ = check_train_options(targs)
+        check_device(targs.device)
+        targs.dataset = args.dataset  # compare's, given to every training
+        check_synthetic(targs, cfg)
     except UsageError as e:
         raise UsageError(f"training options after --: {e}") from e
     return names, [int(p) for p in parts]
