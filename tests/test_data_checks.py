@@ -40,6 +40,7 @@ def _write(tmp_path, anns, cats=CATS, images=None):
 BAD = [
     ({"category_id": 1, "bbox": [5, float("nan"), 10, 10], "segmentation": SQUARE}, "bbox_nonfinite"),
     ({"category_id": 1, "bbox": [5, 5, float("inf"), 10], "segmentation": SQUARE}, "bbox_nonfinite"),
+    ({"category_id": 1, "bbox": [5, 5, 10**400, 10], "segmentation": SQUARE}, "bbox_nonfinite"),  # valid JSON
     ({"category_id": 1, "bbox": [5, 5, -10, 10], "segmentation": SQUARE}, "bbox_negative_size"),
     ({"category_id": 1, "bbox": [500, 5, 10, 10], "segmentation": SQUARE}, "bbox_outside_image"),
     ({"category_id": 1, "bbox": [-20, 5, 10, 10], "segmentation": SQUARE}, "bbox_outside_image"),
@@ -52,6 +53,9 @@ BAD = [
     ({"category_id": 1, "bbox": [10, 10, 10, 10]}, "mask_missing"),
     ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[1, 2, 3, 4, 5, 6, 7]]}, "mask_invalid"),
     ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[1, 2, float("nan"), 4, 5, 6]]}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [[1, 2, 10**400, 4, 5, 6]]}, "mask_invalid"),
+    ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [10**400, W], "counts": [H * W]}},
+     "mask_invalid"),
     ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [H, W], "counts": [5, 5]}}, "mask_invalid"),
     ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [W, H], "counts": [H * W]}}, "mask_invalid"),
     ({"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": {"size": [H, W], "counts": "zz"}}, "mask_invalid"),
@@ -75,7 +79,7 @@ def test_rule_drops_bad_boxes_and_makes_bad_masks_box_only(tmp_path, caplog):
     assert ds.dropped == {r: len(ids) for r, ids in sorted(expected.items())}
     assert ds.dropped_ids == expected
     assert ds.num_degenerate == sum(n for r, n in ds.dropped.items() if r.startswith("bbox_"))
-    assert "bbox_nonfinite 2 (ids 1, 2)" in caplog.text and "mask_empty 2 (ids 10, 11)" in caplog.text
+    assert "bbox_nonfinite 3 (ids 1, 2, 3)" in caplog.text and "mask_empty 2 (ids 11, 12)" in caplog.text
     _, t = ds[0]
     n_box_only = sum(1 for _, r in BAD if r.startswith("mask_"))
     assert len(t["labels"]) == n_box_only + 2 and torch.isfinite(t["boxes"]).all()
@@ -151,6 +155,7 @@ def test_weak_masks_are_not_checked_in_training(tmp_path):
     (lambda d: d["annotations"][0].pop("id"), "annotation entry #0 has id None"),
     (lambda d: d["annotations"][0].update(iscrowd=2), "annotation 1 has iscrowd 2"),
     (lambda d: d["images"][0].update(height=0), "image 1 .* has height 0"),
+    (lambda d: d["images"][0].update(width=10**400), r"image 1 .* has width 10{36}\.\.\.; it must be a positive"),
     (lambda d: d["images"][0].pop("file_name"), "image 1 has no file_name"),
     (lambda d: d["categories"].append({"id": 11, "name": "Car"}), "category names .* more than once"),
     (lambda d: d["categories"].clear(), "lists no categories"),

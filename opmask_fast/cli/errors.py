@@ -80,7 +80,8 @@ def entry_point(prog: str) -> Callable:
 
 @contextlib.contextmanager
 def user_errors(context: str = "") -> Iterator[None]:
-    """Turns the library's errors about its inputs (ValueError, OSError, KeyError, json errors) into ``UsageError``.
+    """Turns the library's errors about its inputs (ValueError, OSError, KeyError, OverflowError, json errors) into
+    ``UsageError``.
 
     Used only around the checks that run before any work, so a failure later keeps its traceback.
 
@@ -91,7 +92,7 @@ def user_errors(context: str = "") -> Iterator[None]:
         yield
     except UsageError:
         raise
-    except (ValueError, OSError, KeyError, json.JSONDecodeError) as e:
+    except (ValueError, OSError, KeyError, OverflowError, json.JSONDecodeError) as e:
         text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
             text = f"{text}: {e.filename}"

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import logging
-import math
 import os
 import random
 from typing import Sequence
@@ -19,7 +18,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 
 from .sanitize import (DROP_REASONS, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation, check_structure,
-                       summarize)
+                       is_finite_number, summarize)
 from .splits import resolve_split
 from .transforms import ResizeFlip, rgb_array
 
@@ -269,7 +268,7 @@ class CocoInstances(torch.utils.data.Dataset):
 
 
 def _is_area(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return isinstance(v, (int, float)) and is_finite_number(v) and v >= 0
 
 
 def decode_segmentation(segm, height: int, width: int) -> np.ndarray:

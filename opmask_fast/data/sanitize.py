@@ -42,6 +42,16 @@ def _is_number(v) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool)
 
 
+def is_finite_number(v) -> bool:
+    """A real number (not a bool) that is finite as a float: JSON's integers beyond a float's range (1e309) are not."""
+    if not _is_number(v):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
 def check_box(bbox, height: int, width: int) -> tuple[tuple[float, float, float, float] | None, str | None]:
     """Applies the box rule to a COCO ``[x, y, w, h]`` box.
 
@@ -50,9 +60,9 @@ def check_box(bbox, height: int, width: int) -> tuple[tuple[float, float, float,
     """
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
         return None, "bbox_invalid"
-    x, y, w, h = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
+    if not all(is_finite_number(v) for v in bbox):
         return None, "bbox_nonfinite"
+    x, y, w, h = (float(v) for v in bbox)
     if w < 0 or h < 0:
         return None, "bbox_negative_size"
     t = BOX_TOLERANCE
@@ -76,7 +86,7 @@ def check_segmentation(segm, height: int, width: int) -> tuple[float, str | None
     if isinstance(segm, (list, tuple)):
         if not all(isinstance(p, (list, tuple)) for p in segm):
             return 0.0, "mask_invalid"
-        if any(len(p) % 2 or not all(_is_number(v) and math.isfinite(v) for v in p) for p in segm):
+        if any(len(p) % 2 or not all(is_finite_number(v) for v in p) for p in segm):
             return 0.0, "mask_invalid"
         polys = [[float(v) for v in p] for p in segm if len(p) >= 6]  # shorter ones are annotation noise
         if not polys:
@@ -113,8 +123,14 @@ def check_segmentation(segm, height: int, width: int) -> tuple[float, str | None
     return (area, None) if area > 0 else (0.0, "mask_zero_area")
 
 
+def _short(v) -> str:
+    """``repr(v)``, cut to 40 characters (a JSON integer may have hundreds of digits)."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _int(v) -> int | None:
-    return int(v) if _is_number(v) and float(v).is_integer() else None
+    return int(v) if is_finite_number(v) and float(v).is_integer() else None
 
 
 def compressed_counts(counts: str | bytes) -> list[int] | None:
@@ -188,7 +204,7 @@ def check_structure(data, ann_file: str) -> None:
         for key in ("height", "width"):
             v = _int(im.get(key))
             if v is None or v < 1:
-                raise ValueError(f"{ann_file}: image {im['id']} ({im['file_name']}) has {key} {im.get(key)!r}; "
+                raise ValueError(f"{ann_file}: image {im['id']} ({im['file_name']}) has {key} {_short(im.get(key))}; "
                                  "it must be a positive integer")
     cat_ids = _unique_ids(data["categories"], "category", ann_file)
     names = [c.get("name") for c in data["categories"]]
