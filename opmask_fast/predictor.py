@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data.transforms import resize, resized_shape, rgb_array
+from .data.transforms import resize, resized_shape, rgb_array, upright
 from .evaluation.mask_encoding import encode_masks
 from .modeling.meta_arch import StaticInference
 from .training.checkpoint import model_from_checkpoint
@@ -26,10 +26,11 @@ ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, Tensor]
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """``uint8 [H, W, 3]`` RGB of an image file; OSError naming the file when it cannot be read."""
+    """``uint8 [H, W, 3]`` RGB of an image file as viewers show it (upright by its EXIF orientation, as detectron2
+    reads images); OSError naming the file when it cannot be read."""
     try:
         with Image.open(path) as im:
-            return rgb_array(im)
+            return rgb_array(upright(im))
     except OSError as e:
         raise OSError(f"cannot read image {os.fspath(path)}: {e}") from None
 

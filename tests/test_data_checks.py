@@ -183,6 +183,44 @@ def test_verify_images_names_unreadable_and_resized_images(tmp_path):
         ds.verify_images()
 
 
+def _with_orientation(array, orientation, path):
+    """Saves ``array`` with the EXIF orientation tag, stored so that a viewer (which applies the tag) shows ``array``."""
+    stored = {1: lambda im: im, 3: lambda im: im.transpose(Image.ROTATE_180),
+              6: lambda im: im.transpose(Image.ROTATE_90)}[orientation](Image.fromarray(array))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif)
+    return np.asarray(stored)
+
+
+def test_exif_orientation_is_applied_unless_the_annotation_gives_the_stored_size(tmp_path):
+    """An image is read upright by its EXIF orientation, as detectron2 reads it and as annotation tools show it; a
+    90-degree orientation whose annotation gives the stored (not the shown) size keeps the stored pixels; a size that
+    fits neither is refused naming the orientation. Predictor.read_image reads it upright."""
+    from opmask_fast.predictor import read_image
+
+    shown = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    images = [{"id": 1, "file_name": "a.png", "height": H, "width": W},  # orientation 3: same size, turned
+              {"id": 2, "file_name": "b.png", "height": H, "width": W},  # orientation 6, annotated as shown
+              {"id": 3, "file_name": "c.png", "height": W, "width": H}]  # orientation 6, annotated as stored
+    ann, img = _write(tmp_path, GOOD, images=images)
+    _with_orientation(shown, 3, tmp_path / "img" / "a.png")
+    _with_orientation(shown, 6, tmp_path / "img" / "b.png")
+    stored = _with_orientation(shown, 6, tmp_path / "img" / "c.png")
+    assert stored.shape == (W, H, 3)
+    ds = CocoInstances(ann_file=ann, image_dir=img)
+    ds.verify_images()
+    for index, expected in ((0, shown), (1, shown), (2, stored)):
+        assert np.array_equal(ds.load_image(index).permute(1, 2, 0).numpy().astype(np.uint8), expected), index
+    assert np.array_equal(read_image(tmp_path / "img" / "b.png"), shown)
+    assert np.array_equal(read_image(tmp_path / "img" / "c.png"), shown)
+    data = json.loads(open(ann).read())
+    data["images"][1].update(width=W + 1)
+    open(ann, "w").write(json.dumps(data))
+    with pytest.raises(ValueError, match=r"b.png is 40x60 \(shown 60x40 by its EXIF orientation\), .* says 61x40"):
+        CocoInstances(ann_file=ann, image_dir=img).verify_images()
+
+
 def test_box_and_mask_checks_directly():
     assert check_box([0, 0, W + 2, H], H, W) == ((0.0, 0.0, float(W), float(H)), None)
     assert check_box([0, 0, W + 2.5, H], H, W) == (None, "bbox_outside_image")

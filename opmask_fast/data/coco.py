@@ -20,7 +20,7 @@ from torch import Tensor
 from .sanitize import (DROP_REASONS, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation, check_structure,
                        is_finite_number, summarize)
 from .splits import resolve_split
-from .transforms import ResizeFlip, rgb_array
+from .transforms import ResizeFlip, rgb_array, shown_size, upright
 
 logger = logging.getLogger(__name__)
 
@@ -200,13 +200,15 @@ class CocoInstances(torch.utils.data.Dataset):
             path = os.path.join(self.image_dir, r["file_name"])
             try:
                 with Image.open(path) as im:
-                    size = im.size
+                    size, shown = im.size, shown_size(im)
                     if decode:
                         im.load()
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise ValueError(f"cannot read image {path} (image {r['image_id']} of {self.ann_file}): {e}") from None
-            if size != (r["width"], r["height"]):
-                raise ValueError(f"image {path} is {size[0]}x{size[1]}, {self.ann_file} says {r['width']}x"
+            # Either size is an annotation frame: the shown one (the usual) or the stored one (`upright`).
+            if (r["width"], r["height"]) not in (size, shown):
+                turned = f" (shown {shown[0]}x{shown[1]} by its EXIF orientation)" if shown != size else ""
+                raise ValueError(f"image {path} is {size[0]}x{size[1]}{turned}, {self.ann_file} says {r['width']}x"
                                  f"{r['height']} (image {r['image_id']})")
 
     def __len__(self) -> int:
@@ -223,7 +225,7 @@ class CocoInstances(torch.utils.data.Dataset):
         path = os.path.join(self.image_dir, r["file_name"])
         try:
             with Image.open(path) as im:
-                arr = rgb_array(im)
+                arr = rgb_array(upright(im, (r["width"], r["height"])))
         except FileNotFoundError:
             raise FileNotFoundError(f"image not found: {path}") from None
         except OSError as e:

@@ -1,4 +1,4 @@
-"""Decoding an image to 8-bit RGB; resize (short side / max side) and horizontal flip of an image with its instance
+"""Decoding an image to 8-bit RGB, upright by its EXIF orientation; resize (short side / max side) and horizontal flip of an image with its instance
 targets."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 
 # Modes PIL opens 16-bit grey files in; convert("RGB") would clip every value above 255 (near white).
@@ -33,6 +33,39 @@ def rgb_array(image: Image.Image) -> np.ndarray:
         except ValueError:
             raise ValueError(f"cannot convert an image of PIL mode {image.mode!r} to RGB") from None
     return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 as stored; 2-8 a flip and/or rotation to show it upright
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation (1-8) of an opened image; 1 without the tag or with an unusable one."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def shown_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` as viewers show the image: the stored size, swapped by an EXIF orientation of 5-8."""
+    w, h = image.size
+    return (h, w) if exif_orientation(image) >= 5 else (w, h)
+
+
+def upright(image: Image.Image, annotated_size: tuple[int, int] | None = None) -> Image.Image:
+    """The image as viewers show it, its EXIF orientation applied (detectron2's ``read_image`` does the same).
+
+    Args:
+        annotated_size: the ``(width, height)`` the annotation gives. Where it is the stored size and not the shown
+            one (a rotation by 90 degrees of a non-square image), the annotation was made on the stored pixels and
+            the image is returned as stored.
+    """
+    if exif_orientation(image) == 1:
+        return image
+    if annotated_size is not None and tuple(annotated_size) == image.size != shown_size(image):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
