@@ -36,12 +36,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:
-    """One image as ``uint8 [H, W, 3]`` RGB. Accepts a path, a PIL image (any mode) or a uint8 array / tensor of shape
-    [H, W, 3] (RGB) or [H, W] (grey); anything else is a ValueError naming what was given."""
+    """One image as ``uint8 [H, W, 3]`` RGB. Accepts a path or a PIL image (any mode; both upright by their EXIF
+    orientation) or a uint8 array / tensor of shape [H, W, 3] (RGB) or [H, W] (grey); anything else is a ValueError
+    naming what was given."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
-        return rgb_array(image)
+        return rgb_array(upright(image))  # as a path to the same file is read
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray):
@@ -69,7 +70,10 @@ class Predictor:
             twice.
         static: run the static-shape inference path (`modeling.meta_arch.StaticInference`: the same detections, no
             host synchronisation until the results are read), the images of each `batch_size` chunk that share a
-            size as one batch; False runs the model's dynamic path on `batch_size` images at once.
+            size as one batch; False runs the model's dynamic path on `batch_size` images at once, padded to the
+            largest as detectron2 batches them (the convolutions near an image's border then see the padding, so a
+            mixed-size batch gives slightly other detections than one image at a time; the static path does not mix
+            sizes).
 
     Each image gives a dict (tensors on the CPU, in the image's own pixel coordinates):
         boxes ``Tensor[M, 4]`` xyxy float32, scores ``Tensor[M]``, labels ``Tensor[M]`` int64 (0..K-1),

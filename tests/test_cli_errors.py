@@ -238,18 +238,23 @@ def test_predict_skips_unreadable_images(bad_run, data, tmp_path):
 
 
 def test_predict_pictures_of_images_sharing_a_name_do_not_overwrite(bad_run, data, tmp_path):
+    """x.jpg and x.png get a picture each; a picture whose name the file system refuses (an image name of 252 bytes
+    plus "_pred.png") is named in a warning with exit code 3, and every image's predictions are still written."""
     images = tmp_path / "images"
     images.mkdir()
     first, second = sorted(os.listdir(data["val_images"]))[:2]
-    Image.open(os.path.join(data["val_images"], first)).convert("RGB").save(images / "x.png")
-    Image.open(os.path.join(data["val_images"], second)).convert("RGB").save(images / "x.jpg")
-    Image.open(os.path.join(data["val_images"], first)).convert("RGB").save(images / "y.png")
+    long = "z" * 248 + ".png"
+    for src, name in ((first, "x.png"), (second, "x.jpg"), (first, "y.png"), (second, long)):
+        Image.open(os.path.join(data["val_images"], src)).convert("RGB").save(images / name)
     out = tmp_path / "pred"
     proc = run("predict", "--checkpoint", bad_run[1] / "checkpoint.pth", "--images", images, "--output-dir", out,
                "--visualize")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "no picture written for 1 images: " + long in proc.stderr
     assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["x.jpg_pred.png", "x.png_pred.png",
                                                                          "y_pred.png"]
+    assert sorted(i["file_name"] for i in json.load(open(out / "images.json"))) == sorted(
+        ["x.png", "x.jpg", "y.png", long])
 
 
 @pytest.mark.parametrize("case", ["invalid JSON", "not COCO", "image missing", "annotation file is a folder"])
@@ -285,6 +290,7 @@ def test_train_data_file_errors(data, tmp_path, capsys, case):
     (["--prior-scale", "feature_mean"], ["--prior-scale must be one of", "feature_range"]),
     (["--set", "input.min_size_train=0"], ["input.min_size_train must be >= 1"]),
     (["--set", "input.max_size=0"], ["input.max_size must be >= 1"]),
+    (["--set", "size_divisibility=16"], ["size_divisibility must be a positive multiple of 32, got 16"]),
     (["--set", "num_classes=3"], ["num_classes=3 but the synthetic dataset shapes has 6 categories"]),
 ])
 def test_synthetic_dataset_and_new_option_errors(tmp_path, capsys, extra, fragments):

@@ -197,7 +197,7 @@ def test_exif_orientation_is_applied_unless_the_annotation_gives_the_stored_size
     """An image is read upright by its EXIF orientation, as detectron2 reads it and as annotation tools show it; a
     90-degree orientation whose annotation gives the stored (not the shown) size keeps the stored pixels; a size that
     fits neither is refused naming the orientation. Predictor.read_image reads it upright."""
-    from opmask_fast.predictor import read_image
+    from opmask_fast.predictor import as_rgb_array, read_image
 
     shown = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
     images = [{"id": 1, "file_name": "a.png", "height": H, "width": W},  # orientation 3: same size, turned
@@ -214,6 +214,8 @@ def test_exif_orientation_is_applied_unless_the_annotation_gives_the_stored_size
         assert np.array_equal(ds.load_image(index).permute(1, 2, 0).numpy().astype(np.uint8), expected), index
     assert np.array_equal(read_image(tmp_path / "img" / "b.png"), shown)
     assert np.array_equal(read_image(tmp_path / "img" / "c.png"), shown)
+    with Image.open(tmp_path / "img" / "b.png") as im:  # a PIL image given to the Predictor: the same
+        assert np.array_equal(as_rgb_array(im), shown)
     data = json.loads(open(ann).read())
     data["images"][1].update(width=W + 1)
     open(ann, "w").write(json.dumps(data))

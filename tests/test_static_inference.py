@@ -154,6 +154,36 @@ def test_bad_image_batches_are_refused_by_shape(headline):
             static(bad)
 
 
+def test_training_mode_nan_pixels_and_a_bf16_model(headline):
+    """A model put back in training mode is refused before BatchNorm measures the batch (its statistics unchanged); a
+    NaN pixel is refused on the device; a bf16 model runs in its own dtype and finds what its dynamic path finds."""
+    import copy
+
+    model, images, _ = headline
+    model = copy.deepcopy(model)
+    static = StaticInference(model)
+    img = images[0][None]
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    assert stats
+    model.train()
+    with pytest.raises(RuntimeError, match="training mode"):
+        static(img)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    model.eval()
+    bad = img.clone()
+    bad[0, 1, 3, 4] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or inf pixels"):
+        static(bad)
+    model.to(torch.bfloat16)
+    with torch.no_grad():
+        dynamic = model([images[0]])[0]
+    out = static(img)
+    assert out["boxes"].dtype == dynamic["boxes"].dtype
+    n = int(out["count"][0])
+    assert n == dynamic["boxes"].shape[0] and torch.equal(out["labels"][0, :n], dynamic["labels"])
+    torch.testing.assert_close(out["boxes"][0, :n].float(), dynamic["boxes"].float())
+
+
 def test_compiles_without_a_graph_break(headline):
     model, images, _ = headline
     static = StaticInference(model)

@@ -22,9 +22,10 @@ from ..predictor import Predictor, read_image
 from . import errors, preflight
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-EXIT_SKIPPED = 3  # some images were unreadable and skipped; the others were written
+EXIT_SKIPPED = 3  # some images were unreadable and skipped (or their pictures not written); the others were written
 EPILOG = """exit codes: 0 every image predicted; 2 usage error (nothing written); 3 some images could not be read and were
-skipped (each named in a warning), the others' predictions are written; 1 internal error."""
+skipped, or their --visualize pictures could not be written (each named in a warning), the others' predictions are
+written; 1 internal error."""
 
 logger = logging.getLogger("opmask_fast.predict")
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)
-    results, images, skipped = [], [], []
+    results, images, skipped, unwritten = [], [], [], []
     stems = [os.path.splitext(n)[0] for n in plan.files]
     shared = {st for st in stems if stems.count(st) > 1}  # x.jpg and x.png: pictures named by the whole file name
     for image_id, name in enumerate(plan.files, start=1):
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         try:
             arr = read_image(path)
         except (OSError, ValueError, Image.DecompressionBombError) as e:  # one bad file must not cost the others
-            logger.warning("skipped unreadable image %s: %s", path, errors.one_line(str(e)))
+            logger.warning("skipped unreadable image %s: %s", errors.one_line(path), errors.one_line(str(e)))
             skipped.append(name)
             continue
         inst = predictor(arr)
@@ -70,15 +71,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.visualize:
             pic = render(arr, inst, predictor.category_names, predictor.weak_labels)
             stem = os.path.splitext(name)[0]
-            pic.save(os.path.join(args.output_dir, (name if stem in shared else stem) + "_pred.png"))
+            picture = os.path.join(args.output_dir, (name if stem in shared else stem) + "_pred.png")
+            try:
+                pic.save(picture)
+            except OSError as e:  # e.g. a name too long for the file system: the predictions are still written
+                logger.warning("picture %s not written: %s", errors.one_line(picture), errors.one_line(str(e)))
+                unwritten.append(name)
     with open(os.path.join(args.output_dir, "predictions.json"), "w") as f:
         json.dump(results, f)
     with open(os.path.join(args.output_dir, "images.json"), "w") as f:
         json.dump(images, f)
     print(f"{len(results)} detections on {len(images)} images -> {os.path.join(args.output_dir, 'predictions.json')}")
-    if skipped:
-        print(f"python -m opmask_fast.predict: warning: skipped {len(skipped)} unreadable images: {', '.join(skipped)}",
-              file=sys.stderr)
+    problems = ([f"skipped {len(skipped)} unreadable images: {', '.join(skipped)}"] if skipped else []) + \
+        ([f"no picture written for {len(unwritten)} images: {', '.join(unwritten)}"] if unwritten else [])
+    if problems:
+        print(f"python -m opmask_fast.predict: warning: {errors.one_line('; '.join(problems))}", file=sys.stderr)
         raise SystemExit(EXIT_SKIPPED)
     return results
 

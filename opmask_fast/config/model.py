@@ -189,6 +189,10 @@ class ModelConfig:
                              "roi_heads.mask_head_on_supervised_only=True leaves out: set one of them")
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be 'RGB' or 'BGR', got {self.input_format!r}")
+        if not (isinstance(self.size_divisibility, int) and self.size_divisibility >= 32
+                and self.size_divisibility % 32 == 0):
+            # C5 has stride 32: a padded size of another multiple leaves an FPN level that does not halve exactly.
+            raise ValueError(f"size_divisibility must be a positive multiple of 32, got {self.size_divisibility!r}")
         if len(self.rpn.anchor_sizes) != 5:
             raise ValueError(f"rpn.anchor_sizes needs one size per level P2..P6 (5), got {self.rpn.anchor_sizes}")
         if len(self.roi_heads.box_head_conv_dims) < 1:

@@ -56,6 +56,12 @@ class StaticInference(nn.Module):
             raise ValueError(f"images must be a Tensor[B, 3, H, W] (RGB), got {getattr(images, 'shape', type(images))}")
         if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
             raise ValueError(f"images is empty: {tuple(images.shape)}")
+        if self.model.training:  # BatchNorm would measure this batch and overwrite its statistics
+            raise RuntimeError("StaticInference infers in eval mode and the model is in training mode: call "
+                               "model.eval() (or StaticInference(model) again)")
+        if images.is_floating_point():
+            # On the device, without a host read (a NaN pixel would otherwise give no detection, silently).
+            torch._assert_async(torch.isfinite(images).all(), "images has NaN or inf pixels")
         b, _, h, w = images.shape
         out = self.detect(self.model.backbone(self.normalize(images)), b, h, w)
         if self.paste:
@@ -70,7 +76,7 @@ class StaticInference(nn.Module):
         x = images.float()
         if cfg.input_format == "BGR":
             x = x.flip(1)
-        x = (x - m.pixel_mean) / m.pixel_std
+        x = ((x - m.pixel_mean) / m.pixel_std).to(m.pixel_mean.dtype)  # a bf16 / fp16 model gets its own dtype
         # The padded size written as a multiple of d lets the tracer prove that every FPN level halves exactly.
         d = cfg.size_divisibility
         return F.pad(x, (0, (w + d - 1) // d * d - w, 0, (h + d - 1) // d * d - h))
