@@ -12,9 +12,14 @@
 
 namespace opmask_fast {
 
-inline void check_roi_align_rois(const at::Tensor& rois, const at::Tensor& ref, int64_t ph, int64_t pw) {
+inline void check_roi_align_rois(const at::Tensor& rois, const at::Tensor& ref, int64_t ph, int64_t pw,
+                                 int64_t sampling_ratio) {
   TORCH_CHECK(rois.dim() == 2 && rois.size(1) == 5, "opmask_fast::roi_align: rois must be a Tensor[K, 5]");
   TORCH_CHECK(ph > 0 && pw > 0, "opmask_fast::roi_align: output size must be positive");
+  // The CPU kernels keep each RoI's taps (ph * sampling_ratio per axis): an unbounded ratio would take any memory.
+  TORCH_CHECK(sampling_ratio <= kMaxGridPerAxis,
+              format_message("opmask_fast::roi_align: sampling_ratio must be <= %lld, got %lld",
+                             static_cast<long long>(kMaxGridPerAxis), static_cast<long long>(sampling_ratio)));
   TORCH_CHECK(rois.device() == ref.device(), "opmask_fast::roi_align: rois and input must be on the same device");
   const auto want = ref.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   TORCH_CHECK(rois.scalar_type() == want,
@@ -34,8 +39,8 @@ inline at::Tensor checked_roi_map(const std::optional<at::Tensor>& roi_map, cons
 }
 
 inline void check_roi_align_grad(const at::Tensor& grad, const at::Tensor& rois, int64_t ph, int64_t pw,
-                                 int64_t channels) {
-  check_roi_align_rois(rois, grad, ph, pw);
+                                 int64_t sampling_ratio, int64_t channels) {
+  check_roi_align_rois(rois, grad, ph, pw, sampling_ratio);
   TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == channels && grad.size(2) == ph &&
                   grad.size(3) == pw,
               "opmask_fast::roi_align_backward: grad must be a Tensor[K, C, Ho, Wo]");
@@ -44,7 +49,7 @@ inline void check_roi_align_grad(const at::Tensor& grad, const at::Tensor& rois,
 // Everything of a multi-level RoIAlign call that can be checked without reading data; the levels' values are
 // checked by the kernels (CPU: before any work; CUDA: a device-side assert).
 inline void check_multi_level_roi_align(at::TensorList features, const at::Tensor& rois, const at::Tensor& levels,
-                                        at::ArrayRef<double> scales, int64_t ph, int64_t pw,
+                                        at::ArrayRef<double> scales, int64_t ph, int64_t pw, int64_t sampling_ratio,
                                         const std::optional<at::Tensor>& roi_map, int64_t map_weight) {
   const char* op = "opmask_fast::multi_level_roi_align";
   check_map_weight(map_weight, op);
@@ -64,7 +69,7 @@ inline void check_multi_level_roi_align(at::TensorList features, const at::Tenso
                 format_message("%s: feature levels must share batch size, channels, dtype and device", op));
     TORCH_CHECK(f.size(2) * f.size(3) < (int64_t(1) << 31), format_message("%s: H * W must be < 2^31", op));
   }
-  check_roi_align_rois(rois, f0, ph, pw);
+  check_roi_align_rois(rois, f0, ph, pw, sampling_ratio);
   TORCH_CHECK(levels.dim() == 1 && levels.size(0) == rois.size(0) && levels.scalar_type() == at::kLong &&
                   levels.device() == f0.device(),
               format_message("%s: levels must be an int64 Tensor[K] on the features' device", op));

@@ -48,6 +48,12 @@ def test_fpn_level_mapping_matches_torchvision():
     mapper = LevelMapper(k_min=2, k_max=5)
     expected = mapper([boxes]).to(torch.int64)
     torch.testing.assert_close(assign_levels(boxes, min_level=2, max_level=5), expected)
+    # float64 boxes within float32's rounding of a level boundary (at side b * 2^-1e-6, the 1e-6 of the level rule):
+    # the boxes' dtype decides, as in torchvision
+    side = torch.tensor([b * 2 ** -1e-6 * (1 + k * 2e-9) for b in (56.0, 112.0, 224.0) for k in range(-60, 61)],
+                        dtype=torch.float64)
+    boxes = torch.stack([torch.zeros_like(side), torch.zeros_like(side), side, side], dim=1)
+    torch.testing.assert_close(assign_levels(boxes, min_level=2, max_level=5), mapper([boxes]).to(torch.int64))
 
 
 def test_multi_scale_pooler_matches_torchvision():

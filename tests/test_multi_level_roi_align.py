@@ -186,6 +186,22 @@ def test_exports_with_dynamic_feature_sizes():
         assert torch.equal(ep.module()(q2, q3, boxes), Pool()(q2, q3, boxes))
 
 
+@needs_c
+def test_validated_call_compiles_without_a_graph_break():
+    """With the default validate=True the op compiles whole (its data checks are skipped when traced, as roi_align's):
+    a host read of the levels would break the graph."""
+    gen = torch.Generator().manual_seed(6)
+    p2, p3 = torch.randn(1, 4, 24, 20, generator=gen), torch.randn(1, 4, 12, 10, generator=gen)
+    rois = torch.tensor([[0.0, 0, 0, 90, 70], [0.0, 3, 5, 20, 30]])
+    levels = torch.tensor([1, 0])
+
+    def pool(a, b, r, lv):
+        return multi_level_roi_align([a, b], r, lv, 4, [0.25, 0.125], 2, True)
+
+    compiled = torch.compile(pool, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(p2, p3, rois, levels), pool(p2, p3, rois, levels))
+
+
 @pytest.mark.skipif(not CUDA, reason="needs a GPU and the CUDA kernels")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_matches_cpu(dtype):

@@ -140,3 +140,24 @@ def test_errors_name_the_problem():
         object_prior(bf, w, cls, rows + 100)
     with pytest.raises(TypeError, match="classes must be an integer tensor"):
         object_prior(bf, w, cls.double(), rows)
+
+
+@pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=needs_triton)])
+def test_direct_op_calls_check_shapes_too(backend):
+    """The registered ops, called without the Python wrappers, refuse more RoIs than box-feature rows without `rows`
+    (the kernels take row r for RoI r: they read, and the backward wrote, past the end of box_features)."""
+    from opmask_fast.ops.object_prior_add import _object_prior_add_backward_op, _object_prior_add_op
+
+    case = make_case(R=6, rows=False)
+    bf, w, cls = case["box_features"][:1].float(), case["cls_weight"].float(), case["classes"]
+    with pytest.raises(ValueError, match="need N >= R, got N = 1, R = 6"):
+        _object_prior_op(bf, w, cls, None, 14, 14, True, 1.0, None, backend, False)
+    with pytest.raises(ValueError, match="need N >= R, got N = 1, R = 6"):
+        _object_prior_add_op(torch.zeros(6, 4, 14, 14), bf, w, cls, None, True, 1.0, None, backend)
+    cam = torch.zeros(6, 49)
+    with pytest.raises(ValueError, match="need N >= R, got N = 1, R = 6"):
+        _object_prior_add_backward_op(torch.zeros(6, 1, 14, 14), bf, w, cls, None, cam, True, 1.0, None, backend,
+                                      True, True, False)
+    with pytest.raises(ValueError, match="cam must be Tensor"):
+        _object_prior_add_backward_op(torch.zeros(6, 1, 14, 14), case["box_features"].float(), w, cls, None,
+                                      cam[:, :5], True, 1.0, None, backend, True, True, False)

@@ -192,6 +192,8 @@ def test_empty_inputs_give_empty_outputs_and_zero_grads():
         (torch.tensor([[-1, 1.0, 1.0, 4.0, 4.0]]), "batch index"),
         (torch.tensor([[0.5, 1.0, 1.0, 4.0, 4.0]]), "batch index"),
         (torch.tensor([[0, 1.0, 1.0, 4.0e9, 4.0e9]]), "samples"),
+        # few samples in all, but more along x than the kernels take per bin side (they would clamp the grid)
+        (torch.tensor([[0, 0.0, 0.0, 40000.0, 2.0]]), "2e\\+04 per bin side"),
         (torch.tensor([[1.0, 1.0, 4.0, 4.0]]), "Tensor\\[K, 5\\]"),
     ],
 )
@@ -223,6 +225,8 @@ def test_bad_arguments_raise():
             roi_align(x, rois, size)
     with pytest.raises(TypeError, match="sampling_ratio"):
         roi_align(x, rois, 2, 1.0, 1.5)
+    with pytest.raises(ValueError, match="sampling_ratio must be <= 8192"):
+        roi_align(x, rois, 2, 1.0, 10**6)
     # NumPy's integers are ints, as torchvision takes them.
     expected = roi_align(x, rois, 3, 1.0, 2)
     assert torch.equal(roi_align(x, rois, np.int64(3), 1.0, np.int32(2)), expected)
@@ -250,6 +254,11 @@ def test_compiled_op_refuses_bad_batch_index_without_python_checks():
         torch.ops.opmask_fast.roi_align_backward(torch.ones(64, 2, 2, 2), many, 1.0, 2, 2, 1, 2, 8, 8, 0, True)
     with pytest.raises(RuntimeError, match=r"Tensor\[K, 5\]"):
         torch.ops.opmask_fast.roi_align(x, rois[:, :4], 1.0, 2, 2, 0, True, None)
+    with pytest.raises(RuntimeError, match="sampling_ratio must be <= 8192"):  # its taps would take any memory
+        torch.ops.opmask_fast.roi_align(x, rois.clone().fill_(0.0), 1.0, 2, 2, 10**6, True, None)
+    with pytest.raises(RuntimeError, match="sampling_ratio must be <= 8192"):
+        torch.ops.opmask_fast.multi_level_roi_align([x], many, torch.zeros(64, dtype=torch.long), [1.0], 2, 2, 10**6,
+                                                    True, None, 0)
     nan_box = torch.tensor([[0.0, float("nan"), 1.0, 4.0, 4.0]])
     assert torch.ops.opmask_fast.roi_align(x, nan_box, 1.0, 2, 2, 0, True, None).shape == (1, 2, 2, 2)
 

@@ -30,7 +30,7 @@ class TinyBackbone(nn.Module):
         return OrderedDict([("0", self.body(x))])
 
 
-def tiny_model():
+def tiny_model(scale="none"):
     torch.manual_seed(0)
     # A stock torchvision Mask R-CNN (its MLP box head is what add_object_mask_prior replaces).
     model = MaskRCNN(TinyBackbone(), min_size=64, max_size=64,
@@ -39,7 +39,7 @@ def tiny_model():
                      box_roi_pool=MultiScaleRoIAlign(["0"], 7, 2), mask_roi_pool=MultiScaleRoIAlign(["0"], 14, 2),
                      mask_head=MaskRCNNHeads(8, (16, 16), 1), mask_predictor=MaskRCNNPredictor(16, 16, NUM_CLASSES),
                      rpn_batch_size_per_image=32, box_batch_size_per_image=32)
-    return add_object_mask_prior(model, box_channels=(16, 32))
+    return add_object_mask_prior(model, box_channels=(16, 32), scale=scale)
 
 
 def images_and_targets():
@@ -124,11 +124,13 @@ class _OurOps(nn.Module):
         return pooled.sum((2, 3)), direct.mean(), keep, per_class
 
 
-def test_fx_traces_and_exports_with_our_ops():
-    """torch.fx.symbolic_trace traces the swapped-in mask branch (torchvision's fx-wrapped pooler, our prior) and a
-    module calling our ops from elsewhere, each op one graph node; the GraphModule and a torch.export of the branch
-    give the eager outputs. Fails if an op's value checks run on fx Proxies (the ops are not leaves)."""
-    model = tiny_model().eval()
+@pytest.mark.parametrize("scale", ["none", "feature_std"])
+def test_fx_traces_and_exports_with_our_ops(scale):
+    """torch.fx.symbolic_trace traces the swapped-in mask branch (torchvision's fx-wrapped pooler, our prior, fused
+    or weighted per RoI by the mask features) and a module calling our ops from elsewhere, each op one graph node; the
+    GraphModule and a torch.export of the branch give the eager outputs. Fails if an op's value checks run on fx
+    Proxies (the ops are not leaves)."""
+    model = tiny_model(scale).eval()
     heads = model.roi_heads
     g = torch.Generator().manual_seed(2)
     features = OrderedDict([("0", torch.randn(1, 8, 16, 16, generator=g))])

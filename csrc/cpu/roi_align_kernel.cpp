@@ -83,7 +83,7 @@ at::Tensor roi_align_forward_impl(const at::Tensor& input_, const at::Tensor& ro
                                   int64_t pw, int64_t sampling_ratio, bool aligned,
                                   const std::optional<at::Tensor>& roi_map_, int64_t map_weight, at::Tensor weights) {
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
-  check_roi_align_rois(rois_, input_, ph, pw);
+  check_roi_align_rois(rois_, input_, ph, pw, sampling_ratio);
   TORCH_CHECK(input_.size(2) * input_.size(3) < (int64_t(1) << 31), "opmask_fast::roi_align: H * W must be < 2^31");
   const at::Tensor rois = rois_.contiguous();
   const int64_t n = input_.size(0), c = input_.size(1), h = input_.size(2), w = input_.size(3), k = rois.size(0);
@@ -164,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cpu(const at::Tensor& inpu
 at::Tensor roi_align_backward_cpu(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
                                   int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
                                   int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_roi_align_grad(grad_, rois_, ph, pw, channels);
+  check_roi_align_grad(grad_, rois_, ph, pw, sampling_ratio, channels);
   const int64_t k = rois_.size(0);
   TORCH_CHECK(height * width < (int64_t(1) << 31), "opmask_fast::roi_align_backward: H * W must be < 2^31");
   const at::Tensor grad = grad_.contiguous();

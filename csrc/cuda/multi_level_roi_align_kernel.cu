@@ -25,7 +25,7 @@ at::Tensor multi_level_roi_align_cuda(at::TensorList features_, const at::Tensor
                                       at::ArrayRef<double> scales, int64_t ph, int64_t pw, int64_t sampling_ratio,
                                       bool aligned, const std::optional<at::Tensor>& roi_map_,
                                       int64_t map_weight) {
-  check_multi_level_roi_align(features_, rois_, levels_, scales, ph, pw, roi_map_, map_weight);
+  check_multi_level_roi_align(features_, rois_, levels_, scales, ph, pw, sampling_ratio, roi_map_, map_weight);
   const c10::cuda::CUDAGuard guard(features_[0].device());
   std::vector<at::Tensor> features;
   for (const at::Tensor& f : features_) features.push_back(f.contiguous());

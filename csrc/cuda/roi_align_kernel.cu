@@ -27,7 +27,7 @@ at::Tensor roi_align_forward_cuda(const at::Tensor& input_, const at::Tensor& ro
                                   int64_t ph, int64_t pw, int64_t sampling_ratio, bool aligned,
                                   const std::optional<at::Tensor>& roi_map_) {
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align: input must be a Tensor[N, C, H, W]");
-  check_roi_align_rois(rois_, input_, ph, pw);
+  check_roi_align_rois(rois_, input_, ph, pw, sampling_ratio);
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous();
   const at::Tensor rois = rois_.contiguous();
@@ -52,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cuda(const at::Tensor& inp
                                                            int64_t sampling_ratio, bool aligned,
                                                            const at::Tensor& roi_map_, int64_t map_weight) {
   TORCH_CHECK(input_.dim() == 4, "opmask_fast::roi_align_weighted: input must be a Tensor[N, C, H, W]");
-  check_roi_align_rois(rois_, input_, ph, pw);
+  check_roi_align_rois(rois_, input_, ph, pw, sampling_ratio);
   check_map_weight(map_weight, "opmask_fast::roi_align_weighted");
   const c10::cuda::CUDAGuard guard(input_.device());
   const at::Tensor input = input_.contiguous();
@@ -81,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor> roi_align_weighted_cuda(const at::Tensor& inp
 at::Tensor roi_align_backward_cuda(const at::Tensor& grad_, const at::Tensor& rois_, double spatial_scale,
                                    int64_t ph, int64_t pw, int64_t batch_size, int64_t channels, int64_t height,
                                    int64_t width, int64_t sampling_ratio, bool aligned) {
-  check_roi_align_grad(grad_, rois_, ph, pw, channels);
+  check_roi_align_grad(grad_, rois_, ph, pw, sampling_ratio, channels);
   const int64_t k = rois_.size(0);
   const c10::cuda::CUDAGuard guard(grad_.device());
   const at::Tensor grad = grad_.contiguous();

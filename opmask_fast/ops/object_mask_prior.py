@@ -46,7 +46,7 @@ class ObjectMaskPrior(nn.Module):
             return object_prior_add(mask_features, box_features, self.cls_weight, classes, rows, self.normalize,
                                     self.prior_weight.value(), self.backend)
         prior_map = object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend,
-                                 size=tuple(mask_features.shape[-2:]))
+                                 size=mask_features.shape[-2:])  # not tuple(): a Proxy under torch.fx
         return self.prior_weight(mask_features, prior_map)
 
     def prior(self, box_features: Tensor, classes: Tensor, rows: Tensor | None = None) -> Tensor:

@@ -29,6 +29,7 @@ def _object_prior_op(box_features: Tensor, cls_weight: Tensor, classes: Tensor, 
                      with_prior: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Returns (map Tensor[R, Hm, Wm], prior Tensor[R, Hb, Wb] (empty unless `with_prior`), raw cam Tensor[R, Hb * Wb]
     float32/float64, kept for the backward)."""
+    _check_shapes(None, box_features, cls_weight, classes, rows, scale, (height, width))  # a direct call too
     _check_ranges(classes, rows, cls_weight.shape[0], box_features.shape[0])
     classes = classes.long()
     rows = None if rows is None else rows.long()

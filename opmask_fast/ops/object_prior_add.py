@@ -147,6 +147,8 @@ def _object_prior_add_op(mask_features: Tensor, box_features: Tensor, cls_weight
                          rows: Optional[Tensor], normalize: bool, scale_value: float, scale: Optional[Tensor],
                          backend: str) -> tuple[Tensor, Tensor]:
     """Returns (out Tensor[R, D, Hm, Wm], raw cam Tensor[R, Hb * Wb] float32/float64, kept for the backward)."""
+    # The shapes again (free): a direct call of the op skips the wrapper, and the kernels trust R <= N.
+    _check_shapes(mask_features, box_features, cls_weight, classes, rows, scale)
     _check_ranges(classes, rows, cls_weight.shape[0], box_features.shape[0])
     classes = classes.long()
     rows = None if rows is None else rows.long()
@@ -172,6 +174,11 @@ def _object_prior_add_backward_op(grad_out: Tensor, box_features: Tensor, cls_we
                                   scale: Optional[Tensor], backend: str, need_box: bool, need_weight: bool,
                                   need_scale: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Grads of (box_features, cls_weight, scale); the ones not asked for are empty tensors."""
+    _check_shapes(grad_out, box_features, cls_weight, classes, rows, scale)
+    hw = box_features.shape[2] * box_features.shape[3]
+    if cam.shape != (classes.shape[0], hw):
+        raise ValueError(f"cam must be Tensor[R, Hb * Wb] = {(classes.shape[0], hw)}, got {tuple(cam.shape)}")
+    _check_ranges(classes, rows, cls_weight.shape[0], box_features.shape[0])
     classes = classes.long()
     rows = None if rows is None else rows.long()
     needs = (need_box, need_weight, need_scale)
@@ -221,6 +228,7 @@ _object_prior_add_op.register_autograd(_backward, setup_context=_setup_context)
 def _object_prior_add_inplace_op(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
                                  rows: Optional[Tensor], normalize: bool, scale_value: float, scale: Optional[Tensor],
                                  backend: str) -> None:
+    _check_shapes(mask_features, box_features, cls_weight, classes, rows, scale)
     _check_ranges(classes, rows, cls_weight.shape[0], box_features.shape[0])
     classes = classes.long()
     rows = None if rows is None else rows.long()

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from opmask_fast.ops._tracing import fx_leaf
 from opmask_fast.ops.reference.roi_align import MAP_WEIGHTS, map_gain
 
 ADAPTIVE_MODES = MAP_WEIGHTS[1:]  # the weights RoIAlign can read off its own output: "feature_std", "feature_range"
@@ -60,6 +61,12 @@ def add_prior(features: Tensor, prior_map: Tensor, gain: float | Tensor | None, 
     pd = p.detach()
     # Forward value gain * p; backward d/dp = grad_scale.
     return features + (pd if gain is None else pd * gain) + grad_scale * (p - pd)
+
+
+@fx_leaf  # one graph node under torch.fx (map_gain branches on the features' shape)
+def roi_gain(mask_features: Tensor, prior: Tensor, mode: str) -> Tensor:
+    """`map_gain` as `Tensor[R, 1, 1, 1]` in the features' dtype, to multiply the prior of each RoI."""
+    return map_gain(mask_features, prior, mode).view(-1, 1, 1, 1).to(mask_features.dtype)
 
 
 class PriorWeight(nn.Module):
@@ -111,7 +118,7 @@ class PriorWeight(nn.Module):
     @torch.no_grad()
     def per_roi(self, mask_features: Tensor, prior: Tensor) -> Tensor:
         """Adaptive gain `Tensor[R, 1, 1, 1]` from `mask_features Tensor[R, C, H, W]` and `prior Tensor[R, H, W]`."""
-        return map_gain(mask_features, prior, self.mode).view(-1, 1, 1, 1).to(mask_features.dtype)
+        return roi_gain(mask_features, prior, self.mode)
 
     def forward(self, features: Tensor, prior_map: Tensor) -> Tensor:
         """`features Tensor[R, C, H, W]` + weight * `prior_map Tensor[R, H, W]`, broadcast over the channels."""

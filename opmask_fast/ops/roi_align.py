@@ -24,6 +24,9 @@ __all__ = ["roi_align", "convert_boxes_to_roi_format"]
 # One RoI may ask for at most this many bilinear samples per channel (bins x adaptive grid). Beyond it the work
 # would run for minutes (a box spanning millions of pixels); such a box is a bug upstream, so it is refused.
 MAX_SAMPLES_PER_ROI = 2**26
+# Samples per bin along one axis (an explicit sampling_ratio, or an adaptive grid): the kernels' kMaxGridPerAxis
+# (csrc/roi_align_common.h), where they clamp a direct op call's grid instead of taking any memory.
+MAX_GRID_PER_AXIS = 2**13
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -87,6 +90,8 @@ def check_roi_align_inputs(
     if not math.isfinite(spatial_scale) or spatial_scale <= 0:
         raise ValueError(f"spatial_scale must be a positive finite float, got {spatial_scale}")
     sampling_ratio = as_int(sampling_ratio, "sampling_ratio")
+    if sampling_ratio > MAX_GRID_PER_AXIS:
+        raise ValueError(f"sampling_ratio must be <= {MAX_GRID_PER_AXIS} (samples per bin side), got {sampling_ratio}")
     if isinstance(boxes, (list, tuple)):
         if len(boxes) > input.shape[0]:
             raise ValueError(f"got boxes for {len(boxes)} images but input has batch size {input.shape[0]}")
@@ -127,10 +132,15 @@ def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: fl
     index_ok = (b == b.floor()) & (b >= 0) & (b < batch)
     if sampling_ratio > 0:
         samples = torch.full_like(b, float(sampling_ratio**2 * size[0] * size[1]), dtype=torch.float64)
+        grid = torch.full_like(b, float(sampling_ratio), dtype=torch.float64)[:, None]
+        size_ok = samples <= MAX_SAMPLES_PER_ROI
     else:
         ext = (coords[:, 2:] - coords[:, :2]).abs().clamp(min=1.0)
-        samples = torch.ceil(ext[:, 1] / size[0]) * torch.ceil(ext[:, 0] / size[1]) * (size[0] * size[1])
-    size_ok = torch.nan_to_num(samples, nan=0.0) <= MAX_SAMPLES_PER_ROI
+        grid = torch.stack([torch.ceil(ext[:, 1] / size[0]), torch.ceil(ext[:, 0] / size[1])], dim=1)
+        samples = grid.prod(dim=1) * (size[0] * size[1])
+        # Beyond MAX_GRID_PER_AXIS on one axis the kernels would clamp the grid (another average than the reference).
+        size_ok = (torch.nan_to_num(samples, nan=0.0) <= MAX_SAMPLES_PER_ROI) & \
+            (torch.nan_to_num(grid, nan=0.0) <= MAX_GRID_PER_AXIS).all(dim=1)
     flags = torch.stack([finite.all(), index_ok.all(), size_ok.all()]).tolist()
     if not flags[0]:
         bad = int((~finite).nonzero()[0, 0])
@@ -143,8 +153,9 @@ def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: fl
     if not flags[2]:
         bad = int((~size_ok).nonzero()[0, 0])
         raise ValueError(
-            f"box {bad} ({rois[bad, 1:].tolist()}) needs {float(samples[bad]):.3g} bilinear samples per channel "
-            f"(limit {MAX_SAMPLES_PER_ROI}); clip boxes to the image or pass sampling_ratio > 0"
+            f"box {bad} ({rois[bad, 1:].tolist()}) needs {float(samples[bad]):.3g} bilinear samples per channel, "
+            f"{float(grid[bad].max()):.3g} per bin side (limits {MAX_SAMPLES_PER_ROI} and {MAX_GRID_PER_AXIS}); clip "
+            "boxes to the image or pass sampling_ratio > 0"
         )
 
 
