@@ -183,6 +183,16 @@ def test_verify_images_names_unreadable_and_resized_images(tmp_path):
         ds.verify_images()
 
 
+def test_a_file_name_naming_a_folder_is_said_so(tmp_path):
+    ann, img = _write(tmp_path, GOOD)
+    data = json.loads(open(ann).read())
+    data["images"].append({"id": 2, "file_name": "sub", "height": H, "width": W})
+    open(ann, "w").write(json.dumps(data))
+    (tmp_path / "img" / "sub").mkdir()
+    with pytest.raises(ValueError, match=r"1 file_name\(s\) of .* name folders .* not images, e.g. \['sub'\]"):
+        CocoInstances(ann_file=ann, image_dir=img)
+
+
 def _with_orientation(array, orientation, path):
     """Saves ``array`` with the EXIF orientation tag, stored so that a viewer (which applies the tag) shows ``array``."""
     stored = {1: lambda im: im, 3: lambda im: im.transpose(Image.ROTATE_180),

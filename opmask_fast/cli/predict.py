@@ -21,7 +21,7 @@ from ..analysis.pictures import render
 from ..predictor import Predictor, read_image
 from . import errors, preflight
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 EXIT_SKIPPED = 3  # some images were unreadable and skipped (or their pictures not written); the others were written
 EPILOG = """exit codes: 0 every image predicted; 2 usage error (nothing written); 3 some images could not be read and were
 skipped, or their --visualize pictures could not be written (each named in a warning), the others' predictions are

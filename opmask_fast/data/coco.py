@@ -177,6 +177,10 @@ class CocoInstances(torch.utils.data.Dataset):
         return records
 
     def _check_images(self) -> None:
+        folders = [r["file_name"] for r in self.records if os.path.isdir(os.path.join(self.image_dir, r["file_name"]))]
+        if folders:
+            raise ValueError(f"{len(folders)} file_name(s) of {self.ann_file} name folders in {self.image_dir}, not "
+                             f"images, e.g. {folders[:3]}")
         missing = [r["file_name"] for r in self.records
                    if not os.path.isfile(os.path.join(self.image_dir, r["file_name"]))]
         if missing:
