@@ -194,7 +194,7 @@ def test_a_file_name_naming_a_folder_is_said_so(tmp_path):
 
 
 def _with_orientation(array, orientation, path):
-    """Saves ``array`` with the EXIF orientation tag, stored so that a viewer (which applies the tag) shows ``array``."""
+    """Saves ``array`` with the EXIF orientation tag, stored so that a viewer (applying the tag) shows ``array``."""
     stored = {1: lambda im: im, 3: lambda im: im.transpose(Image.ROTATE_180),
               6: lambda im: im.transpose(Image.ROTATE_90)}[orientation](Image.fromarray(array))
     exif = Image.Exif()

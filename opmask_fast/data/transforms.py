@@ -1,5 +1,5 @@
-"""Decoding an image to 8-bit RGB, upright by its EXIF orientation; resize (short side / max side) and horizontal flip of an image with its instance
-targets."""
+"""Decoding an image to 8-bit RGB, upright by its EXIF orientation; resize (short side / max side) and horizontal
+flip of an image with its instance targets."""
 
 from __future__ import annotations
 
