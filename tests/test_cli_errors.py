@@ -292,6 +292,9 @@ def test_train_data_file_errors(data, tmp_path, capsys, case):
     (["--set", "input.max_size=0"], ["input.max_size must be >= 1"]),
     (["--set", "size_divisibility=16"], ["size_divisibility must be a positive multiple of 32, got 16"]),
     (["--set", "num_classes=3"], ["num_classes=3 but the synthetic dataset shapes has 6 categories"]),
+    (["--set", "roi_heads.box_head_norm=SyncBN"], ["roi_heads.box_head_norm=SyncBN needs CUDA"]),
+    (["--seed", str(2**40)], ["--seed must be >= 0 and <= 4294967295"]),  # the samplers' 64-bit seeds overflowed
+    (["--num-threads", "100000"], ["--num-threads must be >= 1 and <= 1024"]),  # OpenMP segfaulted
 ])
 def test_synthetic_dataset_and_new_option_errors(tmp_path, capsys, extra, fragments):
     """The synthetic dataset's own classes decide the split; nothing is generated before the options pass."""

@@ -75,3 +75,28 @@ def test_cleanup_fails_when_the_default_group_outlives_it():
         cleanup()
     assert not dist.is_initialized()
     assert late_module_function() is not None
+
+
+def test_a_failing_command_reports_its_own_error_and_frees_the_group(monkeypatch):
+    """An error inside a distributed command (an unreadable image, Ctrl-C) is the error reported, not cleanup's
+    reference check tripping over the failed frames that still hold the group (the model, the group itself)."""
+    import argparse
+
+    import torch.distributed as dist
+
+    from opmask_fast.training import distributed
+
+    def init(device):
+        dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+        return distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
+
+    monkeypatch.setattr(distributed, "init_distributed", init)
+
+    def body(args, info, plan):
+        group = dist.group.WORLD  # a local of the failing frame, as a DDP model's reference is
+        raise ValueError(f"cannot read image x.png ({group is not None})")
+
+    args = argparse.Namespace(num_threads=None, device="cpu")
+    with pytest.raises(ValueError, match="cannot read image x.png"):
+        distributed.run_in_process_group(body, args, None)
+    assert not dist.is_initialized()

@@ -269,3 +269,14 @@ def test_paste_maps():
     vals = paste_maps(ramp, torch.tensor([[0.0, 0.0, 20.0, 20.0]]), (20, 20), threshold=None)[0]
     assert (vals[:, 1:] >= vals[:, :-1]).all() and vals[0, 0] < 0.1 and vals[0, -1] > 0.9
     assert torch.equal(mask_iou(out, out), torch.ones(2))
+
+
+def test_list_metrics_needs_no_checkpoint(capsys):
+    from opmask_fast import evaluate as evaluate_command
+
+    assert evaluate_command.main(["--list-metrics"]) is None
+    out = capsys.readouterr().out
+    assert "mask_AP_weak" in out and "val_data_dropped" in out and "config_overrides" in out
+    with pytest.raises(SystemExit) as e:
+        evaluate_command.main([])
+    assert e.value.code == 2 and "required: --checkpoint" in capsys.readouterr().err

@@ -51,6 +51,7 @@ def test_iters_alone_moves_the_step_and_caps_the_warmup():
     assert (tc.max_iter, tc.steps, tc.warmup_iters) == (3, (2,), 1)
     tc = _tc("--preset", "opmask_r18_tiny", "--iters", "600")
     assert (tc.steps, tc.warmup_iters) == ((500,), 60)
+    assert _tc("--iters", "1").steps == (1,)  # not (0,): a 1-iteration run at the full LR, not at 0.1 of it
     tc = _tc("--preset", "opmask_r50_coco", "--iters", "90000", "--steps", "60000,80000", "--warmup", "500",
              "--clip", "0")
     assert (tc.steps, tc.warmup_iters, tc.clip_value) == ((60000, 80000), 500, None)

@@ -20,8 +20,9 @@ from opmask_fast.training.trainer import CHECKPOINT_NAME, train
 class StandIn(nn.Module):
     """Losses from a conv + BN + dropout over the images and their box counts; NaN on call ``nan_at``."""
 
-    def __init__(self, nan_at=None):
+    def __init__(self, nan_at=None, raise_at=None):
         super().__init__()
+        self.raise_at = raise_at
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.bn = nn.BatchNorm2d(4)
         self.head = nn.Linear(4, 1)
@@ -30,6 +31,8 @@ class StandIn(nn.Module):
 
     def forward(self, images, targets):
         self.calls += 1
+        if self.calls == self.raise_at:  # as the RPN refuses non-finite boxes in training
+            raise FloatingPointError("predicted boxes are not finite: training has diverged")
         self.batch_shapes.append([tuple(i.shape[-2:]) for i in images])
         x = torch.stack([F.interpolate(i[None] / 255, size=(16, 16))[0] for i in images])
         feats = F.adaptive_avg_pool2d(self.bn(self.conv(x)).relu(), 1).flatten(1)
@@ -78,6 +81,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
         train(StandIn(nan_at=5), dataset, _cfg(), output_dir=str(tmp_path), show_progress=False)
     ckpt = load_checkpoint(str(tmp_path / CHECKPOINT_NAME))
     assert ckpt["iteration"] == 3
+    # The model's own divergence check, inside the forward: the same iteration and checkpoint named.
+    with pytest.raises(FloatingPointError, match="diverged at iteration 4; .*last good checkpoint: .*checkpoint.pth"):
+        train(StandIn(raise_at=4), dataset, _cfg(), output_dir=str(tmp_path / "r"), show_progress=False)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 

@@ -28,7 +28,7 @@ from ..analysis.plots import plot_figure3
 from ..analysis.report import write_comparison_report, write_run_report
 from ..analysis.runs import analyze, format_analysis, load_run
 from ..data.coco import load_coco
-from .checks import check_device, check_output_dir
+from .checks import MAX_THREADS, check_device, check_output_dir
 from .errors import UsageError
 
 PROG = "python -m opmask_fast.analyze"
@@ -82,8 +82,8 @@ def prepare(argv: list[str] | None = None):
         fail(f"--min-classes must be at least 3 (a line through 2 points has no test), got {args.min_classes}")
     if args.images < 0 or args.top < 0:
         fail("--images and --top must be >= 0")
-    if args.num_threads is not None and args.num_threads < 1:
-        fail(f"--num-threads must be >= 1, got {args.num_threads}")
+    if args.num_threads is not None and not 1 <= args.num_threads <= MAX_THREADS:
+        fail(f"--num-threads must be >= 1 and <= {MAX_THREADS}, got {args.num_threads}")
     try:
         check_device(args.device)
         if args.output_dir:

@@ -22,6 +22,10 @@ from .errors import UsageError, option_name, user_errors
 logger = logging.getLogger(__name__)
 
 
+# --num-threads: far beyond any machine's cores; OpenMP fails on absurd counts (a segfault at 10**5)
+MAX_THREADS = 1024
+
+
 # ---- options ---------------------------------------------------------------------------------------------------------
 def check_number(args, dest: str, *, minimum: float | None = None, positive: bool = False,
                  maximum: float | None = None) -> None:
@@ -33,13 +37,17 @@ def check_number(args, dest: str, *, minimum: float | None = None, positive: boo
     if positive:
         bounds.append("> 0")
     if minimum is not None:
-        bounds.append(f">= {minimum:g}")
+        bounds.append(f">= {_number(minimum)}")
     if maximum is not None:
-        bounds.append(f"<= {maximum:g}")
+        bounds.append(f"<= {_number(maximum)}")
     ok = math.isfinite(value) and (not positive or value > 0) and (minimum is None or value >= minimum) and \
         (maximum is None or value <= maximum)
     if not ok:
         raise UsageError(f"{option_name(dest)} must be {' and '.join(bounds) or 'finite'}, got {value}")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def check_device(text: str) -> torch.device:

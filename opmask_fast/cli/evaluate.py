@@ -14,7 +14,7 @@ import os
 import time
 
 from ..analysis.pictures import visualize
-from ..evaluation.metrics import METRIC_KEYS, evaluate_model, format_table, write_metrics
+from ..evaluation.metrics import COMMAND_KEYS, METRIC_KEYS, evaluate_model, format_table, write_metrics
 from ..modeling.roi_heads.prior import ABLATIONS, prior_ablation
 from ..training.checkpoint import model_from_checkpoint
 from ..training.distributed import run_in_process_group
@@ -24,7 +24,8 @@ from . import errors, preflight
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m opmask_fast.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pth written by opmask_fast.train")
+    # Required but for --list-metrics (checked in main).
+    p.add_argument("--checkpoint", default=None, help="checkpoint.pth written by opmask_fast.train (required)")
     p.add_argument("--val-ann", help="COCO instances JSON (default: the one used at training)")
     p.add_argument("--val-images", help="image folder (default: the one used at training)")
     p.add_argument("--split", default=None, help="strong classes (default: the training split)")
@@ -51,9 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict | None:
     args = build_parser().parse_args(argv)
     if args.list_metrics:
-        for k, v in METRIC_KEYS.items():
+        for k, v in {**METRIC_KEYS, **COMMAND_KEYS}.items():
             print(f"{k:<26} {v}")
         return None
+    if args.checkpoint is None:
+        raise errors.UsageError("the following arguments are required: --checkpoint (see --help)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # The checkpoint, data, split, --prior-ablation and output folder are checked before the model is built.
     plan = preflight.check_evaluate(args)

@@ -48,7 +48,7 @@ def train_config_from_args(args) -> TrainConfig:
             setattr(tc, name, getattr(args, name))
     if args.iters is not None:
         tc.max_iter = args.iters
-        tc.steps = (int(args.iters * 5 / 6),)
+        tc.steps = (max(int(args.iters * 5 / 6), 1),)  # a step at 0 would train all of a 1-iteration run at 0.1 LR
         tc.warmup_iters = min(tc.warmup_iters, max(args.iters // 10, 1))
     if args.batch_size is not None:
         tc.batch_size = args.batch_size

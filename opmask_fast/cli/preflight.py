@@ -18,9 +18,10 @@ from ..data.synthetic import DATASETS, default_cache_root, get_style
 from ..modeling.weights import read_model_state
 from ..training.checkpoint import model_from_checkpoint
 from ..training.initial_weights import check_model_weights
+from ..training.solver import TrainConfig
 from ..variants import VARIANTS, get_variant
-from .checks import (build_dataset, check_device, check_groups, check_number, check_output_dir, check_paths,
-                     check_same_categories, check_strong_masks, choose_split, read_checkpoint)
+from .checks import (MAX_THREADS, build_dataset, check_device, check_groups, check_number, check_output_dir,
+                     check_paths, check_same_categories, check_strong_masks, choose_split, read_checkpoint)
 from .errors import UsageError, option_name, user_errors
 from .options import default_output_dir, model_config_from_args, resolve_data, train_config_from_args
 
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**32 - 1
 
 DATA_OPTIONS = {"train_ann": "--train-ann", "train_images": "--train-images", "val_ann": "--val-ann",
                 "val_images": "--val-images"}
@@ -55,10 +58,13 @@ def check_train_options(args) -> tuple:
     """Options and the ``--weights`` file: numbers, --steps, --preset, --prior-scale, --set, then what --weights holds
     (``training.initial_weights.configure_weights``, the file read once). Returns ``(model_config, weights,
     train_config)`` as ``cli.options`` builds them."""
-    for dest in ("iters", "batch_size", "checkpoint_period", "log_period", "num_threads", "eval_max_images"):
+    for dest in ("iters", "batch_size", "checkpoint_period", "log_period", "eval_max_images"):
         check_number(args, dest, minimum=1)
-    for dest in ("warmup", "visualize", "num_workers", "eval_period", "clip", "seed", "data_seed", "split_seed"):
+    check_number(args, "num_threads", minimum=1, maximum=MAX_THREADS)
+    for dest in ("warmup", "visualize", "num_workers", "eval_period", "clip"):
         check_number(args, dest, minimum=0)
+    for dest in ("seed", "data_seed", "split_seed"):  # the samplers derive 64-bit seeds from them
+        check_number(args, dest, minimum=0, maximum=MAX_SEED)
     check_number(args, "lr", positive=True)
     steps = getattr(args, "steps", None)
     if steps is not None:
@@ -90,15 +96,29 @@ def _synthetic_name(args) -> str:
 def check_train(args) -> TrainPlan:
     """Everything ``opmask_fast.train`` needs: options, --weights, device, output folder, --resume, data and split."""
     cfg, weights, tcfg = check_train_options(args)
-    check_device(args.device)
+    device = check_device(args.device)
+    sync_bn = [k for k, v in (("backbone.norm", cfg.backbone.norm), ("roi_heads.box_head_norm",
+                              cfg.roi_heads.box_head_norm), ("roi_heads.mask_head_norm",
+                              cfg.roi_heads.mask_head_norm)) if v == "SyncBN"]
+    if sync_bn and device.type != "cuda":
+        raise UsageError(f"{', '.join(sync_bn)}=SyncBN needs CUDA (torch's SyncBatchNorm); use BN or GN on the CPU")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if tcfg.batch_size % world:
         raise UsageError(f"--batch-size {tcfg.batch_size} is not divisible by the {world} processes")
+    # A run of another model or dataset gets its own default folder (not the default recipe's run overwritten).
     other_data = "" if _synthetic_name(args) == "shapes" else f"_{args.dataset}"
+    variant = f"_{args.variant}" if getattr(args, "variant", None) else ""
     out = check_output_dir(args.output_dir or default_output_dir(
-        args.preset + ("_noprior" if args.no_prior else "") + other_data))
+        args.preset + ("_noprior" if args.no_prior else "") + variant + other_data))
+    if os.path.isdir(os.path.join(out, "checkpoint.pth")):  # found at the first save, after the work
+        raise UsageError(f"--output-dir {out}: its checkpoint.pth is a folder")
     if getattr(args, "resume", False) and os.path.isfile(os.path.join(out, "checkpoint.pth")):
-        read_checkpoint(os.path.join(out, "checkpoint.pth"), "--resume")
+        state = read_checkpoint(os.path.join(out, "checkpoint.pth"), "--resume")
+        lost = [k for k in ("optimizer", "scheduler", "iteration") if k not in state]
+        if lost:
+            raise UsageError(f"--resume: {os.path.join(out, 'checkpoint.pth')} holds no training state to continue "
+                             f"(no {', '.join(lost)}): a model-only file; give it as --weights instead")
+        check_resumed_solver(state, tcfg, os.path.join(out, "checkpoint.pth"))
     plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights)
     need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
     if any(getattr(args, k, None) for k in DATA_OPTIONS):
@@ -111,6 +131,25 @@ def check_train(args) -> TrainPlan:
         check_output_dir(args.cache_dir or default_cache_root(), "--cache-dir")
         check_synthetic(args, cfg)
     return plan
+
+
+# What a resumed run takes from its checkpoint whatever the options say: the optimizer's and scheduler's state hold
+# the learning rate and decay, and the data order follows the seed and batch size. Others (--iters, --steps, --warmup,
+# --clip, periods) apply to the rest of the run.
+RESUME_KEEPS = ("base_lr", "momentum", "weight_decay", "weight_decay_norm", "batch_size", "seed")
+
+
+def check_resumed_solver(state: dict, tcfg, path: str) -> None:
+    """``--resume`` with the training options the run was started with, where the checkpoint's state wins."""
+    stored = (state.get("meta") or {}).get("train_config")
+    if not isinstance(stored, dict):
+        return
+    theirs = TrainConfig.from_dict(stored)
+    diff = [k for k in RESUME_KEEPS if getattr(theirs, k) != getattr(tcfg, k)]
+    if diff:
+        raise UsageError(f"--resume: {path} was trained with " + ", ".join(f"{k}={getattr(theirs, k)}" for k in diff) +
+                         " (now " + ", ".join(f"{k}={getattr(tcfg, k)}" for k in diff) + "), which a resumed run keeps "
+                         "from its checkpoint; give the same options, or another --output-dir")
 
 
 def check_num_classes(cfg, count: int, source: str) -> None:
@@ -209,7 +248,7 @@ def check_evaluate(args) -> EvalPlan:
     """Everything ``opmask_fast.evaluate`` needs: options, device, the checkpoint, the data it names or is given."""
     check_number(args, "max_images", minimum=1)
     check_number(args, "visualize", minimum=0)
-    check_number(args, "num_threads", minimum=1)
+    check_number(args, "num_threads", minimum=1, maximum=MAX_THREADS)
     check_device(args.device)
     state = read_checkpoint(args.checkpoint)
     meta = state["meta"]
@@ -266,7 +305,7 @@ class PredictPlan:
 def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
     """Everything ``opmask_fast.predict`` needs: options, device, an image folder with images, the checkpoint."""
     check_number(args, "score_thresh", minimum=0, maximum=1)
-    check_number(args, "num_threads", minimum=1)
+    check_number(args, "num_threads", minimum=1, maximum=MAX_THREADS)
     check_device(args.device)
     check_paths(folders={"--images": args.images})
     files = sorted(f for f in os.listdir(args.images)

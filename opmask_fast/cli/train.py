@@ -16,7 +16,7 @@ import torch
 
 from ..data.loader import default_num_workers
 from ..data.synthetic import DATASETS
-from ..evaluation.metrics import evaluate_model, format_table, log_evaluation, write_metrics
+from ..evaluation.metrics import RESULT_FILES, evaluate_model, format_table, log_evaluation, write_metrics
 from ..training.distributed import barrier, run_in_process_group
 from ..training.initial_weights import build_with_weights
 from ..training.solver import get_solver_preset
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-period", type=_count, default=0, metavar="N",
                    help="also evaluate every N iterations during training (logged and in metrics.jsonl)")
     o = p.add_argument_group("run")
-    o.add_argument("--output-dir", default=None, help="default: outputs/<preset>[_noprior][_<dataset>]")
+    o.add_argument("--output-dir", default=None, help="default: outputs/<preset>[_noprior][_<variant>][_<dataset>]")
     o.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     o.add_argument("--num-threads", type=int, default=None, help="torch CPU threads per process")
     o.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
@@ -135,6 +135,11 @@ def _run(args, info, plan) -> dict | None:
         cfg.num_classes = len(train_set.category_ids)
     out = plan.output_dir
     preflight.check_run(cfg, train_set, os.path.join(out, CHECKPOINT_NAME) if args.resume else None, weights)
+    if info.is_main and not (args.resume and os.path.isfile(os.path.join(out, CHECKPOINT_NAME))):
+        # A new run in a folder of an earlier one: that run's results must not sit beside this one's checkpoint.
+        for name in RESULT_FILES:
+            if os.path.isfile(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
     if info.is_main:
         logger.info("data: %s (%d training images; dropped: %s), strong: %s", paths["train_ann"], len(train_set),
                     train_set.dropped or "none",

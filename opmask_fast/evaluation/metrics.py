@@ -47,6 +47,14 @@ METRIC_KEYS = {
     "strong_categories": "names of the strong classes", "weak_categories": "names of the weak classes",
     "data_dropped": "unusable annotations per reason: bbox_* dropped, mask_* kept box-only (opmask_fast.data.sanitize)",
 }
+# What the commands add to metrics.json beside METRIC_KEYS.
+COMMAND_KEYS = {
+    "val_data_dropped": "train: the same for the validation data (data_dropped is the training data's there)",
+    "train_seconds": "train: wall seconds of the training", "eval_seconds": "train: wall seconds of the evaluation",
+    "config_overrides": "evaluate: the --set changes the model was evaluated with",
+}
+# What an evaluation writes into its output folder (a new training in the folder of an earlier run removes them).
+RESULT_FILES = ("predictions.json", "prior_predictions.json", "metrics.json")
 
 
 def _group_miou(ious: dict[int, list[float]], cat_ids) -> float:
@@ -113,11 +121,12 @@ def evaluate_model(model, dataset: CocoInstances, *, strong_ids, device="cpu", o
     metrics = compute_metrics(dataset, inf, ora, strong_ids=strong_ids, weak_ids=weak_ids)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "predictions.json"), "w") as f:
+        predictions, priors, metrics_file = (os.path.join(output_dir, name) for name in RESULT_FILES)
+        with open(predictions, "w") as f:
             json.dump(inf["results"], f)
-        with open(os.path.join(output_dir, "prior_predictions.json"), "w") as f:
+        with open(priors, "w") as f:
             json.dump(inf["prior_results"], f)
-        write_metrics(metrics, os.path.join(output_dir, "metrics.json"))
+        write_metrics(metrics, metrics_file)
     return metrics
 
 

@@ -3,7 +3,8 @@
     from torchvision.models.detection import maskrcnn_resnet50_fpn
     from opmask_fast.ops.swap_in import add_object_mask_prior
 
-    model = add_object_mask_prior(maskrcnn_resnet50_fpn(weights=None, num_classes=91), scale="none")
+    model = add_object_mask_prior(maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91),
+                                  scale="none")
 
 The CAM needs a classifier that acts on globally average-pooled conv features, which torchvision's MLP box head does
 not have: `add_object_mask_prior` puts in a conv box head ending in global average pooling (`ConvGAPBoxHead`, as in

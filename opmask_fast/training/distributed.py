@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -122,15 +123,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def cleanup() -> None:
-    """Destroys every process group, and checks that nothing else still holds the default one (its worker threads are
-    joined only when it is freed; `_import_group_defaults` says why a survivor would abort the process at exit)."""
+def cleanup(*, check: bool = True) -> None:
+    """Destroys every process group, and (``check``) that nothing else still holds the default one (its worker threads
+    are joined only when it is freed; `_import_group_defaults` says why a survivor would abort the process at exit)."""
     if dist.is_available() and dist.is_initialized():
         default = dist.group.WORLD
         dist.destroy_process_group()
         holders = sys.getrefcount(default) - 2  # the local name and getrefcount's argument
         del default
-        if holders > 0:
+        if holders > 0 and check:
             raise RuntimeError(f"the default process group is still referenced {holders} time(s) after "
                                "destroy_process_group: its worker threads would outlive the interpreter (a module "
                                "imported after init_process_group holding group.WORLD as a default argument?)")
@@ -145,6 +146,12 @@ def run_in_process_group(body, args, plan):
         keep_freed_memory()  # 8-12% of a CPU training's wall time went to page faults (training/host_memory.py)
     info = init_distributed(args.device)
     try:
-        return body(args, info, plan)
-    finally:
-        cleanup()
+        result = body(args, info, plan)
+    except BaseException as e:
+        # The failed frames' locals (a DDP model) hold the group: cleared, so the group is freed, and the error in
+        # flight stays the one reported (cleanup's reference check would replace it with a misleading one).
+        traceback.clear_frames(e.__traceback__)
+        cleanup(check=False)
+        raise
+    cleanup()
+    return result

@@ -30,6 +30,10 @@ def _to_device(images: list, targets: list, device: torch.device) -> tuple[list,
     return images, targets
 
 
+def _last_good(ckpt_path: str) -> str:
+    return ckpt_path if os.path.isfile(ckpt_path) else "none written yet"
+
+
 def train(
     model: nn.Module,
     dataset,
@@ -106,16 +110,19 @@ def train(
     for iteration in range(start_iter, cfg.max_iter):
         images, targets = _to_device(*next(batches), device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss_dict = net(images, targets)
+            try:
+                loss_dict = net(images, targets)
+            except FloatingPointError as e:  # the model's own check (e.g. the RPN's non-finite boxes)
+                raise FloatingPointError(f"{e} at iteration {iteration + 1}; training stopped, last good checkpoint: "
+                                         f"{_last_good(ckpt_path)}") from None
         losses = torch.stack([v.float() for v in loss_dict.values()])
         # Every process must agree to stop, or the others would hang in the next all-reduce.
         finite = all_reduce_mean(torch.isfinite(losses).all().float().reshape(1).to(device))
         if finite.item() < 1.0:
             bad = {k: float(v) for k, v in loss_dict.items() if not math.isfinite(float(v))}
-            where = ckpt_path if os.path.isfile(ckpt_path) else "none written yet"
             raise FloatingPointError(
                 f"non-finite loss at iteration {iteration + 1} ({bad or 'on another process'}); training stopped, "
-                f"last good checkpoint: {where}"
+                f"last good checkpoint: {_last_good(ckpt_path)}"
             )
         optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
