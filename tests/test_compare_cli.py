@@ -12,6 +12,8 @@ def test_compare_checks_before_generating_or_training(tmp_path, capsys):
     for args, fragment in ((["--variants", "baseline,foo"], "--variants: unknown ['foo']"),
                            (["--", "--bogus"], "training options after --: unrecognized arguments: --bogus"),
                            (["--seeds", "0,x"], "--seeds must be integers"),
+                           (["--seeds", str(2**40)], "--seeds must be integers in [0, 4294967295]"),
+                           (["--data-seed", str(2**40)], "--data-seed must be >= 0 and <= 4294967295"),
                            (["--preset", "opmask_r18_nope"], "--preset: unknown 'opmask_r18_nope'"),
                            (["--seeds", "\u00b2"], "--seeds must be integers"),  # "²".isdigit() is True
                            (["--variants", "baseline,baseline"], "--variants names baseline more than once"),

@@ -349,8 +349,8 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     if unknown or not names:
         raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(VARIANTS)}")
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if not parts or not all(p.isascii() and p.isdigit() for p in parts):
-        raise UsageError(f"--seeds must be integers >= 0 separated by commas, got {args.seeds!r}")
+    if not parts or not all(p.isascii() and p.isdigit() and int(p) <= MAX_SEED for p in parts):
+        raise UsageError(f"--seeds must be integers in [0, {MAX_SEED}] separated by commas, got {args.seeds!r}")
     for what, items in (("--variants", names), ("--seeds", [int(p) for p in parts])):
         twice = sorted({str(i) for i in items if items.count(i) > 1})
         if twice:  # two trainings would write one run folder at once
@@ -358,8 +358,8 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     if args.preset not in PRESETS:
         raise UsageError(f"--preset: unknown {args.preset!r}; known: {', '.join(sorted(PRESETS))}")
     check_number(args, "jobs", minimum=1)
-    check_number(args, "data_seed", minimum=0)
-    check_number(args, "threads", minimum=1)
+    check_number(args, "data_seed", minimum=0, maximum=MAX_SEED)
+    check_number(args, "threads", minimum=1, maximum=MAX_THREADS)
     check_output_dir(args.output_dir)
     for run in (f"{v}_s{s}" for v in names for s in {int(p) for p in parts}):
         if os.path.exists(os.path.join(args.output_dir, run)):
