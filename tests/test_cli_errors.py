@@ -292,7 +292,6 @@ def test_train_data_file_errors(data, tmp_path, capsys, case):
     (["--set", "input.max_size=0"], ["input.max_size must be >= 1"]),
     (["--set", "size_divisibility=16"], ["size_divisibility must be a positive multiple of 32, got 16"]),
     (["--set", "num_classes=3"], ["num_classes=3 but the synthetic dataset shapes has 6 categories"]),
-    (["--set", "roi_heads.box_head_norm=SyncBN"], ["roi_heads.box_head_norm=SyncBN needs CUDA"]),
     (["--seed", str(2**40)], ["--seed must be >= 0 and <= 4294967295"]),  # the samplers' 64-bit seeds overflowed
     (["--num-threads", "100000"], ["--num-threads must be >= 1 and <= 1024"]),  # OpenMP segfaulted
 ])
@@ -300,6 +299,15 @@ def test_synthetic_dataset_and_new_option_errors(tmp_path, capsys, extra, fragme
     """The synthetic dataset's own classes decide the split; nothing is generated before the options pass."""
     line = in_process(capsys, "train", *FAST, "--cache-dir", tmp_path / "cache", *extra, "--output-dir", tmp_path / "o")
     assert all(f in line for f in fragments), line
+    assert not os.path.exists(tmp_path / "cache" / "synthetic")
+
+
+def test_sync_bn_across_cpu_processes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """torch's SyncBatchNorm syncs on GPUs only: under torchrun on the CPU it failed after the data was read."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    line = in_process(capsys, "train", *FAST, "--cache-dir", tmp_path / "cache", "--set",
+                      "roi_heads.box_head_norm=SyncBN", "--output-dir", tmp_path / "o")
+    assert "roi_heads.box_head_norm=SyncBN across 2 processes needs CUDA" in line, line
     assert not os.path.exists(tmp_path / "cache" / "synthetic")
 
 

@@ -226,6 +226,14 @@ def test_exif_orientation_is_applied_unless_the_annotation_gives_the_stored_size
     assert np.array_equal(read_image(tmp_path / "img" / "c.png"), shown)
     with Image.open(tmp_path / "img" / "b.png") as im:  # a PIL image given to the Predictor: the same
         assert np.array_equal(as_rgb_array(im), shown)
+    # The header check of a large dataset stays a header read: a PNG without EXIF is not decoded to look for it.
+    from unittest import mock
+
+    from opmask_fast.data.transforms import shown_size
+
+    Image.fromarray(shown).save(tmp_path / "plain.png")
+    with Image.open(tmp_path / "plain.png") as im, mock.patch.object(type(im), "load", side_effect=AssertionError):
+        assert shown_size(im) == (W, H)
     data = json.loads(open(ann).read())
     data["images"][1].update(width=W + 1)
     open(ann, "w").write(json.dumps(data))

@@ -91,10 +91,19 @@ def test_a_failing_command_reports_its_own_error_and_frees_the_group(monkeypatch
         return distributed.DistInfo(rank=0, world_size=1, local_rank=0, device=device)
 
     monkeypatch.setattr(distributed, "init_distributed", init)
+    real_cleanup = distributed.cleanup
+    # Strict: the group must really be freed, not only its check skipped.
+    monkeypatch.setattr(distributed, "cleanup", lambda check=True: real_cleanup(check=True))
+
+    def inner():
+        group = dist.group.WORLD  # a local of a failing frame, as a DDP model's reference is
+        raise FloatingPointError(f"diverged ({group is not None})")
 
     def body(args, info, plan):
-        group = dist.group.WORLD  # a local of the failing frame, as a DDP model's reference is
-        raise ValueError(f"cannot read image x.png ({group is not None})")
+        try:
+            inner()
+        except FloatingPointError as e:  # a wrapped error: the inner frame stays reachable through its cause
+            raise ValueError("cannot read image x.png") from e
 
     args = argparse.Namespace(num_threads=None, device="cpu")
     with pytest.raises(ValueError, match="cannot read image x.png"):

@@ -64,6 +64,10 @@ def test_analyze_two_trained_runs(trained, tmp_path):
     for name in ("figure3.png", "losses.png", "crops.png"):
         _png(str(tmp_path / "cmp" / "report" / name))
     _png(docs)
+    for picture, needles in ((tmp_path, ["--docs-picture", "is a folder"]),
+                             (tmp_path / "cmp" / "report.md" / "x.png", ["--docs-picture's folder", "report.md"])):
+        proc = _analyze(base, op, "--images", "1", "--docs-picture", str(picture))
+        _error_line(proc.returncode, proc.stderr, *needles)
 
 
 def test_compare_ends_with_the_report(trained, capsys):
@@ -167,8 +171,6 @@ def test_errors_before_any_work(tmp_path, capsys):
     for extra, needles in ((["--device", "bogus"], ["--device 'bogus' is not a device"]),
                            (["--num-threads", "0"], ["--num-threads must be >= 1"]),
                            (["--output-dir", tmp_path / "a_file"], ["--output-dir", "a_file is a file"]),
-                           (["--docs-picture", tmp_path], ["--docs-picture", "is a folder"]),
-                           (["--docs-picture", tmp_path / "a_file" / "x.png"], ["--docs-picture's folder", "a_file"]),
                            (["--docs-picture", tmp_path / "x.png"], ["x.png needs two runs with checkpoints"])):
         check([tmp_path / "r", "--train-ann", ann, *extra], *needles)
     assert not os.path.exists(tmp_path / "r" / "report.md")  # nothing was written

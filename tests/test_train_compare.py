@@ -77,6 +77,17 @@ def test_reuse_retrains_a_run_recorded_with_other_settings(tmp_path, monkeypatch
     assert weak("--", "--iters", "9") == 8.0  # recorded with these options now: reused
 
 
+def test_reuse_ignores_where_and_how_fast_a_run_trained():
+    """What --reuse compares leaves out the run folder, the thread count, the cache folder and --quiet: a moved compare
+    folder or another --threads reuses its runs; another option after -- does not."""
+    parse = compare.build_parser().parse_args
+    a = compare._settings(compare.train_command("baseline", 0, parse([]), "outputs/compare/baseline_s0"))
+    b = compare._settings(compare.train_command("baseline", 0, parse(["--threads", "2", "--cache-dir", "c"]),
+                                                "/elsewhere/baseline_s0"))
+    c = compare._settings(compare.train_command("baseline", 0, parse(["--", "--iters", "9"]), "x"))
+    assert a == b and a != c and "--preset" in a and "--output-dir" not in a
+
+
 def test_sigterm_to_compare_ends_its_trainings(tmp_path):
     """A compare killed with SIGTERM (a scheduler's stop) ends the trainings it started instead of leaving them
     running on the machine."""

@@ -86,12 +86,6 @@ def prepare(argv: list[str] | None = None):
         fail(f"--num-threads must be >= 1 and <= {MAX_THREADS}, got {args.num_threads}")
     try:
         check_device(args.device)
-        if args.output_dir:
-            check_output_dir(args.output_dir)
-        if args.docs_picture:
-            if os.path.isdir(args.docs_picture):
-                raise UsageError(f"--docs-picture {args.docs_picture} is a folder; give the PNG file to write")
-            check_output_dir(os.path.dirname(os.path.abspath(args.docs_picture)), "--docs-picture's folder")
     except UsageError as e:
         fail(str(e))
     try:
@@ -117,6 +111,15 @@ def prepare(argv: list[str] | None = None):
                  "run from the folder the training ran in, or give --train-ann)")
     if not os.path.isfile(train_ann):
         fail(f"annotation file not found: {train_ann}")
+    try:  # last, as these create the folders
+        if args.output_dir:
+            check_output_dir(args.output_dir)
+        if args.docs_picture:
+            if os.path.isdir(args.docs_picture):
+                raise UsageError(f"--docs-picture {args.docs_picture} is a folder; give the PNG file to write")
+            check_output_dir(os.path.dirname(os.path.abspath(args.docs_picture)), "--docs-picture's folder")
+    except UsageError as e:
+        fail(str(e))
     return args, runs, train_ann
 
 

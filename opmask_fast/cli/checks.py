@@ -40,10 +40,12 @@ def check_number(args, dest: str, *, minimum: float | None = None, positive: boo
         bounds.append(f">= {_number(minimum)}")
     if maximum is not None:
         bounds.append(f"<= {_number(maximum)}")
-    ok = math.isfinite(value) and (not positive or value > 0) and (minimum is None or value >= minimum) and \
-        (maximum is None or value <= maximum)
+    # An int is finite at any size (math.isfinite would overflow converting one beyond a float's range).
+    ok = (isinstance(value, int) or math.isfinite(value)) and (not positive or value > 0) and \
+        (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok:
-        raise UsageError(f"{option_name(dest)} must be {' and '.join(bounds) or 'finite'}, got {value}")
+        shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
+        raise UsageError(f"{option_name(dest)} must be {' and '.join(bounds) or 'finite'}, got {shown}")
 
 
 def _number(x: float) -> str:

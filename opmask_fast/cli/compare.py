@@ -97,6 +97,21 @@ def train_command(variant: str, seed: int, args, out: str) -> list[str]:
 
 
 RUN_COMMAND = "compare_command.json"  # in each run folder: the training command compare gave it (for --reuse)
+# Options of that command that do not change a run's result: --reuse compares the command without them.
+_NOT_RESULTS = {"--output-dir": 1, "--num-threads": 1, "--cache-dir": 1, "--quiet": 0}
+
+
+def _settings(cmd: list[str]) -> list[str]:
+    """The training command without the interpreter and the options of `_NOT_RESULTS` (with their values)."""
+    out, skip = [], 0
+    for token in cmd[1:]:
+        if skip:
+            skip -= 1
+        elif token in _NOT_RESULTS:
+            skip = _NOT_RESULTS[token]
+        else:
+            out.append(token)
+    return out
 
 
 def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
@@ -104,14 +119,15 @@ def _launch(variant: str, seed: int, args, out: str) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, RUN_COMMAND), "w") as f:
-        json.dump(cmd[1:], f)
+        json.dump(_settings(cmd), f)
     log = open(os.path.join(out, "log.txt"), "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _reusable(variant: str, seed: int, args, out: str) -> bool:
     """With --reuse: the run finished (metrics.json) and, where compare recorded its training command, with the same
-    command as now (other options after --, another preset or dataset retrain it)."""
+    settings as now (other options after --, another preset or dataset retrain it; another folder or thread count
+    does not)."""
     if not (args.reuse and os.path.isfile(os.path.join(out, "metrics.json"))):
         return False
     try:
@@ -121,7 +137,7 @@ def _reusable(variant: str, seed: int, args, out: str) -> bool:
         return True
     except (OSError, ValueError):
         recorded = None
-    if recorded == train_command(variant, seed, args, out)[1:]:
+    if recorded == _settings(train_command(variant, seed, args, out)):
         return True
     print(f"{variant} seed {seed}: trained with other settings than this compare's, trained again", flush=True)
     return False
@@ -129,15 +145,25 @@ def _reusable(variant: str, seed: int, args, out: str) -> bool:
 
 def _stop(running: dict) -> None:
     """Ends the trainings still running (compare itself was interrupted or killed): none outlives it."""
-    for proc, _, _ in running.values():
-        if proc.poll() is None:
-            proc.terminate()
-    for proc, _, _ in running.values():
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    if not running:
+        return
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    if main:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the stopping
+    try:
+        for proc, _, _ in running.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, _, _ in running.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def output_root(args) -> str:
@@ -309,7 +335,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         return _compare(args)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _compare(args) -> dict:

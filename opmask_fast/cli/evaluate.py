@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-ablation", choices=ABLATIONS, default=None,
                    help="diagnostic: evaluate with the prior set to 0, or with each RoI given another RoI's prior "
                         "(the priors reported for prior AP stay the model's own); metrics go to "
-                        "OUTPUT_DIR/ablation_<mode>/ unless --output-dir is given")
+                        "<checkpoint folder>/ablation_<mode>/, or to --output-dir when given")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="change a field of the checkpoint's model config for this evaluation, e.g. "
                         "rpn.post_nms_topk_test=1000 or roi_heads.score_thresh=0.01 (repeatable; a change the "

@@ -63,7 +63,7 @@ def check_train_options(args) -> tuple:
     check_number(args, "num_threads", minimum=1, maximum=MAX_THREADS)
     for dest in ("warmup", "visualize", "num_workers", "eval_period", "clip"):
         check_number(args, dest, minimum=0)
-    for dest in ("seed", "data_seed", "split_seed"):  # the samplers derive 64-bit seeds from them
+    for dest in ("seed", "data_seed", "split_seed"):  # at most 2^32 - 1: numpy and the data sampler take no more
         check_number(args, dest, minimum=0, maximum=MAX_SEED)
     check_number(args, "lr", positive=True)
     steps = getattr(args, "steps", None)
@@ -97,12 +97,13 @@ def check_train(args) -> TrainPlan:
     """Everything ``opmask_fast.train`` needs: options, --weights, device, output folder, --resume, data and split."""
     cfg, weights, tcfg = check_train_options(args)
     device = check_device(args.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     sync_bn = [k for k, v in (("backbone.norm", cfg.backbone.norm), ("roi_heads.box_head_norm",
                               cfg.roi_heads.box_head_norm), ("roi_heads.mask_head_norm",
                               cfg.roi_heads.mask_head_norm)) if v == "SyncBN"]
-    if sync_bn and device.type != "cuda":
-        raise UsageError(f"{', '.join(sync_bn)}=SyncBN needs CUDA (torch's SyncBatchNorm); use BN or GN on the CPU")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if sync_bn and device.type != "cuda" and world > 1:  # one process: SyncBatchNorm is BatchNorm, on any device
+        raise UsageError(f"{', '.join(sync_bn)}=SyncBN across {world} processes needs CUDA (torch's SyncBatchNorm "
+                         "syncs on GPUs only); use BN or GN on the CPU")
     if tcfg.batch_size % world:
         raise UsageError(f"--batch-size {tcfg.batch_size} is not divisible by the {world} processes")
     # A run of another model or dataset gets its own default folder (not the default recipe's run overwritten).
@@ -349,7 +350,7 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     if unknown or not names:
         raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(VARIANTS)}")
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if not parts or not all(p.isascii() and p.isdigit() and int(p) <= MAX_SEED for p in parts):
+    if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 10 and int(p) <= MAX_SEED for p in parts):
         raise UsageError(f"--seeds must be integers in [0, {MAX_SEED}] separated by commas, got {args.seeds!r}")
     for what, items in (("--variants", names), ("--seeds", [int(p) for p in parts])):
         twice = sorted({str(i) for i in items if items.count(i) > 1})

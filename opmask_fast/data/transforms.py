@@ -39,7 +39,10 @@ EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 as stored; 2-8 a flip and/or rotati
 
 
 def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1-8) of an opened image; 1 without the tag or with an unusable one."""
+    """The EXIF orientation (1-8) of an opened image; 1 without the tag or with an unusable one. Read from the header:
+    a PNG whose eXIf chunk follows the image data counts as without (Pillow would decode the image to find it)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
     try:
         value = image.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not make a readable image unreadable

@@ -137,6 +137,15 @@ def cleanup(*, check: bool = True) -> None:
                                "imported after init_process_group holding group.WORLD as a default argument?)")
 
 
+def _clear_chain(error: BaseException) -> None:
+    """Clears the locals of every frame in ``error``'s traceback and in those of its causes and contexts."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
 def run_in_process_group(body, args, plan):
     """The commands' shared frame: `--num-threads`, a process group for `--device` (when launched by torchrun), then
     `body(args, info, plan)`, and the group torn down whatever happens."""
@@ -148,9 +157,10 @@ def run_in_process_group(body, args, plan):
     try:
         result = body(args, info, plan)
     except BaseException as e:
-        # The failed frames' locals (a DDP model) hold the group: cleared, so the group is freed, and the error in
-        # flight stays the one reported (cleanup's reference check would replace it with a misleading one).
-        traceback.clear_frames(e.__traceback__)
+        # The failed frames' locals (a DDP model) hold the group: cleared, along the whole chain of causes, so the
+        # group is freed, and the error in flight stays the one reported (cleanup's reference check would replace it
+        # with a misleading one).
+        _clear_chain(e)
         cleanup(check=False)
         raise
     cleanup()

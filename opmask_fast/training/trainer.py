@@ -114,7 +114,7 @@ def train(
                 loss_dict = net(images, targets)
             except FloatingPointError as e:  # the model's own check (e.g. the RPN's non-finite boxes)
                 raise FloatingPointError(f"{e} at iteration {iteration + 1}; training stopped, last good checkpoint: "
-                                         f"{_last_good(ckpt_path)}") from None
+                                         f"{_last_good(ckpt_path)}") from e
         losses = torch.stack([v.float() for v in loss_dict.values()])
         # Every process must agree to stop, or the others would hang in the next all-reduce.
         finite = all_reduce_mean(torch.isfinite(losses).all().float().reshape(1).to(device))
