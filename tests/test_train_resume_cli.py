@@ -2,6 +2,7 @@
 silently override, and a model-only file; a new run clears the earlier run's results; --variant gets its own
 default folder."""
 
+import json
 import os
 
 import pytest
@@ -32,6 +33,10 @@ def test_resume_refuses_what_the_checkpoint_keeps_and_a_new_run_clears_old_resul
         line = in_process(capsys, "train", *data, *FAST, *extra, "--resume", "--output-dir", out)  # the later wins
         assert "--resume: " in line and "which a resumed run keeps from its checkpoint" in line, line
         assert fragment in line, line
+    # Resumed past its --iters the run trains no further: its evaluation is labelled with the checkpoint's iteration.
+    train.main([*data, *FAST, "--iters", "1", "--resume", "--output-dir", str(out)])
+    evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"eval"' in line]
+    assert evals[-1]["iteration"] == 2
     state = torch.load(out / "checkpoint.pth", weights_only=False)
     torch.save({"model": state["model"], "meta": state["meta"]}, tmp_path / "model_only.pth")
     os.makedirs(tmp_path / "m")

@@ -52,6 +52,7 @@ class TrainPlan:
     train_config: object  # TrainConfig
     weights: object = None  # modeling.weights.WeightsFile of --weights, or None
     data: TrainData | None = None  # user data, checked; None: a synthetic dataset, prepared after its generation
+    resumed_at: int = 0  # the iteration of the checkpoint --resume continues (0: a new run)
 
 
 def check_train_options(args) -> tuple:
@@ -116,11 +117,16 @@ def check_train(args) -> TrainPlan:
     if getattr(args, "resume", False) and os.path.isfile(os.path.join(out, "checkpoint.pth")):
         state = read_checkpoint(os.path.join(out, "checkpoint.pth"), "--resume")
         lost = [k for k in ("optimizer", "scheduler", "iteration") if k not in state]
+        if not lost and not (isinstance(state["iteration"], int) and state["iteration"] >= 0):
+            lost = ["valid iteration"]
         if lost:
             raise UsageError(f"--resume: {os.path.join(out, 'checkpoint.pth')} holds no training state to continue "
                              f"(no {', '.join(lost)}): a model-only file; give it as --weights instead")
         check_resumed_solver(state, tcfg, os.path.join(out, "checkpoint.pth"))
-    plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights)
+        resumed_at = state["iteration"]
+    else:
+        resumed_at = 0
+    plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights, resumed_at=resumed_at)
     need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
     if any(getattr(args, k, None) for k in DATA_OPTIONS):
         with user_errors():

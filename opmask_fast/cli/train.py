@@ -175,7 +175,8 @@ def _run(args, info, plan) -> dict | None:
             metrics["data_dropped"] = dict(train_set.dropped)  # per reason, see opmask_fast.data.sanitize
             metrics["val_data_dropped"] = dict(val_set.dropped)
             write_metrics(metrics, os.path.join(out, "metrics.json"))
-            log_evaluation(os.path.join(out, "metrics.jsonl"), tcfg.max_iter, metrics)
+            # A run resumed past --iters trains no further: its model is the checkpoint's.
+            log_evaluation(os.path.join(out, "metrics.jsonl"), max(tcfg.max_iter, plan.resumed_at), metrics)
     barrier()
     return metrics
 
