@@ -3,7 +3,7 @@ static-shape path (`StaticInference`: padded, fixed-size NMS, no host sync), sam
 (and CUDA when present). Both stop at the 28x28 mask probabilities (no paste), so the two do the same work.
 
     python -m pytest benchmarks/bench_static_inference.py --benchmark-only
-    OPMASK_FAST_BENCH_CHECKPOINT=outputs/compare/<variant>/checkpoint.pth python -m pytest ...   # trained weights
+    OPMASK_FAST_BENCH_CHECKPOINT=outputs/compare/<variant>_s0/checkpoint.pth python -m pytest ...   # trained weights
 
 The CPU cases run the validation images of the embedded set (generated into the cache on first use) through the lite
 model: with a trained checkpoint (the environment variable; `compare` writes one per variant) its detections are a
