@@ -28,7 +28,7 @@ from ..analysis.plots import plot_figure3
 from ..analysis.report import write_comparison_report, write_run_report
 from ..analysis.runs import analyze, format_analysis, load_run
 from ..data.coco import load_coco
-from .checks import MAX_THREADS, check_device, check_output_dir
+from .checks import MAX_THREADS, check_device, check_number, check_output_dir
 from .errors import UsageError
 
 PROG = "python -m opmask_fast.analyze"
@@ -82,9 +82,8 @@ def prepare(argv: list[str] | None = None):
         fail(f"--min-classes must be at least 3 (a line through 2 points has no test), got {args.min_classes}")
     if args.images < 0 or args.top < 0:
         fail("--images and --top must be >= 0")
-    if args.num_threads is not None and not 1 <= args.num_threads <= MAX_THREADS:
-        fail(f"--num-threads must be >= 1 and <= {MAX_THREADS}, got {args.num_threads}")
     try:
+        check_number(args, "num_threads", minimum=1, maximum=MAX_THREADS)
         check_device(args.device)
     except UsageError as e:
         fail(str(e))

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..data import CocoInstances, is_coco_categories
+from ..data.sanitize import short_repr
 from ..data.splits import VOC_SPLITS
 from ..training.checkpoint import check_checkpoint_weights, check_model_checkpoint, load_checkpoint
 from .errors import UsageError, option_name, user_errors
@@ -44,8 +45,7 @@ def check_number(args, dest: str, *, minimum: float | None = None, positive: boo
     ok = (isinstance(value, int) or math.isfinite(value)) and (not positive or value > 0) and \
         (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
     if not ok:
-        shown = str(value) if len(str(value)) <= 40 else str(value)[:37] + "..."
-        raise UsageError(f"{option_name(dest)} must be {' and '.join(bounds) or 'finite'}, got {shown}")
+        raise UsageError(f"{option_name(dest)} must be {' and '.join(bounds) or 'finite'}, got {short_repr(value)}")
 
 
 def _number(x: float) -> str:

@@ -19,6 +19,7 @@ docs/study.md. Every training uses ``--preset`` (default ``opmask_r18_lite``) wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 from ..data import DATASETS, dataset_spec, ensure_synthetic
 from ..data.loader import available_cores
@@ -143,15 +145,29 @@ def _reusable(variant: str, seed: int, args, out: str) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def _on_sigterm(handler) -> Iterator[None]:
+    """SIGTERM handled by ``handler`` inside the block, the previous handling restored after it (signals are the main
+    thread's: elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _stop(running: dict) -> None:
     """Ends the trainings still running (compare itself was interrupted or killed): none outlives it."""
     if not running:
         return
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main else None
-    if main:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not stop the stopping
-    try:
+    with _on_sigterm(signal.SIG_IGN):  # a second SIGTERM must not stop the stopping
         for proc, _, _ in running.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -161,9 +177,6 @@ def _stop(running: dict) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def output_root(args) -> str:
@@ -328,14 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
     args.output_dir = output_root(args)
     # The options of compare and of the trainings after -- are checked before any dataset or training.
     preflight.check_compare(args, train_parser=train_command_line.build_parser())
-    if threading.current_thread() is not threading.main_thread():
-        return _compare(args)
     # SIGTERM (a job scheduler, `kill`) unwinds as Ctrl-C does, so run_all ends the trainings it started.
-    previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
+    with _on_sigterm(_terminated):
         return _compare(args)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _compare(args) -> dict:
@@ -365,10 +373,6 @@ def _compare(args) -> dict:
         print(f"{PROG}: error: {len(failed)} failed: " + "; ".join(str(f) for f in failed), file=sys.stderr)
         raise SystemExit(1)
     return results
-
-
-def _terminated(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def _write_report(results: dict[str, list[dict]], output_dir: str) -> list[Failure]:

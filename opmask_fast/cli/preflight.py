@@ -112,20 +112,20 @@ def check_train(args) -> TrainPlan:
     variant = f"_{args.variant}" if getattr(args, "variant", None) else ""
     out = check_output_dir(args.output_dir or default_output_dir(
         args.preset + ("_noprior" if args.no_prior else "") + variant + other_data))
-    if os.path.isdir(os.path.join(out, "checkpoint.pth")):  # found at the first save, after the work
+    ckpt = os.path.join(out, "checkpoint.pth")
+    if os.path.isdir(ckpt):  # found at the first save, after the work
         raise UsageError(f"--output-dir {out}: its checkpoint.pth is a folder")
-    if getattr(args, "resume", False) and os.path.isfile(os.path.join(out, "checkpoint.pth")):
-        state = read_checkpoint(os.path.join(out, "checkpoint.pth"), "--resume")
+    resumed_at = 0
+    if getattr(args, "resume", False) and os.path.isfile(ckpt):
+        state = read_checkpoint(ckpt, "--resume")
         lost = [k for k in ("optimizer", "scheduler", "iteration") if k not in state]
         if not lost and not (isinstance(state["iteration"], int) and state["iteration"] >= 0):
             lost = ["valid iteration"]
         if lost:
-            raise UsageError(f"--resume: {os.path.join(out, 'checkpoint.pth')} holds no training state to continue "
-                             f"(no {', '.join(lost)}): a model-only file; give it as --weights instead")
-        check_resumed_solver(state, tcfg, os.path.join(out, "checkpoint.pth"))
+            raise UsageError(f"--resume: {ckpt} holds no training state to continue (no {', '.join(lost)}): a "
+                             "model-only file; give it as --weights instead")
+        check_resumed_solver(state, tcfg, ckpt)
         resumed_at = state["iteration"]
-    else:
-        resumed_at = 0
     plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights, resumed_at=resumed_at)
     need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
     if any(getattr(args, k, None) for k in DATA_OPTIONS):
@@ -358,7 +358,8 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
     if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 10 and int(p) <= MAX_SEED for p in parts):
         raise UsageError(f"--seeds must be integers in [0, {MAX_SEED}] separated by commas, got {args.seeds!r}")
-    for what, items in (("--variants", names), ("--seeds", [int(p) for p in parts])):
+    seeds = [int(p) for p in parts]
+    for what, items in (("--variants", names), ("--seeds", seeds)):
         twice = sorted({str(i) for i in items if items.count(i) > 1})
         if twice:  # two trainings would write one run folder at once
             raise UsageError(f"{what} names {', '.join(twice)} more than once")
@@ -368,7 +369,7 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     check_number(args, "data_seed", minimum=0, maximum=MAX_SEED)
     check_number(args, "threads", minimum=1, maximum=MAX_THREADS)
     check_output_dir(args.output_dir)
-    for run in (f"{v}_s{s}" for v in names for s in {int(p) for p in parts}):
+    for run in (f"{v}_s{s}" for v in names for s in seeds):
         if os.path.exists(os.path.join(args.output_dir, run)):
             check_output_dir(os.path.join(args.output_dir, run), "--output-dir: the run folder")
     if args.cache_dir:
@@ -397,4 +398,4 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
         check_synthetic(targs, cfg)
     except UsageError as e:
         raise UsageError(f"training options after --: {e}") from e
-    return names, [int(p) for p in parts]
+    return names, seeds

@@ -123,8 +123,8 @@ def check_segmentation(segm, height: int, width: int) -> tuple[float, str | None
     return (area, None) if area > 0 else (0.0, "mask_zero_area")
 
 
-def _short(v) -> str:
-    """``repr(v)``, cut to 40 characters (a JSON integer may have hundreds of digits)."""
+def short_repr(v) -> str:
+    """``repr(v)``, cut to 40 characters (a JSON integer or an option may have hundreds of digits)."""
     text = repr(v)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -204,7 +204,7 @@ def check_structure(data, ann_file: str) -> None:
         for key in ("height", "width"):
             v = _int(im.get(key))
             if v is None or v < 1:
-                raise ValueError(f"{ann_file}: image {im['id']} ({im['file_name']}) has {key} {_short(im.get(key))}; "
+                raise ValueError(f"{ann_file}: image {im['id']} ({im['file_name']}) has {key} {short_repr(im.get(key))}; "
                                  "it must be a positive integer")
     cat_ids = _unique_ids(data["categories"], "category", ann_file)
     names = [c.get("name") for c in data["categories"]]
