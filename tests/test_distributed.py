@@ -1,5 +1,5 @@
 """torchrun with 2 CPU processes (gloo): DDP training with evaluation during training, and distributed evaluation
-giving the same metrics and predictions as one process."""
+giving the same metrics and predictions as one process; each process its own random stream."""
 
 import json
 import os
@@ -109,3 +109,52 @@ def test_a_failing_command_reports_its_own_error_and_frees_the_group(monkeypatch
     with pytest.raises(ValueError, match="cannot read image x.png"):
         distributed.run_in_process_group(body, args, None)
     assert not dist.is_initialized()
+
+
+PROBE = '''
+import json, sys
+import torch
+from torch import nn
+from opmask_fast.data import CocoInstances, ResizeFlip
+from opmask_fast.training.distributed import cleanup, init_distributed
+from opmask_fast.training.solver import TrainConfig
+from opmask_fast.training.trainer import train
+
+class Dropped(nn.Module):
+    """A loss through dropout: records the mask its first call draws."""
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(64))
+        self.masks = []
+    def forward(self, images, targets):
+        kept = nn.functional.dropout(torch.ones(64), 0.5, training=True) != 0
+        self.masks.append(kept.tolist())
+        return {"loss": (self.w * kept).sum() * 0}
+
+ann, images, out = sys.argv[1:]
+info = init_distributed("cpu")
+torch.manual_seed(7)  # as the command: one seed for the weights on every process
+model = Dropped()
+data = CocoInstances(ann_file=ann, image_dir=images, split="circle", transform=ResizeFlip(short_sides=(32,), max_side=32))
+train(model, data, TrainConfig(max_iter=2, batch_size=2, seed=7, warmup_iters=0, steps=()), output_dir=out,
+      dist_info=info, show_progress=False)
+json.dump(model.masks, open(f"{out}/masks{info.rank}.json", "w"))
+cleanup()
+'''
+
+
+def test_each_process_draws_its_own_random_stream(tmp_path):
+    """Under DDP each process seeds torch with seed + rank after the model is built (as detectron2): the two processes'
+    dropout masks (as their RoI samples) differ, and each is the one that seed gives."""
+    paths = ensure_synthetic(SyntheticSpec(seed=2, num_train=4, num_val=1), str(tmp_path / "cache"))
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    _run([*TORCHRUN, str(probe), paths["train_ann"], paths["train_images"], str(tmp_path)])
+    masks = [json.load(open(tmp_path / f"masks{r}.json")) for r in (0, 1)]
+    assert len(masks[0]) == len(masks[1]) == 2
+    assert masks[0][0] != masks[1][0]
+    import torch
+
+    for rank in (0, 1):
+        torch.manual_seed(7 + rank)
+        assert (torch.nn.functional.dropout(torch.ones(64), 0.5, training=True) != 0).tolist() == masks[rank][0]

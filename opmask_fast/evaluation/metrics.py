@@ -156,8 +156,9 @@ def format_table(metrics: dict) -> str:
 
 def log_evaluation(log: MetricsLog | str, iteration: int, metrics: dict) -> None:
     """Logs the headline metrics and appends ``{"iteration", "eval": {scalar metrics}, "time"}`` to the metrics log
-    (a ``MetricsLog`` or the path of ``metrics.jsonl``)."""
+    (a ``MetricsLog`` or the path of ``metrics.jsonl``), replacing an earlier evaluation of the same iteration."""
     logger.info("evaluation at iteration %d:\n%s", iteration, format_table(metrics))
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     log = MetricsLog(log) if isinstance(log, str) else log
+    log.drop_evaluation(iteration)
     log.write({"iteration": iteration, "eval": json_safe(scalars), "time": time.time()})

@@ -65,6 +65,14 @@ class MetricsLog:
         """Drops the records after `iteration` (0: all of them): a run resumed from its checkpoint at `iteration`, or
         started afresh, writes those iterations again, and a crashed run's lines past its checkpoint or a finished
         earlier run's lines must not stand beside them. A line cut short by a crash is dropped too."""
+        self._keep(lambda record: iteration > 0 and record.get("iteration", 0) <= iteration)
+
+    def drop_evaluation(self, iteration: int) -> None:
+        """Drops the evaluation records of `iteration`: a finished run resumed evaluates its model again, and the new
+        evaluation replaces the old one instead of standing beside it."""
+        self._keep(lambda record: not ("eval" in record and record.get("iteration") == iteration))
+
+    def _keep(self, keep) -> None:
         if not os.path.isfile(self.path):
             return
         kept = []
@@ -74,7 +82,7 @@ class MetricsLog:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if iteration > 0 and record.get("iteration", 0) <= iteration:
+                if keep(record):
                     kept.append(json.dumps(record) + "\n")
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:

@@ -55,7 +55,8 @@ def train(
         output_dir: receives ``checkpoint.pth`` (latest, written atomically every ``cfg.checkpoint_period`` and at the
             end) and ``metrics.jsonl``; only rank 0 writes.
         resume: continue from ``output_dir/checkpoint.pth`` when it exists: weights, optimizer, LR schedule, iteration
-            and RNG state, with the data stream positioned where it stopped.
+            and RNG state, with the data stream positioned where it stopped. Under DDP a run that restores no RNG
+            state seeds each process' torch RNG with ``cfg.seed + rank`` (as detectron2) after the model is built.
         meta: stored in each checkpoint (model config, categories, split) so evaluation can rebuild the model.
         evaluate: called by every process as ``evaluate(model, iteration)`` with the (unwrapped) model every
             ``eval_period`` iterations before the last one (the caller evaluates the final model) and logs what it
@@ -72,7 +73,7 @@ def train(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     ckpt_path = os.path.join(output_dir, CHECKPOINT_NAME)
-    start_iter = 0
+    start_iter, restored = 0, False
     if resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -82,6 +83,7 @@ def train(
         rng = state.get("rng") or []
         if len(rng) == world:
             set_rng_state(rng[rank])
+            restored = True
         if dist_info.is_main:
             logger.info("resumed from %s at iteration %d", ckpt_path, start_iter)
             if start_iter >= cfg.max_iter:  # as detectron2: the run is complete, the model is evaluated as it is
@@ -89,6 +91,10 @@ def train(
                                start_iter, cfg.max_iter)
     elif resume and dist_info.is_main:
         logger.info("no checkpoint in %s: starting from scratch", output_dir)
+    if world > 1 and not restored:
+        # As detectron2 (seed + rank): each process draws its own RoI samples and dropout masks; with one seed the
+        # processes would draw alike. The weights were initialised before, from one seed, and DDP broadcasts rank 0's.
+        torch.manual_seed(cfg.seed + rank)
 
     net = model
     if world > 1:
