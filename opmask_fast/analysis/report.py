@@ -10,20 +10,12 @@ import shutil
 
 from ..config import ModelConfig
 from ..data.datasets import val_dataset
+from ..evaluation.metrics import METRIC_LABELS
 from ..training.checkpoint import model_from_checkpoint
 from .crops import detection_grid
 from .pictures import visualize
 from .plots import plot_losses
 from .runs import Analysis, Run, format_analysis, read_log
-
-METRIC_ROWS = [
-    ("mask AP weak", "mask_AP_weak"), ("mask AP strong", "mask_AP_strong"), ("mask AP50 weak", "mask_AP50_weak"),
-    ("box AP weak", "box_AP_weak"), ("box AP strong", "box_AP_strong"), ("mask AP (all)", "mask_AP"),
-    ("box AP (all)", "bbox_AP"), ("mask AP ambiguous", "mask_AP_ambiguous"),
-    ("mask AP non-ambiguous", "mask_AP_unambiguous"), ("prior AP weak", "prior_AP_weak"),
-    ("prior AP strong", "prior_AP_strong"), ("oracle mIoU weak", "oracle_mIoU_weak"),
-    ("oracle mIoU strong", "oracle_mIoU_strong"), ("s/img", "seconds_per_image"), ("images", "num_images"),
-]
 
 
 def _fmt(v, digits: int = 1) -> str:
@@ -35,7 +27,7 @@ def _fmt(v, digits: int = 1) -> str:
 def metrics_table(runs: list[Run]) -> str:
     """One column per run (header: run folder and model kind), one row per headline metric."""
     lines = ["| metric | " + " | ".join(f"{r.name} ({r.label})" for r in runs) + " |", "|---" * (len(runs) + 1) + "|"]
-    for label, key in METRIC_ROWS:
+    for key, label in METRIC_LABELS.items():
         digits = 3 if key.startswith("seconds") else 1
         lines.append(f"| {label} | " + " | ".join(_fmt(r.metrics.get(key), digits) for r in runs) + " |")
     return "\n".join(lines)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -35,7 +34,8 @@ from typing import Iterator
 from ..data import DATASETS, dataset_spec, ensure_synthetic
 from ..data.loader import available_cores
 from ..evaluation.metrics import write_metrics
-from ..variants import MAIN_VARIANTS, VARIANTS, upper_bound_of
+from ..analysis.comparison import format_comparison
+from ..variants import MAIN_VARIANTS, VARIANTS
 from . import errors, preflight
 from . import train as train_command_line
 from .analyze import report_runs
@@ -43,19 +43,6 @@ from .options import parse_image_counts
 
 PROG = "python -m opmask_fast.compare"
 
-ROWS = [
-    ("mask AP weak", "mask_AP_weak"),
-    ("mask AP strong", "mask_AP_strong"),
-    ("mask AP50 weak", "mask_AP50_weak"),
-    ("box AP weak", "box_AP_weak"),
-    ("mask AP ambiguous", "mask_AP_ambiguous"),
-    ("mask AP non-ambiguous", "mask_AP_unambiguous"),
-    ("prior AP weak", "prior_AP_weak"),
-    ("prior AP strong", "prior_AP_strong"),
-    ("oracle mIoU weak", "oracle_mIoU_weak"),
-    ("oracle mIoU strong", "oracle_mIoU_strong"),
-    ("s/img (inference, alone)", "seconds_per_image_alone"),
-]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,59 +267,6 @@ def time_inference(results: dict[str, list[dict]], args, num_images: int = 20) -
         with open(os.path.join(out, "metrics.json")) as f:
             runs[0]["seconds_per_image_alone"] = json.load(f)["seconds_per_image"]
     return failed
-
-
-def _label(variant: str) -> str:
-    return VARIANTS[variant].label if variant in VARIANTS else variant
-
-
-def _stats(values: list) -> tuple[float, float]:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return math.nan, math.nan
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else math.nan)
-
-
-def format_comparison(results: dict[str, list[dict]]) -> str:
-    """A Markdown table: one column per variant, mean (+- std over seeds when there are several) per metric."""
-    names = [v for v in results if results[v]]
-    head = "| metric | " + " | ".join(_label(v) for v in names) + " |"
-    lines = [head, "|---" * (len(names) + 1) + "|"]
-    for label, key in ROWS:
-        if key == "seconds_per_image_alone" and not any(key in m for v in names for m in results[v]):
-            continue  # timed only with --time-inference
-        cells = []
-        for v in names:
-            mean, std = _stats([m.get(key) for m in results[v]])
-            digits = 3 if key.startswith("seconds") else 1
-            cell = "-" if math.isnan(mean) else f"{mean:.{digits}f}"
-            if not math.isnan(std):
-                cell += f" ± {std:.{digits}f}"
-            cells.append(cell)
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    seeds = {v: [m["seed"] for m in results[v]] for v in names}
-    lines.append("")
-    lines.append("seeds: " + "; ".join(f"{v} {s}" for v, s in seeds.items()) +
-                 (" (mean ± sample std over seeds)" if any(len(s) > 1 for s in seeds.values()) else ""))
-    if "baseline" in names:
-        base = _stats([m.get("mask_AP_weak") for m in results["baseline"]])[0]
-        for v in names:
-            if v != "baseline":
-                gain = _stats([m.get("mask_AP_weak") for m in results[v]])[0] - base
-                lines.append(f"weak mask AP vs baseline: {_label(v)} {gain:+.1f}")
-    # Each variant against its own upper bound (its model with every class mask-supervised, variants.py) where that
-    # ran, else against the headline's (`upper_bound`); the bounds themselves are not shared out.
-    for v in names:
-        if v not in VARIANTS or VARIANTS[v].train_split is not None:
-            continue
-        own = upper_bound_of(v)
-        b = own if own in names else ("upper_bound" if "upper_bound" in names else None)
-        bound = _stats([m.get("mask_AP_weak") for m in results[b]])[0] if b else math.nan
-        if bound > 0:
-            share = _stats([m.get("mask_AP_weak") for m in results[v]])[0] / bound
-            which = "the upper bound" if b == "upper_bound" else b
-            lines.append(f"weak mask AP as a share of {which}'s ({bound:.1f}): {_label(v)} {share:.0%}")
-    return "\n".join(lines)
 
 
 @errors.entry_point(PROG)

@@ -47,6 +47,14 @@ METRIC_KEYS = {
     "strong_categories": "names of the strong classes", "weak_categories": "names of the weak classes",
     "data_dropped": "unusable annotations per reason: bbox_* dropped, mask_* kept box-only (opmask_fast.data.sanitize)",
 }
+# The short names of the headline metrics in the tables of runs (the comparison, the reports), in their order.
+METRIC_LABELS = {
+    "mask_AP_weak": "mask AP weak", "mask_AP_strong": "mask AP strong", "mask_AP50_weak": "mask AP50 weak",
+    "box_AP_weak": "box AP weak", "box_AP_strong": "box AP strong", "mask_AP": "mask AP (all)",
+    "bbox_AP": "box AP (all)", "mask_AP_ambiguous": "mask AP ambiguous", "mask_AP_unambiguous": "mask AP non-ambiguous",
+    "prior_AP_weak": "prior AP weak", "prior_AP_strong": "prior AP strong", "oracle_mIoU_weak": "oracle mIoU weak",
+    "oracle_mIoU_strong": "oracle mIoU strong", "seconds_per_image": "s/img", "num_images": "images",
+}
 # What the commands add to metrics.json beside METRIC_KEYS.
 COMMAND_KEYS = {
     "val_data_dropped": "train: the same for the validation data (data_dropped is the training data's there)",
