@@ -4,17 +4,23 @@ static-shape path (`StaticInference`: padded, fixed-size NMS, no host sync), sam
 
     python -m pytest benchmarks/bench_static_inference.py --benchmark-only
     OPMASK_FAST_BENCH_CHECKPOINT=outputs/compare/<variant>_s0/checkpoint.pth python -m pytest ...   # trained weights
+    python benchmarks/bench_static_inference.py [ROUNDS] [--all-slots]   # the CPU case interleaved, process time
 
 The CPU cases run the validation images of the embedded set (generated into the cache on first use) through the lite
 model: with a trained checkpoint (the environment variable; `compare` writes one per variant) its detections are a
 trained model's, otherwise the weights are random (score threshold 0.05: random weights spread their scores over the
 classes, so about 100 detections reach the mask head per image). Providers: dynamic, static; one call = all images,
-the table gives each one's median and the ratio to the dynamic path (one run).
+the table gives each one's median and the ratio to the dynamic path (one run). Run as a script, the first CPU case's
+two paths alternate round by round in one process (one thread, process time), so a load that comes and goes weighs on
+both alike; `--all-slots` runs the static path's mask branch on all M detection slots, as it does traced or on a GPU.
 """
 
 from __future__ import annotations
 
 import os
+import statistics
+import sys
+import time
 
 import pytest
 import torch
@@ -87,3 +93,30 @@ def test_inference(benchmark, case, provider):
         benchmark.pedantic(call, rounds=8 if device == "cpu" else 15, iterations=1)
     finally:
         torch.set_num_threads(threads)
+
+
+def main(rounds: int = 6, all_slots: bool = False) -> None:
+    name, preset = CASES[0]
+    model = _model(preset, "cpu")
+    images = _images(model, name, "cpu")
+    static = StaticInference(model)
+    if all_slots:  # the mask branch on every slot, as traced or on a GPU
+        static._mask_slots = lambda count, slots: slots
+    runs = {"dynamic": lambda x: _dynamic(model, x), "static": static}
+    torch.set_num_threads(1)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    with torch.no_grad():
+        for r in range(rounds + 1):  # round 0 warms up
+            for provider, run in runs.items():
+                start = time.process_time()
+                for x in images:
+                    run(x)
+                if r:
+                    times[provider].append((time.process_time() - start) / len(images) * 1e3)
+    dyn, sta = (statistics.median(times[k]) for k in runs)
+    print(f"{name}{' (all slots)' if all_slots else ''}: {len(images)} images, {rounds} interleaved rounds, one "
+          f"thread, process time: dynamic {dyn:.1f} ms/img, static {sta:.1f} ms/img, static / dynamic {sta / dyn:.2f}")
+
+
+if __name__ == "__main__":
+    main(int(next((a for a in sys.argv[1:] if a.isdigit()), 6)), all_slots="--all-slots" in sys.argv)
