@@ -76,6 +76,20 @@ def test_resume_continues_exactly(dataset, tmp_path):
     assert {"lr", "loss", "loss_a", "loss_b", "seconds_per_iter"} <= set(lines[0])
 
 
+def test_resume_takes_the_new_schedule_from_its_first_iteration(dataset, tmp_path):
+    """--iters, --steps and --warmup may change on resume: every resumed iteration runs at the new schedule's LR (the
+    optimizer's saved LR is the old schedule's), as a run with that schedule from the start would."""
+    out = str(tmp_path / "r")
+    train(StandIn(), dataset, _cfg(max_iter=6, steps=(5,)), output_dir=out, show_progress=False)
+    new = _cfg(max_iter=9, steps=(8,), warmup_iters=7)
+    train(StandIn(), dataset, new, output_dir=out, resume=True, show_progress=False)
+    lrs = {l["iteration"]: l["lr"] for l in map(json.loads, open(os.path.join(out, "metrics.jsonl")))}
+    assert lrs[6] == pytest.approx(0.01 * 0.1)  # the old schedule, stepped at 5
+    for it in (7, 8, 9):  # logged at iteration it: the LR of step it - 1
+        assert lrs[it] == pytest.approx(0.01 * lr_factor(it - 1, new)), it
+    assert load_checkpoint(os.path.join(out, CHECKPOINT_NAME))["train_seconds"] > 0
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
     with pytest.raises(FloatingPointError, match="iteration 5 .*loss_b.*last good checkpoint: .*checkpoint.pth"):
         train(StandIn(nan_at=5), dataset, _cfg(), output_dir=str(tmp_path), show_progress=False)

@@ -37,6 +37,13 @@ def test_resume_refuses_what_the_checkpoint_keeps_and_a_new_run_clears_old_resul
     train.main([*data, *FAST, "--iters", "1", "--resume", "--output-dir", str(out)])
     evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"eval"' in line]
     assert [e["iteration"] for e in evals] == [2]  # the evaluation of the same model again replaces the first one
+    # Resumed to train on without evaluation: the results of the iteration-2 model are gone; the training time adds up.
+    first = json.load(open(out / "metrics.json"))["train_seconds"]
+    assert first == pytest.approx(torch.load(out / "checkpoint.pth", weights_only=False)["train_seconds"], abs=1.0)
+    train.main([*data, *FAST, "--iters", "3", "--steps", "3", "--no-eval", "--resume", "--output-dir", str(out)])
+    assert not (out / "metrics.json").exists() and not (out / "predictions.json").exists()
+    train.main([*data, *FAST, "--iters", "3", "--steps", "3", "--resume", "--output-dir", str(out)])
+    assert json.load(open(out / "metrics.json"))["train_seconds"] > first
     state = torch.load(out / "checkpoint.pth", weights_only=False)
     torch.save({"model": state["model"], "meta": state["meta"]}, tmp_path / "model_only.pth")
     os.makedirs(tmp_path / "m")

@@ -16,7 +16,7 @@ from ..config import PRESETS, ModelConfig
 from ..data import CocoInstances, load_coco, resolve_split, train_dataset, val_dataset
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from ..modeling.weights import read_model_state
-from ..training.checkpoint import model_from_checkpoint
+from ..training.checkpoint import model_from_checkpoint, trained_seconds
 from ..training.initial_weights import check_model_weights
 from ..training.solver import TrainConfig
 from ..variants import VARIANTS, get_variant
@@ -53,6 +53,7 @@ class TrainPlan:
     weights: object = None  # modeling.weights.WeightsFile of --weights, or None
     data: TrainData | None = None  # user data, checked; None: a synthetic dataset, prepared after its generation
     resumed_at: int = 0  # the iteration of the checkpoint --resume continues (0: a new run)
+    trained_seconds: float = 0.0  # the wall seconds of training up to that checkpoint
 
 
 def check_train_options(args) -> tuple:
@@ -115,7 +116,7 @@ def check_train(args) -> TrainPlan:
     ckpt = os.path.join(out, "checkpoint.pth")
     if os.path.isdir(ckpt):  # found at the first save, after the work
         raise UsageError(f"--output-dir {out}: its checkpoint.pth is a folder")
-    resumed_at = 0
+    resumed_at, trained = 0, 0.0
     if getattr(args, "resume", False) and os.path.isfile(ckpt):
         state = read_checkpoint(ckpt, "--resume")
         lost = [k for k in ("optimizer", "scheduler", "iteration") if k not in state]
@@ -126,7 +127,9 @@ def check_train(args) -> TrainPlan:
                              "model-only file; give it as --weights instead")
         check_resumed_solver(state, tcfg, ckpt)
         resumed_at = state["iteration"]
-    plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights, resumed_at=resumed_at)
+        trained = trained_seconds(state)
+    plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights, resumed_at=resumed_at,
+                     trained_seconds=trained)
     need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
     if any(getattr(args, k, None) for k in DATA_OPTIONS):
         with user_errors():

@@ -135,8 +135,9 @@ def _run(args, info, plan) -> dict | None:
         cfg.num_classes = len(train_set.category_ids)
     out = plan.output_dir
     preflight.check_run(cfg, train_set, os.path.join(out, CHECKPOINT_NAME) if args.resume else None, weights)
-    if info.is_main and not (args.resume and os.path.isfile(os.path.join(out, CHECKPOINT_NAME))):
-        # A new run in a folder of an earlier one: that run's results must not sit beside this one's checkpoint.
+    if info.is_main and plan.resumed_at < tcfg.max_iter:
+        # A new run in a folder of an earlier one, or a resumed run that trains on: the results of the earlier model
+        # must not sit beside this one's checkpoint (a finished run resumed keeps them, its model being the same).
         for name in RESULT_FILES:
             if os.path.isfile(os.path.join(out, name)):
                 os.remove(os.path.join(out, name))
@@ -164,7 +165,7 @@ def _run(args, info, plan) -> dict | None:
     start = time.time()
     model = train(model, train_set, tcfg, output_dir=out, dist_info=info, resume=args.resume, meta=meta,
                   show_progress=not args.quiet, evaluate=periodic, eval_period=args.eval_period)
-    train_seconds = time.time() - start
+    train_seconds = plan.trained_seconds + time.time() - start  # a resumed run: with the segments before
     metrics = None
     if info.is_main:
         logger.info("trained in %.0f s; checkpoint %s", train_seconds, os.path.join(out, CHECKPOINT_NAME))

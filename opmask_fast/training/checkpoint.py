@@ -3,6 +3,7 @@ checkpoint (`model_from_checkpoint`, what evaluation, the reports and the `Predi
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -103,6 +104,13 @@ def check_checkpoint_weights(state: dict, path: str) -> None:
         check_model_weights(checkpoint_config(state, path), state["model"], source=repr(path))
     except WeightsMismatchError as e:
         raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
+
+
+def trained_seconds(state: dict) -> float:
+    """The wall seconds of training a checkpoint records up to its iteration (0 where it records none)."""
+    seconds = state.get("train_seconds")
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0
+    return float(seconds) if ok else 0.0
 
 
 def get_rng_state() -> dict:

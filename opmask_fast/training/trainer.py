@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from ..data.loader import train_loader
-from .checkpoint import get_rng_state, load_checkpoint, remove_stale_temporaries, save_atomic, set_rng_state
+from .checkpoint import (get_rng_state, load_checkpoint, remove_stale_temporaries, save_atomic, set_rng_state,
+                         trained_seconds)
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers
 from .progress import MetricsLog, Progress
-from .solver import TrainConfig, build_optimizer, build_scheduler
+from .solver import TrainConfig, build_optimizer, build_scheduler, lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -73,17 +74,26 @@ def train(
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg)
     ckpt_path = os.path.join(output_dir, CHECKPOINT_NAME)
-    start_iter, restored = 0, False
+    started = time.time()
+    start_iter, restored, trained_before = 0, False, 0.0
     if resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_iter = int(state["iteration"])
+        trained_before = trained_seconds(state)
+        # The schedule is this run's (--iters, --steps, --warmup may change on resume): the optimizer holds the LR of
+        # the old schedule, which LambdaLR.load_state_dict does not recompute, and the first step would take it.
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base * lr_factor(start_iter, cfg)
         rng = state.get("rng") or []
         if len(rng) == world:
             set_rng_state(rng[rank])
             restored = True
+        elif dist_info.is_main:
+            logger.warning("%s holds the random state of %d processes and this run has %d: each process draws from "
+                           "seed + rank from here on (the data stream continues as before)", ckpt_path, len(rng), world)
         if dist_info.is_main:
             logger.info("resumed from %s at iteration %d", ckpt_path, start_iter)
             if start_iter >= cfg.max_iter:  # as detectron2: the run is complete, the model is evaluated as it is
@@ -150,7 +160,8 @@ def train(
                 log.write({"iteration": done, "lr": lr, "loss": sum(means.values()), **means,
                            "seconds_per_iter": progress.seconds_per_iter(done), "time": time.time()})
         if done % cfg.checkpoint_period == 0 or done == cfg.max_iter:
-            save_checkpoint(model, optimizer, scheduler, done, ckpt_path, dist_info=dist_info, meta=meta)
+            save_checkpoint(model, optimizer, scheduler, done, ckpt_path, dist_info=dist_info, meta=meta,
+                            train_seconds=trained_before + time.time() - started)
         if evaluate is not None and eval_period > 0 and done % eval_period == 0 and done < cfg.max_iter:
             eval_start = time.perf_counter()
             broadcast_buffers(model)
@@ -162,10 +173,12 @@ def train(
 
 
 def save_checkpoint(model, optimizer, scheduler, iteration: int, path: str, *, dist_info: DistInfo,
-                    meta: dict | None = None) -> None:
-    """Gathers every process' RNG state and lets rank 0 write the checkpoint atomically."""
+                    meta: dict | None = None, train_seconds: float = 0.0) -> None:
+    """Gathers every process' RNG state and lets rank 0 write the checkpoint atomically (with the wall seconds of
+    training up to it, over every resumed segment)."""
     rng = all_gather_objects(get_rng_state())
     if dist_info.is_main:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "iteration": iteration, "rng": rng, "meta": meta or {}}, path)
+                     "scheduler": scheduler.state_dict(), "iteration": iteration, "rng": rng, "meta": meta or {},
+                     "train_seconds": train_seconds}, path)
     barrier()
