@@ -34,6 +34,18 @@ def test_assign_levels_boundaries():
     assert lv(448) == 5 and lv(10000) == 5 and lv(1) == 2 and lv(0) == 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_assign_levels_of_half_precision_boxes_as_float32(dtype):
+    """Half-precision boxes get the levels of the same (rounded) boxes in float32, as torchvision's LevelMapper
+    gives them: a float16 area overflows past 65504 (a 300 x 300 box), a bfloat16 product keeps 8 bits."""
+    boxes = torch.tensor([[0.0, 0.0, 300, 300], [10, 10, 266, 266], [0, 0, 390, 290], [0, 0, 452, 444],
+                          [5, 5, 60, 40], [0, 0, 1000, 900]]).to(dtype)
+    ours = assign_levels(boxes, min_level=2, max_level=5)
+    assert torch.equal(ours, assign_levels(boxes.float(), min_level=2, max_level=5))
+    mapper = tv_ops.poolers.LevelMapper(2, 5)
+    assert torch.equal(ours + 2, mapper([boxes]).to(torch.int64) + 2)
+
+
 def test_matches_torchvision_multiscale():
     gen = torch.Generator().manual_seed(0)
     size = 256

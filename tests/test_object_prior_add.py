@@ -127,6 +127,18 @@ def test_opcheck(backend):
     torch.library.opcheck(op_module._object_prior_add_op, args)
     torch.library.opcheck(op_module._object_prior_add_inplace_op, (args[0].clone(),) + args[1:],
                           test_utils=("test_schema", "test_faketensor"))
+    # Channels-last features and a transposed classifier: the outputs and gradients are contiguous on every backend,
+    # as the fake kernels say (a compiled graph would otherwise be planned with the wrong strides).
+    odd = (args[0].contiguous(memory_format=torch.channels_last),
+           args[1].detach().contiguous(memory_format=torch.channels_last).requires_grad_(),
+           args[2].detach().t().contiguous().t().requires_grad_()) + args[3:]
+    torch.library.opcheck(op_module._object_prior_add_op, odd)
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in odd]  # the backward op has no backward
+    out, cam = op_module._object_prior_add_op(*plain)
+    bwd_args = (torch.randn_like(out), *plain[1:5], cam, *plain[5:], True, True, True)
+    grads = op_module._object_prior_add_backward_op(*bwd_args)
+    assert out.is_contiguous() and grads[0].is_contiguous() and grads[1].is_contiguous()
+    torch.library.opcheck(op_module._object_prior_add_backward_op, bwd_args)
 
 
 # ---------------------------------------------------------------- Triton against the reference

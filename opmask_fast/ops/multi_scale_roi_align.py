@@ -45,10 +45,11 @@ def assign_levels(
     Returns:
         Tensor[K] int64 level index relative to ``min_level`` (0 .. max_level - min_level).
     """
-    # float32 at least (a float16 area overflows), float64 boxes in float64: torchvision's LevelMapper computes in the
-    # boxes' dtype, so a box within float32's rounding of a level boundary gets its level.
-    area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).to(torch.promote_types(boxes.dtype,
-                                                                                             torch.float32))
+    # float32 at least (a float16 area overflows past 65504, a bfloat16 one keeps 8 bits), float64 boxes in float64:
+    # torchvision's LevelMapper computes in float32 or the boxes' wider dtype, so a box within float32's rounding of a
+    # level boundary gets its level. Converted before the products, not after.
+    b = boxes.to(torch.promote_types(boxes.dtype, torch.float32))
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     size = torch.sqrt(area.clamp(min=0))
     # The 1e-6 keeps a box exactly on a level boundary on the upper level, as torchvision's LevelMapper does.
     level = torch.floor(canonical_level + torch.log2(size / canonical_scale) + 1e-6)

@@ -139,7 +139,8 @@ def _cam_dtype(box_features: Tensor) -> torch.dtype:
 def _reference_forward(mf, bf, w, classes, rows, normalize, scale_value, scale):
     cam = _ref.class_activation(bf, w, classes, rows)
     out = _ref.add_prior(mf, cam.view(-1, *bf.shape[-2:]), normalize, scale if scale is not None else scale_value)
-    return out, cam.to(_cam_dtype(bf))
+    # Contiguous whatever mask_features' layout (channels-last, a transposed view), as the Triton kernel and the fake.
+    return out.contiguous(), cam.to(_cam_dtype(bf))
 
 
 @torch.library.custom_op("opmask_fast::object_prior_add", mutates_args=())
@@ -195,8 +196,9 @@ def _object_prior_add_backward_op(grad_out: Tensor, box_features: Tensor, cls_we
 @_object_prior_add_backward_op.register_fake
 def _(grad_out, box_features, cls_weight, classes, rows, cam, normalize, scale_value, scale, backend, need_box,
       need_weight, need_scale):
-    return (torch.empty_like(box_features) if need_box else grad_out.new_empty(0),
-            torch.empty_like(cls_weight) if need_weight else grad_out.new_empty(0),
+    # Contiguous, as both backends return them, whatever the inputs' layout.
+    return (torch.empty_like(box_features, memory_format=torch.contiguous_format) if need_box else grad_out.new_empty(0),
+            torch.empty_like(cls_weight, memory_format=torch.contiguous_format) if need_weight else grad_out.new_empty(0),
             grad_out.new_empty(1, dtype=scale.dtype) if need_scale else grad_out.new_empty(0))
 
 
