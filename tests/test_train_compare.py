@@ -216,7 +216,7 @@ def test_lite_preset_is_the_recommended_recipe_and_the_paper_one_preset_away():
 
 def test_training_options_are_checked_against_compares_preset(tmp_path, monkeypatch):
     from opmask_fast import train
-    from opmask_fast.cli import options, preflight
+    from opmask_fast.cli import compare_checks, options, preflight
 
     seen = []
     model_config_from_args = options.model_config_from_args
@@ -230,7 +230,7 @@ def test_training_options_are_checked_against_compares_preset(tmp_path, monkeypa
     for argv, preset in ((["--preset", "baseline_r18_tiny"], "baseline_r18_tiny"), ([], "opmask_r18_lite"),
                          (["--preset", "baseline_r18_tiny", "--", "--preset", "opmask_r18_tiny"], "opmask_r18_tiny")):
         args = compare.build_parser().parse_args(["--output-dir", str(tmp_path), *argv])
-        preflight.check_compare(args, train_parser=train.build_parser())
+        compare_checks.check_compare(args, train_parser=train.build_parser())
         assert seen[-1] == preset  # as each training will parse it: a --preset after -- wins
 
 

@@ -36,9 +36,10 @@ from ..data.loader import available_cores
 from ..evaluation.metrics import write_metrics
 from ..analysis.comparison import format_comparison
 from ..variants import MAIN_VARIANTS, VARIANTS
-from . import errors, preflight
+from . import errors
 from . import train as train_command_line
 from .analyze import report_runs
+from .compare_checks import check_compare
 from .options import parse_image_counts
 
 PROG = "python -m opmask_fast.compare"
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     args.output_dir = output_root(args)
     # The options of compare and of the trainings after -- are checked before any dataset or training.
-    preflight.check_compare(args, train_parser=train_command_line.build_parser())
+    check_compare(args, train_parser=train_command_line.build_parser())
     # SIGTERM (a job scheduler, `kill`) unwinds as Ctrl-C does, so run_all ends the trainings it started.
     with _on_sigterm(_terminated):
         return _compare(args)

@@ -12,17 +12,17 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config import PRESETS, ModelConfig
+from ..config import ModelConfig
 from ..data import CocoInstances, load_coco, resolve_split, train_dataset, val_dataset
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from ..modeling.weights import read_model_state
 from ..training.checkpoint import model_from_checkpoint, trained_seconds
 from ..training.initial_weights import check_model_weights
 from ..training.solver import TrainConfig
-from ..variants import VARIANTS, get_variant
+from ..variants import get_variant
 from .checks import (MAX_THREADS, build_dataset, check_device, check_groups, check_number, check_output_dir,
                      check_paths, check_same_categories, check_strong_masks, choose_split, read_checkpoint)
-from .errors import UsageError, option_name, user_errors
+from .errors import UsageError, user_errors
 from .options import default_output_dir, model_config_from_args, resolve_data, train_config_from_args
 
 if TYPE_CHECKING:
@@ -325,80 +325,3 @@ def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
     state = read_checkpoint(args.checkpoint)
     check_output_dir(args.output_dir)
     return PredictPlan(state=state, files=files)
-
-
-# The training options compare sets for each run, and what to give instead (a --preset or --num-threads after -- is
-# the same for every run, so it stays allowed).
-COMPARE_OWNS = {
-    "variant": "compare trains each of --variants", "no_prior": "the baseline is a variant of --variants",
-    "prior_scale": "each variant sets its own prior scale", "seed": "give --seeds to compare, before --",
-    "data_seed": "give --data-seed to compare, before --", "output_dir": "give --output-dir to compare, before --",
-    "cache_dir": "give --cache-dir to compare, before --", "no_eval": "compare reads each run's evaluation",
-}
-
-
-def _options_given(parser, tokens: list[str]) -> set[str]:
-    """The dests of the options among ``tokens``, abbreviations resolved as argparse resolves them."""
-    actions = parser._option_string_actions
-    dests = set()
-    for tok in tokens:
-        if not tok.startswith("--"):
-            continue
-        name = tok.split("=", 1)[0]
-        matches = {actions[name].dest} if name in actions else \
-            {a.dest for o, a in actions.items() if o.startswith(name)}
-        if len(matches) == 1:
-            dests |= matches
-    return dests
-
-
-def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
-    """``opmask_fast.compare``'s options and the training options after ``--``. Returns (variants, seeds)."""
-    names = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in names if v not in VARIANTS]
-    if unknown or not names:
-        raise UsageError(f"--variants: unknown {unknown or 'none given'}; known: {', '.join(VARIANTS)}")
-    parts = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 10 and int(p) <= MAX_SEED for p in parts):
-        raise UsageError(f"--seeds must be integers in [0, {MAX_SEED}] separated by commas, got {args.seeds!r}")
-    seeds = [int(p) for p in parts]
-    for what, items in (("--variants", names), ("--seeds", seeds)):
-        twice = sorted({str(i) for i in items if items.count(i) > 1})
-        if twice:  # two trainings would write one run folder at once
-            raise UsageError(f"{what} names {', '.join(twice)} more than once")
-    if args.preset not in PRESETS:
-        raise UsageError(f"--preset: unknown {args.preset!r}; known: {', '.join(sorted(PRESETS))}")
-    check_number(args, "jobs", minimum=1)
-    check_number(args, "data_seed", minimum=0, maximum=MAX_SEED)
-    check_number(args, "threads", minimum=1, maximum=MAX_THREADS)
-    check_output_dir(args.output_dir)
-    for run in (f"{v}_s{s}" for v in names for s in seeds):
-        if os.path.exists(os.path.join(args.output_dir, run)):
-            check_output_dir(os.path.join(args.output_dir, run), "--output-dir: the run folder")
-    if args.cache_dir:
-        check_output_dir(args.cache_dir, "--cache-dir")
-
-    def error(message):
-        raise UsageError(f"training options after --: {message}")
-
-    train_parser.error = error
-    extra = [a for a in args.train_args if a != "--"]
-    targs = train_parser.parse_args(["--preset", args.preset, *extra])  # as each training parses it: a later wins
-    try:
-        given = [o for k, o in {**DATA_OPTIONS, "dataset": "--dataset", "data_images": "--data-images"}.items()
-                 if getattr(targs, k, None)]
-        if given:
-            raise UsageError(f"{', '.join(given)}: compare trains on a synthetic dataset; give --dataset and "
-                             "--data-images to compare itself, before --")
-        # What compare sets per run: given after --, it would win (the later option) and make the table wrong, e.g.
-        # one model in every column or one seed for all.
-        owned = sorted(_options_given(train_parser, extra) & set(COMPARE_OWNS))
-        if owned:
-            raise UsageError("; ".join(f"{option_name(d)}: {COMPARE_OWNS[d]}" for d in owned))
-        cfg, _, _ = check_train_options(targs)
-        check_device(targs.device)
-        targs.dataset = args.dataset  # compare's, given to every training
-        check_synthetic(targs, cfg)
-    except UsageError as e:
-        raise UsageError(f"training options after --: {e}") from e
-    return names, seeds
