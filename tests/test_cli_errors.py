@@ -117,9 +117,15 @@ def _bad_rle(d):
     _strong(d)[0]["segmentation"] = {"size": [128, 128], "counts": [100, 5]}  # pycocotools would read past it
 
 
+def _no_weak_boxes(d):
+    d["annotations"] = _strong(d)  # ring, square and star listed, never annotated
+
+
 @pytest.mark.parametrize("edit, fragments", [
     (_nan_boxes, ["has no image with a usable annotation", "bbox_nonfinite"]),
     (_no_strong_masks, ["no annotation of the strong classes", "usable mask", "mask_empty"]),
+    (_no_weak_boxes, ["--split 'circle,triangle,cross': no weak (box-only) class has an annotation",
+                      "(ring, square, star)", "--split all"]),
 ])
 def test_train_annotation_errors(data, tmp_path, edit, fragments):
     ann = _edited(data, tmp_path, edit)

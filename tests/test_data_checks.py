@@ -125,6 +125,37 @@ def test_an_annotation_of_id_0_is_scored_like_any_other(tmp_path, first_id):
         assert subset_ap(evaluate(ds.coco, results, iou_type, image_ids=[1]))["AP"] == pytest.approx(100.0)
 
 
+def test_polygon_parts_the_rule_drops_are_not_in_the_evaluation_ground_truth(tmp_path):
+    """A mask whose first polygon part has fewer than three points is usable (the part is noise); COCOeval reads the
+    format off the first part (four numbers: a box; fewer: an error), so the ground truth holds the kept parts only."""
+    square = np.zeros((H, W))
+    square[10:20, 10:20] = 1
+    results = [{"image_id": 1, "category_id": 1, "score": 0.9, "bbox": [10, 10, 10, 10], "segmentation": _rle(square)}]
+    for noise in ([10, 10, 13, 10], [10, 10], []):
+        ann, img = _write(tmp_path, [{"category_id": 1, "bbox": [10, 10, 10, 10], "segmentation": [noise, *SQUARE]}])
+        ds = CocoInstances(ann_file=ann, image_dir=img, split="person", masks="none")
+        assert ds.dropped == {} and ds.coco.anns[1]["segmentation"] == SQUARE
+        assert subset_ap(evaluate(ds.coco, results, "segm", image_ids=[1]))["AP"] == pytest.approx(100.0)
+
+
+def test_ids_beyond_64_bits_are_refused_and_a_remapped_id_0_is_named_as_in_the_file(tmp_path, caplog):
+    # COCOeval's id arrays turn to float with an id of 2**63 or more, and lose the image or class silently.
+    for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
+        ann, img = _write(tmp_path, GOOD)
+        data = json.loads(open(ann).read())
+        data[key][-1]["id"] = 2**63 + 5
+        open(ann, "w").write(json.dumps(data))
+        with pytest.raises(ValueError, match=f"{what} entry #{len(data[key]) - 1} has id 9223372036854775813, "
+                                             "outside the 64-bit integers"):
+            CocoInstances(ann_file=ann, image_dir=img)
+    ann, img = _write(tmp_path, [{"category_id": 1, "bbox": [5, 5, -10, 10], "segmentation": SQUARE}, GOOD[0]])
+    data = json.loads(open(ann).read())
+    data["annotations"][0]["id"] = 0
+    open(ann, "w").write(json.dumps(data))
+    ds = CocoInstances(ann_file=ann, image_dir=img, split="person")
+    assert ds.dropped_ids == {"bbox_negative_size": [0]}
+
+
 def test_sixteen_bit_grey_images_keep_their_contrast(tmp_path):
     # PIL's convert("RGB") clips a 16-bit image's values to 255 (near white); the loaders keep the top byte.
     from opmask_fast.predictor import read_image

@@ -190,3 +190,22 @@ def test_render_overview_and_crops_grid():
     assert pic.size[0] > 1.5 * pic.size[1] > 300  # masks and priors side by side, enlarged
     alone = render(image, out, ["alpha", "beta"], {1}, show_priors=False)
     assert alone.size[0] < pic.size[0]
+
+
+def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
+    """Class names and run labels come from the user's files; matplotlib would read a `$` pair as math and fail."""
+    from opmask_fast.analysis.figure3 import regress
+    from opmask_fast.analysis.pictures import render
+    from opmask_fast.analysis.plots import plot_figure3, plot_losses
+
+    names = ["a$^$b", "$5 {bill$", "c_$x"]
+    image = np.zeros((40, 50, 3), dtype=np.uint8)
+    out = {"boxes": torch.tensor([[5.0, 5, 30, 30], [10, 10, 45, 35]]), "labels": torch.tensor([0, 1]),
+           "scores": torch.tensor([0.9, 0.8]), "masks": torch.zeros(2, 40, 50, dtype=torch.bool),
+           "priors": torch.rand(2, 7, 7)}
+    assert render(image, out, names, {1}).size[0] > 100
+    logs = [("run $a^$", [{"iteration": i, "loss": 1.0 / i, "loss_mask": 0.5 / i} for i in (1, 2, 3)])]
+    _png(plot_losses(logs, str(tmp_path / "losses.png")))
+    ap, iou = dict(zip(names, (10.0, 30.0, 20.0))), dict(zip(names, (0.1, 0.5, 0.3)))
+    _png(plot_figure3([("$kind$", ap, regress([0.1, 0.5, 0.3], [10, 30, 20], min_points=3))], iou,
+                      str(tmp_path / "figure3.png"), title="$t$", highlight=["a$^$b"]))

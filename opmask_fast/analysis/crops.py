@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
 from ..evaluation.coco_eval import box_iou_xywh
-from .drawing import PRIOR_CMAP, figure_to_image, plt
+from .drawing import PRIOR_CMAP, figure_to_image, literal_text, plt
 
 MASK_RGB = np.array([0.1, 0.85, 0.3])
 
@@ -71,6 +71,7 @@ def _resize(m: torch.Tensor, h: int, w: int) -> np.ndarray:
     return F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+@literal_text
 def render_grid(dataset, picks, columns: list[tuple[str, bool, list[dict]]], *, strong_ids,
                 context: float = 0.3) -> object:
     """The grid as a PIL image. ``columns``: per model ``(label, uses the prior, predict_instances(...) output)``."""

@@ -1,9 +1,10 @@
-"""What the pictures share: matplotlib on the Agg backend, the prior's colour map, detection colours, and figures
-rendered to images."""
+"""What the pictures share: matplotlib on the Agg backend, text drawn as written, the prior's colour map, detection
+colours, and figures rendered to images."""
 
 from __future__ import annotations
 
 import colorsys
+import functools
 
 import matplotlib
 
@@ -13,6 +14,18 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 PRIOR_CMAP = "inferno"
+
+
+def literal_text(draw):
+    """Decorates a function that makes a figure: its texts (class names and run labels from the user's files) are
+    drawn as written. matplotlib would read a ``$`` pair as math and fail on a name such as ``a$^$b``."""
+
+    @functools.wraps(draw)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapper
 
 
 def colour(i: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 from ..evaluation.mask_encoding import paste_maps
 from .crops import detection_grid
-from .drawing import PRIOR_CMAP, Image, colour, figure_to_image, plt
+from .drawing import PRIOR_CMAP, Image, colour, figure_to_image, literal_text, plt
 from .label_placement import around_box, place_labels
 
 def draw_box_labels(ax, boxes: list, texts: list[str], colours: list, *, bounds: tuple[int, int], fontsize=8) -> None:
@@ -38,6 +38,7 @@ def draw_box_labels(ax, boxes: list, texts: list[str], colours: list, *, bounds:
         t.set_position((r[0] + half_pad, r[1] + half_pad))
 
 
+@literal_text
 def render(image: np.ndarray, out: dict, names: list[str], weak: set[int], *, score_thresh: float = 0.5,
            show_priors: bool = True, max_dets: int = 20) -> Image.Image:
     """``image: uint8 [H, W, 3]`` and one model output (at the image's size) -> a picture: masks and numbered labels

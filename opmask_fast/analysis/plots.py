@@ -6,14 +6,11 @@ import math
 import os
 from typing import Sequence
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only: no display needed, and the same pixels on every machine
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .figure3 import Regression, format_p  # noqa: E402
-from .label_placement import around_point, place_labels  # noqa: E402
+from .drawing import literal_text, plt  # the Agg backend: files only, the same pixels on every machine
+from .figure3 import Regression, format_p
+from .label_placement import around_point, place_labels
 
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 HIGHLIGHT = "black"  # the highlighted classes' labels: bold black beside the grey ones
@@ -50,6 +47,7 @@ def label_points(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[s
             ax.plot(*zip(inv.transform((px, py)), inv.transform(near)), color="0.6", lw=0.5, zorder=1)
 
 
+@literal_text
 def plot_figure3(series: Sequence[tuple[str, dict[str, float], Regression]], mean_iou: dict[str, float], path: str, *,
                  highlight: Sequence[str] = (), title: str | None = None) -> str:
     """The paper's Figure 3: weak-class mask AP against the class's mean box IoU, one panel per model kind.
@@ -105,6 +103,7 @@ def plot_figure3(series: Sequence[tuple[str, dict[str, float], Regression]], mea
 LOSS_KEYS = ("loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
 
 
+@literal_text
 def plot_losses(logs: Sequence[tuple[str, list[dict]]], path: str) -> str:
     """Loss curves from ``metrics.jsonl`` records: the total loss of each run, and beside it the loss terms (one run)
     or the mask loss of each run (several runs). Returns ``path``."""

@@ -175,6 +175,24 @@ def check_strong_masks(dataset: CocoInstances) -> None:
                        dataset.ann_file, ", ".join(lacking))
 
 
+def check_weak_boxes(split: str, dataset: CocoInstances) -> None:
+    """A partially supervised split needs a weak class with a box in the training data: with none, every class that
+    trains is strong (full supervision under another name). Weak classes without any box are logged."""
+    if not dataset.weak_ids:
+        return  # --split all, checked by check_groups
+    present = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"]}
+    names = dict(zip(dataset.category_ids, dataset.category_names))
+    absent = [names[c] for c in sorted(dataset.weak_ids - present)]
+    listed = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    if not dataset.weak_ids & present:
+        raise UsageError(f"--split {split!r}: no weak (box-only) class has an annotation in {dataset.ann_file} "
+                         f"({listed}), so nothing would be partially supervised; name fewer strong classes, or use "
+                         "--split all for full supervision")
+    if absent:
+        logger.warning("%s: weak classes without any training annotation (never detected): %s", dataset.ann_file,
+                       listed)
+
+
 def check_same_categories(a: CocoInstances, b_ids: list[int], b_names: list[str], b_source: str) -> None:
     """The categories of dataset ``a`` must be those of ``b`` (the training data or a checkpoint)."""
     if a.category_ids != list(b_ids) or [n.lower() for n in a.category_names] != [n.lower() for n in b_names]:

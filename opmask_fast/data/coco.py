@@ -17,8 +17,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torch import Tensor
 
-from .sanitize import (DROP_REASONS, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation, check_structure,
-                       is_finite_number, summarize)
+from .sanitize import (DROP_REASONS, INT64_MAX, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation,
+                       check_structure, is_finite_number, summarize)
 from .splits import resolve_split
 from .transforms import ResizeFlip, rgb_array, shown_size, upright
 
@@ -42,9 +42,11 @@ def load_coco(ann_file: str) -> COCO:
     anns = data["annotations"]
     if any(a["id"] == 0 for a in anns):
         # COCOeval marks an unmatched ground truth with id 0, so a matched annotation of id 0 would count as missed
-        # (AP too low): it gets the next free id (ids are unique integers, see check_structure).
-        free = max(a["id"] for a in anns) + 1
-        data = {**data, "annotations": [{**a, "id": free} if a["id"] == 0 else a for a in anns]}
+        # (AP too low): it gets a free id (ids are unique int64 integers, see check_structure); messages name it by
+        # the id of the file (`file_id`).
+        ids = [a["id"] for a in anns]
+        free = max(ids) + 1 if max(ids) < INT64_MAX else min(ids) - 1
+        data = {**data, "annotations": [{**a, "id": free, "file_id": 0} if a["id"] == 0 else a for a in anns]}
     return _index(data)
 
 
@@ -123,7 +125,7 @@ class CocoInstances(torch.utils.data.Dataset):
     # ---- index ---------------------------------------------------------------------------------------------------
     def _count(self, reason: str, ann: dict) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        self.dropped_ids.setdefault(reason, []).append(ann["id"])
+        self.dropped_ids.setdefault(reason, []).append(ann.get("file_id", ann["id"]))
 
     def _build_records(self, filter_empty: bool) -> list[dict]:
         """Applies the annotation rule of ``sanitize`` and indexes the usable instances per image.
@@ -157,9 +159,15 @@ class CocoInstances(torch.utils.data.Dataset):
                     if reason:
                         self._count(reason, ann)
                 fixed = ann
+                segm = ann.get("segmentation")
+                if has_mask and isinstance(segm, list) and any(len(p) < 6 for p in segm):
+                    # The mask rule drops polygon parts of fewer than three points; COCOeval must not see them either
+                    # (pycocotools reads the format off the first part: four numbers are a box, fewer an error).
+                    fixed = {**ann, "segmentation": [p for p in segm if len(p) >= 6]}
+                    changed = True
                 if reason or "iscrowd" not in ann or not _is_area(ann.get("area")):
                     # COCOeval needs iscrowd and area; a box-only GT gets its box as the region mask AP ignores.
-                    fixed = {**ann, "iscrowd": int(crowd)}
+                    fixed = {**fixed, "iscrowd": int(crowd)}
                     if not _is_area(ann.get("area")):
                         fixed["area"] = area if has_mask else (box[2] - box[0]) * (box[3] - box[1])
                     if reason:

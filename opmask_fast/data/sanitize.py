@@ -20,6 +20,7 @@ from pycocotools import mask as mask_utils
 
 BOX_TOLERANCE = 2.0  # pixels a box may reach past the image border (rounding in converted datasets); clipped away
 MIN_BOX_SIDE = 1.0  # boxes thinner than this (in original pixels) carry no learnable extent
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the ids pycocotools' evaluation can hold
 
 DROP_REASONS = {
     "bbox_invalid": "bbox is not a list of four numbers",
@@ -232,7 +233,10 @@ def _unique_ids(items: list, what: str, ann_file: str) -> set:
             raise ValueError(f"{ann_file}: {what} entry #{i} is a {type(item).__name__}, not an object")
         v = item.get("id")
         if not isinstance(v, int) or isinstance(v, bool):
-            raise ValueError(f"{ann_file}: {what} entry #{i} has id {v!r}; ids must be integers")
+            raise ValueError(f"{ann_file}: {what} entry #{i} has id {short_repr(v)}; ids must be integers")
+        if not INT64_MIN <= v <= INT64_MAX:  # COCOeval's numpy id arrays would turn to float and lose such ids
+            raise ValueError(f"{ann_file}: {what} entry #{i} has id {short_repr(v)}, outside the 64-bit integers "
+                             f"[{INT64_MIN}, {INT64_MAX}]")
         if v in ids:
             raise ValueError(f"{ann_file}: {what} id {v} appears more than once")
         ids.add(v)
