@@ -383,6 +383,12 @@ def test_object_mask_prior_module():
                                ref.object_prior(bf, classifier.weight, c["classes"], c["rows"]))
     with pytest.raises(ValueError, match="scale"):
         ObjectMaskPrior(classifier=classifier, scale="big")
+    # Without a classifier the weight comes with each call (the swap-in passes its predictor's current one).
+    free = ObjectMaskPrior()
+    torch.testing.assert_close(free(mf, bf, c["classes"], c["rows"], classifier.weight),
+                               ObjectMaskPrior(classifier=classifier)(mf, bf, c["classes"], c["rows"]))
+    with pytest.raises(ValueError, match="without a classifier: give cls_weight"):
+        free(mf, bf, c["classes"], c["rows"])
 
 
 COMPILE_SCRIPT = r"""

@@ -70,6 +70,38 @@ def test_training_forward_backward_reaches_box_head_through_prior():
     assert heads.box_predictor.cls_score.weight.grad is not None
 
 
+def test_a_predictor_replaced_after_the_swap_is_the_one_the_prior_reads():
+    """torchvision's fine-tuning recipe replaces box_predictor after the model is built: the prior follows it (it
+    kept reading the old classifier, outside the model's parameters and state_dict, and failed on more classes)."""
+    model = tiny_model().eval()
+    model.roi_heads.score_thresh = 0.0
+    images, _ = images_and_targets()
+    torch.manual_seed(1)
+    model.roi_heads.box_predictor = FastRCNNPredictor(32, NUM_CLASSES + 2)  # the recipe: new classes, new predictors
+    model.roi_heads.mask_predictor = MaskRCNNPredictor(16, 16, NUM_CLASSES + 2)
+    with torch.no_grad():
+        out = model(images)
+    heads = model.roi_heads
+    masks_before = torch.cat([o["masks"] for o in out])
+    assert masks_before.numel() > 0
+    # The same model through its state_dict (another init first): every mask reproduced.
+    copy_ = tiny_model().eval()
+    copy_.roi_heads.score_thresh = 0.0
+    copy_.roi_heads.box_predictor = FastRCNNPredictor(32, NUM_CLASSES + 2)
+    copy_.roi_heads.mask_predictor = MaskRCNNPredictor(16, 16, NUM_CLASSES + 2)
+    copy_.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat([o["masks"] for o in copy_(images)]), masks_before)
+    # The prior reads the new classifier: changing its weight changes the masks.
+    with torch.no_grad():
+        heads.box_predictor.cls_score.weight.mul_(-1)
+        changed = torch.cat([o["masks"] for o in model(images)])
+    assert changed.shape != masks_before.shape or not torch.allclose(changed, masks_before)
+    model.train()
+    losses = model(*images_and_targets())
+    assert torch.isfinite(losses["loss_mask"])
+
+
 def test_inference_masks_and_detection_rows():
     model = tiny_model().eval()
     model.roi_heads.score_thresh = 0.0  # an untrained model: keep detections so the mask branch runs
@@ -108,7 +140,8 @@ class _MaskBranch(nn.Module):
     def forward(self, features, boxes, box_map, classes, rows):
         h = self.heads
         mask_features = h.mask_roi_pool(features, [boxes], [(64, 64)])
-        return h.mask_predictor(h.mask_head(h.prior(mask_features, box_map, classes, rows)))
+        prior = h.prior(mask_features, box_map, classes, rows, h.box_predictor.cls_score.weight)
+        return h.mask_predictor(h.mask_head(prior))
 
 
 class _OurOps(nn.Module):

@@ -16,7 +16,9 @@ class ObjectMaskPrior(nn.Module):
 
     Args:
         classifier: the box classifier (nn.Linear over the global-average-pooled box features, weight Tensor[K, C]).
-            It is referenced, not registered: it stays a parameter of the box head only.
+            It is referenced, not registered: it stays a parameter of the box head only. None: `forward` and `prior`
+            take the weight as `cls_weight` on every call (a detector whose classifier may be replaced after the
+            prior is built, e.g. torchvision's fine-tuning recipe, passes its current one).
         scale: the prior's weight, as the model's (`opmask_fast.ops.prior_weight`): "none" (gain 1, the paper),
             "learnable", "feature_std", "feature_range" or a fixed float.
         init: start of the learnable gain (None: std(mask features) / std(prior) of the first training batch).
@@ -25,33 +27,39 @@ class ObjectMaskPrior(nn.Module):
         backend: "auto", "triton" or "reference".
     """
 
-    def __init__(self, *, classifier: nn.Linear, scale: str | float = "none", init: float | None = 1.0,
+    def __init__(self, *, classifier: nn.Linear | None = None, scale: str | float = "none", init: float | None = 1.0,
                  normalize: bool = True, detach_weight: bool = True, backend: str = "auto"):
         super().__init__()
         self._classifier = (classifier,)  # a tuple keeps nn.Module from registering it (no duplicate state_dict keys)
         self.normalize, self.detach_weight, self.backend = normalize, detach_weight, backend
         self.prior_weight = PriorWeight(scale="none" if scale is None else scale, init=init)
 
-    @property
-    def cls_weight(self) -> Tensor:
-        weight = self._classifier[0].weight
-        return weight.detach() if self.detach_weight else weight
+    def weight(self, cls_weight: Tensor | None = None) -> Tensor:
+        """The classifier weight Tensor[K, C] the prior uses: `cls_weight`, else the referenced classifier's."""
+        if cls_weight is None:
+            if self._classifier[0] is None:
+                raise ValueError("ObjectMaskPrior was built without a classifier: give cls_weight")
+            cls_weight = self._classifier[0].weight
+        return cls_weight.detach() if self.detach_weight else cls_weight
 
-    def forward(self, mask_features: Tensor, box_features: Tensor, classes: Tensor,
-                rows: Tensor | None = None) -> Tensor:
-        """Tensor[R, D, Hm, Wm] mask features + prior; box_features Tensor[N, C, Hb, Wb], classes/rows Tensor[R]."""
+    def forward(self, mask_features: Tensor, box_features: Tensor, classes: Tensor, rows: Tensor | None = None,
+                cls_weight: Tensor | None = None) -> Tensor:
+        """Tensor[R, D, Hm, Wm] mask features + prior; box_features Tensor[N, C, Hb, Wb], classes/rows Tensor[R],
+        cls_weight Tensor[K, C] (None: the classifier's)."""
+        weight = self.weight(cls_weight)
         if self.prior_weight.needs_init():
-            self.prior_weight.initialize(mask_features, self.prior(box_features, classes, rows))
+            self.prior_weight.initialize(mask_features, self.prior(box_features, classes, rows, weight))
         if self.prior_weight.fusable:  # one fused pass: the prior is weighted and added as the output is written
-            return object_prior_add(mask_features, box_features, self.cls_weight, classes, rows, self.normalize,
+            return object_prior_add(mask_features, box_features, weight, classes, rows, self.normalize,
                                     self.prior_weight.value(), self.backend)
-        prior_map = object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend,
+        prior_map = object_prior(box_features, weight, classes, rows, self.normalize, self.backend,
                                  size=mask_features.shape[-2:])  # not tuple(): a Proxy under torch.fx
         return self.prior_weight(mask_features, prior_map)
 
-    def prior(self, box_features: Tensor, classes: Tensor, rows: Tensor | None = None) -> Tensor:
+    def prior(self, box_features: Tensor, classes: Tensor, rows: Tensor | None = None,
+              cls_weight: Tensor | None = None) -> Tensor:
         """Each RoI's normalised CAM, Tensor[R, Hb, Wb]."""
-        return object_prior(box_features, self.cls_weight, classes, rows, self.normalize, self.backend)
+        return object_prior(box_features, self.weight(cls_weight), classes, rows, self.normalize, self.backend)
 
     def extra_repr(self) -> str:
         return f"normalize={self.normalize}, detach_weight={self.detach_weight}, backend={self.backend}"

@@ -56,7 +56,9 @@ class PriorRoIHeads(RoIHeads):
         super().__init__(**roi_heads_kwargs)
         if not self.has_mask() or self.has_keypoint():
             raise ValueError("PriorRoIHeads needs a mask branch and supports no keypoint branch")
-        self.prior = ObjectMaskPrior(classifier=self.box_predictor.cls_score, scale=prior_scale)
+        # The classifier is passed on every call: torchvision's fine-tuning recipe replaces box_predictor after the
+        # model is built, and the prior must follow (a reference kept here would go on reading the old one).
+        self.prior = ObjectMaskPrior(scale=prior_scale)
 
     @classmethod
     def from_roi_heads(cls, heads: RoIHeads, *, box_head: nn.Module, box_predictor: nn.Module,
@@ -124,7 +126,8 @@ class PriorRoIHeads(RoIHeads):
             mask_boxes, rows, classes = boxes, torch.cat(det_rows), torch.cat(det_labels)
 
         mask_features = self.mask_roi_pool(features, mask_boxes, image_shapes)
-        mask_features = self.prior(mask_features, box_map, classes, rows)  # + CAM of the RoI's class, every channel
+        # + the CAM of the RoI's class, on every channel
+        mask_features = self.prior(mask_features, box_map, classes, rows, self.box_predictor.cls_score.weight)
         mask_logits = self.mask_predictor(self.mask_head(mask_features))
         if self.training:
             gt_masks = [t["masks"] for t in targets]
