@@ -17,11 +17,11 @@
 #      vs unfused, kernel time from the profiler beside the host time);
 #   5b. the prior's share of an R-50 training step: the headline recipe (and with the 7x7 prior) against the baseline
 #      with the same box term, the paper's against the plain baseline (benchmarks/gpu_train_step.py; CUDA events);
-#   5c. diagnostics, after the measurements so that a slow sanitizer cannot crowd them out: the extension's C++ errors
-#      reach Python (cuda-gdb's stack of a process that dies) and compute-sanitizer's memcheck, racecheck and synccheck
-#      on small cases;
 #   6. a 50-iteration AMP (bf16) training run of the R-50 preset on tiny_coco at full resolution with --weights, then
-#      its evaluation on tiny_coco's validation images.
+#      its evaluation on tiny_coco's validation images;
+#   7. diagnostics, last so that a slow sanitizer cannot crowd out the measurements and the training: the extension's
+#      C++ errors reach Python (cuda-gdb's stack of a process that dies) and compute-sanitizer's memcheck, racecheck
+#      and synccheck on small cases, with what the budget leaves them.
 # The backbones of 4 and 6 are a torchvision ResNet-50 file with random weights and BatchNorm statistics measured on
 # tiny_coco (nothing can be downloaded there); timings do not depend on the values, training stability does.
 # The table comes last; the log, JSON results and summary.md go to $OUT (default outputs/gpu_run).
@@ -251,13 +251,13 @@ main() {
       $( [ "$DRY" = 1 ] && echo -k 100-float32 )
     stage "the prior's share of an R-50 training step" 120 "$PY" benchmarks/gpu_train_step.py \
       --json "$OUT/train_step.json" ${STEP_ARGS[@]+"${STEP_ARGS[@]}"} $( [ "$DRY" = 0 ] && echo --weights "$WORK/r50.pth" )
-    [ "$DRY" = 0 ] && diagnostics
     if [ -n "$TINY" ]; then
       export -f train_run; export DEVICE TRAIN_ITERS TRAIN_BATCH LOG_PERIOD EVAL_MAX TINY DRY OUT
       stage "train R-50 ${TRAIN_ITERS} its (AMP) + eval" 300 bash -c train_run
     else
       skip "train R-50 (AMP) + eval" "no tiny_coco"
     fi
+    [ "$DRY" = 0 ] && diagnostics
   fi
   echo
   echo "== summary ($(( $(date +%s) - START )) s in all)"

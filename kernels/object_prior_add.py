@@ -18,6 +18,8 @@ every input contiguous, because the kernels index with contiguous strides.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +29,11 @@ from torch import Tensor
 EPS = 1e-6
 # Largest Hb * Wb the kernels hold in registers; bigger box maps go to the reference backend.
 MAX_CAM_SIZE = 1024
+
+
+def _on(device: torch.device):
+    """The launch context: Triton launches on the current CUDA device (and its stream), not the tensors'."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -289,12 +296,13 @@ def _launch_forward(mf: Tensor | None, out: Tensor, cam: Tensor, prior: Tensor |
     bf, w, cls = box_features.contiguous(), cls_weight.contiguous(), classes.contiguous()
     rows_t = cls if rows is None else rows.contiguous()
     scale_t, s_val = _scale_args(scale_value, scale, cls)
-    _object_prior_add_fwd_kernel[(R,)](
-        out if mf is None else mf, bf, w, cls, rows_t, scale_t, out, cam, cam if prior is None else prior,
-        s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
-        HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=mf is not None,
-        STORE_PRIOR=prior is not None, **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
-    )
+    with _on(out.device):
+        _object_prior_add_fwd_kernel[(R,)](
+            out if mf is None else mf, bf, w, cls, rows_t, scale_t, out, cam, cam if prior is None else prior,
+            s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
+            HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize, READ_MF=mf is not None,
+            STORE_PRIOR=prior is not None, **_blocks(C, Hb * Wb, Hm * Wm, D), num_warps=4,
+        )
 
 
 def object_prior_add_forward(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
@@ -368,20 +376,21 @@ def object_prior_add_backward(grad_out: Tensor, box_features: Tensor, cls_weight
         scale_t, s_val = _scale_args(scale_value, scale, cls)
         bf = box_features.contiguous() if need_w else cam  # read only for the weight's gradient: copy only then
         blocks = _blocks(C, Hb * Wb, Hm * Wm, D)
-        _object_prior_add_bwd_kernel[(R,)](
-            go, bf, w, cls, rows_t, scale_t, cam.contiguous(),
-            next(t for t in (gcam, gbf, cam) if t is not None), gw if gw is not None else cam,
-            gs if gs is not None else cam,
-            s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
-            HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize,
-            NEED_BF=need_bf, NEED_W=need_w, NEED_S=need_s, **blocks, num_warps=4,
-        )
-        if gcam is not None:
-            # RoIs grouped by row on the device (no host sync): row n's RoIs are order[start[n]:start[n + 1]].
-            order = torch.argsort(rows_t, stable=True)
-            start = torch.searchsorted(rows_t[order], torch.arange(N + 1, device=dev, dtype=rows_t.dtype))
-            _box_grad_rows_kernel[(N,)](gcam, w, cls, order, start, gbf, C=C, P=Hb * Wb,
-                                        BLOCK_C=blocks["BLOCK_C"], BLOCK_P=blocks["BLOCK_P"], num_warps=4)
+        with _on(dev):
+            _object_prior_add_bwd_kernel[(R,)](
+                go, bf, w, cls, rows_t, scale_t, cam.contiguous(),
+                next(t for t in (gcam, gbf, cam) if t is not None), gw if gw is not None else cam,
+                gs if gs is not None else cam,
+                s_val, Hb / Hm, Wb / Wm, EPS, D=D, C=C, P=Hb * Wb, Q=Hm * Wm, Hb=Hb, Wb=Wb, Wm=Wm,
+                HAS_ROWS=rows is not None, SCALE_PTR=scale is not None, NORMALIZE=normalize,
+                NEED_BF=need_bf, NEED_W=need_w, NEED_S=need_s, **blocks, num_warps=4,
+            )
+            if gcam is not None:
+                # RoIs grouped by row on the device (no host sync): row n's RoIs are order[start[n]:start[n + 1]].
+                order = torch.argsort(rows_t, stable=True)
+                start = torch.searchsorted(rows_t[order], torch.arange(N + 1, device=dev, dtype=rows_t.dtype))
+                _box_grad_rows_kernel[(N,)](gcam, w, cls, order, start, gbf, C=C, P=Hb * Wb,
+                                            BLOCK_C=blocks["BLOCK_C"], BLOCK_P=blocks["BLOCK_P"], num_warps=4)
     elif gcam is not None:
         gbf.zero_()  # no RoI: nothing reads any row
     if gw is not None:

@@ -74,3 +74,15 @@ def cuda_built() -> bool:
     from opmask_fast import _C
 
     return bool(getattr(_C, "WITH_CUDA", False))
+
+
+def check_built_for(device, op: str) -> None:
+    """Raises a RuntimeError when ``op``'s compiled kernels would get tensors on a GPU that the extension was built
+    without (a CPU-only build: ``FORCE_CUDA=0``, or no nvcc at build time); without the extension the references run
+    on any device. ``device``: a ``torch.device``."""
+    if device.type == "cuda" and has_C() and not cuda_built():
+        raise RuntimeError(
+            f"{op}: the tensors are on {device}, and opmask_fast._C was built without CUDA kernels (FORCE_CUDA=0 or "
+            "no nvcc at build time); rebuild it where nvcc is present: `pip install --no-build-isolation -e .` "
+            "(docs/install.md)"
+        )

@@ -109,3 +109,25 @@ def test_package_imports_without_torchvision():
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
     assert opmask_fast.__version__
+
+
+def test_gpu_tensors_with_an_extension_built_without_cuda_say_to_rebuild(monkeypatch):
+    """A CPU-only build (FORCE_CUDA=0, no nvcc) given GPU tensors: one error naming the rebuild, from the ops and as a
+    one-line usage error from --device, instead of the dispatcher's "Could not run ... 'CUDA' backend"."""
+    from opmask_fast.cli import UsageError
+    from opmask_fast.cli.checks import check_device
+
+    monkeypatch.setattr(_extension, "has_C", lambda: True)
+    monkeypatch.setattr(_extension, "cuda_built", lambda: False)
+    with pytest.raises(RuntimeError, match="nms: the tensors are on cuda:1, and opmask_fast._C was built without CUDA"):
+        _extension.check_built_for(torch.device("cuda", 1), "nms")
+    _extension.check_built_for(torch.device("cpu"), "nms")  # the CPU kernels are there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UsageError, match="--device cuda:1: .*built without CUDA kernels .*rebuild it"):
+        check_device("cuda:1")
+    monkeypatch.setattr(_extension, "cuda_built", lambda: True)
+    assert check_device("cuda:1") == torch.device("cuda", 1)
+    monkeypatch.setattr(_extension, "has_C", lambda: False)  # no extension: the references run anywhere
+    monkeypatch.setattr(_extension, "cuda_built", lambda: False)
+    _extension.check_built_for(torch.device("cuda", 1), "nms")

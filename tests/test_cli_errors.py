@@ -315,6 +315,17 @@ def test_sync_bn_across_cpu_processes_is_refused_before_any_work(tmp_path, capsy
                       "roi_heads.box_head_norm=SyncBN", "--output-dir", tmp_path / "o")
     assert "roi_heads.box_head_norm=SyncBN across 2 processes needs CUDA" in line, line
     assert not os.path.exists(tmp_path / "cache" / "synthetic")
+    # On GPUs: the heads a process without mask RoIs skips would leave the others waiting in SyncBN's collective.
+    from opmask_fast import _extension
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(_extension, "cuda_built", lambda: True)
+    for norm in ("mask_head_norm", "box_head_norm"):  # the preset's prior head of its own has the box head's norm
+        line = in_process(capsys, "train", *FAST, "--device", "cuda", "--cache-dir", tmp_path / "cache", "--set",
+                          f"roi_heads.{norm}=SyncBN", "--output-dir", tmp_path / "o")
+        assert f"roi_heads.{norm}=SyncBN across 2 processes: a process whose batch has no mask RoI" in line, line
+    assert not os.path.exists(tmp_path / "cache" / "synthetic")
 
 
 def test_dataset_with_own_files_and_foreign_weights(data, tmp_path, capsys):

@@ -37,33 +37,31 @@ def test_a_dict_without_model_and_meta_names_its_keys():
         check_model_checkpoint({}, "x.pth")
 
 
-def test_rng_state_touches_cuda_only_when_it_is_initialised(monkeypatch):
-    """checkpoint.py:106 ReplaceAndWithOr: ``torch.cuda.is_available() and torch.cuda.is_initialized()`` -> ``or``
-    (saving a checkpoint would initialise CUDA in a process that never used it). With CUDA available but not
-    initialised, the CUDA generators are neither read nor written."""
+def test_rng_state_touches_the_cuda_generator_of_the_process_gpu_only(monkeypatch):
+    """A CPU run never reads or writes a CUDA generator (saving would initialise CUDA in a process that never used it;
+    a CPU run's state resumed where CUDA is available must not look one up); a GPU run saves and restores its own
+    device's generator only (all visible GPUs' made a run resumed where fewer are visible fail), and an older
+    checkpoint's list of every GPU's gives the device's entry."""
     def refuse(*args):
         raise AssertionError("the CUDA RNG state must not be touched")
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", refuse)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
-    state = get_rng_state()
-    assert "cuda" not in state
-
-
-def test_rng_state_restores_cuda_only_when_saved(monkeypatch):
-    """checkpoint.py:116 AddNot: ``if "cuda" in state and torch.cuda.is_available()`` -> ``if not "cuda" in state
-    ...`` (a CPU run's state, resumed where CUDA is available, would look up the missing CUDA entry; a CUDA run's
-    would not be restored)."""
-    calls = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: calls.append(s))
-    state = {"torch": torch.get_rng_state(), "numpy": get_rng_state()["numpy"], "python": get_rng_state()["python"]}
-    set_rng_state(state)
-    assert calls == []
-    set_rng_state({**state, "cuda": ["the saved CUDA states"]})
-    assert calls == [["the saved CUDA states"]]
+    marker = torch.tensor([7], dtype=torch.uint8)
+    read, written = [], []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", refuse)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", refuse)
+    cpu_state = get_rng_state(torch.device("cpu"))
+    assert "cuda" not in cpu_state and "cuda" not in get_rng_state()
+    set_rng_state(cpu_state, torch.device("cpu"))
+    set_rng_state({**cpu_state, "cuda": marker}, torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: read.append(device) or marker)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: written.append((state, device)))
+    gpu = torch.device("cuda", 1)
+    state = get_rng_state(gpu)
+    assert read == [gpu] and state["cuda"] is marker
+    set_rng_state(state, gpu)
+    set_rng_state({**state, "cuda": [torch.zeros(1), marker]}, gpu)  # an older checkpoint: every GPU's
+    set_rng_state({**state, "cuda": [marker]}, gpu)  # saved with fewer GPUs: nothing to restore for cuda:1
+    assert [(s is marker, d) for s, d in written] == [(True, gpu), (True, gpu)]
 
 
 def test_model_from_checkpoint_reads_the_file_unless_given_its_state(tmp_path, monkeypatch):

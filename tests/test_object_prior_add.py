@@ -141,6 +141,17 @@ def test_opcheck(backend):
     torch.library.opcheck(op_module._object_prior_add_backward_op, bwd_args)
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("rows", [False, True])
+def test_triton_on_a_gpu_that_is_not_the_current_one(rows):
+    """Triton launches on the current device, not the tensors': the launchers make the tensors' GPU current (a model
+    on cuda:1 failed, or ran on cuda:0's stream)."""
+    c = make_case(rows=rows)
+    torch.cuda.set_device(0)
+    for a, e in zip(run(c, backend="triton", device="cuda:1"), oracle(c)):
+        assert_close(a, e, torch.float32)
+
+
 # ---------------------------------------------------------------- Triton against the reference
 
 @needs_triton

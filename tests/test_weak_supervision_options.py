@@ -120,6 +120,11 @@ def test_rgb_to_lab_matches_known_colours():
     want = torch.tensor([[100.0, 0.0, 0.0], [0.0, 0.0, 0.0], [53.24, 80.09, 67.20], [87.73, -86.18, 83.18],
                          [32.30, 79.19, -107.86], [53.59, 0.0, 0.0]])
     torch.testing.assert_close(lab, want, atol=0.02, rtol=0)
+    # Under bf16 autocast (training with AMP) the colours stay float32: a matmul would run in bf16, 0.6 off.
+    photo = torch.rand(2, 3, 9, 11, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = rgb_to_lab(photo)
+    assert autocast.dtype == torch.float32 and torch.equal(autocast, rgb_to_lab(photo))
 
 
 def _two_colour_rois():

@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from .. import _extension
 from ..data import CocoInstances, is_coco_categories
 from ..data.sanitize import short_repr
 from ..data.splits import VOC_SPLITS
@@ -65,6 +66,10 @@ def check_device(text: str) -> torch.device:
             raise UsageError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s)")
+        try:
+            _extension.check_built_for(device, "the compiled ops")
+        except RuntimeError as e:
+            raise UsageError(f"--device {text}: {e}") from None
     return device
 
 

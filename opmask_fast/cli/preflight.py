@@ -107,6 +107,14 @@ def check_train(args) -> TrainPlan:
     if sync_bn and device.type != "cuda" and world > 1:  # one process: SyncBatchNorm is BatchNorm, on any device
         raise UsageError(f"{', '.join(sync_bn)}=SyncBN across {world} processes needs CUDA (torch's SyncBatchNorm "
                          "syncs on GPUs only); use BN or GN on the CPU")
+    # The mask head (and a prior head of its own, with the box head's norm) runs on the step's mask RoIs: a process
+    # with none skips it, and the others would wait for it in SyncBatchNorm's collective for ever.
+    skipped = [k for k in sync_bn if k == "roi_heads.mask_head_norm" or
+               (k == "roi_heads.box_head_norm" and cfg.use_prior and cfg.prior_convs == "separate")]
+    if skipped and world > 1:
+        raise UsageError(f"{', '.join(skipped)}=SyncBN across {world} processes: a process whose batch has no mask "
+                         "RoI skips the mask branch's heads while the others wait for it in SyncBatchNorm; use BN or GN "
+                         "there (SyncBN in the backbone is fine)")
     if tcfg.batch_size % world:
         raise UsageError(f"--batch-size {tcfg.batch_size} is not divisible by the {world} processes")
     # A run of another model or dataset gets its own default folder (not the default recipe's run overwritten).

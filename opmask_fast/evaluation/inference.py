@@ -53,7 +53,7 @@ def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, devic
         else:
             out = model([image.to(device)], output_sizes=[(h, w)])[0]
         if str(device).startswith("cuda"):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)  # the model's GPU, not the current one
         seconds = time.perf_counter() - start
         boxes, scores, labels = out["boxes"].cpu().float(), out["scores"].cpu().float(), out["labels"].cpu()
         rles = encode_masks(out["masks"].cpu())

@@ -194,6 +194,7 @@ def roi_align(
     """
     weight = map_weight_code(map_weight, roi_map)
     rois, (ph, pw), roi_map = check_roi_align_inputs(input, boxes, output_size, spatial_scale, sampling_ratio, roi_map)
+    _extension.check_built_for(input.device, "roi_align")
     if _extension.has_C():
         if weight:
             return torch.ops.opmask_fast.roi_align_weighted(

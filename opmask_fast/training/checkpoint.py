@@ -113,26 +113,33 @@ def trained_seconds(state: dict) -> float:
     return float(seconds) if ok else 0.0
 
 
-def get_rng_state() -> dict:
-    """RNG state of torch (CPU and CUDA), numpy and random, as tensors and plain values (``weights_only``-loadable)."""
+def get_rng_state(device: torch.device | None = None) -> dict:
+    """RNG state of torch (CPU, and the CUDA generator of ``device`` when it is a GPU), numpy and random, as tensors
+    and plain values (``weights_only``-loadable)."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "python": _to_lists(random.getstate()),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        # The process' own GPU only: a run resumed where fewer GPUs are visible must still restore it.
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restores ``get_rng_state``'s state; its CUDA generator to ``device`` when that is a GPU."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
     random.setstate(_to_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, (list, tuple)):  # every visible GPU's, as older checkpoints hold it: the device's own
+        index = torch.device(device).index if device is not None else None
+        cuda = cuda[index or 0] if cuda and (index or 0) < len(cuda) else None
+    if isinstance(cuda, torch.Tensor) and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
 
 
 def _to_lists(x):

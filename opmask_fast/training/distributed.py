@@ -37,7 +37,11 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but CUDA is not available; use --device cpu")
     if world == 1:
-        return DistInfo(device=torch.device(device))
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is not None:
+            # Triton launches on the current device, and a bare synchronize() waits on it: cuda:N must be current.
+            torch.cuda.set_device(dev)
+        return DistInfo(device=dev)
     if device.startswith("cuda"):
         torch.cuda.set_device(local)
         dev, backend = torch.device("cuda", local), "nccl"

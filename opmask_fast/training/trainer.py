@@ -89,7 +89,7 @@ def train(
             group["lr"] = base * lr_factor(start_iter, cfg)
         rng = state.get("rng") or []
         if len(rng) == world:
-            set_rng_state(rng[rank])
+            set_rng_state(rng[rank], device)
             restored = True
         elif dist_info.is_main:
             logger.warning("%s holds the random state of %d processes and this run has %d: each process draws from "
@@ -176,7 +176,7 @@ def save_checkpoint(model, optimizer, scheduler, iteration: int, path: str, *, d
                     meta: dict | None = None, train_seconds: float = 0.0) -> None:
     """Gathers every process' RNG state and lets rank 0 write the checkpoint atomically (with the wall seconds of
     training up to it, over every resumed segment)."""
-    rng = all_gather_objects(get_rng_state())
+    rng = all_gather_objects(get_rng_state(dist_info.device))
     if dist_info.is_main:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "iteration": iteration, "rng": rng, "meta": meta or {},
