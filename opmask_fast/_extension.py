@@ -69,11 +69,13 @@ def warn_fallback(op: str) -> None:
 
 def cuda_built() -> bool:
     """Whether the extension carries CUDA kernels (false for a CPU-only build or when ``_C`` is missing)."""
-    if not has_C():
-        return False
-    from opmask_fast import _C
+    if "cuda" not in _state:  # read once: the ops ask on every call, also while torch.compile traces them
+        if not has_C():
+            return False
+        from opmask_fast import _C
 
-    return bool(getattr(_C, "WITH_CUDA", False))
+        _state["cuda"] = bool(getattr(_C, "WITH_CUDA", False))
+    return bool(_state["cuda"])
 
 
 def check_built_for(device, op: str) -> None:
