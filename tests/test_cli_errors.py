@@ -124,8 +124,8 @@ def _no_weak_boxes(d):
 @pytest.mark.parametrize("edit, fragments", [
     (_nan_boxes, ["has no image with a usable annotation", "bbox_nonfinite"]),
     (_no_strong_masks, ["no annotation of the strong classes", "usable mask", "mask_empty"]),
-    (_no_weak_boxes, ["--split 'circle,triangle,cross': no weak (box-only) class has an annotation",
-                      "(ring, square, star)", "--split all"]),
+    (_no_weak_boxes, ["--split 'circle,triangle,cross': no weak (box-only) class has a usable annotation",
+                      "(ring, square, star; dropped: none)", "--split all"]),
 ])
 def test_train_annotation_errors(data, tmp_path, edit, fragments):
     ann = _edited(data, tmp_path, edit)

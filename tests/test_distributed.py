@@ -135,7 +135,8 @@ ann, images, out = sys.argv[1:]
 info = init_distributed("cpu")
 torch.manual_seed(7)  # as the command: one seed for the weights on every process
 model = Dropped()
-data = CocoInstances(ann_file=ann, image_dir=images, split="circle", transform=ResizeFlip(short_sides=(32,), max_side=32))
+data = CocoInstances(ann_file=ann, image_dir=images, split="circle",
+                     transform=ResizeFlip(short_sides=(32,), max_side=32))
 train(model, data, TrainConfig(max_iter=2, batch_size=2, seed=7, warmup_iters=0, steps=()), output_dir=out,
       dist_info=info, show_progress=False)
 json.dump(model.masks, open(f"{out}/masks{info.rank}.json", "w"))

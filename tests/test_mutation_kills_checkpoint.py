@@ -40,7 +40,7 @@ def test_a_dict_without_model_and_meta_names_its_keys():
 def test_rng_state_touches_the_cuda_generator_of_the_process_gpu_only(monkeypatch):
     """A CPU run never reads or writes a CUDA generator (saving would initialise CUDA in a process that never used it;
     a CPU run's state resumed where CUDA is available must not look one up); a GPU run saves and restores its own
-    device's generator only (all visible GPUs' made a run resumed where fewer are visible fail), and an older
+    device's generator only (so a run resumes where fewer GPUs are visible), and an older
     checkpoint's list of every GPU's gives the device's entry."""
     def refuse(*args):
         raise AssertionError("the CUDA RNG state must not be touched")

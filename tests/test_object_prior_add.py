@@ -144,8 +144,8 @@ def test_opcheck(backend):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 @pytest.mark.parametrize("rows", [False, True])
 def test_triton_on_a_gpu_that_is_not_the_current_one(rows):
-    """Triton launches on the current device, not the tensors': the launchers make the tensors' GPU current (a model
-    on cuda:1 failed, or ran on cuda:0's stream)."""
+    """Triton launches on the current device, not the tensors': the launchers make the tensors' GPU current, or a
+    model on cuda:1 would get kernels run on cuda:0 (with its stream)."""
     c = make_case(rows=rows)
     torch.cuda.set_device(0)
     for a, e in zip(run(c, backend="triton", device="cuda:1"), oracle(c)):

@@ -37,6 +37,7 @@ def test_resume_refuses_what_the_checkpoint_keeps_and_a_new_run_clears_old_resul
     train.main([*data, *FAST, "--iters", "1", "--resume", "--output-dir", str(out)])
     evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"eval"' in line]
     assert [e["iteration"] for e in evals] == [2]  # the evaluation of the same model again replaces the first one
+    assert [json.loads(line)["iteration"] for line in open(out / "metrics.jsonl") if '"loss"' in line] == [2]
     # Resumed to train on without evaluation: the results of the iteration-2 model are gone; the training time adds up.
     first = json.load(open(out / "metrics.json"))["train_seconds"]
     assert first == pytest.approx(torch.load(out / "checkpoint.pth", weights_only=False)["train_seconds"], abs=1.0)

@@ -66,10 +66,10 @@ def check_device(text: str) -> torch.device:
             raise UsageError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s)")
-        try:
-            _extension.check_built_for(device, "the compiled ops")
-        except RuntimeError as e:
-            raise UsageError(f"--device {text}: {e}") from None
+        if _extension.has_C() and not _extension.cuda_built():
+            raise UsageError(f"--device {text}: opmask_fast._C was built without CUDA kernels (FORCE_CUDA=0 or no nvcc "
+                             "at build time); rebuild it where nvcc is present (`pip install --no-build-isolation -e .`),"
+                             f" or set {_extension.NO_EXTENSION_ENV}=1 to run the slow PyTorch references")
     return device
 
 
@@ -190,9 +190,9 @@ def check_weak_boxes(split: str, dataset: CocoInstances) -> None:
     absent = [names[c] for c in sorted(dataset.weak_ids - present)]
     listed = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
     if not dataset.weak_ids & present:
-        raise UsageError(f"--split {split!r}: no weak (box-only) class has an annotation in {dataset.ann_file} "
-                         f"({listed}), so nothing would be partially supervised; name fewer strong classes, or use "
-                         "--split all for full supervision")
+        raise UsageError(f"--split {split!r}: no weak (box-only) class has a usable annotation in {dataset.ann_file} "
+                         f"({listed}; dropped: {dataset.dropped or 'none'}), so nothing would be partially supervised; "
+                         "choose a split that leaves a weak class with boxes, or --split all for full supervision")
     if absent:
         logger.warning("%s: weak classes without any training annotation (never detected): %s", dataset.ann_file,
                        listed)

@@ -31,10 +31,10 @@ import time
 from dataclasses import dataclass
 from typing import Iterator
 
+from ..analysis.comparison import format_comparison
 from ..data import DATASETS, dataset_spec, ensure_synthetic
 from ..data.loader import available_cores
 from ..evaluation.metrics import write_metrics
-from ..analysis.comparison import format_comparison
 from ..variants import MAIN_VARIANTS, VARIANTS
 from . import errors
 from . import train as train_command_line
@@ -43,7 +43,6 @@ from .compare_checks import check_compare
 from .options import parse_image_counts
 
 PROG = "python -m opmask_fast.compare"
-
 
 
 def build_parser() -> argparse.ArgumentParser:

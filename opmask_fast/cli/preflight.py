@@ -16,7 +16,7 @@ from ..config import ModelConfig
 from ..data import CocoInstances, load_coco, resolve_split, train_dataset, val_dataset
 from ..data.synthetic import DATASETS, default_cache_root, get_style
 from ..modeling.weights import read_model_state
-from ..training.checkpoint import model_from_checkpoint, trained_seconds
+from ..training.checkpoint import model_from_checkpoint, train_seconds
 from ..training.initial_weights import check_model_weights
 from ..training.solver import TrainConfig
 from ..variants import get_variant
@@ -54,7 +54,7 @@ class TrainPlan:
     weights: object = None  # modeling.weights.WeightsFile of --weights, or None
     data: TrainData | None = None  # user data, checked; None: a synthetic dataset, prepared after its generation
     resumed_at: int = 0  # the iteration of the checkpoint --resume continues (0: a new run)
-    trained_seconds: float = 0.0  # the wall seconds of training up to that checkpoint
+    train_seconds: float = 0.0  # the wall seconds of training up to that checkpoint
 
 
 def check_train_options(args) -> tuple:
@@ -113,8 +113,8 @@ def check_train(args) -> TrainPlan:
                (k == "roi_heads.box_head_norm" and cfg.use_prior and cfg.prior_convs == "separate")]
     if skipped and world > 1:
         raise UsageError(f"{', '.join(skipped)}=SyncBN across {world} processes: a process whose batch has no mask "
-                         "RoI skips the mask branch's heads while the others wait for it in SyncBatchNorm; use BN or GN "
-                         "there (SyncBN in the backbone is fine)")
+                         "RoI skips the mask branch's heads while the others wait for it in SyncBatchNorm; use BN or "
+                         "GN there (SyncBN in the backbone is fine)")
     if tcfg.batch_size % world:
         raise UsageError(f"--batch-size {tcfg.batch_size} is not divisible by the {world} processes")
     # A run of another model or dataset gets its own default folder (not the default recipe's run overwritten).
@@ -125,7 +125,7 @@ def check_train(args) -> TrainPlan:
     ckpt = os.path.join(out, "checkpoint.pth")
     if os.path.isdir(ckpt):  # found at the first save, after the work
         raise UsageError(f"--output-dir {out}: its checkpoint.pth is a folder")
-    resumed_at, trained = 0, 0.0
+    resumed_at, seconds = 0, 0.0
     if getattr(args, "resume", False) and os.path.isfile(ckpt):
         state = read_checkpoint(ckpt, "--resume")
         lost = [k for k in ("optimizer", "scheduler", "iteration") if k not in state]
@@ -136,9 +136,9 @@ def check_train(args) -> TrainPlan:
                              "model-only file; give it as --weights instead")
         check_resumed_solver(state, tcfg, ckpt)
         resumed_at = state["iteration"]
-        trained = trained_seconds(state)
+        seconds = train_seconds(state)
     plan = TrainPlan(output_dir=out, model_config=cfg, train_config=tcfg, weights=weights, resumed_at=resumed_at,
-                     trained_seconds=trained)
+                     train_seconds=seconds)
     need_val = not args.no_eval or (getattr(args, "eval_period", 0) or 0) > 0
     if any(getattr(args, k, None) for k in DATA_OPTIONS):
         with user_errors():

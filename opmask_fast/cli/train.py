@@ -165,7 +165,7 @@ def _run(args, info, plan) -> dict | None:
     start = time.time()
     model = train(model, train_set, tcfg, output_dir=out, dist_info=info, resume=args.resume, meta=meta,
                   show_progress=not args.quiet, evaluate=periodic, eval_period=args.eval_period)
-    train_seconds = plan.trained_seconds + time.time() - start  # a resumed run: with the segments before
+    train_seconds = plan.train_seconds + time.time() - start  # a resumed run: with the segments before
     metrics = None
     if info.is_main:
         logger.info("trained in %.0f s; checkpoint %s", train_seconds, os.path.join(out, CHECKPOINT_NAME))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -44,8 +45,8 @@ def load_coco(ann_file: str) -> COCO:
         # COCOeval marks an unmatched ground truth with id 0, so a matched annotation of id 0 would count as missed
         # (AP too low): it gets a free id (ids are unique int64 integers, see check_structure); messages name it by
         # the id of the file (`file_id`).
-        ids = [a["id"] for a in anns]
-        free = max(ids) + 1 if max(ids) < INT64_MAX else min(ids) - 1
+        ids = {a["id"] for a in anns}
+        free = max(ids) + 1 if max(ids) < INT64_MAX else next(i for i in itertools.count(1) if i not in ids)
         data = {**data, "annotations": [{**a, "id": free, "file_id": 0} if a["id"] == 0 else a for a in anns]}
     return _index(data)
 

@@ -58,7 +58,8 @@ METRIC_LABELS = {
 # What the commands add to metrics.json beside METRIC_KEYS.
 COMMAND_KEYS = {
     "val_data_dropped": "train: the same for the validation data (data_dropped is the training data's there)",
-    "train_seconds": "train: wall seconds of the training (a resumed run's include the earlier segments')", "eval_seconds": "train: wall seconds of the evaluation",
+    "train_seconds": "train: wall seconds of the training (a resumed run's include the earlier segments')",
+    "eval_seconds": "train: wall seconds of the evaluation",
     "config_overrides": "evaluate: the --set changes the model was evaluated with",
 }
 # What an evaluation writes into its output folder (a new training in the folder of an earlier run removes them).

@@ -34,19 +34,19 @@ class ObjectMaskPrior(nn.Module):
         self.normalize, self.detach_weight, self.backend = normalize, detach_weight, backend
         self.prior_weight = PriorWeight(scale="none" if scale is None else scale, init=init)
 
-    def weight(self, cls_weight: Tensor | None = None) -> Tensor:
-        """The classifier weight Tensor[K, C] the prior uses: `cls_weight`, else the referenced classifier's."""
-        if cls_weight is None:
+    def cls_weight(self, given: Tensor | None = None) -> Tensor:
+        """The classifier weight Tensor[K, C] the prior uses: `given`, else the referenced classifier's."""
+        if given is None:
             if self._classifier[0] is None:
                 raise ValueError("ObjectMaskPrior was built without a classifier: give cls_weight")
-            cls_weight = self._classifier[0].weight
-        return cls_weight.detach() if self.detach_weight else cls_weight
+            given = self._classifier[0].weight
+        return given.detach() if self.detach_weight else given
 
     def forward(self, mask_features: Tensor, box_features: Tensor, classes: Tensor, rows: Tensor | None = None,
                 cls_weight: Tensor | None = None) -> Tensor:
         """Tensor[R, D, Hm, Wm] mask features + prior; box_features Tensor[N, C, Hb, Wb], classes/rows Tensor[R],
         cls_weight Tensor[K, C] (None: the classifier's)."""
-        weight = self.weight(cls_weight)
+        weight = self.cls_weight(cls_weight)
         if self.prior_weight.needs_init():
             self.prior_weight.initialize(mask_features, self.prior(box_features, classes, rows, weight))
         if self.prior_weight.fusable:  # one fused pass: the prior is weighted and added as the output is written
@@ -59,7 +59,7 @@ class ObjectMaskPrior(nn.Module):
     def prior(self, box_features: Tensor, classes: Tensor, rows: Tensor | None = None,
               cls_weight: Tensor | None = None) -> Tensor:
         """Each RoI's normalised CAM, Tensor[R, Hb, Wb]."""
-        return object_prior(box_features, self.weight(cls_weight), classes, rows, self.normalize, self.backend)
+        return object_prior(box_features, self.cls_weight(cls_weight), classes, rows, self.normalize, self.backend)
 
     def extra_repr(self) -> str:
         return f"normalize={self.normalize}, detach_weight={self.detach_weight}, backend={self.backend}"

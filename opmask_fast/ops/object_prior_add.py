@@ -197,8 +197,9 @@ def _object_prior_add_backward_op(grad_out: Tensor, box_features: Tensor, cls_we
 def _(grad_out, box_features, cls_weight, classes, rows, cam, normalize, scale_value, scale, backend, need_box,
       need_weight, need_scale):
     # Contiguous, as both backends return them, whatever the inputs' layout.
-    return (torch.empty_like(box_features, memory_format=torch.contiguous_format) if need_box else grad_out.new_empty(0),
-            torch.empty_like(cls_weight, memory_format=torch.contiguous_format) if need_weight else grad_out.new_empty(0),
+    dense = torch.contiguous_format
+    return (torch.empty_like(box_features, memory_format=dense) if need_box else grad_out.new_empty(0),
+            torch.empty_like(cls_weight, memory_format=dense) if need_weight else grad_out.new_empty(0),
             grad_out.new_empty(1, dtype=scale.dtype) if need_scale else grad_out.new_empty(0))
 
 

@@ -106,7 +106,7 @@ def check_checkpoint_weights(state: dict, path: str) -> None:
         raise CheckpointError(f"{path}: its weights do not fit its own model config ({e})") from None
 
 
-def trained_seconds(state: dict) -> float:
+def train_seconds(state: dict) -> float:
     """The wall seconds of training a checkpoint records up to its iteration (0 where it records none)."""
     seconds = state.get("train_seconds")
     ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds >= 0

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..data.loader import train_loader
 from .checkpoint import (get_rng_state, load_checkpoint, remove_stale_temporaries, save_atomic, set_rng_state,
-                         trained_seconds)
+                         train_seconds)
 from .distributed import DistInfo, all_gather_objects, all_reduce_mean, barrier, broadcast_buffers
 from .progress import MetricsLog, Progress
 from .solver import TrainConfig, build_optimizer, build_scheduler, lr_factor
@@ -75,14 +75,14 @@ def train(
     scheduler = build_scheduler(optimizer, cfg)
     ckpt_path = os.path.join(output_dir, CHECKPOINT_NAME)
     started = time.time()
-    start_iter, restored, trained_before = 0, False, 0.0
+    start_iter, loaded, restored, seconds_before = 0, False, False, 0.0
     if resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start_iter = int(state["iteration"])
-        trained_before = trained_seconds(state)
+        start_iter, loaded = int(state["iteration"]), True
+        seconds_before = train_seconds(state)
         # The schedule is this run's (--iters, --steps, --warmup may change on resume): the optimizer holds the LR of
         # the old schedule, which LambdaLR.load_state_dict does not recompute, and the first step would take it.
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -92,8 +92,9 @@ def train(
             set_rng_state(rng[rank], device)
             restored = True
         elif dist_info.is_main:
-            logger.warning("%s holds the random state of %d processes and this run has %d: each process draws from "
-                           "seed + rank from here on (the data stream continues as before)", ckpt_path, len(rng), world)
+            held = f"the random state of {len(rng)} processes" if rng else "no random state"
+            logger.warning("%s records %s and this run has %d: each process draws from seed + rank from here on (the "
+                           "data stream continues as before)", ckpt_path, held, world)
         if dist_info.is_main:
             logger.info("resumed from %s at iteration %d", ckpt_path, start_iter)
             if start_iter >= cfg.max_iter:  # as detectron2: the run is complete, the model is evaluated as it is
@@ -101,9 +102,10 @@ def train(
                                start_iter, cfg.max_iter)
     elif resume and dist_info.is_main:
         logger.info("no checkpoint in %s: starting from scratch", output_dir)
-    if world > 1 and not restored:
+    if not restored and (world > 1 or loaded):
         # As detectron2 (seed + rank): each process draws its own RoI samples and dropout masks; with one seed the
         # processes would draw alike. The weights were initialised before, from one seed, and DDP broadcasts rank 0's.
+        # (A new single-process run keeps the stream its weights were drawn from.)
         torch.manual_seed(cfg.seed + rank)
 
     net = model
@@ -161,7 +163,7 @@ def train(
                            "seconds_per_iter": progress.seconds_per_iter(done), "time": time.time()})
         if done % cfg.checkpoint_period == 0 or done == cfg.max_iter:
             save_checkpoint(model, optimizer, scheduler, done, ckpt_path, dist_info=dist_info, meta=meta,
-                            train_seconds=trained_before + time.time() - started)
+                            train_seconds=seconds_before + time.time() - started)
         if evaluate is not None and eval_period > 0 and done % eval_period == 0 and done < cfg.max_iter:
             eval_start = time.perf_counter()
             broadcast_buffers(model)

@@ -147,9 +147,10 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     lin = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
     m = lin.new_tensor([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
                         [0.019334, 0.119193, 0.950227]])
-    # Weighted sums, not a matmul (einsum): autocast would run that in bf16, off by up to 0.6 in Lab, next to the
-    # pairwise term's colour cut of about 2.4.
-    xyz = (m[None, :, :, None, None] * lin[:, None]).sum(2) / lin.new_tensor([0.95047, 1.0, 1.08883]).view(1, 3, 1, 1)
+    # Outside autocast: it would run the matmul in bf16, off by up to 0.6 in Lab, next to the pairwise term's colour
+    # cut of about 2.4.
+    with torch.autocast(rgb.device.type, enabled=False):
+        xyz = torch.einsum("ij,njhw->nihw", m, lin) / lin.new_tensor([0.95047, 1.0, 1.08883]).view(1, 3, 1, 1)
     f = torch.where(xyz > 0.008856, xyz.clamp(min=1e-12) ** (1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
     return torch.stack([116.0 * f[:, 1] - 16.0, 500.0 * (f[:, 0] - f[:, 1]), 200.0 * (f[:, 1] - f[:, 2])], dim=1)
 
