@@ -16,6 +16,7 @@ and `LD_DEBUG=bindings` lines of the locale, stream, unwind and OpenMP symbols.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -59,8 +60,16 @@ def _script(build: str, call: str) -> str:
             f"try:\n    {call}\nexcept RuntimeError as e:\n    print('RuntimeError:', str(e).splitlines()[0])\n")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     build = tempfile.mkdtemp(prefix="opmask_controls_")
+    try:
+        return _run_controls(build)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+
+
+def _run_controls(build: str) -> int:
     with open(os.path.join(build, "controls.cpp"), "w") as f:
         f.write(SOURCE)
     first = subprocess.run([sys.executable, "-c", _script(build, "pass")], capture_output=True, text=True, timeout=900)
@@ -91,7 +100,6 @@ def main() -> int:
         hits = [l for l in ld.stderr.splitlines() if "opmask_controls" in l and any(s in l for s in SYMBOLS)]
         print(f"LD_DEBUG bindings of the control's locale/stream/unwind/OpenMP symbols ({len(hits)}):")
         print("\n".join(hits[:40]))
-    shutil.rmtree(build, ignore_errors=True)
     return 1 if died else 0
 
 
