@@ -189,6 +189,7 @@ def test_weak_masks_are_not_checked_in_training(tmp_path):
     (lambda d: d["images"][0].update(width=10**400), r"image 1 .* has width 10{36}\.\.\.; it must be a positive"),
     (lambda d: d["images"][0].pop("file_name"), "image 1 has no file_name"),
     (lambda d: d["categories"].append({"id": 11, "name": "Car"}), "category names .* more than once"),
+    (lambda d: d["categories"].append({"id": 11, "name": " car "}), "category names .* more than once"),
     (lambda d: d["categories"].clear(), "lists no categories"),
     (lambda d: d.update(annotations={}), "not a COCO instances file"),
 ])
@@ -315,6 +316,9 @@ def test_split_of_int_ids_on_numeric_names():
     assert resolve_split(["0", "1"], digits) == {1, 2}
     with pytest.raises(ValueError, match="unknown categories"):
         resolve_split([11], digits)
+    # A name with outer spaces in the file is the name typed without them (the typed one is stripped too).
+    spaced = [{"id": 1, "name": " circle "}, {"id": 2, "name": "dog "}, {"id": 3, "name": "cat"}]
+    assert resolve_split(" circle ,dog", spaced) == {1, 2} and resolve_split(["dog "], spaced) == {2}
 
 
 def test_voc_split_by_coco_names():

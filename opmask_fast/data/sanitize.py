@@ -211,7 +211,8 @@ def check_structure(data, ann_file: str) -> None:
     names = [c.get("name") for c in data["categories"]]
     if not all(isinstance(n, str) and n.strip() for n in names):
         raise ValueError(f"{ann_file}: every category needs a name; got {names}")
-    dup = sorted({n for n in names if [m.lower() for m in names].count(n.lower()) > 1})
+    keys = [n.strip().lower() for n in names]  # a split names a class by its name, case and outer spaces aside
+    dup = sorted({n for n, k in zip(names, keys) if keys.count(k) > 1})
     if dup:
         raise ValueError(f"{ann_file}: category names {dup} appear more than once (splits name classes by name)")
     _unique_ids(data["annotations"], "annotation", ann_file)

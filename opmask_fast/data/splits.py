@@ -101,7 +101,8 @@ def _named(name: str, categories: Sequence[dict], seed: int) -> set[int]:
 
 
 def _from_list(parts: Iterable[str | int], categories: Sequence[dict]) -> set[int]:
-    by_name = {str(c["name"]).lower(): int(c["id"]) for c in categories}
+    # Names as typed are stripped: so are the dataset's (as the VOC matching reads them).
+    by_name = {str(c["name"]).strip().lower(): int(c["id"]) for c in categories}
     known_ids = set(by_name.values())
     strong: set[int] = set()
     unknown: list[str] = []
