@@ -63,7 +63,7 @@ def warn_fallback(op: str) -> None:
         f"opmask_fast._C is not available ({load_error()}); {op} and the other compiled ops use the pure-PyTorch "
         "reference implementations. Build the extension with `pip install --no-build-isolation -e .`.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,  # the caller of the op (op -> compiled -> here)
     )
 
 
@@ -78,13 +78,23 @@ def cuda_built() -> bool:
     return bool(_state["cuda"])
 
 
-def check_built_for(device, op: str) -> None:
-    """Raises a RuntimeError when ``op``'s compiled kernels would get tensors on a GPU that the extension was built
-    without (a CPU-only build: ``FORCE_CUDA=0``, or no nvcc at build time); without the extension the references run
-    on any device. ``device``: a ``torch.device``."""
-    if device.type == "cuda" and has_C() and not cuda_built():
+def cuda_missing() -> bool:
+    """Whether the extension is there but without CUDA kernels (a CPU-only build: ``FORCE_CUDA=0``, or no nvcc at
+    build time): its ops cannot take GPU tensors, and without the extension the references would."""
+    return has_C() and not cuda_built()
+
+
+def compiled(op: str, device) -> bool:
+    """Whether ``op`` runs the compiled kernels for tensors on ``device`` (a ``torch.device``): True with the
+    extension; False without it (the reference runs, said once by :func:`warn_fallback`); a RuntimeError naming the
+    rebuild for GPU tensors and an extension built without CUDA."""
+    if device.type == "cuda" and cuda_missing():
         raise RuntimeError(
             f"{op}: the tensors are on {device}, and opmask_fast._C was built without CUDA kernels (FORCE_CUDA=0 or "
             "no nvcc at build time); rebuild it where nvcc is present: `pip install --no-build-isolation -e .` "
             "(docs/install.md)"
         )
+    if not has_C():
+        warn_fallback(op)
+        return False
+    return True

@@ -120,8 +120,8 @@ def test_gpu_tensors_with_an_extension_built_without_cuda_say_to_rebuild(monkeyp
     monkeypatch.setattr(_extension, "has_C", lambda: True)
     monkeypatch.setattr(_extension, "cuda_built", lambda: False)
     with pytest.raises(RuntimeError, match="nms: the tensors are on cuda:1, and opmask_fast._C was built without CUDA"):
-        _extension.check_built_for(torch.device("cuda", 1), "nms")
-    _extension.check_built_for(torch.device("cpu"), "nms")  # the CPU kernels are there
+        _extension.compiled("nms", torch.device("cuda", 1))
+    assert _extension.compiled("nms", torch.device("cpu"))  # the CPU kernels are there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     with pytest.raises(UsageError, match="--device cuda:1: .*built without CUDA kernels .*rebuild it .*NO_EXTENSION=1"):
@@ -130,4 +130,5 @@ def test_gpu_tensors_with_an_extension_built_without_cuda_say_to_rebuild(monkeyp
     assert check_device("cuda:1") == torch.device("cuda", 1)
     monkeypatch.setattr(_extension, "has_C", lambda: False)  # no extension: the references run anywhere
     monkeypatch.setattr(_extension, "cuda_built", lambda: False)
-    _extension.check_built_for(torch.device("cuda", 1), "nms")
+    monkeypatch.setattr(_extension, "warn_fallback", lambda op: None)
+    assert not _extension.compiled("nms", torch.device("cuda", 1))

@@ -66,7 +66,7 @@ def check_device(text: str) -> torch.device:
             raise UsageError(f"--device {text}: CUDA is not available on this machine; use --device cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s)")
-        if _extension.has_C() and not _extension.cuda_built():
+        if _extension.cuda_missing():
             raise UsageError(f"--device {text}: opmask_fast._C was built without CUDA kernels (FORCE_CUDA=0 or no nvcc "
                              "at build time); rebuild it where nvcc is present (`pip install --no-build-isolation -e .`),"
                              f" or set {_extension.NO_EXTENSION_ENV}=1 to run the slow PyTorch references")
@@ -164,9 +164,11 @@ def build_dataset(make, *, role: str) -> CocoInstances:
     return dataset
 
 
-def check_strong_masks(dataset: CocoInstances) -> None:
-    """At least one strong-class instance of the training data must have a usable mask; strong classes whose instances
-    all lack one are logged."""
+def check_supervision(split: str, dataset: CocoInstances) -> None:
+    """What the training data gives each group: a strong-class instance with a usable mask (or the mask head would
+    never train), and, unless ``split`` is ``all``, a weak class with a box (with none, every class that trains is
+    strong: full supervision under another name). Strong classes without a usable mask and weak classes without a box
+    are logged."""
     with_mask = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"] if a["has_mask"]}
     present = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"]}
     names = dict(zip(dataset.category_ids, dataset.category_names))
@@ -178,15 +180,8 @@ def check_strong_masks(dataset: CocoInstances) -> None:
     if lacking:
         logger.warning("%s: strong classes whose instances have no usable mask (trained as box-only): %s",
                        dataset.ann_file, ", ".join(lacking))
-
-
-def check_weak_boxes(split: str, dataset: CocoInstances) -> None:
-    """A partially supervised split needs a weak class with a box in the training data: with none, every class that
-    trains is strong (full supervision under another name). Weak classes without any box are logged."""
     if not dataset.weak_ids:
         return  # --split all, checked by check_groups
-    present = {a["ann"]["category_id"] for r in dataset.records for a in r["anns"]}
-    names = dict(zip(dataset.category_ids, dataset.category_names))
     absent = [names[c] for c in sorted(dataset.weak_ids - present)]
     listed = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
     if not dataset.weak_ids & present:

@@ -21,8 +21,7 @@ from ..training.initial_weights import check_model_weights
 from ..training.solver import TrainConfig
 from ..variants import get_variant
 from .checks import (MAX_THREADS, build_dataset, check_device, check_groups, check_number, check_output_dir,
-                     check_paths, check_same_categories, check_strong_masks, check_weak_boxes, choose_split,
-                     read_checkpoint)
+                     check_paths, check_same_categories, check_supervision, choose_split, read_checkpoint)
 from .errors import UsageError, user_errors
 from .options import default_output_dir, model_config_from_args, resolve_data, train_config_from_args
 
@@ -217,8 +216,7 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
     train_set = build_dataset(lambda: train_dataset(paths, input_cfg, train_split, args.split_seed, coco=coco),
                               role="training")
     check_groups(train_split, train_set)
-    check_strong_masks(train_set)
-    check_weak_boxes(train_split, train_set)
+    check_supervision(train_split, train_set)
     val_set = None
     if need_val:
         with user_errors():

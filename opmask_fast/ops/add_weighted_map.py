@@ -49,9 +49,7 @@ def add_weighted_map(features: Tensor, roi_map: Tensor, map_weight: str = "featu
                          f"got {getattr(roi_map, 'shape', roi_map)}")
     if roi_map.device != features.device:
         raise ValueError(f"roi_map is on {roi_map.device}, the features on {features.device}")
-    _extension.check_built_for(features.device, "add_weighted_map")
-    if not _extension.has_C():
-        _extension.warn_fallback("add_weighted_map")
+    _extension.compiled("add_weighted_map", features.device)  # without _C the op is the reference, registered below
     return torch.ops.opmask_fast.add_weighted_map(features, roi_map.to(features.dtype), code)[0]
 
 

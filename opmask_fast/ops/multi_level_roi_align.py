@@ -74,9 +74,7 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
         ph, pw = _pair(output_size)
         rois = rois.to(torch.promote_types(first.dtype, torch.float32))
         roi_map = roi_map.to(first.dtype) if roi_map is not None else None
-    _extension.check_built_for(first.device, "multi_level_roi_align")
-    if not _extension.has_C():
-        _extension.warn_fallback("multi_level_roi_align")
+    _extension.compiled("multi_level_roi_align", first.device)  # without _C the op is the reference, registered below
     return torch.ops.opmask_fast.multi_level_roi_align(list(features), rois, levels, [float(s) for s in spatial_scales],
                                                       ph, pw, int(sampling_ratio), bool(aligned), roi_map, weight)
 

@@ -81,10 +81,8 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
         Tensor[M] int64 indices of the kept boxes, by descending score (ties: lower index first).
     """
     _check(boxes, scores, None, iou_threshold)
-    _extension.check_built_for(boxes.device, "nms")
-    if _extension.has_C():
+    if _extension.compiled("nms", boxes.device):
         return torch.ops.opmask_fast.nms(boxes, scores, float(iou_threshold))
-    _extension.warn_fallback("nms")
     return reference.nms(boxes, scores, float(iou_threshold))
 
 
@@ -105,10 +103,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         Tensor[M] int64 indices of the kept boxes, by descending score.
     """
     _check(boxes, scores, idxs, iou_threshold)
-    _extension.check_built_for(boxes.device, "batched_nms")
-    if _extension.has_C():
+    if _extension.compiled("batched_nms", boxes.device):
         return torch.ops.opmask_fast.batched_nms(boxes, scores, idxs.to(torch.int64), float(iou_threshold))
-    _extension.warn_fallback("batched_nms")
     return reference.batched_nms(boxes, scores, idxs, float(iou_threshold))
 
 

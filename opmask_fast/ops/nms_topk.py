@@ -50,9 +50,7 @@ def nms_topk(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int,
         valid = scores > float("-inf")  # NaN too is not valid: an ignored candidate
         check_finite(boxes[valid], scores[valid])
     idxs = None if idxs is None else idxs.to(torch.int64)
-    _extension.check_built_for(boxes.device, "nms_topk")
-    if not _extension.has_C():
-        _extension.warn_fallback("nms_topk")
+    _extension.compiled("nms_topk", boxes.device)  # without _C the op is the reference, registered below
     return torch.ops.opmask_fast.nms_topk(boxes, scores, idxs, float(iou_threshold), max_keep)
 
 

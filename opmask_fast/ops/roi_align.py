@@ -194,8 +194,7 @@ def roi_align(
     """
     weight = map_weight_code(map_weight, roi_map)
     rois, (ph, pw), roi_map = check_roi_align_inputs(input, boxes, output_size, spatial_scale, sampling_ratio, roi_map)
-    _extension.check_built_for(input.device, "roi_align")
-    if _extension.has_C():
+    if _extension.compiled("roi_align", input.device):
         if weight:
             return torch.ops.opmask_fast.roi_align_weighted(
                 input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned), roi_map, weight
@@ -203,7 +202,6 @@ def roi_align(
         return torch.ops.opmask_fast.roi_align(
             input, rois, float(spatial_scale), ph, pw, int(sampling_ratio), bool(aligned), roi_map
         )
-    _extension.warn_fallback("roi_align")
     return reference.roi_align(
         input, rois, (ph, pw), float(spatial_scale), int(sampling_ratio), bool(aligned), roi_map=roi_map,
         map_weight=map_weight,
