@@ -94,7 +94,7 @@ def _prior_kernels_ms(step, device: str) -> float | None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         step()
         torch.cuda.synchronize()
-    names = ("object_prior", "box_grad_rows")  # the Triton kernels of kernels/object_prior_add.py
+    names = ("object_prior", "box_grad_rows")  # the Triton kernels of kernels/object_prior_add_jit.py
     return sum(getattr(e, "device_time_total", 0.0) for e in prof.key_averages()
                if any(n in e.key for n in names)) / 1e3
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from opmask_fast.cli import compare
+from opmask_fast.cli import compare, compare_runs
 from opmask_fast.data import CocoInstances, DATASETS, SyntheticSpec, dataset_spec, ensure_synthetic, load_coco
 from opmask_fast.data import synthetic_shapes2 as s2
 from opmask_fast.data.synthetic import cache_key
@@ -150,7 +150,7 @@ def test_default_split_comes_with_the_dataset(tmp_path, generated):
 def test_compare_passes_the_dataset_and_picks_its_output_dir():
     args = compare.build_parser().parse_args(["--dataset", "shapes2", "--data-images", "20,5"])
     assert compare.output_root(args) == os.path.join("outputs", "compare_shapes2")
-    cmd = compare.train_command("baseline", 1, args, "out")
+    cmd = compare_runs.train_command("baseline", 1, args, "out")
     assert cmd[cmd.index("--dataset") + 1] == "shapes2" and cmd[cmd.index("--data-images") + 1] == "20,5"
     assert compare.output_root(compare.build_parser().parse_args([])) == os.path.join("outputs", "compare")
     assert compare.output_root(compare.build_parser().parse_args(["--output-dir", "x"])) == "x"

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from opmask_fast.cli import compare
+from opmask_fast.cli import compare, compare_runs
 
 
 def _metrics(weak, strong, seconds=100.0):
@@ -39,7 +39,7 @@ def test_reuse_reads_finished_runs(tmp_path):
         json.dump(_metrics(weak, 20.0), open(tmp_path / f"{v}_s0" / "metrics.json", "w"))
     args = compare.build_parser().parse_args(["--variants", "baseline,opmask", "--output-dir", str(tmp_path),
                                               "--reuse"])
-    results, failed = compare.run_all(args)
+    results, failed = compare_runs.run_all(args)
     assert failed == []
     assert [m["mask_AP_weak"] for m in results["baseline"]] == [1.0]
     assert results["opmask"][0]["seed"] == 0 and math.isclose(results["opmask"][0]["train_minutes"], 100 / 60)
@@ -56,17 +56,17 @@ def test_reuse_retrains_a_run_recorded_with_other_settings(tmp_path, monkeypatch
         return [sys.executable, "-c", f"import json; json.dump({_metrics(weak, 20.0)!r}, "
                                       f"open({os.path.join(out, 'metrics.json')!r}, 'w'))", *extra]
 
-    monkeypatch.setattr(compare, "train_command", fake_command)
+    monkeypatch.setattr(compare_runs, "train_command", fake_command)
 
     def weak(*extra):
         args = compare.build_parser().parse_args(["--variants", "baseline", "--output-dir", str(tmp_path), "--reuse",
                                                   *extra])
-        results, failed = compare.run_all(args)
+        results, failed = compare_runs.run_all(args)
         assert failed == []
         return results["baseline"][0]["mask_AP_weak"]
 
     assert weak() == 2.0
-    recorded = json.load(open(tmp_path / "baseline_s0" / compare.RUN_COMMAND))
+    recorded = json.load(open(tmp_path / "baseline_s0" / compare_runs.RUN_COMMAND))
     default = compare.build_parser().parse_args([])
     assert recorded == fake_command("baseline", 0, default, str(tmp_path / "baseline_s0"))[1:]
     os.remove(tmp_path / "baseline_s0" / "metrics.json")
@@ -81,10 +81,10 @@ def test_reuse_ignores_where_and_how_fast_a_run_trained():
     """What --reuse compares leaves out the run folder, the thread count, the cache folder and --quiet: a moved compare
     folder or another --threads reuses its runs; another option after -- does not."""
     parse = compare.build_parser().parse_args
-    a = compare._settings(compare.train_command("baseline", 0, parse([]), "outputs/compare/baseline_s0"))
-    b = compare._settings(compare.train_command("baseline", 0, parse(["--threads", "2", "--cache-dir", "c"]),
-                                                "/elsewhere/baseline_s0"))
-    c = compare._settings(compare.train_command("baseline", 0, parse(["--", "--iters", "9"]), "x"))
+    a = compare_runs._settings(compare_runs.train_command("baseline", 0, parse([]), "outputs/compare/baseline_s0"))
+    b = compare_runs._settings(compare_runs.train_command("baseline", 0, parse(["--threads", "2", "--cache-dir", "c"]),
+                                                          "/elsewhere/baseline_s0"))
+    c = compare_runs._settings(compare_runs.train_command("baseline", 0, parse(["--", "--iters", "9"]), "x"))
     assert a == b and a != c and "--preset" in a and "--output-dir" not in a
 
 
@@ -98,11 +98,11 @@ def test_sigterm_to_compare_ends_its_trainings(tmp_path):
 
     script = f"""
 import os, sys
-from opmask_fast.cli import compare
+from opmask_fast.cli import compare, compare_runs
 def fake_command(variant, seed, args, out):
     return [sys.executable, "-c", "import os, time; open(os.path.join(%r, 'pid'), 'w').write(str(os.getpid())); "
             "time.sleep(600)" % out]
-compare.train_command = fake_command
+compare_runs.train_command = fake_command
 compare.main(["--variants", "baseline,opmask", "--output-dir", {str(tmp_path / 'out')!r}, "--data-images", "2,2",
               "--cache-dir", {str(tmp_path / 'cache')!r}])
 """
@@ -135,7 +135,7 @@ def test_compare_exits_1_naming_each_failed_run_and_still_prints_the_table(tmp_p
     def fake_command(variant, seed, args, out):
         return [sys.executable, "-c", f"OUT = {out!r}\n" + behaviour[variant]]
 
-    monkeypatch.setattr(compare, "train_command", fake_command)
+    monkeypatch.setattr(compare_runs, "train_command", fake_command)
     monkeypatch.setattr(compare, "report_runs", lambda folders, out: os.path.join(out, "report.md"))
     os.makedirs(tmp_path / "out" / "opmask_s0")
     json.dump(_metrics(99.0, 99.0), open(tmp_path / "out" / "opmask_s0" / "metrics.json", "w"))  # a stale result
@@ -157,14 +157,14 @@ def test_compare_exits_1_naming_each_failed_run_and_still_prints_the_table(tmp_p
 def test_unknown_variant(tmp_path):
     args = compare.build_parser().parse_args(["--variants", "baseline,nope", "--output-dir", str(tmp_path)])
     with pytest.raises(ValueError, match=r"unknown variants \['nope'\]"):
-        compare.run_all(args)
+        compare_runs.run_all(args)
 
 
 def test_every_training_gets_compares_preset():
     args = compare.build_parser().parse_args(["--preset", "opmask_r18_tiny", "--", "--iters", "5"])
-    cmd = compare.train_command("baseline", 2, args, "out")
+    cmd = compare_runs.train_command("baseline", 2, args, "out")
     assert cmd[cmd.index("--preset") + 1] == "opmask_r18_tiny" and cmd[-4:] == ["--variant", "baseline", "--iters", "5"]
-    default = compare.train_command("opmask_std_boxproj_maskres_separate16_suponly", 0,
+    default = compare_runs.train_command("opmask_std_boxproj_maskres_separate16_suponly", 0,
                                     compare.build_parser().parse_args([]), "out")
     assert default[default.index("--preset") + 1] == "opmask_r18_lite"
     assert default[-2:] == ["--variant", "opmask_std_boxproj_maskres_separate16_suponly"]

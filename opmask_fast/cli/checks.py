@@ -137,6 +137,15 @@ def choose_split(split: str | None, categories: Sequence[dict], *, ann_file: str
     return split
 
 
+class CategoryGroups:
+    """The parts of a dataset ``check_groups`` reads, for a dataset not generated yet."""
+
+    def __init__(self, cats: list[dict], strong: set, name: str) -> None:
+        self.category_ids = [c["id"] for c in cats]
+        self.category_names = [c["name"] for c in cats]
+        self.strong_ids, self.weak_ids, self.ann_file = strong, set(self.category_ids) - strong, name
+
+
 def check_groups(split: str, dataset: CocoInstances) -> None:
     """A training split needs a strong class, and a weak one unless it is ``all`` (full supervision, logged)."""
     names = dict(zip(dataset.category_ids, dataset.category_names))

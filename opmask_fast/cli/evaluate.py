@@ -18,7 +18,7 @@ from ..evaluation.metrics import COMMAND_KEYS, METRIC_KEYS, evaluate_model, form
 from ..modeling.roi_heads.prior import ABLATIONS, prior_ablation
 from ..training.checkpoint import model_from_checkpoint
 from ..training.distributed import run_in_process_group
-from . import errors, preflight
+from . import errors, preflight_inference
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         raise errors.UsageError("the following arguments are required: --checkpoint (see --help)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     # The checkpoint, data, split, --prior-ablation and output folder are checked before the model is built.
-    plan = preflight.check_evaluate(args)
+    plan = preflight_inference.check_evaluate(args)
     return run_in_process_group(_evaluate, args, plan)
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from ..analysis.pictures import render
 from ..predictor import Predictor, read_image
-from . import errors, preflight
+from . import errors, preflight_inference
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 EXIT_SKIPPED = 3  # some images were unreadable and skipped (or their pictures not written); the others were written
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    plan = preflight.check_predict(args, IMAGE_EXTENSIONS)  # options, image folder, checkpoint, output folder
+    plan = preflight_inference.check_predict(args, IMAGE_EXTENSIONS)  # options, image folder, checkpoint, output folder
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)

@@ -4,7 +4,8 @@ For each RoI r the class activation map of its class, cam = cls_weight[classes[r
 min-max normalised, resized bilinearly to (Hm, Wm) and times a gain: the per-RoI map that RoIAlign adds to every
 channel as it writes (`roi_align(..., roi_map=...)`, the model's fused design). With `with_unresized=True` the same
 call also returns the normalised prior at the box features' size (what the model returns per detection): on CUDA both
-come from one kernel launch (kernels/object_prior_add.py, the forward kernel with one mask channel it does not read).
+come from one kernel launch (kernels/object_prior_add_jit.py, the forward kernel with one mask channel it does not
+read).
 The backward is `object_prior_add`'s (opmask_fast::object_prior_add_backward) with one channel; the unresized prior
 carries no gradient.
 """

@@ -40,15 +40,17 @@ def _triton_kernels():
     except ModuleNotFoundError as err:
         if err.name not in ("opmask_fast.kernels", "opmask_fast.kernels.object_prior_add"):
             raise  # Triton itself (or a dependency) is missing: say so.
-    # Not installed through setup.py (which maps kernels/ to opmask_fast.kernels): load it from the source tree.
-    path = Path(__file__).resolve().parents[2] / "kernels" / "object_prior_add.py"
-    spec = importlib.util.spec_from_file_location("opmask_fast.kernels.object_prior_add", path)
-    if spec is None or not path.exists():
-        raise ImportError(f"opmask_fast's Triton kernels are not installed and {path} does not exist")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    # Not installed through setup.py (which maps kernels/ to opmask_fast.kernels): load the package from the source
+    # tree, as a package so that its modules' relative imports resolve.
+    folder = Path(__file__).resolve().parents[2] / "kernels"
+    init = folder / "__init__.py"
+    if not init.exists():
+        raise ImportError(f"opmask_fast's Triton kernels are not installed and {init} does not exist")
+    spec = importlib.util.spec_from_file_location("opmask_fast.kernels", init, submodule_search_locations=[str(folder)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+    return importlib.import_module("opmask_fast.kernels.object_prior_add")
 
 
 def _interpreting() -> bool:
