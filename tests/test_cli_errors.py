@@ -49,6 +49,8 @@ TRAIN_CASES = {
     "split without weak classes": (["--split", "circle,triangle,cross,ring,square,star"],
                                    ["leaves no weak (box-only) class", "--split all"]),
     "voc split on a non-COCO dataset": (["--split", "voc"], ["the VOC splits need COCO's categories", "circle"]),
+    "split with an open quote": (["--split", '"circle,triangle'], ["--split: split '\"circle,triangle'",
+                                                                    "double quote is not closed"]),
     "weights not a checkpoint": (SPLIT + ["--weights", __file__], ["--weights", "is not a checkpoint"]),
 }
 

@@ -11,6 +11,7 @@ from pycocotools import mask as mu
 
 from opmask_fast.data import CocoInstances, is_coco_categories, resolve_split
 from opmask_fast.data.sanitize import check_box, check_segmentation, compressed_counts
+from opmask_fast.data.splits import split_parts
 from opmask_fast.training.checkpoint import CheckpointError, check_model_checkpoint, load_checkpoint
 from opmask_fast.evaluation.coco_eval import evaluate, subset_ap
 
@@ -319,6 +320,19 @@ def test_split_of_int_ids_on_numeric_names():
     # A name with outer spaces in the file is the name typed without them (the typed one is stripped too).
     spaced = [{"id": 1, "name": " circle "}, {"id": 2, "name": "dog "}, {"id": 3, "name": "cat"}]
     assert resolve_split(" circle ,dog", spaced) == {1, 2} and resolve_split(["dog "], spaced) == {2}
+
+
+def test_split_names_holding_commas_and_quotes():
+    """A name holding a comma is typed in double quotes, as in CSV; a quote inside a name is a plain character."""
+    cats = [{"id": 1, "name": "cat, black"}, {"id": 2, "name": "cat"}, {"id": 3, "name": 'say "hi"'},
+            {"id": 4, "name": "black"}]
+    assert resolve_split('"cat, black",4', cats) == {1, 4}
+    assert resolve_split(' "cat, black" , cat', cats) == {1, 2}
+    assert resolve_split('say "hi"', cats) == {3} and resolve_split('"say ""hi""",black', cats) == {3, 4}
+    assert resolve_split("cat,black", cats) == {2, 4}  # unquoted: two names
+    assert split_parts(' "a,b" ,, c ') == ["a,b", "c"]
+    with pytest.raises(ValueError, match="double quote is not closed"):
+        resolve_split('"cat, black,4', cats)
 
 
 def test_voc_split_by_coco_names():

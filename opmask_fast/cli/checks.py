@@ -17,7 +17,7 @@ import torch
 from .. import _extension
 from ..data import CocoInstances, is_coco_categories
 from ..data.sanitize import short_repr
-from ..data.splits import VOC_SPLITS
+from ..data.splits import VOC_SPLITS, split_parts
 from ..training.checkpoint import check_checkpoint_weights, check_model_checkpoint, load_checkpoint
 from .errors import UsageError, option_name, user_errors
 
@@ -128,7 +128,9 @@ def choose_split(split: str | None, categories: Sequence[dict], *, ann_file: str
         raise UsageError(f"--split is required: the categories of {ann_file} are not COCO's, so the default 'voc' does "
                          f"not apply; name the strong (mask-supervised) classes, e.g. --split "
                          f"{categories[0]['name']} (categories: {names})")
-    if not [p for p in split.split(",") if p.strip()]:
+    with user_errors("--split"):
+        parts = split_parts(split)
+    if not parts:
         raise UsageError(f"--split is empty; give voc, nonvoc, voc40, all or strong class names (categories of "
                          f"{ann_file}: {names})")
     if split.strip().lower() in VOC_SPLITS and not is_coco_categories(categories):

@@ -41,7 +41,8 @@ def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], 
         split: one of ``voc`` (the 20 VOC classes), ``nonvoc`` (all others), ``all``, ``none``, ``voc40`` (VOC plus 20
             non-VOC classes drawn with ``seed``), or a list of category names or ids (an int is an id; a string is a
             name first, then an id); a string with commas is split into such a list (``"circle,triangle"`` or
-            ``"1,5,9"``). The VOC classes are found by name when the categories are COCO's (``is_coco_categories``),
+            ``"1,5,9"``; a name holding a comma in double quotes, as in CSV: ``'"cat, black",dog'``, see
+            ``split_parts``). The VOC classes are found by name when the categories are COCO's (``is_coco_categories``),
             else by COCO id.
         categories: the dataset's COCO ``categories`` entries (dicts with ``id`` and ``name``).
         seed: seed of the draw of the 20 extra classes of ``voc40``.
@@ -54,12 +55,42 @@ def resolve_split(split: str | Sequence[str | int], categories: Sequence[dict], 
         name = split.strip().lower()
         if name in NAMED_SPLITS:
             return _named(name, categories, seed)
-        parts = [p.strip() for p in split.split(",") if p.strip()]
+        parts = split_parts(split)
     else:
         parts = list(split)
     if not parts:
         raise ValueError(f"empty split {split!r}; use one of {NAMED_SPLITS} or a list of category names or ids")
     return _from_list(parts, categories)
+
+
+def split_parts(text: str) -> list[str]:
+    """The comma-separated category names or ids of a typed split, outer spaces stripped, empty parts dropped.
+
+    A part that starts with a double quote runs to the matching quote, commas included (``'"cat, black",dog'`` is
+    ``["cat, black", "dog"]``); inside it ``""`` is one quote, as in CSV. A quote anywhere else is a plain character.
+
+    Raises:
+        ValueError: a quote opened and never closed.
+    """
+    parts, current, quoted, i = [], [], False, 0
+    while i < len(text):
+        ch = text[i]
+        if ch == '"' and quoted and text[i + 1:i + 2] == '"':
+            current.append('"')
+            i += 2
+            continue
+        if ch == '"' and (quoted or not "".join(current).strip()):
+            quoted = not quoted  # opens only at the start of a part
+        elif ch == "," and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    if quoted:
+        raise ValueError(f"split {text!r}: a double quote is not closed (quote a name holding a comma: '\"a, b\",c')")
+    parts.append("".join(current))
+    return [p.strip() for p in parts if p.strip()]
 
 
 def is_coco_categories(categories: Sequence[dict]) -> bool:
