@@ -23,12 +23,8 @@ from opmask_fast.config import apply_override, get_preset
 from opmask_fast.data import SyntheticSpec, ensure_synthetic, train_dataset
 from opmask_fast.data.loader import train_loader
 from opmask_fast.modeling import build_model
-from opmask_fast.training.host_memory import keep_freed_memory
 from opmask_fast.training.solver import TrainConfig, build_optimizer
 from opmask_fast.variants import apply_variant
-
-# glibc malloc as the main job's processes set it (opmask_fast/training/host_memory.py); OPMASK_FAST_MALLOC=0 times glibc's defaults.
-keep_freed_memory()
 
 # provider -> (preset, variant of opmask_fast.variants, `--set` overrides): the 7x7 recipe, the main job's baseline and
 # paper recipe, the prior at mask resolution (box convs trained through it; the main job's headline, a 16-wide prior

@@ -5,6 +5,9 @@
 Each benchmark group is one (op, mode, size, device) case; the parametrised ``provider`` is opmask_fast,
 torchvision or reference. At the end a table gives every provider's median and its speed relative to torchvision,
 measured in this one run (absolute times vary between runs and machines; ratios are what to compare).
+
+Every benchmark runs with glibc's malloc set as `train` and `evaluate` set it on the CPU
+(opmask_fast/training/host_memory.py), whichever files are collected; ``OPMASK_FAST_MALLOC=0`` times glibc's defaults.
 """
 
 from __future__ import annotations
@@ -13,6 +16,14 @@ import pytest
 import torch
 
 PROVIDERS = ["opmask_fast", "torchvision", "reference"]
+
+
+def pytest_configure(config):
+    # Once per run, before any benchmark module is imported: a setting made by one module at import would change the
+    # allocator under the others collected with it.
+    from opmask_fast.training.host_memory import keep_freed_memory
+
+    keep_freed_memory()
 
 
 def pytest_generate_tests(metafunc):
