@@ -115,6 +115,13 @@ def test_bad_inputs_are_refused():
         multi_level_roi_align(feats, rois, torch.tensor([0, 5]), 2, scales, validate=False)
 
 
+def test_meta_tensors_give_shapes():
+    feats = [torch.zeros(2, 3, 8, 8, device="meta"), torch.zeros(2, 3, 4, 4, device="meta")]
+    levels = torch.zeros(5, dtype=torch.int64, device="meta")
+    out = multi_level_roi_align(feats, torch.zeros(5, 5, device="meta"), levels, (2, 3), [1.0, 0.5])
+    assert out.shape == (5, 3, 2, 3) and out.device.type == "meta"
+
+
 def test_every_scale_checked_and_no_silent_missing_gradient():
     gen = torch.Generator().manual_seed(4)
     feats = _pyramid(1, 2, [(8, 8), (4, 4)], gen=gen)

@@ -84,6 +84,13 @@ def test_exports_with_a_fixed_result_shape():
     assert out.shape == (16, 4) and torch.equal(out, ref_out) and int(count) == int(ref_count)
 
 
+def test_meta_tensors_give_shapes():
+    """The fixed-size result has a shape without data: meta tensors propagate it (the data check is skipped)."""
+    boxes, scores = torch.zeros(5, 4, device="meta"), torch.zeros(5, device="meta")
+    keep, count = nms_topk(boxes, scores, 0.5, 3, torch.zeros(5, dtype=torch.int64, device="meta"))
+    assert keep.shape == (3,) and count.shape == () and keep.device.type == "meta"
+
+
 def test_bad_arguments_are_refused():
     boxes, scores, idxs = _case(5, seed=0)
     with pytest.raises(ValueError, match="max_keep"):

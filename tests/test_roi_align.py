@@ -233,6 +233,40 @@ def test_bad_arguments_raise():
     assert torch.equal(roi_align(x, rois, (np.int64(3), 3), np.float32(1.0), 2), expected)
 
 
+def test_list_of_half_precision_boxes_pools_each_image():
+    """bfloat16 holds integers exactly only up to 256 (float16: 2048): the image index of a list's boxes must not be
+    rounded to a neighbouring image (or past the batch) before the box maths widens to float32."""
+    n = 300
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    for dtype in (torch.bfloat16, torch.float16):
+        boxes = [torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=dtype)] * n
+        out = roi_align(x, boxes, 1, 1.0, 2, True)
+        assert torch.equal(out.flatten(), torch.arange(n, dtype=torch.float32)), dtype
+
+
+def test_too_many_samples_says_what_to_change():
+    x = torch.randn(1, 1, 16, 16)
+    box = torch.tensor([[0, 0, 0, 16, 16.0]])
+    with pytest.raises(ValueError, match="needs 6.92e.07 bilinear samples.*; lower sampling_ratio or output_size"):
+        roi_align(x, box, (64, 64), 1.0, 130, True)
+    with pytest.raises(ValueError, match="; clip boxes to the image or pass sampling_ratio > 0"):
+        roi_align(x, box * torch.tensor([1, 1, 1, 1e6, 1e6]), 2, 1.0, 0, True)
+
+
+@needs_c
+def test_meta_and_fake_tensors_give_shapes():
+    """Shape propagation (meta tensors, FakeTensorMode), as torchvision's roi_align allows: the data checks are
+    skipped, the shape checks are not. (Without the extension roi_align is the reference, which reads the boxes.)"""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x, rois = torch.randn(2, 3, 10, 10, device="meta"), torch.zeros(4, 5, device="meta")
+    assert roi_align(x, rois, (2, 3)).shape == (4, 3, 2, 3)
+    with pytest.raises(ValueError, match="boxes must be a Tensor"):
+        roi_align(x, rois[:, :4], 2)
+    with FakeTensorMode():
+        assert roi_align(torch.randn(2, 3, 10, 10), torch.zeros(4, 5), 2).shape == (4, 3, 2, 2)
+
+
 def test_huge_box_with_fixed_sampling_is_finite():
     x = torch.randn(1, 2, 8, 8)
     out = roi_align(x, torch.tensor([[0, -1e12, -1e12, 1e12, 1e12]]), 2, 1.0, 2, True)

@@ -59,6 +59,9 @@ def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
         if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[1] != 4:
             raise ValueError(f"boxes[{i}] must be a Tensor[L, 4], got {getattr(b, 'shape', type(b))}")
     cat = torch.cat([b for b in boxes], dim=0)
+    if cat.is_floating_point():
+        # float16 holds image indices exactly up to 2048, bfloat16 up to 256: the index column is float32 at least.
+        cat = cat.to(torch.promote_types(cat.dtype, torch.float32))
     idx = torch.cat(
         [torch.full((b.shape[0], 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)], dim=0
     )
@@ -68,6 +71,22 @@ def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
 def _is_compiling() -> bool:
     compiler = getattr(torch, "compiler", None)
     return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def _values_unreadable(*tensors: Tensor | None) -> bool:
+    """True where the inputs' values cannot be read, so the ops skip their data checks (the shape checks still run):
+    traced by torch.compile / torch.export, or meta or fake tensors (shape propagation, as torchvision's ops allow)."""
+    if _is_compiling():
+        return True
+    return any(t is not None and (t.device.type == "meta" or _is_fake(t)) for t in tensors)
+
+
+def _is_fake(t: Tensor) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return False
+    return is_fake(t)
 
 
 def check_roi_align_inputs(
@@ -119,7 +138,7 @@ def check_roi_align_inputs(
         roi_map = roi_map.to(input.dtype)
     if k > 0 and (input.shape[2] == 0 or input.shape[3] == 0):
         raise ValueError(f"input has an empty spatial size {tuple(input.shape[2:])} but {k} boxes")
-    if k > 0 and not _is_compiling():
+    if k > 0 and not _values_unreadable(input, rois):
         _check_roi_values(rois, input.shape[0], (ph, pw), spatial_scale, sampling_ratio)
     return rois, (ph, pw), roi_map
 
@@ -152,10 +171,11 @@ def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: fl
         )
     if not flags[2]:
         bad = int((~size_ok).nonzero()[0, 0])
+        remedy = ("lower sampling_ratio or output_size" if sampling_ratio > 0
+                  else "clip boxes to the image or pass sampling_ratio > 0")
         raise ValueError(
             f"box {bad} ({rois[bad, 1:].tolist()}) needs {float(samples[bad]):.3g} bilinear samples per channel, "
-            f"{float(grid[bad].max()):.3g} per bin side (limits {MAX_SAMPLES_PER_ROI} and {MAX_GRID_PER_AXIS}); clip "
-            "boxes to the image or pass sampling_ratio > 0"
+            f"{float(grid[bad].max()):.3g} per bin side (limits {MAX_SAMPLES_PER_ROI} and {MAX_GRID_PER_AXIS}); {remedy}"
         )
 
 
@@ -190,7 +210,7 @@ def roi_align(
 
     Raises:
         ValueError / TypeError on wrong shapes, dtypes or devices, NaN/inf boxes, batch indices outside the input,
-        or a box so large that its adaptive sampling grid exceeds ``MAX_SAMPLES_PER_ROI``.
+        or a box whose sampling grid (adaptive, or sampling_ratio^2 x Ho x Wo) exceeds ``MAX_SAMPLES_PER_ROI``.
     """
     weight = map_weight_code(map_weight, roi_map)
     rois, (ph, pw), roi_map = check_roi_align_inputs(input, boxes, output_size, spatial_scale, sampling_ratio, roi_map)
