@@ -33,6 +33,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             return rgb_array(upright(im))
     except OSError as e:
         raise OSError(f"cannot read image {os.fspath(path)}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise nearly anything
+        raise OSError(f"cannot read image {os.fspath(path)}: {type(e).__name__}: {e}") from e
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:
@@ -87,8 +89,8 @@ class Predictor:
                  batch_size: int = 1, state: dict | None = None, static: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if score_thresh is not None and score_thresh != score_thresh:  # NaN: every comparison false, no detection
-            raise ValueError(f"score_thresh must be a number, got {score_thresh!r}")
+        if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:  # NaN too: every comparison false
+            raise ValueError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
         self.device = torch.device(device)
         self.model, self.meta = model_from_checkpoint(checkpoint, self.device, state=state)
         self.cfg = self.model.cfg

@@ -234,10 +234,12 @@ def test_predict_skips_unreadable_images(bad_run, data, tmp_path):
     raw = open(os.path.join(data["val_images"], names[2]), "rb").read()
     (images / "truncated.png").write_bytes(raw[: len(raw) // 3])
     (images / "notes.jpg").write_text("not an image")
+    (images / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")  # a broken link: named, not silently left out
     out = tmp_path / "pred"
     proc = run("predict", "--checkpoint", bad_run[1] / "checkpoint.pth", "--images", images, "--output-dir", out)
     assert proc.returncode == 3, proc.stderr[-3000:]
-    assert "truncated.png" in proc.stderr and "notes.jpg" in proc.stderr and "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "skipped 3 unreadable images: gone.jpg, notes.jpg, truncated.png" in proc.stderr
     written = json.load(open(out / "images.json"))
     assert sorted(i["file_name"] for i in written) == names[:2]
     assert {p["file_name"] for p in json.load(open(out / "predictions.json"))} <= set(names[:2])
@@ -252,17 +254,18 @@ def test_predict_pictures_of_images_sharing_a_name_do_not_overwrite(bad_run, dat
     images.mkdir()
     first, second = sorted(os.listdir(data["val_images"]))[:2]
     long = "z" * 248 + ".png"
-    for src, name in ((first, "x.png"), (second, "x.jpg"), (first, "y.png"), (second, long)):
+    for src, name in ((first, "x.png"), (second, "x.jpg"), (first, "y.png"), (second, long), (first, "x.jpg.png")):
         Image.open(os.path.join(data["val_images"], src)).convert("RGB").save(images / name)
     out = tmp_path / "pred"
     proc = run("predict", "--checkpoint", bad_run[1] / "checkpoint.pth", "--images", images, "--output-dir", out,
                "--visualize")
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "no picture written for 1 images: " + long in proc.stderr
-    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["x.jpg_pred.png", "x.png_pred.png",
-                                                                         "y_pred.png"]
+    # x.jpg.png's stem is x.jpg, whose picture by its whole name is x.jpg_pred.png: both take their whole names.
+    assert sorted(p for p in os.listdir(out) if p.endswith(".png")) == ["x.jpg.png_pred.png", "x.jpg_pred.png",
+                                                                         "x.png_pred.png", "y_pred.png"]
     assert sorted(i["file_name"] for i in json.load(open(out / "images.json"))) == sorted(
-        ["x.png", "x.jpg", "y.png", long])
+        ["x.png", "x.jpg", "y.png", long, "x.jpg.png"])
 
 
 @pytest.mark.parametrize("case", ["invalid JSON", "not COCO", "image missing", "annotation file is a folder"])

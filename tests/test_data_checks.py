@@ -274,6 +274,38 @@ def test_exif_orientation_is_applied_unless_the_annotation_gives_the_stored_size
         CocoInstances(ann_file=ann, image_dir=img).verify_images()
 
 
+def test_every_orientation_and_an_exif_block_pillow_cannot_write_back(tmp_path):
+    """All eight orientations are turned as Pillow's exif_transpose turns them; a JPEG whose EXIF block Pillow reads
+    but cannot serialise again (XResolution stored as text: exif_transpose raised TypeError) is read upright too."""
+    import struct
+
+    from PIL import ImageOps
+
+    from opmask_fast.data.transforms import upright
+    from opmask_fast.predictor import read_image
+
+    stored = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(stored).save(tmp_path / f"o{orientation}.png", exif=exif)
+        with Image.open(tmp_path / f"o{orientation}.png") as im:
+            want = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        with Image.open(tmp_path / f"o{orientation}.png") as im:
+            turned = upright(im)
+            assert np.array_equal(np.asarray(turned.convert("RGB")), want), orientation
+            assert np.array_equal(np.asarray(upright(turned).convert("RGB")), want), orientation  # not turned twice
+    ifd = struct.pack("<H", 2) + struct.pack("<HHI4s", 0x0112, 3, 1, struct.pack("<HH", 6, 0)) \
+        + struct.pack("<HHI4s", 0x011A, 2, 3, b"72\0\0") + struct.pack("<I", 0)
+    Image.fromarray(stored).save(tmp_path / "bad_exif.jpg", exif=b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd,
+                                 quality=100)
+    with Image.open(tmp_path / "bad_exif.jpg") as im:
+        with pytest.raises(TypeError):
+            ImageOps.exif_transpose(im)  # why upright turns the pixels itself
+        plain = np.asarray(im.convert("RGB"))
+    assert np.array_equal(read_image(tmp_path / "bad_exif.jpg"), np.rot90(plain, -1))
+
+
 def test_box_and_mask_checks_directly():
     assert check_box([0, 0, W + 2, H], H, W) == ((0.0, 0.0, float(W), float(H)), None)
     assert check_box([0, 0, W + 2.5, H], H, W) == (None, "bbox_outside_image")

@@ -79,7 +79,7 @@ def test_coco_results_and_batches(checkpoint, image):
         assert isinstance(r["segmentation"]["counts"], str)
         assert np.array_equal(mask_utils.decode(r["segmentation"]), mask.numpy().astype(np.uint8))
     assert predictor.coco_results(batch[1], 8) == [r for r in results if r["image_id"] == 8]
-    high = Predictor(checkpoint, score_thresh=2.0)(image)  # scores are <= 1: nothing passes
+    high = Predictor(checkpoint, score_thresh=1.0)(image)  # an untrained model scores far below 1: nothing passes
     assert high["boxes"].shape == (0, 4) and high["masks"].shape == (0, 90, 120)
     assert high["category_ids"] == [] and Predictor.coco_results(high, 1) == []
 
@@ -98,8 +98,9 @@ def test_bad_inputs_name_the_problem(checkpoint, image, tmp_path):
         predictor(str(bad))
     with pytest.raises(ValueError, match="one image id per image"):
         predictor.coco_results([predictor(image)], [1, 2])
-    with pytest.raises(ValueError, match="score_thresh"):
-        Predictor(checkpoint, score_thresh=float("nan"))
+    for bad in (float("nan"), -0.1, 2.0):
+        with pytest.raises(ValueError, match="score_thresh must be a number in \\[0, 1\\]"):
+            Predictor(checkpoint, score_thresh=bad)
 
 
 def test_views_and_image_modes_are_taken(checkpoint, image, recwarn):

@@ -38,10 +38,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--score-thresh", type=float, default=0.05, help="drop detections below this score")
-    p.add_argument("--visualize", action="store_true", help="also write a picture per image")
+    p.add_argument("--visualize", action="store_true",
+                   help="also write a picture per image (the 20 best detections scoring >= 0.5; predictions.json "
+                        "keeps every one above --score-thresh)")
     p.add_argument("--num-threads", type=int, default=None)
     errors.add_debug_option(p)
     return p
+
+
+def picture_names(files: list[str]) -> dict[str, str]:
+    """File name -> its picture's name, ``<stem>_pred.png``, or ``<file name>_pred.png`` for every file whose picture
+    would share a name with another's (x.jpg and x.png; x.jpg beside x.jpg.png): never one picture over another."""
+    full = set()
+    while True:
+        names = {f: (f if f in full else os.path.splitext(f)[0]) + "_pred.png" for f in files}
+        seen: dict[str, list[str]] = {}
+        for f, n in names.items():
+            seen.setdefault(n, []).append(f)
+        clash = {f for fs in seen.values() if len(fs) > 1 for f in fs} - full
+        if not clash:  # file names differ, so names from them all differ: this ends
+            return names
+        full |= clash
 
 
 @errors.entry_point("python -m opmask_fast.predict")
@@ -53,8 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         torch.set_num_threads(args.num_threads)
     predictor = Predictor(args.checkpoint, device=args.device, score_thresh=args.score_thresh, state=plan.state)
     results, images, skipped, unwritten = [], [], [], []
-    stems = [os.path.splitext(n)[0] for n in plan.files]
-    shared = {st for st in stems if stems.count(st) > 1}  # x.jpg and x.png: pictures named by the whole file name
+    pictures = picture_names(plan.files) if args.visualize else {}
     for image_id, name in enumerate(plan.files, start=1):
         path = os.path.join(args.images, name)
         try:
@@ -70,8 +86,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         images.append({"id": image_id, "file_name": name, "height": h, "width": w})
         if args.visualize:
             pic = render(arr, inst, predictor.category_names, predictor.weak_labels)
-            stem = os.path.splitext(name)[0]
-            picture = os.path.join(args.output_dir, (name if stem in shared else stem) + "_pred.png")
+            picture = os.path.join(args.output_dir, pictures[name])
             try:
                 pic.save(picture)
             except OSError as e:  # e.g. a name too long for the file system: the predictions are still written

@@ -97,8 +97,9 @@ def check_predict(args, extensions: tuple[str, ...]) -> PredictPlan:
     check_number(args, "num_threads", minimum=1, maximum=MAX_THREADS)
     check_device(args.device)
     check_paths(folders={"--images": args.images})
-    files = sorted(f for f in os.listdir(args.images)
-                   if f.lower().endswith(extensions) and os.path.isfile(os.path.join(args.images, f)))
+    # A broken link is listed (it is skipped with a warning when read, not silently); folders are not.
+    files = sorted(f for f in os.listdir(args.images) if f.lower().endswith(extensions)
+                   and (os.path.isfile(os.path.join(args.images, f)) or not os.path.exists(os.path.join(args.images, f))))
     if not files:
         raise UsageError(f"--images {args.images} holds no images ({', '.join(extensions)})")
     state = read_checkpoint(args.checkpoint)

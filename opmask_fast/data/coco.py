@@ -216,7 +216,7 @@ class CocoInstances(torch.utils.data.Dataset):
                     size, shown = im.size, shown_size(im)
                     if decode:
                         im.load()
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
+            except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise nearly anything
                 raise ValueError(f"cannot read image {path} (image {r['image_id']} of {self.ann_file}): {e}") from None
             # Either size is an annotation frame: the shown one (the usual) or the stored one (`upright`).
             if (r["width"], r["height"]) not in (size, shown):
@@ -243,6 +243,8 @@ class CocoInstances(torch.utils.data.Dataset):
             raise FileNotFoundError(f"image not found: {path}") from None
         except OSError as e:
             raise OSError(f"cannot read image {path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise nearly anything
+            raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
         if arr.shape[:2] != (r["height"], r["width"]):
             raise ValueError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, "
                              f"the annotation says {r['width']}x{r['height']}")

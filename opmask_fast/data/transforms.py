@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 # Modes PIL opens 16-bit grey files in; convert("RGB") would clip every value above 255 (near white).
@@ -36,6 +36,10 @@ def rgb_array(image: Image.Image) -> np.ndarray:
 
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag: 1 as stored; 2-8 a flip and/or rotation to show it upright
+# Orientation -> the transpose that shows the stored pixels upright (the EXIF 2.3 table, as Pillow's exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 def exif_orientation(image: Image.Image) -> int:
@@ -64,11 +68,16 @@ def upright(image: Image.Image, annotated_size: tuple[int, int] | None = None) -
             one (a rotation by 90 degrees of a non-square image), the annotation was made on the stored pixels and
             the image is returned as stored.
     """
-    if exif_orientation(image) == 1:
+    orientation = exif_orientation(image)
+    if orientation == 1:
         return image
     if annotated_size is not None and tuple(annotated_size) == image.size != shown_size(image):
         return image
-    return ImageOps.exif_transpose(image)
+    # The pixels only, as detectron2 turns them: ImageOps.exif_transpose also rewrites the EXIF block, which raises
+    # on blocks that Pillow reads but cannot write back (a tag of an unexpected type), for an image that decodes.
+    turned = image.transpose(_UPRIGHT[orientation])
+    turned.info.pop("exif", None)  # the turned pixels are upright: no orientation to apply again
+    return turned
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:
