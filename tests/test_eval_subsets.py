@@ -190,6 +190,30 @@ def test_each_metric_reads_its_own_evaluation(dataset):
         assert 10 < m[key] < 90, key
 
 
+class EmptyModel(PolicyModel):
+    """Detects nothing; returns priors (an empty Tensor[0, 7, 7]) or, with ``priors=False``, none at all."""
+
+    def __init__(self, dataset, priors: bool):
+        super().__init__(dataset, None)
+        self.priors = priors
+
+    def forward(self, images, output_sizes=None):
+        h, w = images[0].shape[-2:]
+        out = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+               "masks": torch.zeros(0, h, w, dtype=torch.bool)}
+        return [{**out, "priors": torch.zeros(0, 7, 7)} if self.priors else out]
+
+
+def test_no_detection_scores_zero_and_a_model_without_priors_none(dataset):
+    """A model that returns priors but detects nothing has prior AP 0, as its mask AP (not empty, which means no
+    ground truth); a model that returns no priors has no prior AP."""
+    m = evaluate_model(EmptyModel(dataset, priors=True), dataset, strong_ids=STRONG, oracle=False)
+    for key in ("mask_AP", "mask_AP_weak", "prior_AP", "prior_AP_weak", "prior_AP_strong"):
+        assert m[key] == 0.0, key
+    m = evaluate_model(EmptyModel(dataset, priors=False), dataset, strong_ids=STRONG, oracle=False)
+    assert m["mask_AP"] == 0.0 and all(math.isnan(m[k]) for k in ("prior_AP", "prior_AP_weak", "prior_AP_strong"))
+
+
 def test_subset_ap_averages_only_the_asked_classes(dataset):
     """`subset_ap` on results right for class s1 and w2, wrong for s2 and w1: 100 on {s1}, 0 on {w1}, 50 on {s1, w1}
     and on all, NaN on a class that is not in the evaluation.

@@ -109,6 +109,27 @@ def test_cpu_mask_branch_on_filled_slots_equals_all_slots(trained, monkeypatch):
     assert (full["mask_probs"][pad] == 0).all() and (full["priors"][pad] == 0).all()
 
 
+def test_a_prior_probe_sees_the_detections_only(headline, monkeypatch):
+    """With an ablation attached (evaluate's --prior-ablation), the mask branch of every slot (export, a GPU) must
+    shuffle priors among the detections, as the dynamic path does, never hand one a padding slot's prior. Fails if
+    the probe saw the padding rows."""
+    from opmask_fast.modeling.roi_heads.prior import prior_ablation, prior_statistics
+
+    model, images, _ = headline
+    static = StaticInference(model)
+    monkeypatch.setattr(StaticInference, "_mask_slots", staticmethod(lambda count, slots: slots))  # as on a GPU
+    with torch.no_grad():
+        img = images[0]
+        monkeypatch.setattr(model.cfg.roi_heads, "score_thresh", float(static(img[None])["scores"][0, 2]) - 1e-6)
+        with prior_ablation(model, "shuffle"):
+            dyn, out = model([img])[0], static(img[None])
+        with prior_statistics(model) as records:
+            static(img[None])
+    n = _compare(dyn, out, 0)
+    assert 2 <= n < out["boxes"].shape[1]  # a shuffle among several detections, with padding slots beside them
+    assert [r["prior_std"].shape[0] for r in records] == [n]
+
+
 def test_no_detection_anywhere_gives_zero_padding(headline):
     """A score threshold no class reaches: count 0 for every image and every output padded (the mask branch is not run
     on zero RoIs)."""

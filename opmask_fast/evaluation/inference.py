@@ -70,7 +70,7 @@ def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, devic
                 prior_results.append({"image_id": target["image_id"], "category_id": cat_ids[i],
                                       "score": float(scores[i]), "segmentation": prior_rles[i]})
         entry = {"index": index, "image_id": target["image_id"], "results": results,
-                 "prior_results": prior_results, "seconds": seconds}
+                 "prior_results": prior_results, "has_priors": priors is not None, "seconds": seconds}
         if oracle:
             keep = _oracle_keep(dataset, index)
             entry["oracle"] = _oracle_entry(model, dataset, index, keep, image, target, device,
@@ -82,13 +82,14 @@ def infer_images(model, dataset: CocoInstances, indices: Sequence[int], *, devic
 def merge_inference(shares: list[list[dict]]) -> dict:
     """Joins the per-image entries of ``infer_images`` from one or more processes in dataset order.
 
-    Returns ``results``, ``prior_results``, ``image_ids`` and ``seconds_per_image`` (the mean without each process'
-    first, warm-up image).
+    Returns ``results``, ``prior_results``, ``has_priors`` (the model returns priors: with no detection its prior AP
+    is 0, not empty), ``image_ids`` and ``seconds_per_image`` (the mean without each process' first, warm-up image).
     """
     per_image = sorted((e for share in shares for e in share), key=lambda e: e["index"])
     timed = [e["seconds"] for share in shares for e in share[1:]] or [e["seconds"] for e in per_image]
     return {"results": [r for e in per_image for r in e["results"]],
             "prior_results": [r for e in per_image for r in e["prior_results"]],
+            "has_priors": any(e.get("has_priors", bool(e["prior_results"])) for e in per_image),
             "image_ids": [e["image_id"] for e in per_image],
             "seconds_per_image": sum(timed) / max(len(timed), 1)}
 

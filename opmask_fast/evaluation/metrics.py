@@ -82,6 +82,8 @@ def compute_metrics(dataset: CocoInstances, inference: dict, oracle: dict | None
     segm_amb = evaluate(coco, inference["results"], "segm", image_ids=image_ids, ignore_ann_ids=rest)
     segm_rest = evaluate(coco, inference["results"], "segm", image_ids=image_ids, ignore_ann_ids=amb)
     prior = evaluate(coco, inference["prior_results"], "segm", image_ids=image_ids)
+    # A model that returns priors but detected nothing scores 0 like its masks; only a model without priors has none.
+    has_priors = inference.get("has_priors", bool(inference["prior_results"]))
     m = {
         "bbox_AP": subset_ap(box)["AP"], "bbox_AP50": subset_ap(box)["AP50"],
         "mask_AP": subset_ap(segm)["AP"], "mask_AP50": subset_ap(segm)["AP50"],
@@ -93,9 +95,9 @@ def compute_metrics(dataset: CocoInstances, inference: dict, oracle: dict | None
         "mask_AP_weak_ambiguous": subset_ap(segm_amb, weak)["AP"] if amb else math.nan,
         "mask_AP_weak_unambiguous": subset_ap(segm_rest, weak)["AP"] if rest else math.nan,
         "num_gt_ambiguous": len(amb), "num_gt_unambiguous": len(rest),
-        "prior_AP": subset_ap(prior)["AP"] if inference["prior_results"] else math.nan,
-        "prior_AP_strong": subset_ap(prior, strong)["AP"] if inference["prior_results"] else math.nan,
-        "prior_AP_weak": subset_ap(prior, weak)["AP"] if inference["prior_results"] else math.nan,
+        "prior_AP": subset_ap(prior)["AP"] if has_priors else math.nan,
+        "prior_AP_strong": subset_ap(prior, strong)["AP"] if has_priors else math.nan,
+        "prior_AP_weak": subset_ap(prior, weak)["AP"] if has_priors else math.nan,
         "mask_AP_per_class": {names[c]: v for c, v in per_category_ap(segm, dataset.category_ids).items()},
         "seconds_per_image": inference["seconds_per_image"], "num_images": len(image_ids),
         "num_detections": len(inference["results"]),

@@ -117,14 +117,25 @@ class StaticInference(nn.Module):
         offsets = (torch.arange(b, device=box_feats.device) * num_proposals)[:, None]
         rows = (dets["keep"][:, :n].clamp(min=0) // k + offsets).reshape(-1)
         side, res = heads.mask_size, heads.prior_size
-        if n > 0:
+        real = torch.arange(n, device=box_feats.device)[None, :] < dets["count"][:, None]  # (B, n)
+        if n > 0 and heads.prior_tap is not None and heads.prior_tap._forward_hooks:
+            # A probe of the prior (an ablation, statistics) must see the detections only, not the padding slots
+            # (shuffled priors would come from padding boxes): the real rows alone, at the cost of a host read.
+            counts = dets["count"].tolist()
+            mask_logits, prior_rows = heads.mask_forward(
+                features, [dets["boxes"][i, :c] for i, c in enumerate(counts)], box_feats,
+                dets["labels"][:, :n][real], rows.view(b, n)[real], return_prior=True)
+            probs = box_feats.new_zeros((b, n, side, side), dtype=torch.float32)
+            priors = box_feats.new_zeros((b, n, res, res), dtype=torch.float32)
+            probs[real], priors[real] = mask_logits.float().sigmoid(), prior_rows.float()
+        elif n > 0:
             mask_logits, priors = heads.mask_forward(features, list(dets["boxes"][:, :n].unbind(0)), box_feats,
                                                      dets["labels"][:, :n].reshape(-1), rows, return_prior=True)
             probs, priors = mask_logits.float().sigmoid().view(b, n, side, side), priors.float().view(b, n, res, res)
         else:
             probs, priors = box_feats.new_zeros((b, 0, side, side)), box_feats.new_zeros((b, 0, res, res))
         # Padded rows are zeros on every path, whatever the mask head made of the padding boxes.
-        real = (torch.arange(n, device=probs.device)[None, :] < dets["count"][:, None])[:, :, None, None]
+        real = real[:, :, None, None]
         pad = (0, 0, 0, 0, 0, mm - n)
         return {"boxes": dets["boxes"], "scores": dets["scores"], "labels": dets["labels"],
                 "mask_probs": F.pad(probs * real, pad), "priors": F.pad(priors * real, pad), "count": dets["count"]}
