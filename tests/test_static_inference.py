@@ -128,6 +128,8 @@ def test_a_prior_probe_sees_the_detections_only(headline, monkeypatch):
     n = _compare(dyn, out, 0)
     assert 2 <= n < out["boxes"].shape[1]  # a shuffle among several detections, with padding slots beside them
     assert [r["prior_std"].shape[0] for r in records] == [n]
+    with prior_ablation(model, "zero"), pytest.raises(Exception, match="a prior probe .* is attached"):
+        torch.export.export(static, (img[None],), strict=False)
 
 
 def test_no_detection_anywhere_gives_zero_padding(headline):

@@ -138,6 +138,30 @@ class _MaskBranch(nn.Module):
         return h.mask_predictor(h.mask_head(prior))
 
 
+def test_learnable_gain_in_training_exports_and_compiles_without_a_host_read():
+    """The learnable gain, once measured (`initialize`, eager), is a parameter like any other: a training-mode branch
+    exports and compiles with fullgraph=True, and a state dict loaded into a fresh model carries the measured state.
+    Fails if the traced call reads the `initialized` buffer on the host (a data-dependent guard)."""
+    model = tiny_model("learnable").train()
+    heads = model.roi_heads
+    g = torch.Generator().manual_seed(3)
+    args = (OrderedDict([("0", torch.randn(1, 8, 16, 16, generator=g))]),
+            torch.tensor([[2.0, 2, 30, 30], [10, 10, 50, 60]]), torch.randn(4, 32, 7, 7, generator=g),
+            torch.tensor([1, 3]), torch.tensor([3, 0]))
+    branch = _MaskBranch(heads)
+    first = branch(*args)  # eager: measures the gain
+    weights = [m for m in model.modules() if type(m).__name__ == "PriorWeight"]
+    assert weights and all(bool(w.initialized) and not w.needs_init() for w in weights)
+    eager = branch(*args)
+    torch.testing.assert_close(eager, first)
+    ep = torch.export.export(branch, args, strict=False)
+    torch.testing.assert_close(ep.module()(*args), eager)
+    fresh = tiny_model("learnable").train()
+    fresh.load_state_dict(model.state_dict())
+    compiled = torch.compile(_MaskBranch(fresh.roi_heads), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), eager)
+
+
 class _OurOps(nn.Module):
     """Our ops called from another module (not where they are defined): pooler, RoIAlign, NMS."""
 

@@ -87,6 +87,10 @@ class PriorWeight(nn.Module):
         if self.mode == "learnable":
             self.gain = nn.Parameter(torch.tensor([1.0 if init is None else float(init)]))
             self.register_buffer("initialized", torch.tensor(init is not None))
+            # The buffer's value mirrored on the host, for traced calls (torch.compile, torch.export), which cannot
+            # read it; kept by `initialize` and by loading a state dict.
+            self._initialized = init is not None
+            self.register_load_state_dict_post_hook(PriorWeight._mirror_initialized)
 
     @property
     def adaptive(self) -> bool:
@@ -126,7 +130,16 @@ class PriorWeight(nn.Module):
         return add_prior(features, prior_map, gain, grad_scale=self.grad_scale)
 
     def needs_init(self) -> bool:
-        return self.mode == "learnable" and self.training and not bool(self.initialized)
+        """Whether the learnable gain is still to be measured on a training batch (`initialize`)."""
+        if self.mode != "learnable" or not self.training:
+            return False
+        if not torch.compiler.is_compiling():
+            self._initialized = bool(self.initialized)  # eager: the buffer itself, wherever it was set
+        return not self._initialized
+
+    @staticmethod
+    def _mirror_initialized(module: nn.Module, incompatible_keys) -> None:
+        module._initialized = bool(module.initialized)
 
     @torch.no_grad()
     def initialize(self, mask_features: Tensor | None, prior: Tensor | None) -> None:
@@ -145,6 +158,7 @@ class PriorWeight(nn.Module):
             return
         self.gain.fill_(float(stats[0] / stats[1]))
         self.initialized.fill_(True)
+        self._initialized = True
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}" + (f", value={self.fixed}" if self.fixed is not None else "") + (

@@ -121,6 +121,9 @@ class StaticInference(nn.Module):
         if n > 0 and heads.prior_tap is not None and heads.prior_tap._forward_hooks:
             # A probe of the prior (an ablation, statistics) must see the detections only, not the padding slots
             # (shuffled priors would come from padding boxes): the real rows alone, at the cost of a host read.
+            if torch.compiler.is_compiling():
+                raise RuntimeError("a prior probe (prior_ablation, prior_statistics) is attached: it reads the "
+                                   "detection count on the host; export or compile StaticInference without it")
             counts = dets["count"].tolist()
             mask_logits, prior_rows = heads.mask_forward(
                 features, [dets["boxes"][i, :c] for i, c in enumerate(counts)], box_feats,
