@@ -4,7 +4,11 @@ The C++ CPU kernels are always built. The CUDA kernels (csrc/cuda/*.cu) are adde
 nvcc is found, or when FORCE_CUDA=1; FORCE_CUDA=0 builds the CPU kernels only. Without a GPU the CUDA sources still
 compile (that is how CI checks them); TORCH_CUDA_ARCH_LIST then defaults to "9.0".
 
-    pip install --no-build-isolation -e .      # an isolated build would download its own torch
+    pip install torch                          # first: the extension compiles against the torch installed
+    pip install --no-build-isolation .         # (-e for a development install)
+
+pip's default isolated build would see no torch (nothing declares it a build requirement, since a second, build-time
+torch could differ from the one the extension runs with): without torch this file stops with a line saying so.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ImportError:
+    sys.exit("opmask_fast: building the extension needs torch installed first (pip install torch), then "
+             "`pip install --no-build-isolation .` so the build sees it")
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 
