@@ -3,6 +3,8 @@ it generates a dataset or starts a training."""
 
 import os
 
+import pytest
+
 from _cli import in_process, run, usage_error
 
 
@@ -30,11 +32,35 @@ def test_compare_checks_before_generating_or_training(tmp_path, capsys):
                            (["--", "--set", "num_classes=3"], "num_classes=3 but the synthetic dataset shapes has 6"),
                            (["--", "--device", "cuda:99"], "--device cuda:99"),
                            (["--", "--split", "circle,foo"], "unknown categories in split: ['foo']"),
-                           (["--dataset", "shapes2", "--", "--split", "circle"], "unknown categories in split")):
+                           (["--dataset", "shapes2", "--", "--split", "circle"], "unknown categories in split"),
+                           # a study field after -- would make every column one model; --resume is compare's --reuse
+                           (["--", "--set", "prior_scale=40", "--set", "prior_convs=separate"],
+                            "--set prior_convs, prior_scale: each variant sets it"),
+                           (["--", "--resume"], "--resume: give --reuse to compare"),
+                           (["--", "-h"], "-h/--help: see python -m opmask_fast.train --help"),
+                           (["--data-images", "99999999999,1"], "expected two integers N_TRAIN,N_VAL in [1, 1000000]")):
         line = in_process(capsys, "compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", *args)
         assert fragment in line, line
     assert not os.path.exists(tmp_path / "cache" / "synthetic")
+    assert not os.path.exists(tmp_path / "cmp") and not os.path.exists(tmp_path / "cache")  # nothing made either
+    (tmp_path / "cmp").mkdir()
     (tmp_path / "cmp" / "opmask_s0").write_text("")  # where a run's folder goes
     line = in_process(capsys, "compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache")
     assert "the run folder " + str(tmp_path / "cmp" / "opmask_s0") + " is a file" in line, line
     assert not os.path.exists(tmp_path / "cache" / "synthetic")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys):
+    """Every command's entry point: KeyboardInterrupt (after the command's own cleanup) is one line, exit 130."""
+    from opmask_fast.cli import errors
+
+    @errors.entry_point("python -m opmask_fast.x")
+    def main(argv=None):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "python -m opmask_fast.x: interrupted\n"
+    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
+        main(["--debug"])

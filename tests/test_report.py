@@ -79,6 +79,30 @@ def test_compare_ends_with_the_report(trained, capsys):
     assert os.path.isfile(trained / "report" / "figure3.png")
 
 
+def test_compare_report_leaves_no_stale_comparison_and_a_signal_stops_it(trained, capsys, monkeypatch):
+    """With one finished run the report is that run's own: an earlier compare's report.md in the folder (whose figure
+    is redrawn for the new runs) is removed. A SIGTERM during the report stops compare (exit 143), not a report
+    failure (exit 1); analyze's own errors stay a report failure."""
+    from opmask_fast.cli import compare
+
+    (trained / "report.md").write_text("an earlier comparison")
+    compare._write_report({"baseline": [{"seed": 0}]}, str(trained))
+    assert f"report: {os.path.join(str(trained), 'baseline_s0', 'report.md')}" in capsys.readouterr().out
+    assert not (trained / "report.md").exists()
+
+    def signalled(folders, out):
+        raise SystemExit(143)
+
+    monkeypatch.setattr(compare, "report_runs", signalled)
+    with pytest.raises(SystemExit) as stop:
+        compare._write_report({"baseline": [{"seed": 0}]}, str(trained))
+    assert stop.value.code == 143
+    monkeypatch.setattr(compare, "report_runs", lambda folders, out: (_ for _ in ()).throw(SystemExit(2)))
+    (failure,) = compare._write_report({"baseline": [{"seed": 0}]}, str(trained))
+    assert "not written: SystemExit(2)" in str(failure)
+    assert compare.format_comparison({"baseline": []}) == "no run finished: no table"
+
+
 def _coco(path, num_classes=6):
     """Class k's boxes overlap a partner box by IoU k/10 in its own image: mean IoU (k/10) / 1 pair each way."""
     cats = [{"id": k + 1, "name": f"c{k}"} for k in range(num_classes)]

@@ -30,6 +30,8 @@ def _stats(values: list) -> tuple[float, float]:
 def format_comparison(results: dict[str, list[dict]]) -> str:
     """A Markdown table: one column per variant, mean (+- std over seeds when there are several) per metric."""
     names = [v for v in results if results[v]]
+    if not names:
+        return "no run finished: no table"
     head = "| metric | " + " | ".join(_label(v) for v in names) + " |"
     lines = [head, "|---" * (len(names) + 1) + "|"]
     for label, key in ROWS:
@@ -53,7 +55,8 @@ def format_comparison(results: dict[str, list[dict]]) -> str:
         for v in names:
             if v != "baseline":
                 gain = _stats([m.get("mask_AP_weak") for m in results[v]])[0] - base
-                lines.append(f"weak mask AP vs baseline: {_label(v)} {gain:+.1f}")
+                if not math.isnan(gain):  # NaN: no weak class (--split all)
+                    lines.append(f"weak mask AP vs baseline: {_label(v)} {gain:+.1f}")
     # Each variant against its own upper bound (its model with every class mask-supervised, variants.py) where that
     # ran, else against the headline's (`upper_bound`); the bounds themselves are not shared out.
     for v in names:

@@ -110,11 +110,18 @@ def _write_report(results: dict[str, list[dict]], output_dir: str) -> list[Failu
     """The comparison report (metrics, the paper's Figure 3, crops of each variant); a failure here keeps the table
     and is returned."""
     folders = [os.path.join(output_dir, f"{v}_s{m['seed']}") for v, runs in results.items() for m in runs]
+    stale = os.path.join(output_dir, "report.md")
+    if os.path.isfile(stale):  # an earlier compare's comparison: its figure is about to be redrawn for these runs
+        os.remove(stale)
     if not folders:
         return [Failure("report", "no run finished")]
     try:
         print(f"report: {report_runs(folders, output_dir)}")
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - the trainings are done; say why the report is missing
+    except SystemExit as e:
+        if not isinstance(e.code, int) or e.code >= 128:  # a signal (SIGTERM: compare_runs.terminated) stops compare
+            raise
+        return [Failure("report", f"not written: {e!r}")]
+    except Exception as e:  # noqa: BLE001 - the trainings are done; say why the report is missing
         return [Failure("report", f"not written: {e!r}")]
     return []
 

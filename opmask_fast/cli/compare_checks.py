@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..config import PRESETS
-from ..variants import VARIANTS
+from ..variants import STUDY_FIELDS, VARIANTS
 from .checks import MAX_THREADS, check_device, check_number, check_output_dir
 from .errors import UsageError, option_name
 from .preflight import DATA_OPTIONS, MAX_SEED, check_synthetic, check_train_options
@@ -18,6 +18,7 @@ COMPARE_OWNS = {
     "prior_scale": "each variant sets its own prior scale", "seed": "give --seeds to compare, before --",
     "data_seed": "give --data-seed to compare, before --", "output_dir": "give --output-dir to compare, before --",
     "cache_dir": "give --cache-dir to compare, before --", "no_eval": "compare reads each run's evaluation",
+    "resume": "give --reuse to compare, before -- (it keeps each finished run trained with the same settings)",
 }
 
 
@@ -55,18 +56,14 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     check_number(args, "jobs", minimum=1)
     check_number(args, "data_seed", minimum=0, maximum=MAX_SEED)
     check_number(args, "threads", minimum=1, maximum=MAX_THREADS)
-    check_output_dir(args.output_dir)
-    for run in (f"{v}_s{s}" for v in names for s in seeds):
-        if os.path.exists(os.path.join(args.output_dir, run)):
-            check_output_dir(os.path.join(args.output_dir, run), "--output-dir: the run folder")
-    if args.cache_dir:
-        check_output_dir(args.cache_dir, "--cache-dir")
 
     def error(message):
         raise UsageError(f"training options after --: {message}")
 
     train_parser.error = error
     extra = [a for a in args.train_args if a != "--"]
+    if {"-h", "--help"} & set(extra):  # the trainings' help would print and compare exit 0 having done nothing
+        raise UsageError("training options after --: -h/--help: see python -m opmask_fast.train --help")
     targs = train_parser.parse_args(["--preset", args.preset, *extra])  # as each training parses it: a later wins
     try:
         given = [o for k, o in {**DATA_OPTIONS, "dataset": "--dataset", "data_images": "--data-images"}.items()
@@ -79,10 +76,23 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
         owned = sorted(_options_given(train_parser, extra) & set(COMPARE_OWNS))
         if owned:
             raise UsageError("; ".join(f"{option_name(d)}: {COMPARE_OWNS[d]}" for d in owned))
-        cfg, _, _ = check_train_options(targs)
+        # A study field set after -- would win over every variant's (--set applies last): one model in every column.
+        studied = sorted({item.split("=", 1)[0].strip() for item in targs.set or []} & set(STUDY_FIELDS))
+        if studied:
+            raise UsageError(f"--set {', '.join(studied)}: each variant sets it (a field the study varies); choose "
+                             "the variants with compare's --variants")
+        for v in names:  # as each training parses its options: the variant's fields under the options after --
+            cfg, _, _ = check_train_options(train_parser.parse_args(["--preset", args.preset, "--variant", v, *extra]))
         check_device(targs.device)
         targs.dataset = args.dataset  # compare's, given to every training
         check_synthetic(targs, cfg)
     except UsageError as e:
         raise UsageError(f"training options after --: {e}") from e
+    # Last, as these create the folders.
+    check_output_dir(args.output_dir)
+    for run in (f"{v}_s{s}" for v in names for s in seeds):
+        if os.path.exists(os.path.join(args.output_dir, run)):
+            check_output_dir(os.path.join(args.output_dir, run), "--output-dir: the run folder")
+    if args.cache_dir:
+        check_output_dir(args.cache_dir, "--cache-dir")
     return names, seeds

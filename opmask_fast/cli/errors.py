@@ -56,7 +56,8 @@ def one_line(message: str) -> str:
 
 
 def entry_point(prog: str) -> Callable:
-    """Decorates ``main(argv=None)`` of an entry point: a ``UsageError`` prints ``PROG: error: MESSAGE`` and exits 2.
+    """Decorates ``main(argv=None)`` of an entry point: a ``UsageError`` prints ``PROG: error: MESSAGE`` and exits 2;
+    Ctrl-C prints ``PROG: interrupted`` and exits 130 (128 + SIGINT, as the shell reports it).
 
     ``main`` is the command itself, also when called from Python: a usage error raises ``SystemExit(2)`` exactly as
     argparse does for a bad option. With ``--debug`` the ``UsageError`` propagates with its traceback.
@@ -72,6 +73,12 @@ def entry_point(prog: str) -> Callable:
                 sys.stdout.flush()
                 print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
                 raise SystemExit(EXIT_USAGE) from None
+            except KeyboardInterrupt:  # Ctrl-C: the command stopped on request (its own cleanup has run), no traceback
+                if debug_enabled(argv):
+                    raise
+                sys.stdout.flush()
+                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+                raise SystemExit(130) from None
 
         return run
 

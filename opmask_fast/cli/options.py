@@ -63,14 +63,18 @@ def train_config_from_args(args) -> TrainConfig:
     return tc.validate()
 
 
+MAX_SYNTHETIC_IMAGES = 10**6  # per split: a typo beyond it would fill the disk (and memory) before any training
+
+
 def parse_image_counts(text: str) -> tuple[int, int]:
     """``N_TRAIN,N_VAL`` (positive integers): the image counts of a synthetic dataset (an argparse ``type``)."""
     try:
         counts = tuple(int(v) for v in text.split(","))
     except ValueError:
         counts = ()
-    if len(counts) != 2 or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"expected two positive integers N_TRAIN,N_VAL, got {text!r}")
+    if len(counts) != 2 or min(counts) < 1 or max(counts) > MAX_SYNTHETIC_IMAGES:
+        raise argparse.ArgumentTypeError(f"expected two integers N_TRAIN,N_VAL in [1, {MAX_SYNTHETIC_IMAGES}], got "
+                                         f"{text!r}")
     return counts
 
 
