@@ -169,11 +169,14 @@ def run_all(args) -> tuple[dict[str, list[dict]], list[Failure]]:
                 if proc.poll() is not None:
                     del running[key]
                     log = os.path.join(out, "log.txt")
+                    failure = None
                     if proc.returncode != 0:
-                        failed.append(Failure(f"{key[0]} seed {key[1]}", _exit_reason(proc.returncode), log))
+                        failure = Failure(f"{key[0]} seed {key[1]}", _exit_reason(proc.returncode), log)
                     elif not os.path.isfile(os.path.join(out, "metrics.json")):
-                        failed.append(Failure(f"{key[0]} seed {key[1]}", "finished without metrics.json", log))
-                    status = "done" if proc.returncode == 0 else f"FAILED ({failed[-1]})"
+                        failure = Failure(f"{key[0]} seed {key[1]}", "finished without metrics.json", log)
+                    if failure is not None:
+                        failed.append(failure)
+                    status = "done" if failure is None else f"FAILED ({failure})"
                     print(f"[{time.time() - start:5.0f} s] {key[0]} seed {key[1]} {status} in "
                           f"{time.time() - t0:.0f} s", flush=True)
     finally:
