@@ -156,6 +156,27 @@ def test_complementary_splits_pooled_per_kind(tmp_path):
     assert "pictures" not in open(tmp_path / "base_a" / "report.md").read().lower()  # --images 0: no model loaded
 
 
+def test_runs_pooled_with_other_model_configs_are_named():
+    """Runs pooled as one model kind (seeds of it) from another preset or a --set beyond the study's fields: analyze
+    warns, naming them and the fields; the study's own fields (which make the kind) and equal configs give nothing."""
+    from opmask_fast.analysis.runs import Run, pooling_differences
+    from opmask_fast.config import get_preset
+    from opmask_fast.variants import label_of
+
+    def run(name, preset, **changes):
+        cfg = get_preset(preset).to_dict()
+        cfg.update(changes)
+        return Run(folder=f"/r/{name}", metrics_path="", metrics={}, meta={"model_config": cfg},
+                   label=label_of(cfg))
+
+    same = [run("a_s0", "opmask_r18_lite_paper"), run("a_s1", "opmask_r18_lite_paper")]
+    assert pooling_differences(same) == []
+    mixed = same + [run("b_s0", "opmask_r18_tiny")]
+    mixed[-1].label = same[0].label
+    (note,) = pooling_differences(mixed)
+    assert note.startswith("a_s0, a_s1, b_s0 are pooled as 'OPMask (paper recipe)' but differ in ") and "backbone" in note
+
+
 def _error_line(code, stderr, *needles):
     assert code == 2, stderr
     lines = stderr.strip().splitlines()

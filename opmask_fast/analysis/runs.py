@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..variants import BASELINE, label_of
+from ..variants import BASELINE, STUDY_FIELDS, label_of
 from .figure3 import MIN_CLASSES, ClassOverlap, Regression, pool_weak_ap, regress, relative_improvements
 
 
@@ -42,6 +42,30 @@ class Run:
     @property
     def train_ann(self) -> str | None:
         return (self.meta.get("data") or {}).get("train_ann")
+
+
+def pooling_differences(runs: list[Run]) -> list[str]:
+    """For the runs pooled under one label (seeds of one model, or complementary splits): a line per label whose runs'
+    checkpoints differ in their model config beyond the study's fields (another preset, a `--set`), naming them."""
+    notes = []
+    for label in dict.fromkeys(r.label for r in runs):
+        flat = [(r, _flatten(r.meta["model_config"])) for r in runs if r.label == label and r.meta.get("model_config")]
+        differ = sorted({k for _, f in flat for k in f if k not in STUDY_FIELDS
+                         and any(g.get(k) != f.get(k) for _, g in flat)})
+        if differ:
+            notes.append(f"{', '.join(r.name for r, _ in flat)} are pooled as {label!r} but differ in "
+                         f"{', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''}")
+    return notes
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def model_kind(model_config: dict, train_split: str | None = None) -> str:

@@ -26,7 +26,7 @@ import torch
 from ..analysis.figure3 import MIN_CLASSES, class_overlap
 from ..analysis.plots import plot_figure3
 from ..analysis.report import write_comparison_report, write_run_report
-from ..analysis.runs import analyze, format_analysis, load_run
+from ..analysis.runs import analyze, format_analysis, load_run, pooling_differences
 from ..data.coco import load_coco
 from .checks import MAX_THREADS, check_device, check_number, check_output_dir
 from .errors import UsageError
@@ -94,6 +94,8 @@ def prepare(argv: list[str] | None = None):
     folders = [r.folder for r in runs]
     if len(set(folders)) != len(folders):
         fail("a run is given twice: " + ", ".join(sorted({f for f in folders if folders.count(f) > 1})))
+    for note in pooling_differences(runs):  # pooled as seeds of one model: say where they are not
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
     if args.docs_picture and (args.images == 0 or sum(r.checkpoint is not None for r in runs) < 2):
         fail(f"--docs-picture {args.docs_picture} needs two runs with checkpoints and --images > 0")
     train_ann = args.train_ann
