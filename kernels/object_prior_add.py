@@ -1,18 +1,11 @@
-"""Triton kernels of the object mask prior: out[r, d] = mask_features[r, d] + s * resize(minmax(cam_r)).
+"""Launchers of the object mask prior's Triton programs (`object_prior_add_jit`): out[r, d] = mask_features[r, d] +
+s * resize(minmax(cam_r)), its backward, and the prior alone.
 
-One program per RoI does the whole prior in one pass: it gathers the RoI's classifier row, reduces the box features
-over C into the raw CAM (kept in registers, and saved in float32 for the backward), normalises it, applies the bilinear
-resize as a small on-the-fly weight matrix and adds the result to every channel of the RoI's mask features. The
-backward program reads grad_out once (its channel sum), applies the transposed resize and the normalisation's
-derivative and writes the box-feature gradient (and the classifier's, by class) without any R x K x Hb x Wb
-intermediate; when RoIs index box-feature rows (`rows`, which may repeat), a second kernel writes every row's gradient
-once in the box features' dtype from the RoIs' R x Hb*Wb gradients (no atomics, no float32 copy of the gradient).
-Shapes (D, C, Hb, Wb, Hm, Wm) are compile-time constants: the model's are fixed, so each compiles once. The same
-forward kernel gives the prior alone (`object_prior`: one mask channel it does not read), with the unresized prior
-beside the resized map in the one launch.
-
-This module holds the launchers (buffers, tile sizes, grids, the launch device); the programs themselves are in
-`object_prior_add_jit`. The launchers make every input contiguous, because the programs index with contiguous strides.
+Each launcher allocates what the programs write, sizes the tiles (`_blocks`: the CAM in registers, the other tiles
+about 4-8K elements per program), launches one program per RoI on the tensors' own CUDA device (Triton launches on
+the current one) and, with `rows` in the backward, groups the RoIs by box-feature row on the device for the program
+that writes every row once. Shapes (D, C, Hb, Wb, Hm, Wm) are compile-time constants: the model's are fixed, so each
+compiles once. The launchers make every input contiguous, because the programs index with contiguous strides.
 """
 
 from __future__ import annotations

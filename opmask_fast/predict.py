@@ -1,13 +1,14 @@
 """``python -m opmask_fast.predict`` and the console script ``opmask-predict``: the command lives in `opmask_fast.cli.predict`."""
 
 from .cli.predict import build_parser, main
+from .cli.errors import run_console
 
 __all__ = ["build_parser", "console", "main"]
 
 
 def console() -> None:
-    """The console script: the command with its Python return value dropped (a script would print it and exit 1)."""
-    main()
+    """The console script (and ``python -m``): the command run as a program (``cli.errors.run_console``)."""
+    run_console(main)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .data.transforms import resize, resized_shape, rgb_array, upright
+from .data.transforms import read_rgb, resize, resized_shape, rgb_array, upright
 from .evaluation.mask_encoding import encode_masks
 from .modeling.meta_arch import StaticInference
 from .training.checkpoint import model_from_checkpoint
@@ -28,13 +28,7 @@ ImageInput = Union[str, "os.PathLike[str]", np.ndarray, Image.Image, Tensor]
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB of an image file as viewers show it (upright by its EXIF orientation, as detectron2
     reads images); OSError naming the file when it cannot be read."""
-    try:
-        with Image.open(path) as im:
-            return rgb_array(upright(im))
-    except OSError as e:
-        raise OSError(f"cannot read image {os.fspath(path)}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise nearly anything
-        raise OSError(f"cannot read image {os.fspath(path)}: {type(e).__name__}: {e}") from e
+    return read_rgb(os.fspath(path))
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:

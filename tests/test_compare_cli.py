@@ -3,8 +3,6 @@ it generates a dataset or starts a training."""
 
 import os
 
-import pytest
-
 from _cli import in_process, run, usage_error
 
 
@@ -38,6 +36,7 @@ def test_compare_checks_before_generating_or_training(tmp_path, capsys):
                             "--set prior_convs, prior_scale: each variant sets it"),
                            (["--", "--resume"], "--resume: give --reuse to compare"),
                            (["--", "-h"], "-h/--help: see python -m opmask_fast.train --help"),
+                           (["--", "--iters", "5", "--hel"], "-h/--help: see python -m opmask_fast.train --help"),
                            (["--data-images", "99999999999,1"], "expected two integers N_TRAIN,N_VAL in [1, 1000000]")):
         line = in_process(capsys, "compare", "--output-dir", tmp_path / "cmp", "--cache-dir", tmp_path / "cache", *args)
         assert fragment in line, line
@@ -50,17 +49,24 @@ def test_compare_checks_before_generating_or_training(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "cache" / "synthetic")
 
 
-def test_ctrl_c_is_one_line_and_exit_130(capsys):
-    """Every command's entry point: KeyboardInterrupt (after the command's own cleanup) is one line, exit 130."""
-    from opmask_fast.cli import errors
+def test_ctrl_c_is_one_line_and_the_process_ends_by_sigint(tmp_path):
+    """Every command: KeyboardInterrupt (after the command's own cleanup) prints one line and, run as a program, ends
+    the process by SIGINT without a traceback (so a calling shell stops too); called from Python, main() raises
+    KeyboardInterrupt as any function would."""
+    import subprocess
+    import sys
 
-    @errors.entry_point("python -m opmask_fast.x")
-    def main(argv=None):
-        raise KeyboardInterrupt
+    script = """
+from opmask_fast.cli import errors
 
-    with pytest.raises(SystemExit) as stop:
-        main([])
-    assert stop.value.code == 130
-    assert capsys.readouterr().err == "python -m opmask_fast.x: interrupted\n"
-    with pytest.raises(KeyboardInterrupt):  # --debug keeps the traceback
-        main(["--debug"])
+@errors.entry_point("python -m opmask_fast.x")
+def main(argv=None):
+    raise KeyboardInterrupt
+
+errors.run_console(main)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -2, (proc.returncode, proc.stderr)  # killed by SIGINT
+    assert proc.stderr == "python -m opmask_fast.x: interrupted\n"
+    debug = subprocess.run([sys.executable, "-c", script, "--debug"], capture_output=True, text=True, timeout=120)
+    assert "Traceback" in debug.stderr and "KeyboardInterrupt" in debug.stderr

@@ -81,7 +81,8 @@ def test_console_scripts_are_the_commands(monkeypatch, capsys):
 def test_source_archive_builds_like_the_repository(tmp_path):
     """`python setup.py sdist` (what pip builds from, what a release uploads) carries every tracked source of csrc/
     (headers and CUDA files included: setup.py lists only the .cpp/.cu sources it compiles on this machine), every
-    header an #include names, the Triton kernels, requirements.txt and the tests' helpers. Fails without MANIFEST.in."""
+    header an #include names, the Triton kernels, requirements.txt, the tests and the benchmarks and scripts they run.
+    Fails without MANIFEST.in."""
     import re
     import subprocess
     import tarfile
@@ -93,11 +94,15 @@ def test_source_archive_builds_like_the_repository(tmp_path):
     (archive,) = tmp_path.glob("opmask_fast-*.tar.gz")
     with tarfile.open(archive) as tar:
         names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile() and "/" in m.name}
-    tracked = subprocess.run(["git", "ls-files", "csrc", "kernels", "tests"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.split()
+    tops = ("csrc", "kernels", "tests", "benchmarks", "scripts")  # the tests run benchmarks/ and scripts/ files too
+    try:
+        tracked = subprocess.run(["git", "ls-files", *tops], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:  # no git
+        tracked = []
     if not tracked:  # not a git checkout (an unpacked archive): the files on disk
-        tracked = [os.path.relpath(os.path.join(d, f), ROOT) for top in ("csrc", "kernels", "tests")
-                   for d, _, fs in os.walk(os.path.join(ROOT, top)) for f in fs if "__pycache__" not in d]
+        tracked = [os.path.relpath(os.path.join(d, f), ROOT) for top in tops
+                   for d, _, fs in os.walk(os.path.join(ROOT, top)) for f in fs
+                   if "__pycache__" not in d and not f.endswith((".pyc", ".so"))]
     missing = sorted(set(tracked) - names)
     assert not missing, f"not in the source archive: {missing[:10]}"
     for source in [n for n in names if n.startswith("csrc/")]:

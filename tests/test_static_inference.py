@@ -130,6 +130,26 @@ def test_a_prior_probe_sees_the_detections_only(headline, monkeypatch):
     assert [r["prior_std"].shape[0] for r in records] == [n]
     with prior_ablation(model, "zero"), pytest.raises(Exception, match="a prior probe .* is attached"):
         torch.export.export(static, (img[None],), strict=False)
+    # A batch whose second image keeps no detection (counts [k, 0]): the probe sees the k, the outputs are the
+    # dynamic path's image by image; with no detection anywhere the probe is not called at all.
+    same = [im for im in images if im.shape == img.shape][:2]
+    with torch.no_grad():
+        tops = static(torch.stack(same))["scores"][:, 0]
+        order = tops.argsort(descending=True)
+        same = [same[int(i)] for i in order]
+        monkeypatch.setattr(model.cfg.roi_heads, "score_thresh", float(tops.min()) + 1e-6)
+        with prior_statistics(model) as records:
+            out = static(torch.stack(same))
+        with prior_ablation(model, "zero"):
+            dyn = [model([im])[0] for im in same]
+            zeroed = static(torch.stack(same))
+        monkeypatch.setattr(model.cfg.roi_heads, "score_thresh", 1.0 + 1e-6)
+        with prior_statistics(model) as none:
+            static(torch.stack(same))
+    assert int(out["count"][0]) > 0 and int(out["count"][1]) == 0
+    assert [r["prior_std"].shape[0] for r in records] == [int(out["count"][0])] and none == []
+    for b in range(2):
+        _compare(dyn[b], zeroed, b)
 
 
 def test_no_detection_anywhere_gives_zero_padding(headline):

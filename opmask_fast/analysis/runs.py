@@ -44,13 +44,16 @@ class Run:
         return (self.meta.get("data") or {}).get("train_ann")
 
 
+_PATH_FIELDS = ("backbone.weights",)  # where the initial weights were read: one file may sit at two paths
+
+
 def pooling_differences(runs: list[Run]) -> list[str]:
     """For the runs pooled under one label (seeds of one model, or complementary splits): a line per label whose runs'
     checkpoints differ in their model config beyond the study's fields (another preset, a `--set`), naming them."""
     notes = []
     for label in dict.fromkeys(r.label for r in runs):
         flat = [(r, _flatten(r.meta["model_config"])) for r in runs if r.label == label and r.meta.get("model_config")]
-        differ = sorted({k for _, f in flat for k in f if k not in STUDY_FIELDS
+        differ = sorted({k for _, f in flat for k in f if k not in STUDY_FIELDS and k not in _PATH_FIELDS
                          and any(g.get(k) != f.get(k) for _, g in flat)})
         if differ:
             notes.append(f"{', '.join(r.name for r, _ in flat)} are pooled as {label!r} but differ in "

@@ -118,7 +118,7 @@ def _write_report(results: dict[str, list[dict]], output_dir: str) -> list[Failu
     try:
         print(f"report: {report_runs(folders, output_dir)}")
     except SystemExit as e:
-        if not isinstance(e.code, int) or e.code >= 128:  # a signal (SIGTERM: compare_runs.terminated) stops compare
+        if isinstance(e.code, int) and e.code >= 128:  # a signal (SIGTERM: compare_runs.terminated) stops compare
             raise
         return [Failure("report", f"not written: {e!r}")]
     except Exception as e:  # noqa: BLE001 - the trainings are done; say why the report is missing

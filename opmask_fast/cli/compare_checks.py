@@ -60,10 +60,12 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
     def error(message):
         raise UsageError(f"training options after --: {message}")
 
-    train_parser.error = error
-    extra = [a for a in args.train_args if a != "--"]
-    if {"-h", "--help"} & set(extra):  # the trainings' help would print and compare exit 0 having done nothing
+    def no_help(*args, **kwargs):  # -h, --help or an abbreviation: printed, compare would exit 0 having done nothing
         raise UsageError("training options after --: -h/--help: see python -m opmask_fast.train --help")
+
+    train_parser.error = error
+    train_parser.print_help = no_help
+    extra = [a for a in args.train_args if a != "--"]
     targs = train_parser.parse_args(["--preset", args.preset, *extra])  # as each training parses it: a later wins
     try:
         given = [o for k, o in {**DATA_OPTIONS, "dataset": "--dataset", "data_images": "--data-images"}.items()

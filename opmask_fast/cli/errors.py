@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 from typing import Callable, Iterator
 
@@ -57,7 +58,7 @@ def one_line(message: str) -> str:
 
 def entry_point(prog: str) -> Callable:
     """Decorates ``main(argv=None)`` of an entry point: a ``UsageError`` prints ``PROG: error: MESSAGE`` and exits 2;
-    Ctrl-C prints ``PROG: interrupted`` and exits 130 (128 + SIGINT, as the shell reports it).
+    Ctrl-C prints ``PROG: interrupted`` and raises KeyboardInterrupt on (``run_console`` then ends the process).
 
     ``main`` is the command itself, also when called from Python: a usage error raises ``SystemExit(2)`` exactly as
     argparse does for a bad option. With ``--debug`` the ``UsageError`` propagates with its traceback.
@@ -73,16 +74,28 @@ def entry_point(prog: str) -> Callable:
                 sys.stdout.flush()
                 print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
                 raise SystemExit(EXIT_USAGE) from None
-            except KeyboardInterrupt:  # Ctrl-C: the command stopped on request (its own cleanup has run), no traceback
-                if debug_enabled(argv):
-                    raise
-                sys.stdout.flush()
-                print(f"{prog}: interrupted", file=sys.stderr, flush=True)
-                raise SystemExit(130) from None
+            except KeyboardInterrupt:  # Ctrl-C: the command's own cleanup has run; say so (run_console ends quietly)
+                if not debug_enabled(argv):
+                    sys.stdout.flush()
+                    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+                raise
 
         return run
 
     return wrap
+
+
+def run_console(main: Callable) -> None:
+    """A command run as a program (``python -m``, the console scripts): its return value dropped (a script would print
+    it and exit 1), and Ctrl-C ending the process by SIGINT after ``entry_point``'s one line, without a traceback, so
+    a calling shell sees an interrupted command and stops too (exit status 130). ``--debug`` keeps the traceback."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        if debug_enabled(sys.argv[1:]):
+            raise
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from torch import Tensor
 from .sanitize import (DROP_REASONS, INT64_MAX, MIN_BOX_SIDE, box_polygon, check_box, check_segmentation,
                        check_structure, is_finite_number, summarize)
 from .splits import resolve_split
-from .transforms import ResizeFlip, rgb_array, shown_size, upright
+from .transforms import ResizeFlip, read_rgb, shown_size
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +216,8 @@ class CocoInstances(torch.utils.data.Dataset):
                     size, shown = im.size, shown_size(im)
                     if decode:
                         im.load()
+            except MemoryError:
+                raise
             except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise nearly anything
                 raise ValueError(f"cannot read image {path} (image {r['image_id']} of {self.ann_file}): {e}") from None
             # Either size is an annotation frame: the shown one (the usual) or the stored one (`upright`).
@@ -236,15 +238,7 @@ class CocoInstances(torch.utils.data.Dataset):
         """``Tensor[3, H, W]`` float32 RGB 0..255 at the original size."""
         r = self.records[index]
         path = os.path.join(self.image_dir, r["file_name"])
-        try:
-            with Image.open(path) as im:
-                arr = rgb_array(upright(im, (r["width"], r["height"])))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"image not found: {path}") from None
-        except OSError as e:
-            raise OSError(f"cannot read image {path}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - a damaged file makes Pillow's decoders raise nearly anything
-            raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        arr = read_rgb(path, (r["width"], r["height"]))
         if arr.shape[:2] != (r["height"], r["width"]):
             raise ValueError(f"image {path} is {arr.shape[1]}x{arr.shape[0]}, "
                              f"the annotation says {r['width']}x{r['height']}")

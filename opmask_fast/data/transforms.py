@@ -41,6 +41,9 @@ _UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4
             5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
             8: Image.Transpose.ROTATE_90}
 
+# Where Pillow's getexif() finds an orientation: EXIF, a PNG's text copy of it, XMP (tiff:Orientation).
+_ORIENTATION_SOURCES = ("exif", "Raw profile type exif", "xmp", "XML:com.adobe.xmp")
+
 
 def exif_orientation(image: Image.Image) -> int:
     """The EXIF orientation (1-8) of an opened image; 1 without the tag or with an unusable one. Read from the header:
@@ -76,8 +79,29 @@ def upright(image: Image.Image, annotated_size: tuple[int, int] | None = None) -
     # The pixels only, as detectron2 turns them: ImageOps.exif_transpose also rewrites the EXIF block, which raises
     # on blocks that Pillow reads but cannot write back (a tag of an unexpected type), for an image that decodes.
     turned = image.transpose(_UPRIGHT[orientation])
-    turned.info.pop("exif", None)  # the turned pixels are upright: no orientation to apply again
+    for key in _ORIENTATION_SOURCES:  # the turned pixels are upright: no orientation left to apply again
+        turned.info.pop(key, None)
     return turned
+
+
+def read_rgb(path, annotated_size: tuple[int, int] | None = None) -> np.ndarray:
+    """``uint8 [H, W, 3]`` RGB of an image file, upright by its orientation (`upright`, with ``annotated_size``).
+
+    Raises:
+        FileNotFoundError / OSError naming the file: missing, or not decodable (any error of Pillow's decoders on a
+            damaged file, which raise nearly anything, is an OSError here; running out of memory is not).
+    """
+    try:
+        with Image.open(path) as im:
+            return rgb_array(upright(im, annotated_size))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    except OSError as e:
+        raise OSError(f"cannot read image {path}: {e}") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - see Raises
+        raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:

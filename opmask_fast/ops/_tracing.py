@@ -1,4 +1,6 @@
-"""`fx_leaf`: the public ops as leaves of `torch.fx.symbolic_trace` graphs, wherever they are called from.
+"""How the public ops meet tracers: `fx_leaf` makes them leaves of `torch.fx.symbolic_trace` graphs, wherever they are
+called from; `values_unreadable` says when their data checks (host reads) cannot run: traced by torch.compile or
+torch.export, or given meta or fake tensors.
 
 The ops check their inputs' values in Python (one host sync), which a symbolic tracer cannot do with Proxy inputs.
 torchvision marks its ops with `torch.fx.wrap`, which patches the name only in the defining module's globals, so a
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 
 import torch.fx
+from torch import Tensor
 from torch.fx.node import map_aggregate
 
 
@@ -31,3 +34,25 @@ def fx_leaf(fn):
         return fn(*args, **kwargs)
 
     return op
+
+
+def is_compiling() -> bool:
+    """Whether torch.compile or torch.export is tracing the caller."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
+
+
+def values_unreadable(*tensors: Tensor | None) -> bool:
+    """True where the inputs' values cannot be read, so the ops skip their data checks (the shape checks still run):
+    traced by torch.compile / torch.export, or meta or fake tensors (shape propagation, as torchvision's ops allow)."""
+    if is_compiling():
+        return True
+    return any(t is not None and (t.device.type == "meta" or _is_fake(t)) for t in tensors)
+
+
+def _is_fake(t: Tensor) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+    except ImportError:  # pragma: no cover - every supported torch has it
+        return False
+    return is_fake(t)

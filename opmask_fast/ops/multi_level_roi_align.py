@@ -19,8 +19,8 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
-from opmask_fast.ops.roi_align import _pair, _values_unreadable, check_roi_align_inputs, map_weight_code
-from opmask_fast.ops._tracing import fx_leaf
+from opmask_fast.ops.roi_align import _pair, check_roi_align_inputs, map_weight_code
+from opmask_fast.ops._tracing import fx_leaf, values_unreadable
 
 __all__ = ["multi_level_roi_align", "check_levels"]
 
@@ -64,7 +64,7 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
             raise ValueError(f"levels has {levels.shape[0]} entries for {rois.shape[0]} boxes")
         # A data check (a host read), skipped where it cannot run (traced, meta), as roi_align's box checks are.
         in_range = (levels >= 0) & (levels < len(features))
-        if rois.shape[0] > 0 and not _values_unreadable(rois, levels) and not bool(in_range.all()):
+        if rois.shape[0] > 0 and not values_unreadable(rois, levels) and not bool(in_range.all()):
             bad = int((~in_range).nonzero()[0, 0])
             raise ValueError(f"box {bad} has level {int(levels[bad])}; levels must be in [0, {len(features)})")
         empty = [i for i, f in enumerate(features) if f.shape[2] == 0 or f.shape[3] == 0]

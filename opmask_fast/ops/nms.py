@@ -10,8 +10,7 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
-from opmask_fast.ops.roi_align import _values_unreadable
-from opmask_fast.ops._tracing import fx_leaf
+from opmask_fast.ops._tracing import fx_leaf, values_unreadable
 
 __all__ = ["nms", "batched_nms"]
 
@@ -20,7 +19,7 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _check(boxes: Tensor, scores: Tensor, idxs: Tensor | None, iou_threshold: float) -> None:
     check_shapes(boxes, scores, idxs, iou_threshold)
-    if boxes.shape[0] > 0 and not _values_unreadable(boxes, scores):
+    if boxes.shape[0] > 0 and not values_unreadable(boxes, scores):
         check_finite(boxes, scores)
 
 

@@ -17,8 +17,8 @@ from torch import Tensor
 from opmask_fast import _extension
 from opmask_fast.ops import reference
 from opmask_fast.ops.nms import check_finite, check_shapes
-from opmask_fast.ops.roi_align import _values_unreadable, as_int
-from opmask_fast.ops._tracing import fx_leaf
+from opmask_fast.ops.roi_align import as_int
+from opmask_fast.ops._tracing import fx_leaf, values_unreadable
 
 __all__ = ["nms_topk"]
 
@@ -46,7 +46,7 @@ def nms_topk(boxes: Tensor, scores: Tensor, iou_threshold: float, max_keep: int,
     if max_keep < 0:
         raise ValueError(f"max_keep must be an integer >= 0, got {max_keep!r}")
     check_shapes(boxes, scores, idxs, iou_threshold)  # no data read: also with validate=False and while tracing
-    if validate and not _values_unreadable(boxes, scores) and boxes.shape[0] > 0:
+    if validate and not values_unreadable(boxes, scores) and boxes.shape[0] > 0:
         valid = scores > float("-inf")  # NaN too is not valid: an ignored candidate
         check_finite(boxes[valid], scores[valid])
     idxs = None if idxs is None else idxs.to(torch.int64)

@@ -17,8 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from opmask_fast.ops._tracing import fx_leaf
-from opmask_fast.ops.object_prior_add import (_cam_dtype, _check_ranges, _check_shapes, _is_compiling,
+from opmask_fast.ops._tracing import fx_leaf, is_compiling
+from opmask_fast.ops.object_prior_add import (_cam_dtype, _check_ranges, _check_shapes,
                                               _object_prior_add_backward_op, _resolve_backend, _split_scale,
                                               _triton_kernels)
 from opmask_fast.ops.reference import object_prior_add as _ref
@@ -101,7 +101,7 @@ def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows
     size = tuple(box_features.shape[-2:]) if size is None else tuple(size)
     scale_value, scale_t = _split_scale(scale)
     _check_shapes(None, box_features, cls_weight, classes, rows, scale_t, size)
-    if validate and classes.is_cuda and not _is_compiling():
+    if validate and classes.is_cuda and not is_compiling():
         _check_ranges(classes.cpu(), None if rows is None else rows.cpu(), cls_weight.shape[0], box_features.shape[0])
     # The backend choice reads the mask features' device and dtype: those of the map it writes.
     backend = _resolve_backend(backend, box_features, box_features)

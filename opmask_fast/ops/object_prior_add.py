@@ -3,7 +3,7 @@
 For each RoI r the prior is the class activation map (CAM) of its class, cam = cls_weight[classes[r]] .
 box_features[rows[r]], min-max normalised (a constant CAM gives a zero prior), resized bilinearly to the mask
 features' size and added, times a gain, to every channel: out[r, d] = mask_features[r, d] + scale * resize(cam).
-Backends: "triton" (one fused kernel per direction, kernels/object_prior_add.py) and "reference" (plain PyTorch,
+Backends: "triton" (one fused kernel per direction, kernels/object_prior_add_jit.py) and "reference" (plain PyTorch,
 opmask_fast/ops/reference/object_prior_add.py); "auto" takes Triton for CUDA tensors when it is installed. With
 TRITON_INTERPRET=1, backend="triton" runs the Triton kernels on CPU tensors (how the tests check them without a GPU).
 
@@ -25,9 +25,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from opmask_fast.ops.roi_align import _is_compiling
 from opmask_fast.ops.reference import object_prior_add as _ref
-from opmask_fast.ops._tracing import fx_leaf
+from opmask_fast.ops._tracing import fx_leaf, is_compiling
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -49,8 +48,12 @@ def _triton_kernels():
     spec = importlib.util.spec_from_file_location("opmask_fast.kernels", init, submodule_search_locations=[str(folder)])
     package = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = package
-    spec.loader.exec_module(package)
-    return importlib.import_module("opmask_fast.kernels.object_prior_add")
+    try:
+        spec.loader.exec_module(package)
+        return importlib.import_module("opmask_fast.kernels.object_prior_add")
+    except BaseException:
+        sys.modules.pop(spec.name, None)  # no half-loaded package left for the next import to find
+        raise
 
 
 def _interpreting() -> bool:
@@ -288,7 +291,7 @@ def object_prior_add(mask_features: Tensor, box_features: Tensor, cls_weight: Te
     """
     scale_value, scale_t = _split_scale(scale)
     _check_shapes(mask_features, box_features, cls_weight, classes, rows, scale_t)
-    if validate and classes.is_cuda and not _is_compiling():
+    if validate and classes.is_cuda and not is_compiling():
         _check_ranges(classes.cpu(), None if rows is None else rows.cpu(), cls_weight.shape[0],
                       box_features.shape[0])
     backend = _resolve_backend(backend, mask_features, box_features)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from opmask_fast import _extension
 from opmask_fast.ops import reference
-from opmask_fast.ops._tracing import fx_leaf
+from opmask_fast.ops._tracing import fx_leaf, values_unreadable
 
 __all__ = ["roi_align", "convert_boxes_to_roi_format"]
 
@@ -66,27 +66,6 @@ def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
         [torch.full((b.shape[0], 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)], dim=0
     )
     return torch.cat([idx, cat], dim=1)
-
-
-def _is_compiling() -> bool:
-    compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and getattr(compiler, "is_compiling", lambda: False)())
-
-
-def _values_unreadable(*tensors: Tensor | None) -> bool:
-    """True where the inputs' values cannot be read, so the ops skip their data checks (the shape checks still run):
-    traced by torch.compile / torch.export, or meta or fake tensors (shape propagation, as torchvision's ops allow)."""
-    if _is_compiling():
-        return True
-    return any(t is not None and (t.device.type == "meta" or _is_fake(t)) for t in tensors)
-
-
-def _is_fake(t: Tensor) -> bool:
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover - every supported torch has it
-        return False
-    return is_fake(t)
 
 
 def check_roi_align_inputs(
@@ -138,7 +117,7 @@ def check_roi_align_inputs(
         roi_map = roi_map.to(input.dtype)
     if k > 0 and (input.shape[2] == 0 or input.shape[3] == 0):
         raise ValueError(f"input has an empty spatial size {tuple(input.shape[2:])} but {k} boxes")
-    if k > 0 and not _values_unreadable(input, rois):
+    if k > 0 and not values_unreadable(input, rois):
         _check_roi_values(rois, input.shape[0], (ph, pw), spatial_scale, sampling_ratio)
     return rois, (ph, pw), roi_map
 

@@ -125,12 +125,13 @@ class StaticInference(nn.Module):
                 raise RuntimeError("a prior probe (prior_ablation, prior_statistics) is attached: it reads the "
                                    "detection count on the host; export or compile StaticInference without it")
             counts = dets["count"].tolist()
-            mask_logits, prior_rows = heads.mask_forward(
-                features, [dets["boxes"][i, :c] for i, c in enumerate(counts)], box_feats,
-                dets["labels"][:, :n][real], rows.view(b, n)[real], return_prior=True)
             probs = box_feats.new_zeros((b, n, side, side), dtype=torch.float32)
             priors = box_feats.new_zeros((b, n, res, res), dtype=torch.float32)
-            probs[real], priors[real] = mask_logits.float().sigmoid(), prior_rows.float()
+            if sum(counts) > 0:  # as the dynamic path: no mask pass (and no probe call) without a detection
+                mask_logits, prior_rows = heads.mask_forward(
+                    features, [dets["boxes"][i, :c] for i, c in enumerate(counts)], box_feats,
+                    dets["labels"][:, :n][real], rows.view(b, n)[real], return_prior=True)
+                probs[real], priors[real] = mask_logits.float().sigmoid(), prior_rows.float()
         elif n > 0:
             mask_logits, priors = heads.mask_forward(features, list(dets["boxes"][:, :n].unbind(0)), box_feats,
                                                      dets["labels"][:, :n].reshape(-1), rows, return_prior=True)
