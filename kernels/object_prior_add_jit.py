@@ -39,6 +39,31 @@ def _resize_taps(q, p, Hb, Wb, Wm, scale_h, scale_w):
 
 
 @triton.jit
+def _this_roi(cls_ptr, rows_ptr, HAS_ROWS: tl.constexpr):
+    # This program's RoI r, its class and its box-feature row (r itself without rows).
+    r = tl.program_id(0).to(tl.int64)
+    cls = tl.load(cls_ptr + r)
+    if HAS_ROWS:
+        row = tl.load(rows_ptr + r)
+    else:
+        row = r
+    return r, cls, row
+
+
+@triton.jit
+def _minmax(cam, p_ok, eps):
+    # The min-max normalised CAM over the valid pixels p_ok, 0 where its spread is below eps; also (lo, hi, ok, span)
+    # for the backward, span 1 where not ok so that dividing by it is safe. (p_ok & ok would mix a vector and a
+    # scalar mask, which the interpreter rejects: two wheres instead.)
+    lo = tl.min(tl.where(p_ok, cam, float("inf")), axis=0)
+    hi = tl.max(tl.where(p_ok, cam, float("-inf")), axis=0)
+    ok = hi - lo >= eps
+    span = tl.where(ok, hi - lo, 1.0)
+    norm = tl.where(p_ok, tl.where(ok, (cam - lo) / span, 0.0), 0.0)
+    return norm, lo, hi, ok, span
+
+
+@triton.jit
 def _object_prior_add_fwd_kernel(
     mf_ptr,  # (R, D, Q) mask features, Q = Hm * Wm
     bf_ptr,  # (N, C, P) box features, P = Hb * Wb
@@ -55,12 +80,7 @@ def _object_prior_add_fwd_kernel(
     READ_MF: tl.constexpr, STORE_PRIOR: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64)
-    cls = tl.load(cls_ptr + r)
-    if HAS_ROWS:
-        row = tl.load(rows_ptr + r)
-    else:
-        row = r
+    r, cls, row = _this_roi(cls_ptr, rows_ptr, HAS_ROWS)
     p = tl.arange(0, BLOCK_P)
     p_ok = p < P
     c_off = tl.arange(0, BLOCK_C)
@@ -77,12 +97,7 @@ def _object_prior_add_fwd_kernel(
     tl.store(cam_ptr + r * P + p, cam, mask=p_ok)
 
     if NORMALIZE:
-        lo = tl.min(tl.where(p_ok, cam, float("inf")), axis=0)
-        hi = tl.max(tl.where(p_ok, cam, float("-inf")), axis=0)
-        span = hi - lo
-        ok = span >= eps
-        # (p_ok & ok mixes a vector and a scalar mask, which the interpreter rejects: two wheres instead.)
-        norm = tl.where(p_ok, tl.where(ok, (cam - lo) / tl.where(ok, span, 1.0), 0.0), 0.0)
+        norm, lo, hi, ok, span = _minmax(cam, p_ok, eps)
     else:
         norm = tl.where(p_ok, cam, 0.0)
     if STORE_PRIOR:
@@ -143,22 +158,12 @@ def _object_prior_add_bwd_kernel(
     NEED_BF: tl.constexpr, NEED_W: tl.constexpr, NEED_S: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    r = tl.program_id(0).to(tl.int64)
-    cls = tl.load(cls_ptr + r)
-    if HAS_ROWS:
-        row = tl.load(rows_ptr + r)
-    else:
-        row = r
+    r, cls, row = _this_roi(cls_ptr, rows_ptr, HAS_ROWS)
     p = tl.arange(0, BLOCK_P)
     p_ok = p < P
     cam = tl.load(cam_ptr + r * P + p, mask=p_ok, other=0.0)
     if NORMALIZE:
-        lo = tl.min(tl.where(p_ok, cam, float("inf")), axis=0)
-        hi = tl.max(tl.where(p_ok, cam, float("-inf")), axis=0)
-        span = hi - lo
-        ok = span >= eps
-        inv_span = 1.0 / tl.where(ok, span, 1.0)
-        norm = tl.where(p_ok, tl.where(ok, (cam - lo) * inv_span, 0.0), 0.0)
+        norm, lo, hi, ok, span = _minmax(cam, p_ok, eps)
     else:
         norm = tl.where(p_ok, cam, 0.0)
 
@@ -189,7 +194,7 @@ def _object_prior_add_bwd_kernel(
         s0 = tl.sum(g, axis=0)
         s1 = tl.sum(g * norm, axis=0)
         g = g - is_min * ((s0 - s1) / tl.sum(is_min, axis=0)) - is_max * (s1 / tl.sum(is_max, axis=0))
-        g = tl.where(ok, g * inv_span, 0.0)
+        g = tl.where(ok, g / span, 0.0)
     g = tl.where(p_ok, g, 0.0)
     if NEED_BF and HAS_ROWS:
         tl.store(gbf_ptr + r * P + p, g, mask=p_ok)  # g_cam: _box_grad_rows_kernel writes the rows
