@@ -8,7 +8,8 @@ import os
 from ..config import PRESETS
 from ..variants import STUDY_FIELDS, VARIANTS
 from .checks import MAX_THREADS, check_device, check_number, check_output_dir
-from .errors import UsageError, option_name
+from .errors import UsageError, option_name, user_errors
+from .options import model_config_from_args
 from .preflight import DATA_OPTIONS, MAX_SEED, check_synthetic, check_train_options
 
 # The training options compare sets for each run, and what to give instead (a --preset or --num-threads after -- is
@@ -83,8 +84,12 @@ def check_compare(args, *, train_parser) -> tuple[list[str], list[int]]:
         if studied:
             raise UsageError(f"--set {', '.join(studied)}: each variant sets it (a field the study varies); choose "
                              "the variants with compare's --variants")
-        for v in names:  # as each training parses its options: the variant's fields under the options after --
-            cfg, _, _ = check_train_options(train_parser.parse_args(["--preset", args.preset, "--variant", v, *extra]))
+        cfg, _, _ = check_train_options(targs)  # the options and the --weights file, read once
+        for v in names:  # each training's model config: the variant's fields under the options after --
+            vargs = train_parser.parse_args(["--preset", args.preset, "--variant", v, *extra])
+            vargs.weights = None  # read above; the variants change no weights
+            with user_errors():
+                model_config_from_args(vargs)
         check_device(targs.device)
         targs.dataset = args.dataset  # compare's, given to every training
         check_synthetic(targs, cfg)
