@@ -48,22 +48,42 @@ PROVIDERS = {
 BATCH, STEPS = 4, 6
 
 
-@pytest.fixture(scope="module")
-def batches(tmp_path_factory):
-    paths = ensure_synthetic(SyntheticSpec(seed=0, num_train=40, num_val=4), str(tmp_path_factory.mktemp("cache")))
+def batch_stream(cache: str):
+    """Training batches of BATCH synthetic images (the embedded dataset's rules, generated into `cache`), endless."""
+    paths = ensure_synthetic(SyntheticSpec(seed=0, num_train=40, num_val=4), cache)
     ds = train_dataset({**paths}, get_preset("opmask_r18_tiny").input, "circle,triangle,cross")
-    it = train_loader(ds, batch_size=BATCH, seed=0)
-    return [next(it) for _ in range(STEPS)]
+    return train_loader(ds, batch_size=BATCH, seed=0)
 
 
-def _model(provider: str):
+def make_model(provider: str, *sets: str):
+    """The provider's model (`PROVIDERS`), with further `--set`-style fields on top, seeded."""
     preset, variant, extra = PROVIDERS[provider]
     cfg = apply_variant(get_preset(preset), variant)
     cfg.num_classes = 6
-    for item in extra:
+    for item in [*extra, *sets]:
         apply_override(cfg, item)
     torch.manual_seed(0)
     return build_model(cfg.validate())
+
+
+def make_step(model):
+    """One training step of `model` on a batch `(images, targets)`: the main job's (SGD, clipping by value)."""
+    opt = build_optimizer(model, TrainConfig())
+
+    def step(images, targets):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(model.parameters(), 1.0)
+        opt.step()
+
+    return step
+
+
+@pytest.fixture(scope="module")
+def batches(tmp_path_factory):
+    it = batch_stream(str(tmp_path_factory.mktemp("cache")))
+    return [next(it) for _ in range(STEPS)]
 
 
 @pytest.fixture(autouse=True)
@@ -77,18 +97,12 @@ def _one_thread():
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_train_step(benchmark, batches, provider):
     benchmark.group = "train step (4 images)"
-    model = _model(provider).train()
-    opt = build_optimizer(model, TrainConfig())
+    train_step = make_step(make_model(provider).train())
     state = {"i": 0}
 
     def step():
-        images, targets = batches[state["i"] % STEPS]
+        train_step(*batches[state["i"] % STEPS])
         state["i"] += 1
-        loss = sum(model(images, targets).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(model.parameters(), 1.0)
-        opt.step()
 
     for _ in range(2):  # warm-up: allocator and oneDNN primitive caches
         step()
@@ -98,7 +112,7 @@ def test_train_step(benchmark, batches, provider):
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_inference_step(benchmark, batches, provider):
     benchmark.group = "inference step (4 images)"
-    model = _model(provider).eval()
+    model = make_model(provider).eval()
     images = batches[0][0]
 
     def run():

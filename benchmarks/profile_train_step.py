@@ -22,15 +22,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_step import BATCH, PROVIDERS  # noqa: E402
+from bench_train_step import BATCH, PROVIDERS, batch_stream, make_model, make_step  # noqa: E402
 
-from opmask_fast.config import apply_override, get_preset  # noqa: E402
-from opmask_fast.data import SyntheticSpec, ensure_synthetic, train_dataset  # noqa: E402
-from opmask_fast.data.loader import train_loader  # noqa: E402
-from opmask_fast.modeling import build_model  # noqa: E402
 from opmask_fast.training.host_memory import keep_freed_memory  # noqa: E402
-from opmask_fast.training.solver import TrainConfig, build_optimizer  # noqa: E402
-from opmask_fast.variants import apply_variant  # noqa: E402
 
 # kind -> substrings of op names (lower case), first match wins: backward before forward.
 KINDS = {
@@ -65,29 +59,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = p.parse_args(argv)
     keep_freed_memory()  # as train sets it on the CPU
     torch.set_num_threads(1)
-    preset, variant, extra = PROVIDERS[args.provider]
     with tempfile.TemporaryDirectory() as cache:
-        paths = ensure_synthetic(SyntheticSpec(seed=0, num_train=40, num_val=4), cache)
-        ds = train_dataset({**paths}, get_preset(preset).input, "circle,triangle,cross")
-        it = train_loader(ds, batch_size=BATCH, seed=0)
-        start = time.process_time()
+        it = batch_stream(cache)
+        start = time.process_time()  # the loader's work alone: decoding, augmentation, rasterising the masks
         batches = [next(it) for _ in range(args.steps + 2)]
         load = (time.process_time() - start) / len(batches)
-    cfg = apply_variant(get_preset(preset), variant)
-    cfg.num_classes = 6
-    for item in [*extra, *args.set]:
-        apply_override(cfg, item)
-    torch.manual_seed(0)
-    model = build_model(cfg.validate()).train()
-    opt = build_optimizer(model, TrainConfig())
-
-    def step(images, targets):
-        loss = sum(model(images, targets).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_value_(model.parameters(), 1.0)
-        opt.step()
-
+    step = make_step(make_model(args.provider, *args.set).train())
     for images, targets in batches[:2]:
         step(images, targets)
     with profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -16,6 +16,13 @@ import torch.fx
 from torch import Tensor
 from torch.fx.node import map_aggregate
 
+try:
+    from torch._subclasses.fake_tensor import is_fake as _is_fake
+except ImportError:  # pragma: no cover - every supported torch has it
+
+    def _is_fake(t: Tensor) -> bool:
+        return False
+
 
 def _first_proxy(args, kwargs):
     found = []
@@ -48,11 +55,3 @@ def values_unreadable(*tensors: Tensor | None) -> bool:
     if is_compiling():
         return True
     return any(t is not None and (t.device.type == "meta" or _is_fake(t)) for t in tensors)
-
-
-def _is_fake(t: Tensor) -> bool:
-    try:
-        from torch._subclasses.fake_tensor import is_fake
-    except ImportError:  # pragma: no cover - every supported torch has it
-        return False
-    return is_fake(t)
