@@ -14,12 +14,7 @@ second op, `opmask_fast::object_prior_add_backward`.
 
 from __future__ import annotations
 
-import functools
-import importlib
 import importlib.util
-import os
-import sys
-from pathlib import Path
 from typing import Optional
 
 import torch
@@ -27,37 +22,9 @@ from torch import Tensor
 
 from opmask_fast.ops.reference import object_prior_add as _ref
 from opmask_fast.ops._tracing import fx_leaf, is_compiling
+from opmask_fast.ops._triton import _interpreting, _triton_kernels
 
 BACKENDS = ("auto", "triton", "reference")
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_kernels():
-    """The Triton kernel module, imported only when the Triton backend runs (CPU users need no Triton)."""
-    try:
-        return importlib.import_module("opmask_fast.kernels.object_prior_add")
-    except ModuleNotFoundError as err:
-        if err.name not in ("opmask_fast.kernels", "opmask_fast.kernels.object_prior_add"):
-            raise  # Triton itself (or a dependency) is missing: say so.
-    # Not installed through setup.py (which maps kernels/ to opmask_fast.kernels): load the package from the source
-    # tree, as a package so that its modules' relative imports resolve.
-    folder = Path(__file__).resolve().parents[2] / "kernels"
-    init = folder / "__init__.py"
-    if not init.exists():
-        raise ImportError(f"opmask_fast's Triton kernels are not installed and {init} does not exist")
-    spec = importlib.util.spec_from_file_location("opmask_fast.kernels", init, submodule_search_locations=[str(folder)])
-    package = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = package
-    try:
-        spec.loader.exec_module(package)
-        return importlib.import_module("opmask_fast.kernels.object_prior_add")
-    except BaseException:
-        sys.modules.pop(spec.name, None)  # no half-loaded package left for the next import to find
-        raise
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _resolve_backend(backend: str, mask_features: Tensor, box_features: Tensor) -> str:
