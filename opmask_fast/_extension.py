@@ -55,8 +55,13 @@ def load_error() -> Exception | None:
 
 
 def warn_fallback(op: str) -> None:
-    """Warn once per process that ``op`` runs on the slow pure-PyTorch reference."""
+    """Warn once per process that ``op`` runs on the slow pure-PyTorch reference (not while torch.compile traces it:
+    a warning there is a graph break, and fullgraph=True would fail on it)."""
     if _state["warned"]:
+        return
+    import torch
+
+    if torch.compiler.is_compiling():
         return
     _state["warned"] = True
     warnings.warn(

@@ -132,3 +132,20 @@ def test_gpu_tensors_with_an_extension_built_without_cuda_say_to_rebuild(monkeyp
     monkeypatch.setattr(_extension, "cuda_built", lambda: False)
     monkeypatch.setattr(_extension, "warn_fallback", lambda op: None)
     assert not _extension.compiled("nms", torch.device("cuda", 1))
+
+
+def test_fallback_warning_is_no_graph_break(monkeypatch):
+    """The once-per-process fallback warning is skipped while torch.compile traces (a warning there is a graph
+    break, fatal under fullgraph=True) and given on the next eager call."""
+    monkeypatch.setitem(_extension._state, "warned", False)
+    monkeypatch.setitem(_extension._state, "error", ImportError("hidden for the test"))
+
+    def f(x):
+        _extension.warn_fallback("roi_align")
+        return x + 1
+
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, fullgraph=True)(torch.ones(2)), torch.full((2,), 2.0))
+    assert not _extension._state["warned"]
+    with pytest.warns(RuntimeWarning, match="hidden for the test.*roi_align"):
+        f(torch.ones(2))

@@ -210,6 +210,28 @@ def test_constant_cam_gives_zero_prior_and_zero_gradient(backend):
     assert results[2][1].abs().max() == 0
 
 
+@pytest.mark.parametrize("dtype,offset,step", [(torch.bfloat16, 64.0, 0.125), (torch.float16, 2048.0, 0.5)])
+def test_half_precision_cam_is_accumulated_in_float32(dtype, offset, step):
+    """A CAM with a large common offset keeps its small spread: the reference (the CPU backend) sums it in float32,
+    as the kernels do; summed in bfloat16 the prior below came out [0, 0, 0, 1]."""
+    bf = torch.zeros(1, 2, 2, 2)
+    bf[0, 0] = offset
+    bf[0, 1] = torch.tensor([[0.0, 1.0], [2.0, 3.0]]) * step  # a quarter of dtype's spacing at the offset
+    bf, w, cls = bf.to(dtype), torch.ones(1, 2, dtype=dtype), torch.tensor([0])  # every value exact in dtype
+    expected = ref.object_prior(bf.double(), w.double(), cls).flatten()
+    torch.testing.assert_close(expected, torch.tensor([0, 1 / 3, 2 / 3, 1], dtype=torch.float64))
+    got = object_prior(bf, w, cls, backend="reference")
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double().flatten(), expected, atol=TOL[dtype], rtol=0)
+    out = object_prior_add(torch.zeros(1, 1, 2, 2, dtype=dtype), bf, w, cls, backend="reference")
+    torch.testing.assert_close(out.double().flatten(), expected, atol=TOL[dtype], rtol=0)
+    # Gradients of random half-precision inputs against the float64 oracle on the same values (rounded to a
+    # half-precision CAM, near-equal pixels tie as min or max and split their gradient).
+    c = make_case(R=2, D=2, C=16, hb=3, wb=5, hm=6, wm=6, seed=108, K=4)
+    c = {k: v if v is None or not v.is_floating_point() else v.to(dtype).double() for k, v in c.items()}
+    assert_all_close(run(c, backend="reference", dtype=dtype), oracle(c), dtype)
+
+
 @needs_triton
 def test_triton_ties_and_no_normalize():
     c = make_case(rows=True)

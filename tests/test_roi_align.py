@@ -253,6 +253,20 @@ def test_too_many_samples_says_what_to_change():
         roi_align(x, box * torch.tensor([1, 1, 1, 1e6, 1e6]), 2, 1.0, 0, True)
 
 
+@pytest.mark.parametrize("aligned", [False, True])
+def test_far_inverted_box_is_pooled_not_refused(aligned):
+    """The kernels treat an inverted box as 1 px wide (aligned=False) or empty (aligned=True): one sample per bin or
+    none, whatever its extent, so the sample limit must not count |x2 - x1|."""
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rois = torch.tensor([[0, 10.0, 5.0, -69990.0, 9.0], [1, 12.0, 12.0, -12000.0, -12000.0]], dtype=torch.float64)
+    out = roi_align(x, rois, 7, 1.0, 0, aligned)
+    torch.testing.assert_close(out, reference.roi_align(x, rois, (7, 7), 1.0, 0, aligned))
+    if not aligned:  # (torchvision's CPU kernel sizes a vector by the negative grid of an inverted aligned box)
+        torch.testing.assert_close(out, tv_ops.roi_align(x, rois, 7, 1.0, 0, aligned))
+    else:
+        assert out.abs().max() == 0
+
+
 @needs_c
 def test_meta_and_fake_tensors_give_shapes():
     """Shape propagation (meta tensors, FakeTensorMode), as torchvision's roi_align allows: the data checks are

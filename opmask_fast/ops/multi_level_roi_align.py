@@ -59,7 +59,8 @@ def multi_level_roi_align(features: list[Tensor], rois: Tensor, levels: Tensor, 
     if validate:
         # The finest level has the largest scale: its sample count bounds every level's.
         scale = max(spatial_scales)
-        rois, (ph, pw), roi_map = check_roi_align_inputs(first, rois, output_size, scale, sampling_ratio, roi_map)
+        rois, (ph, pw), roi_map = check_roi_align_inputs(first, rois, output_size, scale, sampling_ratio, roi_map,
+                                                          aligned)
         if levels.shape[0] != rois.shape[0]:
             raise ValueError(f"levels has {levels.shape[0]} entries for {rois.shape[0]} boxes")
         # A data check (a host read), skipped where it cannot run (traced, meta), as roi_align's box checks are.

@@ -105,7 +105,7 @@ def _check_ranges(classes: Tensor, rows: Optional[Tensor], num_classes: int, num
 
 
 def _cam_dtype(box_features: Tensor) -> torch.dtype:
-    return torch.float64 if box_features.dtype == torch.float64 else torch.float32
+    return _ref.cam_dtype(box_features.dtype)
 
 
 def _reference_forward(mf, bf, w, classes, rows, normalize, scale_value, scale):

@@ -62,20 +62,13 @@ def convert_boxes_to_roi_format(boxes: list[Tensor]) -> Tensor:
     if cat.is_floating_point():
         # float16 holds image indices exactly up to 2048, bfloat16 up to 256: the index column is float32 at least.
         cat = cat.to(torch.promote_types(cat.dtype, torch.float32))
-    idx = torch.cat(
-        [torch.full((b.shape[0], 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)], dim=0
-    )
+    idx = torch.cat([torch.full((b.shape[0], 1), i, dtype=cat.dtype, device=cat.device) for i, b in enumerate(boxes)])
     return torch.cat([idx, cat], dim=1)
 
 
-def check_roi_align_inputs(
-    input: Tensor,
-    boxes: Tensor | list[Tensor],
-    output_size: int | tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    roi_map: Tensor | None,
-) -> tuple[Tensor, tuple[int, int], Tensor | None]:
+def check_roi_align_inputs(input: Tensor, boxes: Tensor | list[Tensor], output_size: int | tuple[int, int],
+                           spatial_scale: float, sampling_ratio: int, roi_map: Tensor | None,
+                           aligned: bool = False) -> tuple[Tensor, tuple[int, int], Tensor | None]:
     """Validate RoIAlign arguments; return (rois Tensor[K, 5] in the coordinate dtype, (Ho, Wo), roi_map).
 
     Raises ValueError / TypeError with a message naming the offending argument, before any kernel runs.
@@ -118,11 +111,12 @@ def check_roi_align_inputs(
     if k > 0 and (input.shape[2] == 0 or input.shape[3] == 0):
         raise ValueError(f"input has an empty spatial size {tuple(input.shape[2:])} but {k} boxes")
     if k > 0 and not values_unreadable(input, rois):
-        _check_roi_values(rois, input.shape[0], (ph, pw), spatial_scale, sampling_ratio)
+        _check_roi_values(rois, input.shape[0], (ph, pw), spatial_scale, sampling_ratio, aligned)
     return rois, (ph, pw), roi_map
 
 
-def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: float, sampling_ratio: int) -> None:
+def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: float, sampling_ratio: int,
+                      aligned: bool) -> None:
     """Data checks; one host sync for all of them together."""
     b = rois[:, 0]
     coords = rois[:, 1:].double() * scale
@@ -133,7 +127,8 @@ def _check_roi_values(rois: Tensor, batch: int, size: tuple[int, int], scale: fl
         grid = torch.full_like(b, float(sampling_ratio), dtype=torch.float64)[:, None]
         size_ok = samples <= MAX_SAMPLES_PER_ROI
     else:
-        ext = (coords[:, 2:] - coords[:, :2]).abs().clamp(min=1.0)
+        # The kernels' extent: an inverted box is 1 px wide unless aligned, where it pools nothing.
+        ext = (coords[:, 2:] - coords[:, :2]).clamp(min=0.0 if aligned else 1.0)
         grid = torch.stack([torch.ceil(ext[:, 1] / size[0]), torch.ceil(ext[:, 0] / size[1])], dim=1)
         samples = grid.prod(dim=1) * (size[0] * size[1])
         # Beyond MAX_GRID_PER_AXIS on one axis the kernels would clamp the grid (another average than the reference).
@@ -192,7 +187,8 @@ def roi_align(
         or a box whose sampling grid (adaptive, or sampling_ratio^2 x Ho x Wo) exceeds ``MAX_SAMPLES_PER_ROI``.
     """
     weight = map_weight_code(map_weight, roi_map)
-    rois, (ph, pw), roi_map = check_roi_align_inputs(input, boxes, output_size, spatial_scale, sampling_ratio, roi_map)
+    rois, (ph, pw), roi_map = check_roi_align_inputs(input, boxes, output_size, spatial_scale, sampling_ratio, roi_map,
+                                                      aligned)
     if _extension.compiled("roi_align", input.device):
         if weight:
             return torch.ops.opmask_fast.roi_align_weighted(

@@ -28,7 +28,8 @@ def class_activation(box_features: Tensor, cls_weight: Tensor, classes: Tensor, 
         rows: Tensor[R] int64 or None, the box-feature row of each RoI (None: row r).
 
     Returns:
-        Tensor[R, Hb * Wb]: sum_c cls_weight[classes[r], c] * box_features[rows[r], c].
+        Tensor[R, Hb * Wb] float32 (float64 for float64 box features): sum_c cls_weight[classes[r], c] *
+        box_features[rows[r], c].
     """
     R = classes.shape[0]
     # Advanced indexing, not index_select: index_select over dim 0 of a large tensor ran 40x slower on 2 CPU threads.
@@ -37,8 +38,16 @@ def class_activation(box_features: Tensor, cls_weight: Tensor, classes: Tensor, 
         bf = box_features if box_features.shape[0] == R else box_features[:R]
     else:
         bf = box_features[rows]
-    w = cls_weight[classes].to(bf.dtype)
-    return torch.bmm(w.unsqueeze(1), bf.flatten(2)).squeeze(1)
+    # Accumulated in float32 at least, as the Triton kernels do: a half-precision CAM loses the small spread that the
+    # min-max normalisation then stretches to [0, 1] (an offset of 64 leaves bfloat16 a step of 0.5).
+    acc = cam_dtype(bf.dtype)
+    w = cls_weight[classes].to(acc)
+    return torch.bmm(w.unsqueeze(1), bf.flatten(2).to(acc)).squeeze(1)
+
+
+def cam_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a CAM is computed and kept in for box features of `dtype`: float64 or float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def normalize_cam(cam: Tensor, eps: float = EPS) -> Tensor:
@@ -54,12 +63,12 @@ def normalize_cam(cam: Tensor, eps: float = EPS) -> Tensor:
 
 def object_prior(box_features: Tensor, cls_weight: Tensor, classes: Tensor, rows: Tensor | None = None,
                  normalize: bool = True) -> Tensor:
-    """The (normalised) CAM of each RoI's class: Tensor[R, Hb, Wb]."""
+    """The (normalised) CAM of each RoI's class: Tensor[R, Hb, Wb] in box_features' dtype."""
     Hb, Wb = box_features.shape[-2:]
     cam = class_activation(box_features, cls_weight, classes, rows)
     if normalize:
         cam = normalize_cam(cam)
-    return cam.view(-1, Hb, Wb)
+    return cam.view(-1, Hb, Wb).to(box_features.dtype)
 
 
 def object_prior_add(mask_features: Tensor, box_features: Tensor, cls_weight: Tensor, classes: Tensor,
@@ -81,7 +90,11 @@ def object_prior_add(mask_features: Tensor, box_features: Tensor, cls_weight: Te
 def add_prior(mask_features: Tensor, cam: Tensor, normalize: bool = True,
               scale: float | Tensor | None = None) -> Tensor:
     """mask_features Tensor[R, D, Hm, Wm] + scale * resize(normalised raw cam Tensor[R, Hb, Wb])."""
-    return mask_features + resized_prior(cam, mask_features.shape[-2:], normalize, scale).to(mask_features.dtype)
+    prior = resized_prior(cam, mask_features.shape[-2:], normalize, scale)
+    if prior.dtype == mask_features.dtype:
+        return mask_features + prior
+    # Half-precision features: the sum rounded once, as the kernels write it.
+    return (mask_features.to(prior.dtype) + prior).to(mask_features.dtype)
 
 
 def resized_prior(cam: Tensor, size: tuple[int, int], normalize: bool = True,
