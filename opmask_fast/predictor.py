@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Any, Sequence, Union
 
@@ -38,6 +39,8 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return read_image(image)
     if isinstance(image, Image.Image):
+        if image.width < 1 or image.height < 1:
+            raise ValueError(f"empty image: PIL image of size {image.size}")
         return rgb_array(upright(image))  # as a path to the same file is read
     if isinstance(image, Tensor):
         image = image.detach().cpu().numpy()
@@ -81,11 +84,16 @@ class Predictor:
 
     def __init__(self, checkpoint: str, *, device: str | torch.device = "cpu", score_thresh: float | None = None,
                  batch_size: int = 1, state: dict | None = None, static: bool = True):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if score_thresh is not None and not 0.0 <= score_thresh <= 1.0:  # NaN too: every comparison false
+        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if score_thresh is not None and (not isinstance(score_thresh, numbers.Real) or isinstance(score_thresh, bool)
+                                         or not 0.0 <= score_thresh <= 1.0):  # NaN too: every comparison false
             raise ValueError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
         self.device = torch.device(device)
+        if self.device.type == "cuda" and (not torch.cuda.is_available()
+                                           or (self.device.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"device {str(self.device)!r}: this machine has {torch.cuda.device_count()} usable "
+                             "CUDA GPU(s); use device='cpu'")
         self.model, self.meta = model_from_checkpoint(checkpoint, self.device, state=state)
         self.cfg = self.model.cfg
         self.category_ids: list[int] = list(self.meta["category_ids"])

@@ -225,6 +225,40 @@ def test_evaluate_data_errors(bad_run, data, tmp_path, capsys):
     assert "--max-images must be >= 1" in line
 
 
+def _many_truncated_images(paths, tmp_path, count: int = 2001):
+    """``count`` images (more than the checks decode) cycling through the training set's annotations, each file a
+    hard link to a truncated copy of its image: the header is fine, the pixels cannot be decoded."""
+    d = json.load(open(paths["train_ann"]))
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for im in d["images"]:
+        raw = open(os.path.join(paths["train_images"], im["file_name"]), "rb").read()
+        (tmp_path / im["file_name"]).write_bytes(raw[: len(raw) // 2])
+    images, anns = [], []
+    for i in range(count):
+        src = d["images"][i % len(d["images"])]
+        os.link(tmp_path / src["file_name"], folder / f"{i}.png")
+        images.append({**src, "id": i + 1, "file_name": f"{i}.png"})
+        anns += [{**a, "id": len(anns) + k + 1, "image_id": i + 1}
+                 for k, a in enumerate(a for a in d["annotations"] if a["image_id"] == src["id"])]
+    ann = tmp_path / "many.json"
+    ann.write_text(json.dumps({**d, "images": images, "annotations": anns}))
+    return str(ann), str(folder)
+
+
+def test_image_that_fails_to_decode_during_the_run_is_one_line(bad_run, data, tmp_path, capsys):
+    """Beyond 2000 images the checks read headers only: an image that fails to decode in a data-loading worker ends
+    the run with the one-line error naming it (exit 2, not a traceback); evaluate decodes the images it will read."""
+    ann, images = _many_truncated_images(data, tmp_path)
+    proc = run("train", "--train-ann", ann, "--train-images", images, *SPLIT, *FAST, "--no-eval", "--num-workers", "1",
+               "--output-dir", tmp_path / "o")
+    line = usage_error(proc, "train", "cannot read image", "many/")
+    assert "image file is truncated" in line and "DataLoader" not in line
+    line = in_process(capsys, "evaluate", "--checkpoint", bad_run[1] / "checkpoint.pth", "--val-ann", ann,
+                      "--val-images", images, "--max-images", "2")
+    assert "cannot read image" in line and "0.png (image 1 of" in line
+
+
 def test_predict_skips_unreadable_images(bad_run, data, tmp_path):
     images = tmp_path / "images"
     images.mkdir()

@@ -250,6 +250,9 @@ def test_bad_inputs_raise():
     img, t = _sample()
     with pytest.raises(ValueError, match="Tensor\\[3, H, W\\]"):
         model.eval()([img[:1]])
+    for sizes in ([(-5, 40)], [(0, 40)], [(40,)]):
+        with pytest.raises(ValueError, match="output_sizes must be \\(h, w\\) pairs of positive ints"):
+            model([img], output_sizes=sizes)
     model.train()
     with pytest.raises(ValueError, match="one target dict"):
         model([img])

@@ -366,6 +366,9 @@ def test_bad_input_raises_before_any_kernel(backend, monkeypatch):
         call(mf, bf.long(), w, cls, rows)
     with pytest.raises(ValueError, match="one floating element"):
         call(mf, bf, w, cls, rows, scale=torch.ones(2))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="scale must be a finite number"):
+            call(mf, bf, w, cls, rows, scale=bad)
     with pytest.raises(ValueError, match="backend"):
         object_prior_add(mf, bf, w, cls, rows, backend="cuda")
 

@@ -62,3 +62,15 @@ def test_paste_chunks_threshold_and_empty():
     # a degenerate (empty) box pastes nothing instead of NaN
     out = paste_mask_probs(torch.ones(1, 28, 28), torch.tensor([[10.0, 10.0, 10.0, 20.0]]), 40, 50)
     assert torch.isfinite(out).all() and out.sum() == 0
+
+
+def test_paste_is_float32_under_autocast():
+    """Under bf16 autocast the matmuls of the paste would run in bfloat16 and move pixels across the threshold: the
+    paste is float32 whatever the autocast state, as the dynamic path's postprocess and the static path share it."""
+    g = torch.Generator().manual_seed(1)
+    probs, boxes = _random(20, 97, 131, g)
+    want, want_masks = paste_mask_probs(probs, boxes, 97, 131), paste_masks(probs, boxes, 97, 131)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, got_masks = paste_mask_probs(probs, boxes, 97, 131), paste_masks(probs, boxes, 97, 131)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, want) and torch.equal(got_masks, want_masks)

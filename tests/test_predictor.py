@@ -98,9 +98,18 @@ def test_bad_inputs_name_the_problem(checkpoint, image, tmp_path):
         predictor(str(bad))
     with pytest.raises(ValueError, match="one image id per image"):
         predictor.coco_results([predictor(image)], [1, 2])
-    for bad in (float("nan"), -0.1, 2.0):
+    for bad in (float("nan"), -0.1, 2.0, "0.5", True):
         with pytest.raises(ValueError, match="score_thresh must be a number in \\[0, 1\\]"):
             Predictor(checkpoint, score_thresh=bad)
+    for bad in (0, 2.5, "2", True):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            Predictor(checkpoint, batch_size=bad)
+    for size in ((0, 0), (0, 5)):
+        with pytest.raises(ValueError, match="empty image"):
+            predictor(Image.new("RGB", size))
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU (cuda:0 on a machine without one)
+    with pytest.raises(ValueError, match=f"device '{missing}': this machine has .* usable CUDA GPU"):
+        Predictor(checkpoint, device=missing)
 
 
 def test_views_and_image_modes_are_taken(checkpoint, image, recwarn):

@@ -254,3 +254,16 @@ def test_names_with_dollar_signs_are_drawn_as_written(tmp_path):
     ap, iou = dict(zip(names, (10.0, 30.0, 20.0))), dict(zip(names, (0.1, 0.5, 0.3)))
     _png(plot_figure3([("$kind$", ap, regress([0.1, 0.5, 0.3], [10, 30, 20], min_points=3))], iou,
                       str(tmp_path / "figure3.png"), title="$t$", highlight=["a$^$b"]))
+
+
+def test_figure3_leaves_out_classes_without_a_box_pair(tmp_path):
+    """A weak class whose instances are each alone in their image has no mean box IoU (NaN): it is not plotted,
+    and the axes are those of the other classes wherever it comes in the class order."""
+    from opmask_fast.analysis.figure3 import regress
+    from opmask_fast.analysis.plots import plot_figure3
+
+    ap = {"aardvark": 5.0, "bear": 10.0, "cat": 30.0, "dog": 20.0}  # the NaN class first, as in its sort order
+    iou = {"aardvark": float("nan"), "bear": 0.1, "cat": 0.5, "dog": 0.3}
+    reg = regress([0.1, 0.5, 0.3], [10, 30, 20], min_points=3)
+    _png(plot_figure3([("kind", ap, reg), ("other", {**ap, "aardvark": float("nan")}, reg)], iou,
+                      str(tmp_path / "figure3.png")))

@@ -188,6 +188,31 @@ def test_exports_with_a_dynamic_image_size_and_matches_eager(headline, tmp_path)
             torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-4)
 
 
+def test_shape_propagation_under_fake_tensors_reads_no_value(headline):
+    """Fake tensors fail on any host read of a value (shape propagation, as export does): the whole path runs under
+    them, and the fake pass leaves nothing behind (the anchor cache) that a real call at that size would pick up."""
+    import copy
+
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+
+    model, images, _ = headline
+    model = copy.deepcopy(model)
+    static = StaticInference(model)
+    img = torch.nn.functional.interpolate(images[0][None], size=(97, 131))
+    mode = FakeTensorMode()
+    state = {k: mode.from_tensor(v) for k, v in [*static.named_parameters(), *static.named_buffers()]}
+    fake_img = mode.from_tensor(img)
+    with mode, torch.no_grad():
+        out = functional_call(static, state, (fake_img,))
+    m = model.cfg.roi_heads.detections_per_image
+    assert out["boxes"].shape == (1, m, 4) and out["mask_probs"].shape[:2] == (1, m) and out["count"].shape == (1,)
+    with torch.no_grad():
+        got, want = static(img), StaticInference(copy.deepcopy(headline[0]))(img)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+
+
 def test_bad_image_batches_are_refused_by_shape(headline):
     model, images, _ = headline
     static = StaticInference(model)

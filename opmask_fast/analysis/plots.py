@@ -63,8 +63,10 @@ def plot_figure3(series: Sequence[tuple[str, dict[str, float], Regression]], mea
     """
     n = max(len(series), 1)
     fig, axes = plt.subplots(1, n, figsize=(5.2 * n, 4.4), sharey=True, squeeze=False, dpi=110)
-    all_x = [mean_iou[k] for _, ap, _ in series for k in ap if k in mean_iou]
-    all_y = [v for _, ap, _ in series for v in ap.values()]
+    # Only the plotted points: a class without a box pair has a NaN mean IoU (min/max of a list that starts with NaN
+    # is NaN, and matplotlib refuses NaN limits).
+    all_x = [mean_iou[k] for _, ap, _ in series for k in ap if k in mean_iou and math.isfinite(mean_iou[k])]
+    all_y = [v for _, ap, _ in series for v in ap.values() if math.isfinite(v)]
     xlo, xhi = (min(all_x), max(all_x)) if all_x else (0.0, 1.0)
     pad = max((xhi - xlo) * 0.15, 0.01)
     ylim = (-3.0, max(all_y + [10.0]) * 1.15 + 2.0)

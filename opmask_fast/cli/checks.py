@@ -162,12 +162,13 @@ def check_groups(split: str, dataset: CocoInstances) -> None:
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------------
-def build_dataset(make, *, role: str) -> CocoInstances:
+def build_dataset(make, *, role: str, used: int | None = None) -> CocoInstances:
     """``make()`` (building the dataset) with its errors as usage errors, then reads every image header (an unreadable
-    image or a size mismatch is found now, not in the middle of a run)."""
+    image or a size mismatch is found now, not in the middle of a run) and decodes the ``used`` first images (None:
+    all) where they are few enough (`CocoInstances.verify_images`)."""
     with user_errors():
         dataset = make()
-        dataset.verify_images()
+        dataset.verify_images(used=used)
     if len(dataset) == 0:
         what = "image with a usable annotation" if role == "training" else "image"
         raise UsageError(f"{dataset.ann_file} has no {what} ({role} data); dropped annotations: "

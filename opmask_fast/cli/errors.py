@@ -57,8 +57,9 @@ def one_line(message: str) -> str:
 
 
 def entry_point(prog: str) -> Callable:
-    """Decorates ``main(argv=None)`` of an entry point: a ``UsageError`` prints ``PROG: error: MESSAGE`` and exits 2;
-    Ctrl-C prints ``PROG: interrupted`` and raises KeyboardInterrupt on (``run_console`` then ends the process).
+    """Decorates ``main(argv=None)`` of an entry point: a ``UsageError`` prints ``PROG: error: MESSAGE`` and exits 2,
+    so does an image that cannot be read in the middle of a run (`data.transforms.ImageReadError`); Ctrl-C prints
+    ``PROG: interrupted`` and raises KeyboardInterrupt on (``run_console`` then ends the process).
 
     ``main`` is the command itself, also when called from Python: a usage error raises ``SystemExit(2)`` exactly as
     argparse does for a bad option. With ``--debug`` the ``UsageError`` propagates with its traceback.
@@ -74,6 +75,14 @@ def entry_point(prog: str) -> Callable:
                 sys.stdout.flush()
                 print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
                 raise SystemExit(EXIT_USAGE) from None
+            except OSError as e:  # an image that the checks before the run did not decode (a large dataset)
+                from ..data.transforms import ImageReadError
+
+                if not isinstance(e, ImageReadError) or debug_enabled(argv):
+                    raise
+                sys.stdout.flush()
+                print(f"{prog}: error: {image_error_text(e)}", file=sys.stderr, flush=True)
+                raise SystemExit(EXIT_USAGE) from None
             except KeyboardInterrupt:  # Ctrl-C: the command's own cleanup has run; say so (run_console ends quietly)
                 if not debug_enabled(argv):
                     sys.stdout.flush()
@@ -83,6 +92,17 @@ def entry_point(prog: str) -> Callable:
         return run
 
     return wrap
+
+
+def image_error_text(error: OSError) -> str:
+    """The one-line message of an image read error. Raised in a data-loading worker, it reaches the main process
+    with the worker's whole traceback as its message (torch.utils.data re-raises the type that way), whose last line
+    is ``module.ImageReadError: MESSAGE``."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return one_line(text)
 
 
 def run_console(main: Callable) -> None:

@@ -212,8 +212,9 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
         cats = sorted(val_coco.dataset["categories"], key=lambda c: c["id"])
         check_same_categories(CategoryGroups(cats, set(), paths["val_ann"]), train_set.category_ids,
                               train_set.category_names, paths["train_ann"])
+        used = None if args.eval_max_images is None else max(args.eval_max_images, args.visualize)
         val_set = build_dataset(lambda: val_dataset(paths, input_cfg, split, args.split_seed, coco=val_coco),
-                                role="validation")
+                                role="validation", used=used)
     return TrainData(train_set=train_set, val_set=val_set, split=split, train_split=train_split,
                      strong_ids=strong_ids)
 

@@ -70,8 +70,9 @@ def check_evaluate(args) -> EvalPlan:
     split = choose_split(args.split, cats, ann_file=data["val_ann"], default=meta.get("split"))
     # Without --split the checkpoint's own strong classes are exact (a seeded voc40 included).
     strong = split if args.split else (meta.get("strong_ids") or split)
+    used = None if args.max_images is None else max(args.max_images, getattr(args, "visualize", 0))
     dataset = build_dataset(lambda: val_dataset(data, cfg.input, strong, meta.get("split_seed", 0), coco=coco),
-                            role="evaluation")
+                            role="evaluation", used=used)
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     if getattr(args, "prior_ablation", None):
         if not cfg.use_prior:

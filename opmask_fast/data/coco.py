@@ -198,23 +198,26 @@ class CocoInstances(torch.utils.data.Dataset):
                 f"e.g. {missing[:3]}"
             )
 
-    def verify_images(self, *, decode_limit: int = 2000) -> None:
+    def verify_images(self, *, decode_limit: int = 2000, used: int | None = None) -> None:
         """Opens every image and checks its size against the annotation file.
 
         Args:
-            decode_limit: up to this many images, every image is decoded in full (a truncated file is found too);
-                larger datasets only have their headers read (a decoding error later still names the file).
+            decode_limit: up to this many images, every image a run reads is decoded in full (a truncated file is
+                found too); beyond, only headers are read (a decoding error later names the file:
+                `transforms.ImageReadError`).
+            used: how many of the first images a run reads (evaluation's max_images); None: all of them.
 
         Raises:
             ValueError: an unreadable image or one of another size, named with its image id.
         """
-        decode = len(self.records) <= decode_limit
-        for r in self.records:
+        read = len(self.records) if used is None else min(used, len(self.records))
+        decode = read <= decode_limit
+        for i, r in enumerate(self.records):
             path = os.path.join(self.image_dir, r["file_name"])
             try:
                 with Image.open(path) as im:
                     size, shown = im.size, shown_size(im)
-                    if decode:
+                    if decode and i < read:
                         im.load()
             except MemoryError:
                 raise

@@ -84,24 +84,34 @@ def upright(image: Image.Image, annotated_size: tuple[int, int] | None = None) -
     return turned
 
 
+class ImageReadError(OSError):
+    """An image file that cannot be read, named in the message: the user's data, not a bug (the commands report it
+    in one line, also when a data-loading worker raised it)."""
+
+
+class ImageNotFoundError(ImageReadError, FileNotFoundError):
+    """An image file that does not exist."""
+
+
 def read_rgb(path, annotated_size: tuple[int, int] | None = None) -> np.ndarray:
     """``uint8 [H, W, 3]`` RGB of an image file, upright by its orientation (`upright`, with ``annotated_size``).
 
     Raises:
-        FileNotFoundError / OSError naming the file: missing, or not decodable (any error of Pillow's decoders on a
-            damaged file, which raise nearly anything, is an OSError here; running out of memory is not).
+        ImageNotFoundError (a FileNotFoundError) / ImageReadError (an OSError) naming the file: missing, or not
+            decodable (any error of Pillow's decoders on a damaged file, which raise nearly anything, is one here;
+            running out of memory is not).
     """
     try:
         with Image.open(path) as im:
             return rgb_array(upright(im, annotated_size))
     except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
+        raise ImageNotFoundError(f"image not found: {path}") from None
     except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from None
+        raise ImageReadError(f"cannot read image {path}: {e}") from None
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - see Raises
-        raise OSError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
+        raise ImageReadError(f"cannot read image {path}: {type(e).__name__}: {e}") from e
 
 
 def resized_shape(height: int, width: int, short_side: int, max_side: int) -> tuple[int, int]:

@@ -28,9 +28,11 @@ def paste_mask_probs(mask_probs: Tensor, boxes: Tensor, height: int, width: int)
         raise ValueError(f"need mask_probs Tensor[M, S, S] and boxes Tensor[M, 4], got {tuple(mask_probs.shape)} and "
                          f"{tuple(boxes.shape)}")
     probs, boxes = mask_probs.float(), boxes.float()
-    wy = _hat_weights(boxes[:, 1], boxes[:, 3], height, probs.shape[1])  # (M, H, S)
-    wx = _hat_weights(boxes[:, 0], boxes[:, 2], width, probs.shape[2])  # (M, W, S)
-    return torch.bmm(torch.bmm(wy, probs), wx.transpose(1, 2))
+    # float32 under autocast too: it would run the matmuls in bfloat16, moving pixels across the threshold.
+    with torch.autocast(device_type=probs.device.type, enabled=False):
+        wy = _hat_weights(boxes[:, 1], boxes[:, 3], height, probs.shape[1])  # (M, H, S)
+        wx = _hat_weights(boxes[:, 0], boxes[:, 2], width, probs.shape[2])  # (M, W, S)
+        return torch.bmm(torch.bmm(wy, probs), wx.transpose(1, 2))
 
 
 def paste_masks(mask_probs: Tensor, boxes: Tensor, height: int, width: int, *, threshold: float = 0.5,

@@ -15,6 +15,7 @@ second op, `opmask_fast::object_prior_add_backward`.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Optional
 
 import torch
@@ -230,6 +231,8 @@ def _split_scale(scale: float | Tensor | None) -> tuple[float, Optional[Tensor]]
         return 1.0, None
     if isinstance(scale, Tensor):
         return 1.0, scale
+    if not math.isfinite(float(scale)):  # (a tensor gain is the caller's: it may be learnt)
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
     return float(scale), None
 
 

@@ -179,6 +179,8 @@ class OPMaskModel(nn.Module):
         """Scale boxes to the output size and paste the masks there (in float32, whatever the autocast state)."""
         if output_sizes is not None and len(output_sizes) != len(sizes):
             raise ValueError(f"output_sizes needs one (h, w) per image, got {len(output_sizes)} for {len(sizes)}")
+        if output_sizes is not None and not all(len(s) == 2 and min(int(v) for v in s) >= 1 for s in output_sizes):
+            raise ValueError(f"output_sizes must be (h, w) pairs of positive ints, got {list(output_sizes)}")
         out = []
         with torch.autocast(device_type=self.pixel_mean.device.type, enabled=False):
             for i, (d, (h, w)) in enumerate(zip(dets, sizes)):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from opmask_fast.ops import nms_topk
+from opmask_fast.ops._tracing import values_unreadable
 
 from ..box_ops import clip_boxes, nonempty
 from ..paste import paste_masks
@@ -148,8 +149,9 @@ class StaticInference(nn.Module):
     def _mask_slots(count: Tensor, slots: int) -> int:
         """How many detection slots the mask branch runs on: all of them (static shapes, no host read), except for
         eager CPU tensors, where reading the largest count costs no device wait and the padded slots' convolutions
-        would be real work: there it runs on the slots some image of the batch fills."""
-        if count.device.type != "cpu" or torch.compiler.is_compiling() or not count.numel():
+        would be real work: there it runs on the slots some image of the batch fills (not traced, nor under fake
+        tensors: no value to read)."""
+        if count.device.type != "cpu" or values_unreadable(count) or not count.numel():
             return slots
         return int(count.max())
 

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from opmask_fast.ops._tracing import values_unreadable
+
 
 def cell_anchors(size: float, ratios: tuple[float, ...]) -> Tensor:
     """Anchors of one size centred on (0, 0): `Tensor[len(ratios), 4]` xyxy, area size^2, height / width = ratio."""
@@ -40,8 +42,10 @@ class AnchorGenerator(nn.Module):
             self.register_buffer(f"cell{i}", cell_anchors(s, tuple(ratios)), persistent=False)
         self._cache: dict[tuple, list[Tensor]] = {}
 
-    def grid_anchors(self, shapes: list[tuple[int, int]], device: torch.device) -> list[Tensor]:
-        tracing = torch.compiler.is_compiling()  # symbolic sizes under torch.export / torch.compile: no cache
+    def grid_anchors(self, shapes: list[tuple[int, int]], device: torch.device, *, cache: bool = True) -> list[Tensor]:
+        """Anchors of each level's (H_l, W_l); kept per sizes and device unless ``cache`` is False or the sizes are
+        symbolic (traced)."""
+        tracing = not cache or torch.compiler.is_compiling() or not all(type(s) is int for hw in shapes for s in hw)
         key = None if tracing else (tuple(shapes), str(device))
         if key in self._cache:
             return self._cache[key]
@@ -61,4 +65,6 @@ class AnchorGenerator(nn.Module):
         return out
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return self.grid_anchors([tuple(f.shape[-2:]) for f in features], features[0].device)
+        # Fake or meta features (shape propagation) make fake anchors: kept, they would reach a later real call.
+        return self.grid_anchors([tuple(f.shape[-2:]) for f in features], features[0].device,
+                                 cache=not values_unreadable(features[0]))
