@@ -176,6 +176,25 @@ def test_cuda_matches_torchvision(n):
                        batched_nms(boxes.half().cpu(), scores.half().cpu(), idxs.cpu(), 0.5))
 
 
+@needs_cuda
+def test_cuda_categories_take_more_boxes_than_the_all_pairs_walk():
+    """The all-pairs walk holds a row of one bit per box in shared memory (at most 393216 boxes); the per-category
+    walk has no such limit, so batched NMS takes more boxes, with the CPU kernel's answer."""
+    from opmask_fast.ops import nms_topk
+
+    n = 400_000
+    gen = torch.Generator().manual_seed(16)
+    boxes = random_boxes(n, gen=gen, size=1000.0)
+    scores = torch.randperm(n, generator=gen).float() / n
+    idxs = torch.randint(0, 400, (n,), generator=gen)
+    want = batched_nms(boxes, scores, idxs, 0.5)
+    assert torch.equal(batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), 0.5).cpu(), want)
+    keep, count = nms_topk(boxes.cuda(), scores.cuda(), 0.5, 1000, idxs.cuda())
+    assert int(count) == 1000 and torch.equal(keep.cpu(), want[:1000])
+    with pytest.raises(RuntimeError, match="at most 393216 boxes per call on CUDA"):
+        nms(boxes.cuda(), scores.cuda(), 0.5)
+
+
 @pytest.mark.parametrize("threshold", [0.1, 0.2, 0.25, 0.3, 1 / 3, 0.4, 0.5, 0.6, 2 / 3, 0.7, 0.75, 0.8, 0.9])
 def test_integer_grid_boxes_hit_the_threshold_exactly(threshold):
     # Small integer boxes give IoUs that are simple fractions, many of them equal to the threshold after rounding.

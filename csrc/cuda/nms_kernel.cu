@@ -45,10 +45,6 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
-  const int64_t col_blocks = nms_col_blocks(n);
-  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes,
-              format_message("opmask_fast::nms: at most %lld boxes per call on CUDA, got %lld",
-                             static_cast<long long>(kMaxSharedBytes) * 8, static_cast<long long>(n)));
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const auto acc_type = at::toOpMathType(boxes.scalar_type());
   const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).contiguous();
@@ -60,6 +56,11 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
     // candidates are walked as any other (torchvision keeps them).
     return order.masked_select(grouped_keep(sorted, at::Tensor(), cls, threshold, n));
   }
+  // The all-pairs walk keeps one bit per box of a row in shared memory (the grouped walk above has no such limit).
+  const int64_t col_blocks = nms_col_blocks(n);
+  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes,
+              format_message("opmask_fast::nms: at most %lld boxes per call on CUDA, got %lld",
+                             static_cast<long long>(kMaxSharedBytes) * 8, static_cast<long long>(n)));
   at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   at::Tensor keep = at::zeros({n}, boxes.options().dtype(at::kBool));
   AT_DISPATCH_FLOATING_TYPES(acc_type, "nms_cuda", [&] {
@@ -97,10 +98,6 @@ std::tuple<at::Tensor, at::Tensor> nms_topk_cuda(const at::Tensor& boxes_, const
   at::Tensor out = at::full({max_keep}, -1, boxes.options().dtype(at::kLong));
   at::Tensor count = at::zeros({}, boxes.options().dtype(at::kLong));
   if (n == 0 || max_keep == 0) return {out, count};
-  const int64_t col_blocks = nms_col_blocks(n);
-  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes,
-              format_message("opmask_fast::nms_topk: at most %lld boxes per call on CUDA, got %lld",
-                             static_cast<long long>(kMaxSharedBytes) * 8, static_cast<long long>(n)));
   const at::Tensor order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   const auto acc_type = at::toOpMathType(boxes.scalar_type());
   const at::Tensor sorted = boxes.index_select(0, order).to(acc_type).contiguous();
@@ -120,6 +117,10 @@ std::tuple<at::Tensor, at::Tensor> nms_topk_cuda(const at::Tensor& boxes_, const
     count.copy_(keep.sum().clamp_max(max_keep));
     return {padded.narrow(0, 0, max_keep).contiguous(), count};
   }
+  const int64_t col_blocks = nms_col_blocks(n);  // the all-pairs walk's shared-memory row, as in nms
+  TORCH_CHECK(col_blocks * 8 <= kMaxSharedBytes,
+              format_message("opmask_fast::nms_topk: at most %lld boxes per call on CUDA, got %lld",
+                             static_cast<long long>(kMaxSharedBytes) * 8, static_cast<long long>(n)));
   at::Tensor mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(acc_type, "nms_topk_cuda", [&] {
     nms_topk_plan<scalar_t>(CudaLaunch{}, n, static_cast<float>(iou_threshold), sorted.const_data_ptr<scalar_t>(),
