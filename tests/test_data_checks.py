@@ -11,7 +11,7 @@ from pycocotools import mask as mu
 
 from opmask_fast.data import CocoInstances, is_coco_categories, resolve_split
 from opmask_fast.data.sanitize import check_box, check_segmentation, compressed_counts
-from opmask_fast.data.splits import split_parts
+from opmask_fast.data.splits import quote_part, split_parts
 from opmask_fast.training.checkpoint import CheckpointError, check_model_checkpoint, load_checkpoint
 from opmask_fast.evaluation.coco_eval import evaluate, subset_ap
 
@@ -372,6 +372,23 @@ def test_split_names_holding_commas_and_quotes():
     assert split_parts(' "a,b" ,, c ') == ["a,b", "c"]
     with pytest.raises(ValueError, match="double quote is not closed"):
         resolve_split('"cat, black,4', cats)
+    # Each name quoted as the split suggested by "--split is required" writes it: it gives the name back.
+    for name in ("cat, black", 'say "hi"', '"quoted", comma', '"x"', "plain"):
+        assert split_parts(quote_part(name)) == [name.strip()]
+        assert split_parts(quote_part(name) + ",b") == [name.strip(), "b"]
+
+
+def test_suggested_split_types_back_as_the_name(tmp_path):
+    import shlex
+
+    from opmask_fast.cli import UsageError
+    from opmask_fast.cli.checks import choose_split
+
+    cats = [{"id": 7, "name": 'pers,on "x"'}, {"id": 8, "name": "dog"}]
+    with pytest.raises(UsageError, match="--split is required") as e:
+        choose_split(None, cats, ann_file="a.json")
+    typed = shlex.split(str(e.value).split("e.g. --split ", 1)[1].split(" (categories")[0])
+    assert len(typed) == 1 and resolve_split(typed[0], cats) == {7}
 
 
 def test_voc_split_by_coco_names():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 from typing import Sequence
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from .. import _extension
 from ..data import CocoInstances, is_coco_categories
 from ..data.sanitize import short_repr
-from ..data.splits import VOC_SPLITS, split_parts
+from ..data.splits import VOC_SPLITS, quote_part, split_parts
 from ..training.checkpoint import check_checkpoint_weights, check_model_checkpoint, load_checkpoint
 from .errors import UsageError, option_name, user_errors
 
@@ -127,7 +128,7 @@ def choose_split(split: str | None, categories: Sequence[dict], *, ann_file: str
             return "voc"
         raise UsageError(f"--split is required: the categories of {ann_file} are not COCO's, so the default 'voc' does "
                          f"not apply; name the strong (mask-supervised) classes, e.g. --split "
-                         f"{categories[0]['name']} (categories: {names})")
+                         f"{shlex.quote(quote_part(str(categories[0]['name'])))} (categories: {names})")
     with user_errors("--split"):
         parts = split_parts(split)
     if not parts:

@@ -93,6 +93,14 @@ def split_parts(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def quote_part(name: str) -> str:
+    """A category name as one part of a typed split (`split_parts` gives it back): in double quotes where it holds a
+    comma or starts with a quote, its quotes doubled."""
+    if "," in name or name.strip().startswith('"'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def is_coco_categories(categories: Sequence[dict]) -> bool:
     """True when every category carries one of COCO's 80 names (case-insensitive): COCO itself or a subset of it."""
     return bool(categories) and all(str(c["name"]).strip().lower() in COCO_CATEGORY_NAMES for c in categories)
