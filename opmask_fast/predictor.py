@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-import numbers
+import operator
 import os
 from typing import Any, Sequence, Union
 
@@ -56,6 +56,17 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
     return image if image.flags.c_contiguous and image.flags.writeable else np.array(image, order="C")
 
 
+def _number(value, kind):
+    """``kind(value)`` (int by ``operator.index``, or float) of a number: Python's, NumPy's or a one-element tensor; None
+    for anything else (a string, a bool)."""
+    if isinstance(value, (str, bytes, bool, np.bool_)):
+        return None
+    try:
+        return kind(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+
+
 class Predictor:
     """Runs a trained OPMask (or baseline) checkpoint on images.
 
@@ -84,11 +95,14 @@ class Predictor:
 
     def __init__(self, checkpoint: str, *, device: str | torch.device = "cpu", score_thresh: float | None = None,
                  batch_size: int = 1, state: dict | None = None, static: bool = True):
-        if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        size = _number(batch_size, operator.index)
+        if size is None or size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if score_thresh is not None and (not isinstance(score_thresh, numbers.Real) or isinstance(score_thresh, bool)
-                                         or not 0.0 <= score_thresh <= 1.0):  # NaN too: every comparison false
+        batch_size = size
+        thresh = None if score_thresh is None else _number(score_thresh, float)
+        if score_thresh is not None and (thresh is None or not 0.0 <= thresh <= 1.0):  # NaN: every comparison false
             raise ValueError(f"score_thresh must be a number in [0, 1], got {score_thresh!r}")
+        score_thresh = thresh
         self.device = torch.device(device)
         if self.device.type == "cuda" and (not torch.cuda.is_available()
                                            or (self.device.index or 0) >= torch.cuda.device_count()):

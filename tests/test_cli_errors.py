@@ -160,6 +160,11 @@ def test_debug_shows_the_traceback(data, tmp_path):
                  run("train", *_args(data), *FAST, "--output-dir", tmp_path, env={"OPMASK_FAST_DEBUG": "1"})):
         assert proc.returncode == 1 and "Traceback" in proc.stderr
         assert "UsageError: --split is required" in proc.stderr
+    missing = tmp_path / "no_run"
+    for proc in (run("analyze", missing, "--debug"), run("analyze", missing, env={"OPMASK_FAST_DEBUG": "1"})):
+        assert proc.returncode == 1 and "Traceback" in proc.stderr
+        assert f"UsageError: no metrics.json at {missing}" in proc.stderr
+    usage_error(run("analyze", missing), "analyze", f"no metrics.json at {missing}")
 
 
 @pytest.fixture(scope="module")
@@ -257,6 +262,22 @@ def test_image_that_fails_to_decode_during_the_run_is_one_line(bad_run, data, tm
     line = in_process(capsys, "evaluate", "--checkpoint", bad_run[1] / "checkpoint.pth", "--val-ann", ann,
                       "--val-images", images, "--max-images", "2")
     assert "cannot read image" in line and "0.png (image 1 of" in line
+
+
+def test_images_the_crops_grid_reads_are_checked_first(bad_run, data, tmp_path, capsys):
+    """--visualize also writes a grid of instances from the first images: with --max-images 1 the checks still
+    decode those, so a damaged one stops the run before the evaluation, not after it."""
+    folder = tmp_path / "val"
+    folder.mkdir()
+    names = sorted(os.listdir(data["val_images"]))
+    for i, name in enumerate(names):
+        raw = open(os.path.join(data["val_images"], name), "rb").read()
+        (folder / name).write_bytes(raw if i == 0 else raw[: len(raw) // 2])
+    line = in_process(capsys, "evaluate", "--checkpoint", bad_run[1] / "checkpoint.pth", "--val-ann",
+                      data["val_ann"], "--val-images", folder, "--max-images", "1", "--visualize", "1",
+                      "--output-dir", tmp_path / "o")
+    assert "cannot read image" in line and names[1] in line
+    assert not (tmp_path / "o" / "metrics.json").exists()
 
 
 def test_predict_skips_unreadable_images(bad_run, data, tmp_path):

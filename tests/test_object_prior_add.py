@@ -213,7 +213,8 @@ def test_constant_cam_gives_zero_prior_and_zero_gradient(backend):
 @pytest.mark.parametrize("dtype,offset,step", [(torch.bfloat16, 64.0, 0.125), (torch.float16, 2048.0, 0.5)])
 def test_half_precision_cam_is_accumulated_in_float32(dtype, offset, step):
     """A CAM with a large common offset keeps its small spread: the reference (the CPU backend) sums it in float32,
-    as the kernels do; summed in bfloat16 the prior below came out [0, 0, 0, 1]."""
+    as the kernels do (in the input's half precision the offset would round the spread away: a prior of [0, 0, 0, 1]
+    below)."""
     bf = torch.zeros(1, 2, 2, 2)
     bf[0, 0] = offset
     bf[0, 1] = torch.tensor([[0.0, 1.0], [2.0, 3.0]]) * step  # a quarter of dtype's spacing at the offset
@@ -230,6 +231,29 @@ def test_half_precision_cam_is_accumulated_in_float32(dtype, offset, step):
     c = make_case(R=2, D=2, C=16, hb=3, wb=5, hm=6, wm=6, seed=108, K=4)
     c = {k: v if v is None or not v.is_floating_point() else v.to(dtype).double() for k, v in c.items()}
     assert_all_close(run(c, backend="reference", dtype=dtype), oracle(c), dtype)
+
+
+def test_compiles_with_a_float_scale_and_mixed_dtypes_add_exactly():
+    """A float gain passes torch.compile(fullgraph=True) (traced, it may be symbolic: no host check on it); float64
+    mask features plus a float32 prior are summed in float64; the in-place op rounds as the out-of-place one."""
+    c = make_case(R=3)
+    mf, bf, w = (c[k].float() for k in ("mask_features", "box_features", "cls_weight"))
+
+    def f(mf, bf, w, scale):
+        return object_prior_add(mf, bf, w, c["classes"], None, True, scale, backend="reference")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager", dynamic=True)
+    for scale in (0.5, 2.0):
+        torch.testing.assert_close(compiled(mf, bf, w, scale), f(mf, bf, w, scale))
+    prior = ref.resized_prior(ref.class_activation(bf, w, c["classes"]).view(-1, 7, 7), (14, 14), True, 0.5)
+    assert prior.dtype == torch.float32
+    assert torch.equal(f(c["mask_features"], bf, w, 0.5), c["mask_features"] + prior.double())
+    for dtype in (torch.bfloat16, torch.float16):
+        target = mf.to(dtype)
+        want = object_prior_add(target, bf.to(dtype), w.to(dtype), c["classes"], scale=0.5, backend="reference")
+        object_prior_add_(target, bf.to(dtype), w.to(dtype), c["classes"], scale=0.5, backend="reference")
+        assert torch.equal(target, want), dtype
 
 
 @needs_triton

@@ -74,3 +74,5 @@ def test_paste_is_float32_under_autocast():
         got, got_masks = paste_mask_probs(probs, boxes, 97, 131), paste_masks(probs, boxes, 97, 131)
     assert got.dtype == torch.float32
     assert torch.equal(got, want) and torch.equal(got_masks, want_masks)
+    meta = paste_masks(probs.to("meta"), boxes.to("meta"), 97, 131)  # shape propagation: no autocast to turn off
+    assert meta.shape == (20, 97, 131) and meta.dtype == torch.bool

@@ -104,6 +104,8 @@ def test_bad_inputs_name_the_problem(checkpoint, image, tmp_path):
     for bad in (0, 2.5, "2", True):
         with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
             Predictor(checkpoint, batch_size=bad)
+    taken = Predictor(checkpoint, batch_size=torch.tensor(2), score_thresh=np.float32(0.25))  # NumPy / 0-d tensors
+    assert taken.batch_size == 2 and taken.score_thresh == pytest.approx(0.25)
     for size in ((0, 0), (0, 5)):
         with pytest.raises(ValueError, match="empty image"):
             predictor(Image.new("RGB", size))

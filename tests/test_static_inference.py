@@ -280,7 +280,6 @@ def test_predictor_uses_the_static_path_with_the_same_answers(headline):
         assert a["masks"].shape == b["masks"].shape and (a["masks"] != b["masks"]).float().mean() < 1e-3
 
 
-
 def test_evaluation_uses_the_static_path_with_the_same_metrics(trained, root):
     """evaluate_model runs the static path by default (the oracle pass shares its backbone features): every metric of
     the three recipes equals the dynamic path's (COCO AP to 0.1, the issue's bar; here they agree exactly or nearly)."""

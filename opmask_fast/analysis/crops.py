@@ -17,13 +17,14 @@ import torch.nn.functional as F
 from matplotlib.patches import Rectangle
 
 from ..evaluation.coco_eval import box_iou_xywh
+from . import CROP_SCAN_IMAGES
 from .drawing import PRIOR_CMAP, figure_to_image, literal_text, plt
 
 MASK_RGB = np.array([0.1, 0.85, 0.3])
 
 
-def pick_instances(dataset, *, strong_ids, max_rows: int = 6, scan_images: int = 60, min_side: float = 12.0,
-                   per_image: int = 1) -> list[tuple[int, int, float]]:
+def pick_instances(dataset, *, strong_ids, max_rows: int = 6, scan_images: int = CROP_SCAN_IMAGES,
+                   min_side: float = 12.0, per_image: int = 1) -> list[tuple[int, int, float]]:
     """Chooses ground-truth instances to show: ``(dataset index, instance index, max IoU with another box)``.
 
     Weak classes before strong ones, then by decreasing overlap; at most ``per_image`` per image, boxes with both
@@ -131,7 +132,7 @@ def render_grid(dataset, picks, columns: list[tuple[str, bool, list[dict]]], *, 
 
 
 def detection_grid(models: list[tuple[str, object]], dataset, *, strong_ids, device="cpu", max_rows: int = 6,
-                   scan_images: int = 60):
+                   scan_images: int = CROP_SCAN_IMAGES):
     """Picks instances and renders the grid for ``models`` (``(label, model)`` pairs) on the same boxes.
 
     Returns a PIL image, or ``None`` when the first ``scan_images`` images hold no instance large enough to show.

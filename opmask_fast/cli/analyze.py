@@ -29,7 +29,7 @@ from ..analysis.report import write_comparison_report, write_run_report
 from ..analysis.runs import analyze, format_analysis, load_run, pooling_differences
 from ..data.coco import load_coco
 from .checks import MAX_THREADS, check_device, check_number, check_output_dir
-from .errors import UsageError
+from .errors import UsageError, add_debug_option, debug_enabled, one_line
 
 PROG = "python -m opmask_fast.analyze"
 
@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-ann", default=None,
                    help="COCO instances JSON for the overlap statistic (default: the runs' training annotations)")
     p.add_argument("--output-dir", default=None,
-                   help="where the comparison report and figure3.png go (default: the runs' common parent folder; "
-                        "for one run its own folder)")
+                   help="where the comparison report and report/figure3.png go (default: the runs' common parent "
+                        "folder; for one run its own folder)")
     p.add_argument("--min-classes", type=int, default=MIN_CLASSES,
                    help=f"fewest classes for a regression to be reported (default {MIN_CLASSES})")
     p.add_argument("--top", type=int, default=5, help="classes listed with the largest relative improvement")
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a small crops grid of the compared models (the README's picture)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=None)
+    add_debug_option(p)
     return p
 
 
@@ -75,7 +76,9 @@ def prepare(argv: list[str] | None = None):
     args = build_parser().parse_args(argv)
 
     def fail(msg: str):
-        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        if debug_enabled(argv):
+            raise UsageError(msg)
+        print(f"{PROG}: error: {one_line(msg)}", file=sys.stderr)
         raise SystemExit(2)
 
     if args.min_classes < 3:

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from .. import _extension
+from ..analysis import CROP_SCAN_IMAGES
 from ..data import CocoInstances, is_coco_categories
 from ..data.sanitize import short_repr
 from ..data.splits import VOC_SPLITS, quote_part, split_parts
@@ -163,6 +164,14 @@ def check_groups(split: str, dataset: CocoInstances) -> None:
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------------
+def images_read(max_images: int | None, visualize: int) -> int | None:
+    """How many of the first validation images a run reads: ``max_images`` (None: all), the pictures of
+    ``--visualize`` and the images its crops grid scans."""
+    if max_images is None:
+        return None
+    return max(max_images, visualize, CROP_SCAN_IMAGES if visualize else 0)
+
+
 def build_dataset(make, *, role: str, used: int | None = None) -> CocoInstances:
     """``make()`` (building the dataset) with its errors as usage errors, then reads every image header (an unreadable
     image or a size mismatch is found now, not in the middle of a run) and decodes the ``used`` first images (None:

@@ -21,7 +21,7 @@ from ..training.solver import TrainConfig
 from ..variants import get_variant
 from .checks import (MAX_THREADS, CategoryGroups, build_dataset, check_device, check_groups, check_number,
                      check_output_dir, check_paths, check_same_categories, check_supervision, choose_split,
-                     read_checkpoint)
+                     images_read, read_checkpoint)
 from .errors import UsageError, user_errors
 from .options import default_output_dir, model_config_from_args, resolve_data, train_config_from_args
 
@@ -212,9 +212,8 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
         cats = sorted(val_coco.dataset["categories"], key=lambda c: c["id"])
         check_same_categories(CategoryGroups(cats, set(), paths["val_ann"]), train_set.category_ids,
                               train_set.category_names, paths["train_ann"])
-        used = None if args.eval_max_images is None else max(args.eval_max_images, args.visualize)
         val_set = build_dataset(lambda: val_dataset(paths, input_cfg, split, args.split_seed, coco=val_coco),
-                                role="validation", used=used)
+                                role="validation", used=images_read(args.eval_max_images, args.visualize))
     return TrainData(train_set=train_set, val_set=val_set, split=split, train_split=train_split,
                      strong_ids=strong_ids)
 

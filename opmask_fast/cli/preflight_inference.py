@@ -15,7 +15,7 @@ from ..config import ModelConfig
 from ..data import CocoInstances, load_coco, val_dataset
 from ..training.checkpoint import model_from_checkpoint
 from .checks import (MAX_THREADS, CategoryGroups, build_dataset, check_device, check_number, check_output_dir,
-                     check_paths, check_same_categories, choose_split, read_checkpoint)
+                     check_paths, check_same_categories, choose_split, images_read, read_checkpoint)
 from .errors import UsageError, user_errors
 
 if TYPE_CHECKING:
@@ -70,9 +70,8 @@ def check_evaluate(args) -> EvalPlan:
     split = choose_split(args.split, cats, ann_file=data["val_ann"], default=meta.get("split"))
     # Without --split the checkpoint's own strong classes are exact (a seeded voc40 included).
     strong = split if args.split else (meta.get("strong_ids") or split)
-    used = None if args.max_images is None else max(args.max_images, getattr(args, "visualize", 0))
     dataset = build_dataset(lambda: val_dataset(data, cfg.input, strong, meta.get("split_seed", 0), coco=coco),
-                            role="evaluation", used=used)
+                            role="evaluation", used=images_read(args.max_images, getattr(args, "visualize", 0)))
     out = args.output_dir or os.path.dirname(os.path.abspath(args.checkpoint))
     if getattr(args, "prior_ablation", None):
         if not cfg.use_prior:

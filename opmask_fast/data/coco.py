@@ -193,31 +193,28 @@ class CocoInstances(torch.utils.data.Dataset):
         missing = [r["file_name"] for r in self.records
                    if not os.path.isfile(os.path.join(self.image_dir, r["file_name"]))]
         if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(self.records)} images of {self.ann_file} are missing from {self.image_dir}, "
-                f"e.g. {missing[:3]}"
-            )
+            raise FileNotFoundError(f"{len(missing)} of {len(self.records)} images of {self.ann_file} are missing from "
+                                    f"{self.image_dir}, e.g. {missing[:3]}")
 
     def verify_images(self, *, decode_limit: int = 2000, used: int | None = None) -> None:
         """Opens every image and checks its size against the annotation file.
 
         Args:
-            decode_limit: up to this many images, every image a run reads is decoded in full (a truncated file is
-                found too); beyond, only headers are read (a decoding error later names the file:
-                `transforms.ImageReadError`).
-            used: how many of the first images a run reads (evaluation's max_images); None: all of them.
+            decode_limit: up to this many, the images a run reads are decoded in full (a truncated file is found too);
+                beyond, headers only (a decoding error later is a `transforms.ImageReadError` naming the file).
+            used: how many of the first images a run reads (an evaluation's limit); None: all of them.
 
         Raises:
             ValueError: an unreadable image or one of another size, named with its image id.
         """
         read = len(self.records) if used is None else min(used, len(self.records))
-        decode = read <= decode_limit
+        decoded = read if read <= decode_limit else 0
         for i, r in enumerate(self.records):
             path = os.path.join(self.image_dir, r["file_name"])
             try:
                 with Image.open(path) as im:
                     size, shown = im.size, shown_size(im)
-                    if decode and i < read:
+                    if i < decoded:
                         im.load()
             except MemoryError:
                 raise

@@ -99,7 +99,7 @@ def read_rgb(path, annotated_size: tuple[int, int] | None = None) -> np.ndarray:
     Raises:
         ImageNotFoundError (a FileNotFoundError) / ImageReadError (an OSError) naming the file: missing, or not
             decodable (any error of Pillow's decoders on a damaged file, which raise nearly anything, is one here;
-            running out of memory is not).
+            running out of memory is not, nor an OSError of the system's, with an errno: permissions, open files).
     """
     try:
         with Image.open(path) as im:
@@ -107,6 +107,8 @@ def read_rgb(path, annotated_size: tuple[int, int] | None = None) -> np.ndarray:
     except FileNotFoundError:
         raise ImageNotFoundError(f"image not found: {path}") from None
     except OSError as e:
+        if e.errno is not None:  # the system's (too many open files, an I/O error): not the image's, kept as it is
+            raise
         raise ImageReadError(f"cannot read image {path}: {e}") from None
     except MemoryError:
         raise

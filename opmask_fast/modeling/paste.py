@@ -8,6 +8,8 @@ So a whole batch is two batched matmuls, (Wy @ P) @ Wx^T, without an (M, H, W, 2
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
@@ -28,8 +30,10 @@ def paste_mask_probs(mask_probs: Tensor, boxes: Tensor, height: int, width: int)
         raise ValueError(f"need mask_probs Tensor[M, S, S] and boxes Tensor[M, 4], got {tuple(mask_probs.shape)} and "
                          f"{tuple(boxes.shape)}")
     probs, boxes = mask_probs.float(), boxes.float()
-    # float32 under autocast too: it would run the matmuls in bfloat16, moving pixels across the threshold.
-    with torch.autocast(device_type=probs.device.type, enabled=False):
+    # float32 under autocast too: it would run the matmuls in bfloat16, moving pixels across the threshold (meta
+    # tensors, for shapes, have no autocast to turn off).
+    device = probs.device.type
+    with torch.autocast(device_type=device, enabled=False) if device in ("cpu", "cuda") else contextlib.nullcontext():
         wy = _hat_weights(boxes[:, 1], boxes[:, 3], height, probs.shape[1])  # (M, H, S)
         wx = _hat_weights(boxes[:, 0], boxes[:, 2], width, probs.shape[2])  # (M, W, S)
         return torch.bmm(torch.bmm(wy, probs), wx.transpose(1, 2))

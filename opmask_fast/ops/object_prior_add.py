@@ -217,8 +217,8 @@ def _object_prior_add_inplace_op(mask_features: Tensor, box_features: Tensor, cl
             mask_features.copy_(target)
         return
     cam = _ref.class_activation(box_features, cls_weight, classes, rows).view(-1, *box_features.shape[-2:])
-    prior = _ref.resized_prior(cam, mask_features.shape[-2:], normalize, scale if scale is not None else scale_value)
-    mask_features.add_(prior.to(mask_features.dtype))
+    # The out-of-place sum (rounded once, as object_prior_add's) written back.
+    mask_features.copy_(_ref.add_prior(mask_features, cam, normalize, scale if scale is not None else scale_value))
 
 
 @_object_prior_add_inplace_op.register_fake
@@ -231,7 +231,8 @@ def _split_scale(scale: float | Tensor | None) -> tuple[float, Optional[Tensor]]
         return 1.0, None
     if isinstance(scale, Tensor):
         return 1.0, scale
-    if not math.isfinite(float(scale)):  # (a tensor gain is the caller's: it may be learnt)
+    # (A tensor gain is the caller's: it may be learnt. Traced, a float may be symbolic: no check there.)
+    if not is_compiling() and not math.isfinite(float(scale)):
         raise ValueError(f"scale must be a finite number, got {scale!r}")
     return float(scale), None
 

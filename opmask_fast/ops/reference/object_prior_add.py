@@ -93,8 +93,9 @@ def add_prior(mask_features: Tensor, cam: Tensor, normalize: bool = True,
     prior = resized_prior(cam, mask_features.shape[-2:], normalize, scale)
     if prior.dtype == mask_features.dtype:
         return mask_features + prior
-    # Half-precision features: the sum rounded once, as the kernels write it.
-    return (mask_features.to(prior.dtype) + prior).to(mask_features.dtype)
+    # Mixed precision: the sum in the wider dtype, rounded once to the features' (as the kernels write it).
+    wide = torch.promote_types(mask_features.dtype, prior.dtype)
+    return (mask_features.to(wide) + prior.to(wide)).to(mask_features.dtype)
 
 
 def resized_prior(cam: Tensor, size: tuple[int, int], normalize: bool = True,
