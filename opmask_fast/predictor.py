@@ -57,8 +57,8 @@ def as_rgb_array(image: ImageInput) -> np.ndarray:
 
 
 def _number(value, kind):
-    """``kind(value)`` (int by ``operator.index``, or float) of a number: Python's, NumPy's or a one-element tensor; None
-    for anything else (a string, a bool)."""
+    """``kind(value)`` (int by ``operator.index``, or float) of a number: Python's, NumPy's or a one-element tensor;
+    None for anything else (a string, a bool)."""
     if isinstance(value, (str, bytes, bool, np.bool_)):
         return None
     try:
