@@ -213,7 +213,8 @@ def prepare_train_data(args, paths: dict, input_cfg, *, need_val: bool = True) -
         check_same_categories(CategoryGroups(cats, set(), paths["val_ann"]), train_set.category_ids,
                               train_set.category_names, paths["train_ann"])
         val_set = build_dataset(lambda: val_dataset(paths, input_cfg, split, args.split_seed, coco=val_coco),
-                                role="validation", used=images_read(args.eval_max_images, args.visualize))
+                                role="validation", used=images_read(getattr(args, "eval_max_images", None),
+                                                                    getattr(args, "visualize", 0)))
     return TrainData(train_set=train_set, val_set=val_set, split=split, train_split=train_split,
                      strong_ids=strong_ids)
 
