@@ -29,7 +29,7 @@ from ..analysis.report import write_comparison_report, write_run_report
 from ..analysis.runs import analyze, format_analysis, load_run, pooling_differences
 from ..data.coco import load_coco
 from .checks import MAX_THREADS, check_device, check_number, check_output_dir
-from .errors import UsageError, add_debug_option, debug_enabled, one_line
+from .errors import UsageError, add_debug_option, debug_enabled, exit_usage
 
 PROG = "python -m opmask_fast.analyze"
 
@@ -78,8 +78,7 @@ def prepare(argv: list[str] | None = None):
     def fail(msg: str):
         if debug_enabled(argv):
             raise UsageError(msg)
-        print(f"{PROG}: error: {one_line(msg)}", file=sys.stderr)
-        raise SystemExit(2)
+        exit_usage(PROG, msg)
 
     if args.min_classes < 3:
         fail(f"--min-classes must be at least 3 (a line through 2 points has no test), got {args.min_classes}")

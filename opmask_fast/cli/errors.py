@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import sys
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; used for every user error
 DEBUG_ENV = "OPMASK_FAST_DEBUG"
@@ -34,11 +34,17 @@ def add_debug_option(parser, group=None) -> None:
     def error(message: str):
         if debug_enabled():
             raise UsageError(f"{message} (see --help)")
-        sys.stdout.flush()
-        print(f"{parser.prog}: error: {one_line(message)} (see --help)", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USAGE)
+        exit_usage(parser.prog, f"{message} (see --help)")
 
     parser.error = error
+
+
+def exit_usage(prog: str, message: str) -> NoReturn:
+    """Ends a command with the one-line usage error: ``PROG: error: MESSAGE`` on stderr (after what stdout holds),
+    exit code 2."""
+    sys.stdout.flush()
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_USAGE) from None
 
 
 def debug_enabled(argv: list[str] | None = None) -> bool:
@@ -72,17 +78,13 @@ def entry_point(prog: str) -> Callable:
             except UsageError as e:
                 if debug_enabled(argv):
                     raise
-                sys.stdout.flush()
-                print(f"{prog}: error: {one_line(str(e))}", file=sys.stderr, flush=True)
-                raise SystemExit(EXIT_USAGE) from None
+                exit_usage(prog, str(e))
             except OSError as e:  # an image that the checks before the run did not decode (a large dataset)
                 from ..data.transforms import ImageReadError
 
                 if not isinstance(e, ImageReadError) or debug_enabled(argv):
                     raise
-                sys.stdout.flush()
-                print(f"{prog}: error: {image_error_text(e)}", file=sys.stderr, flush=True)
-                raise SystemExit(EXIT_USAGE) from None
+                exit_usage(prog, image_error_text(e))
             except KeyboardInterrupt:  # Ctrl-C: the command's own cleanup has run; say so (run_console ends quietly)
                 if not debug_enabled(argv):
                     sys.stdout.flush()
@@ -95,14 +97,14 @@ def entry_point(prog: str) -> Callable:
 
 
 def image_error_text(error: OSError) -> str:
-    """The one-line message of an image read error. Raised in a data-loading worker, it reaches the main process
+    """The message of an image read error. Raised in a data-loading worker, it reaches the main process
     with the worker's whole traceback as its message (torch.utils.data re-raises the type that way), whose last line
     is ``module.ImageReadError: MESSAGE``."""
     text = str(error).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
         text = last.split(": ", 1)[1] if ": " in last else last
-    return one_line(text)
+    return text
 
 
 def run_console(main: Callable) -> None:
