@@ -182,14 +182,14 @@ class OPMaskModel(nn.Module):
         if output_sizes is not None and not all(len(s) == 2 and min(int(v) for v in s) >= 1 for s in output_sizes):
             raise ValueError(f"output_sizes must be (h, w) pairs of positive ints, got {list(output_sizes)}")
         out = []
-        with torch.autocast(device_type=self.pixel_mean.device.type, enabled=False):
-            for i, (d, (h, w)) in enumerate(zip(dets, sizes)):
-                oh, ow = (h, w) if output_sizes is None else (int(output_sizes[i][0]), int(output_sizes[i][1]))
-                boxes = d["boxes"].float()
-                if (oh, ow) != (h, w):
-                    scale = boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
-                    boxes = clip_boxes(boxes * scale, oh, ow)
-                masks = paste_masks(d["mask_probs"], boxes, oh, ow, threshold=self.cfg.roi_heads.mask_threshold)
-                out.append({"boxes": boxes, "scores": d["scores"].float(), "labels": d["labels"], "masks": masks,
-                            "mask_probs": d["mask_probs"], "priors": d["priors"]})
+        for i, (d, (h, w)) in enumerate(zip(dets, sizes)):
+            oh, ow = (h, w) if output_sizes is None else (int(output_sizes[i][0]), int(output_sizes[i][1]))
+            boxes = d["boxes"].float()
+            if (oh, ow) != (h, w):
+                scale = boxes.new_tensor([ow / w, oh / h, ow / w, oh / h])
+                boxes = clip_boxes(boxes * scale, oh, ow)
+            # (paste_masks pastes in float32 under autocast too)
+            masks = paste_masks(d["mask_probs"], boxes, oh, ow, threshold=self.cfg.roi_heads.mask_threshold)
+            out.append({"boxes": boxes, "scores": d["scores"].float(), "labels": d["labels"], "masks": masks,
+                        "mask_probs": d["mask_probs"], "priors": d["priors"]})
         return out
