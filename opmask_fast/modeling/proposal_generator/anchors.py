@@ -42,11 +42,10 @@ class AnchorGenerator(nn.Module):
             self.register_buffer(f"cell{i}", cell_anchors(s, tuple(ratios)), persistent=False)
         self._cache: dict[tuple, list[Tensor]] = {}
 
-    def grid_anchors(self, shapes: list[tuple[int, int]], device: torch.device, *, cache: bool = True) -> list[Tensor]:
-        """Anchors of each level's (H_l, W_l); kept per sizes and device unless ``cache`` is False or the sizes are
-        symbolic (traced)."""
-        tracing = not cache or torch.compiler.is_compiling() or not all(type(s) is int for hw in shapes for s in hw)
-        key = None if tracing else (tuple(shapes), str(device))
+    def grid_anchors(self, shapes: list[tuple[int, int]], device: torch.device, *, cache: bool) -> list[Tensor]:
+        """Anchors of each level's (H_l, W_l), kept per sizes and device with ``cache`` (for real tensors: traced,
+        the sizes may be symbolic and the anchors fake)."""
+        key = (tuple(shapes), str(device)) if cache else None
         if key in self._cache:
             return self._cache[key]
         out = []
@@ -57,7 +56,7 @@ class AnchorGenerator(nn.Module):
             sy, sx = torch.meshgrid(ys, xs, indexing="ij")
             shifts = torch.stack([sx, sy, sx, sy], dim=-1).reshape(-1, 1, 4)
             out.append((shifts + cell[None]).reshape(-1, 4))
-        if tracing:
+        if not cache:
             return out
         if len(self._cache) > 16:  # image sizes vary with multi-scale training: keep the cache small
             self._cache.clear()
@@ -65,6 +64,7 @@ class AnchorGenerator(nn.Module):
         return out
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        # Fake or meta features (shape propagation) make fake anchors: kept, they would reach a later real call.
+        # Traced (torch.compile / export), or fake or meta features (shape propagation): nothing cached, as fake
+        # anchors would reach a later real call.
         return self.grid_anchors([tuple(f.shape[-2:]) for f in features], features[0].device,
                                  cache=not values_unreadable(features[0]))
